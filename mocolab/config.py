@@ -1,0 +1,195 @@
+"""One frozen configuration for a MoCo pretraining run, and its presets.
+
+The field defaults are the official CIFAR-10 demo recipe (PROTOCOLS.md section 1,
+"CIFAR-10 demo recipe"); the `imagenet_mocov2` preset lists every field in which
+the ImageNet recipe (resnet50_8xb32-coslr-200e) differs. One recipe lives in one
+place: to see what a run used, read its `config.json`.
+
+    cfg = make_config("cifar10_demo", epochs=20, gpus=0)
+
+An unknown key, a value of the wrong type or an impossible combination (K not
+divisible by the batch, ...) raises `ConfigError` naming the key, before any
+work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass
+from typing import Literal
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type or inconsistent."""
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- data ---------------------------------------------------------------
+    dataset: Literal["cifar10", "cifar100", "stl10", "imagefolder"] = "cifar10"
+    data_root: str = "data"  # torchvision downloads land here; imagefolder: the folder holding train/
+    download: bool = True  # let torchvision fetch CIFAR / STL-10 when missing
+    train_subset: int = 0  # pretrain on a seeded random subset of this many images; 0: all
+    workers: int = 4  # DataLoader worker processes; 0 loads in the main process
+
+    # --- encoder ------------------------------------------------------------
+    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    cifar_stem: bool = True  # conv1 3x3 stride 1 and no max-pool, for 32 px images
+    head: Literal["linear", "mlp"] = "linear"  # demo: Linear 512->128; v2: Linear-ReLU-Linear
+    dim: int = 128  # dimension of q and k
+
+    # --- MoCo ---------------------------------------------------------------
+    K: int = 4096  # queue size: number of negative keys
+    m: float = 0.99  # momentum of the key encoder: k = m*k + (1-m)*q
+    T: float = 0.1  # softmax temperature of the InfoNCE logits
+    symmetric: bool = False  # both crops serve as query (two losses, summed), as in the demo
+    shuffle_bn: bool = True  # shuffle the key batch so BN statistics cannot leak the positive
+    bn_splits: int = 8  # split BatchNorm: BN statistics per sub-batch (simulates 8 GPUs); 1: plain BN
+
+    # --- augmentation -------------------------------------------------------
+    augmentation: Literal["cifar", "aug_plus", "v1"] = "cifar"
+    image_size: int = 32  # side of the random resized crop, pixels
+
+    # --- optimisation -------------------------------------------------------
+    epochs: int = 200
+    batch_size: int = 512  # images per step (per view)
+    lr: float = 0.06  # SGD learning rate for this batch size (linear rule: 0.03 per 256 for ImageNet)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4
+    lr_schedule: Literal["cosine_epoch", "cosine_step"] = "cosine_epoch"  # official code: per epoch
+    warmup_epochs: int = 0  # linear warm-up from 0 before the cosine decay
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
+    steps_per_epoch: int = 0  # cap on steps per epoch, for demos and tests; 0: the whole dataset
+
+    # --- hardware -----------------------------------------------------------
+    gpus: int = -1  # -1: one GPU if present, else the CPU; 0: CPU; 1: one GPU
+
+    # --- kNN monitor (the demo's: k=200, T=0.1 on the head output) ----------
+    knn_every: int = 1  # epochs between kNN passes; 0: never
+    knn_k: int = 200
+    knn_t: float = 0.1
+    knn_feature: Literal["head", "backbone"] = "head"  # 128-d head output or pooled backbone
+    knn_bank_size: int = 0  # seeded subset of the train split used as the bank; 0: all
+    knn_test_size: int = 0  # seeded subset of the test split; 0: all
+
+    # --- run ----------------------------------------------------------------
+    output_dir: str = "runs/moco"  # config.json, metrics.csv, checkpoints, TensorBoard logs
+    checkpoint_every: int = 10  # epochs between kept checkpoints (checkpoint_last.pt is every epoch)
+    log_every: int = 10  # steps between progress/TensorBoard updates (each forces a GPU sync)
+    seed: int = 0
+    resume: bool = False  # continue from output_dir/checkpoint_last.pt
+    preset: str = "cifar10_demo"  # recorded for reference; set by make_config
+
+    def __post_init__(self):
+        _check_types(self)
+        _check_values(self)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def views_per_step(self) -> int:
+        """Keys enqueued per image: 2 with the symmetric loss (both crops give keys)."""
+        return 2 if self.symmetric else 1
+
+
+# Every field in which the ImageNet recipe differs from the demo defaults
+# (PROTOCOLS.md section 1, "ImageNet recipe").
+PRESETS: dict[str, dict] = {
+    "cifar10_demo": {},
+    "imagenet_mocov2": dict(
+        dataset="imagefolder",
+        data_root="data/imagenet",
+        arch="resnet50",
+        cifar_stem=False,
+        head="mlp",
+        K=65536,
+        m=0.999,
+        T=0.2,
+        bn_splits=8,  # 256 = 8 GPUs x 32 in the paper; on one device, 8 BN splits
+        augmentation="aug_plus",
+        image_size=224,
+        epochs=200,
+        batch_size=256,
+        lr=0.03,
+        weight_decay=1e-4,
+        knn_every=10,
+        knn_t=0.07,  # the kNN protocol's T for ImageNet (k=200: 52.5 for MoCo v2 200 ep)
+        knn_feature="backbone",
+        workers=16,
+    ),
+}
+
+
+def make_config(preset: str = "cifar10_demo", **overrides) -> Config:
+    """The preset's recipe with `overrides` applied.
+
+    An override of None keeps the preset's value (so a notebook parameter can
+    say "preset default" with None); any other value is validated.
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    values = {**PRESETS[preset], "preset": preset}
+    names = {f.name for f in dataclasses.fields(Config)}
+    for key, value in overrides.items():
+        if key not in names:
+            hint = difflib.get_close_matches(key, names, n=1)
+            raise ConfigError(f"unknown config key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+        if value is not None:
+            values[key] = value
+    return Config(**values)
+
+
+def config_from_dict(values: dict) -> Config:
+    """Rebuild a Config saved by `Config.to_dict` (in config.json or a checkpoint)."""
+    names = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"saved config has keys this mocolab does not know: {unknown}")
+    return Config(**values)
+
+
+# ----------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------
+
+def _check_types(cfg: Config) -> None:
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(cfg):
+        value, kind = getattr(cfg, f.name), hints[f.name]
+        if typing.get_origin(kind) is Literal:
+            if value not in typing.get_args(kind):
+                raise ConfigError(f"{f.name}={value!r} is not one of {list(typing.get_args(kind))}")
+        elif kind is str and isinstance(value, os.PathLike):
+            object.__setattr__(cfg, f.name, os.fspath(value))
+        elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(cfg, f.name, float(value))
+        elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"{f.name} must be {kind.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _check_values(cfg: Config) -> None:
+    def need(ok: bool, message: str):
+        if not ok:
+            raise ConfigError(message)
+
+    for name in ("dim", "K", "epochs", "batch_size", "image_size", "bn_splits", "knn_k", "log_every"):
+        need(getattr(cfg, name) > 0, f"{name} must be positive, got {getattr(cfg, name)}")
+    for name in ("train_subset", "workers", "warmup_epochs", "steps_per_epoch", "knn_every",
+                 "knn_bank_size", "knn_test_size", "checkpoint_every", "seed"):
+        need(getattr(cfg, name) >= 0, f"{name} must be >= 0, got {getattr(cfg, name)}")
+    need(0.0 <= cfg.m <= 1.0, f"m must lie in [0, 1], got {cfg.m}")
+    need(cfg.T > 0 and cfg.knn_t > 0, f"temperatures must be positive, got T={cfg.T}, knn_t={cfg.knn_t}")
+    need(cfg.lr > 0, f"lr must be positive, got {cfg.lr}")
+    need(cfg.gpus >= -1, f"gpus must be -1 (auto), 0 (CPU) or a GPU count, got {cfg.gpus}")
+    need(cfg.warmup_epochs < cfg.epochs or cfg.warmup_epochs == 0,
+         f"warmup_epochs={cfg.warmup_epochs} must be shorter than epochs={cfg.epochs}")
+    keys_per_step = cfg.batch_size * cfg.views_per_step
+    need(cfg.K % keys_per_step == 0,
+         f"K={cfg.K} must be divisible by the keys enqueued per step ({keys_per_step} = batch_size "
+         f"{cfg.batch_size}{' x 2 views (symmetric)' if cfg.symmetric else ''}), so the queue "
+         f"pointer always wraps to 0; e.g. K={max(1, cfg.K // keys_per_step) * keys_per_step}")
+    need(cfg.batch_size % cfg.bn_splits == 0,
+         f"batch_size={cfg.batch_size} must be divisible by bn_splits={cfg.bn_splits}")

@@ -1,0 +1,106 @@
+"""MoCo v2: query encoder, momentum key encoder, queue of negatives, InfoNCE.
+
+In the spirit of facebookresearch/moco's `builder.py`. One training step,
+in the official order (PROTOCOLS.md section 1):
+
+  1. momentum update of the key encoder from the query weights of the
+     previous optimiser step:  theta_k = m * theta_k + (1 - m) * theta_q
+  2. q = normalise(f_q(x_q));  k = normalise(f_k(x_k)) with shuffle BN, no gradient
+  3. logits = [q.k+, q.queue] / T;  loss = cross-entropy with label 0
+  4. enqueue the new keys (dequeuing the oldest)
+
+then, outside, loss.backward() and the optimiser step on the query encoder.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .distributed import batch_shuffle, batch_unshuffle, gather_keys
+from .queue import KeyQueue
+
+
+@dataclass
+class MoCoOutput:
+    """The loss and what a learner wants to watch; all are tensors (no host sync)."""
+
+    loss: torch.Tensor  # scalar, with gradient
+    acc: torch.Tensor  # instance-discrimination accuracy: fraction of queries whose positive wins
+    pos_sim: torch.Tensor  # mean cosine similarity q.k+ of positive pairs
+    neg_sim: torch.Tensor  # mean cosine similarity q.queue against the negatives
+
+
+def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, T: float):
+    """InfoNCE of unit vectors q (N x C) against positives k (N x C) and negatives queue (K x C).
+
+    Returns (loss, logits); the positive is logit 0 of every row.
+    """
+    l_pos = (q * k).sum(dim=1, keepdim=True)  # l_pos: N x 1
+    l_neg = q @ queue.T  # l_neg: N x K
+    logits = torch.cat([l_pos, l_neg], dim=1) / T  # logits: N x (1+K)
+    labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)  # the positive is index 0
+    return F.cross_entropy(logits, labels), logits
+
+
+class MoCo(nn.Module):
+    """Momentum Contrast around an encoder (see models.build_encoder).
+
+    K: queue size; m: key-encoder momentum; T: temperature;
+    symmetric: both crops act as query and as key (the demo's option), the
+    two losses are summed and both key batches are enqueued;
+    shuffle_bn: shuffle the key batch before the key encoder (with split BN
+    on one device, or across GPUs).
+    """
+
+    def __init__(self, encoder: nn.Module, K: int = 65536, m: float = 0.999, T: float = 0.2,
+                 dim: int = 128, symmetric: bool = False, shuffle_bn: bool = True):
+        super().__init__()
+        self.K, self.m, self.T = K, m, T
+        self.symmetric, self.shuffle_bn = symmetric, shuffle_bn
+        self.encoder_q = encoder
+        self.encoder_k = copy.deepcopy(encoder)  # starts as an exact copy of the query encoder
+        self.encoder_k.requires_grad_(False)  # updated only by momentum, never by gradients
+        self.queue = KeyQueue(K, dim)
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """theta_k = m * theta_k + (1 - m) * theta_q over parameters; BN buffers are not averaged."""
+        k_params = list(self.encoder_k.parameters())
+        q_params = [p.detach() for p in self.encoder_q.parameters()]
+        torch._foreach_mul_(k_params, self.m)  # one fused kernel per list, not one per tensor
+        torch._foreach_add_(k_params, q_params, alpha=1.0 - self.m)
+
+    @torch.no_grad()
+    def encode_keys(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised keys of images x (N x C), with shuffle BN when enabled."""
+        if self.shuffle_bn:
+            x, unshuffle = batch_shuffle(x)
+        k = F.normalize(self.encoder_k(x).float(), dim=1)  # k: N x C, fp32 even under autocast
+        return batch_unshuffle(k, unshuffle) if self.shuffle_bn else k
+
+    def contrastive_loss(self, x_q: torch.Tensor, x_k: torch.Tensor):
+        q = F.normalize(self.encoder_q(x_q).float(), dim=1)  # q: N x C
+        k = self.encode_keys(x_k)  # k: N x C
+        # A detached copy: enqueue() overwrites the queue before backward needs it.
+        loss, logits = info_nce(q, k, self.queue.keys.clone().detach(), self.T)
+        return loss, logits, k
+
+    def forward(self, x_q: torch.Tensor, x_k: torch.Tensor) -> MoCoOutput:
+        """x_q, x_k: two augmented views of the same N images (N x 3 x H x W)."""
+        self.momentum_update()
+        if self.symmetric:
+            loss_12, logits_12, k2 = self.contrastive_loss(x_q, x_k)
+            loss_21, logits_21, k1 = self.contrastive_loss(x_k, x_q)
+            loss, logits, k = loss_12 + loss_21, torch.cat([logits_12, logits_21]), torch.cat([k1, k2])
+        else:
+            loss, logits, k = self.contrastive_loss(x_q, x_k)
+        self.queue.enqueue(gather_keys(k))
+        with torch.no_grad():
+            logits = logits.detach() * self.T  # back to cosine similarities
+            acc = (logits.argmax(dim=1) == 0).float().mean()
+            pos_sim, neg_sim = logits[:, 0].mean(), logits[:, 1:].mean()
+        return MoCoOutput(loss=loss, acc=acc, pos_sim=pos_sim, neg_sim=neg_sim)

@@ -1,0 +1,39 @@
+"""The queue of negative keys: a FIFO dictionary of K encoded keys (MoCo, section 3.2).
+
+Kept as module buffers so it lives on the training device, moves with
+`.to(device)` and is saved in every checkpoint together with its pointer.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class KeyQueue(nn.Module):
+    """K keys of `dim` dimensions, initialised as random unit vectors, with a write pointer.
+
+    `enqueue(k)` overwrites the oldest len(k) slots. In a multi-process run, k is
+    the keys of the whole global batch (gathered in rank order), so every
+    process holds the same queue.
+    """
+
+    def __init__(self, K: int = 65536, dim: int = 128):
+        super().__init__()
+        self.K = K
+        self.register_buffer("keys", F.normalize(torch.randn(K, dim), dim=1))  # keys: K x dim
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def enqueue(self, k: torch.Tensor) -> None:
+        """Write the B keys k (B x dim) at the pointer and advance it by B (mod K)."""
+        B = k.shape[0]
+        if self.K % B:
+            raise ValueError(f"queue size K={self.K} is not divisible by the {B} keys enqueued per step")
+        # Slot indices computed on the device: no host sync, so the step stays asynchronous.
+        slots = (self.ptr + torch.arange(B, device=self.keys.device)) % self.K  # slots: B
+        self.keys.index_copy_(0, slots, k.to(self.keys.dtype))
+        self.ptr.copy_((self.ptr + B) % self.K)
+
+    def extra_repr(self) -> str:
+        return f"K={self.K}, dim={self.keys.shape[1]}"

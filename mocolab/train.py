@@ -1,0 +1,273 @@
+"""`pretrain(config)`: the MoCo v2 training loop on the CPU or one GPU.
+
+The run's output directory holds everything about it:
+
+    config.json           the config, mocolab's git SHA, torch version
+    metrics.csv           one row per epoch: loss, lr, instance acc, similarities, kNN top-1, seconds
+    steps.csv             one row per `log_every` steps: loss, acc, lr
+    checkpoint_last.pt    written every epoch (atomically); `resume=True` continues from it
+    checkpoint_NNNN.pt    kept every `checkpoint_every` epochs
+    tb/                   TensorBoard logs
+
+A crash loses at most the epoch in progress.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .config import Config, ConfigError
+from .data import classes_of, eval_loader, knn_datasets, pretrain_dataset, pretrain_loader
+from .evaluate import extract_features, knn_accuracy
+from .models import build_encoder
+from .moco import MoCo
+from .schedule import cosine_schedule
+
+
+@dataclass
+class Run:
+    """What `pretrain` returns: where the run lives, its model and its metric history."""
+
+    output_dir: Path
+    config: Config
+    model: MoCo
+    history: list[dict] = field(default_factory=list)  # one row per epoch (as in metrics.csv)
+    steps: list[dict] = field(default_factory=list)  # one row per log_every steps (steps.csv)
+
+
+# ----------------------------------------------------------------------------
+# Set-up
+# ----------------------------------------------------------------------------
+
+def resolve_device(gpus: int) -> torch.device:
+    """gpus -1: a GPU if present, else CPU; 0: CPU; 1: the first GPU. Fails before any work."""
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus == -1:
+        return torch.device("cuda" if available else "cpu")
+    if gpus == 0:
+        return torch.device("cpu")
+    if available == 0:
+        raise ConfigError(f"gpus={gpus} but no CUDA GPU is visible to torch; use gpus=0 to train on the CPU")
+    if gpus > available:
+        raise ConfigError(f"gpus={gpus} but only {available} GPU(s) are visible")
+    if gpus > 1:
+        raise ConfigError(f"gpus={gpus}: multi-GPU training is not available yet in this version "
+                          f"of mocolab; use gpus=1")
+    return torch.device("cuda")
+
+
+def resolve_precision(precision: str, device: torch.device):
+    """Autocast dtype, or None for fp32. auto: bf16 on a GPU that supports it, else fp32."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision != "fp32" and device.type != "cuda":
+        raise ConfigError(f"precision={precision!r} needs a GPU; use 'fp32' or 'auto' on the CPU")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def build_model(cfg: Config) -> MoCo:
+    """The MoCo module of a config: encoders, queue; randomly initialised."""
+    encoder = build_encoder(cfg.arch, cifar_stem=cfg.cifar_stem, head=cfg.head, dim=cfg.dim,
+                            bn_splits=cfg.bn_splits)
+    return MoCo(encoder, K=cfg.K, m=cfg.m, T=cfg.T, dim=cfg.dim, symmetric=cfg.symmetric,
+                shuffle_bn=cfg.shuffle_bn)
+
+
+def build_optimizer(model: MoCo, cfg: Config) -> torch.optim.SGD:
+    """SGD on the query encoder only; weight decay on every parameter, as in the official code."""
+    return torch.optim.SGD(model.encoder_q.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay)
+
+
+def lr_schedule(cfg: Config, steps_per_epoch: int):
+    """The per-step learning rates of a run (plot it before training)."""
+    return cosine_schedule(cfg.lr, cfg.epochs, steps_per_epoch, cfg.warmup_epochs,
+                           per_step=cfg.lr_schedule == "cosine_step")
+
+
+def steps_per_epoch(cfg: Config, num_images: int) -> int:
+    full = num_images // cfg.batch_size
+    return min(full, cfg.steps_per_epoch) if cfg.steps_per_epoch else full
+
+
+def _code_version() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------
+# One epoch and the kNN monitor
+# ----------------------------------------------------------------------------
+
+def train_one_epoch(model, loader, optimizer, lrs, start_step, num_steps, device, autocast_dtype,
+                    scaler, cfg: Config, epoch: int, steps_log: list, writer=None, progress=True) -> dict:
+    """Train for num_steps batches; returns the epoch means (one host sync per log_every steps)."""
+    model.train()  # both encoders: BN uses batch statistics for keys too
+    totals = torch.zeros(4, device=device)  # running sums of loss, acc, pos_sim, neg_sim
+    bar = tqdm(total=num_steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext())
+    for i, ((x_q, x_k), _) in enumerate(loader):
+        if i == num_steps:
+            break
+        step = start_step + i
+        for group in optimizer.param_groups:
+            group["lr"] = lrs[step]
+        x_q, x_k = x_q.to(device, non_blocking=True), x_k.to(device, non_blocking=True)
+        with autocast:
+            out = model(x_q, x_k)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(out.loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        stats = torch.stack([out.loss.detach(), out.acc, out.pos_sim, out.neg_sim])
+        totals += stats
+        if (step + 1) % cfg.log_every == 0 or i == num_steps - 1:
+            loss, acc, pos, neg = stats.tolist()
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss} at step {step + 1}: lower lr, or use "
+                                         f"precision='fp32'; checkpoint_last.pt holds the last good epoch")
+            row = {"step": step + 1, "epoch": round(epoch + (i + 1) / num_steps, 4), "lr": float(lrs[step]),
+                   "loss": loss, "acc": acc, "pos_sim": pos, "neg_sim": neg}
+            steps_log.append(row)
+            if writer is not None:
+                for key in ("loss", "acc", "pos_sim", "neg_sim", "lr"):
+                    writer.add_scalar(f"step/{key}", row[key], step + 1)
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{100 * acc:.1f}%")
+        bar.update(1)
+    bar.close()
+    loss, acc, pos, neg = (totals / num_steps).tolist()
+    return {"loss": loss, "acc": acc, "pos_sim": pos, "neg_sim": neg}
+
+
+def knn_monitor(encoder, bank_loader, test_loader, num_classes: int, cfg: Config, device,
+                progress=True) -> float:
+    """kNN top-1 (%) of the test set against the bank, on head or backbone features (the demo's monitor)."""
+    bank_f, bank_y = extract_features(encoder, bank_loader, cfg.knn_feature, device, progress=progress)
+    test_f, test_y = extract_features(encoder, test_loader, cfg.knn_feature, device, progress=progress)
+    k = min(cfg.knn_k, len(bank_f))
+    return knn_accuracy(test_f, test_y, bank_f, bank_y, num_classes, ks=(k,), T=cfg.knn_t)[k]["top1"]
+
+
+# ----------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------
+
+def pretrain(cfg: Config, progress: bool = True) -> Run:
+    """Pretrain MoCo as `cfg` says, writing config, metrics and checkpoints to cfg.output_dir."""
+    out = Path(cfg.output_dir)
+    last = out / "checkpoint_last.pt"
+    if not cfg.resume and last.exists():
+        raise ConfigError(f"{out} already holds a run (checkpoint_last.pt); pass resume=True to "
+                          f"continue it, or choose another output_dir")
+    saved = ckpt.load_checkpoint(last) if cfg.resume else None  # fails early when absent
+    if saved is not None:
+        ckpt.check_compatible(saved["config"], cfg.to_dict(), last)
+    device = resolve_device(cfg.gpus)
+    autocast_dtype = resolve_precision(cfg.precision, device)
+
+    # Data first: a missing dataset should fail before minutes of model set-up.
+    torch.manual_seed(cfg.seed)
+    train_set = pretrain_dataset(cfg)
+    num_steps = steps_per_epoch(cfg, len(train_set))
+    if num_steps == 0:
+        raise ConfigError(f"batch_size={cfg.batch_size} exceeds the {len(train_set)} training images")
+    pin = device.type == "cuda"
+    if cfg.knn_every:
+        bank_set, test_set = knn_datasets(cfg)
+        num_classes = len(classes_of(bank_set))
+        bank_loader = eval_loader(bank_set, workers=cfg.workers, pin_memory=pin)
+        test_loader = eval_loader(test_set, workers=cfg.workers, pin_memory=pin)
+
+    model = build_model(cfg).to(device)
+    optimizer = build_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+    lrs = lr_schedule(cfg, num_steps)
+    run = Run(out, cfg, model)
+    start_epoch = 0
+    if saved is not None:
+        ckpt.load_state(model, saved["model"], last)
+        optimizer.load_state_dict(saved["optimizer"])
+        if saved.get("scaler"):  # empty when the saved run did not use fp16 loss scaling
+            scaler.load_state_dict(saved["scaler"])
+        ckpt.set_rng_state(saved["rng"])
+        start_epoch, run.history, run.steps = saved["epoch"], saved["history"], saved["steps"]
+        changed = {k: (v, cfg.to_dict()[k]) for k, v in saved["config"].items()
+                   if k != "resume" and cfg.to_dict().get(k) != v}
+        if changed:
+            warnings.warn(f"resuming {out} with changed settings (checkpoint, now): {changed}", stacklevel=2)
+
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"config": cfg.to_dict(), "code_version": _code_version(), "torch": torch.__version__,
+            "device": str(device), "precision": str(autocast_dtype or "fp32"), "steps_per_epoch": num_steps}
+    (out / "config.json").write_text(json.dumps(meta, indent=2))
+    from torch.utils.tensorboard import SummaryWriter  # imported late: tensorboard is slow to import
+    writer = SummaryWriter(str(out / "tb"), purge_step=start_epoch * num_steps + 1)
+
+    for epoch in tqdm(range(start_epoch, cfg.epochs), desc="pretrain", initial=start_epoch,
+                      total=cfg.epochs, disable=not progress):
+        tic = time.perf_counter()
+        loader = pretrain_loader(train_set, cfg, epoch, pin_memory=pin)
+        means = train_one_epoch(model, loader, optimizer, lrs, epoch * num_steps, num_steps, device,
+                                autocast_dtype, scaler, cfg, epoch, run.steps, writer, progress)
+        train_s = time.perf_counter() - tic
+        last_step = (epoch + 1) * num_steps
+        row = {"epoch": epoch + 1, "step": last_step, "lr": float(lrs[last_step - 1]),
+               **means, "knn_top1": None, "train_s": round(train_s, 3), "knn_s": None,
+               "images_per_s": round(num_steps * cfg.batch_size / train_s, 1)}
+        if cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
+            tic = time.perf_counter()
+            row["knn_top1"] = knn_monitor(model.encoder_q, bank_loader, test_loader, num_classes, cfg,
+                                          device, progress)
+            row["knn_s"] = round(time.perf_counter() - tic, 3)
+        run.history.append(row)
+        for key in ("loss", "acc", "pos_sim", "neg_sim", "knn_top1", "images_per_s"):
+            if row[key] is not None:
+                writer.add_scalar(f"epoch/{key}", row[key], epoch + 1)
+        writer.flush()
+
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scaler": scaler.state_dict(), "epoch": epoch + 1, "rng": ckpt.rng_state(),
+                 "config": cfg.to_dict(), "history": run.history, "steps": run.steps}
+        ckpt.atomic_save(state, last)
+        if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0:
+            ckpt.atomic_save(state, out / f"checkpoint_{epoch + 1:04d}.pt")
+        _write_csv(run.history, out / "metrics.csv")
+        _write_csv(run.steps, out / "steps.csv")
+        print(_epoch_line(row, cfg), flush=True)
+    writer.close()
+    return run
+
+
+def _epoch_line(row: dict, cfg: Config) -> str:
+    knn = f"  kNN {row['knn_top1']:.2f}%" if row["knn_top1"] is not None else ""
+    return (f"epoch {row['epoch']}/{cfg.epochs}  loss {row['loss']:.4f}  acc {100 * row['acc']:.1f}%  "
+            f"lr {row['lr']:.4g}{knn}  {row['train_s']:.1f} s ({row['images_per_s']:.0f} img/s)")

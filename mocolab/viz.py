@@ -1,0 +1,52 @@
+"""Figures of a run: the lr schedule before training, the training curves after.
+
+Each function returns a matplotlib Figure and, given `save_to`, writes it as a PNG.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def _finish(fig, save_to):
+    fig.tight_layout()
+    if save_to is not None:
+        fig.savefig(Path(save_to), dpi=120)
+    return fig
+
+
+def plot_lr_schedule(lrs: np.ndarray, steps_per_epoch: int, save_to=None):
+    """Learning rate against epochs (fractional, one point per optimiser step)."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(np.arange(len(lrs)) / steps_per_epoch, lrs)
+    ax.set(xlabel="epoch", ylabel="learning rate", title="lr schedule")
+    ax.grid(alpha=0.3)
+    return _finish(fig, save_to)
+
+
+def plot_training_curves(history: list[dict], steps: list[dict], K: int, save_to=None):
+    """Loss with the ln(K+1) chance line, instance-discrimination accuracy, similarities, kNN top-1."""
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.6))
+    loss_ax, acc_ax, sim_ax, knn_ax = axes
+    x = [r["epoch"] for r in steps]
+    loss_ax.plot(x, [r["loss"] for r in steps], lw=1, label="loss (per log step)")
+    loss_ax.plot([r["epoch"] for r in history], [r["loss"] for r in history], "o-", label="epoch mean")
+    loss_ax.axhline(math.log(K + 1), color="gray", ls="--", label=f"chance ln(K+1) = {math.log(K + 1):.2f}")
+    loss_ax.set(xlabel="epoch", ylabel="InfoNCE loss", title="loss")
+    acc_ax.plot(x, [100 * r["acc"] for r in steps])
+    acc_ax.set(xlabel="epoch", ylabel="%", title="instance discrimination accuracy")
+    sim_ax.plot(x, [r["pos_sim"] for r in steps], label="positive q.k+")
+    sim_ax.plot(x, [r["neg_sim"] for r in steps], label="negative q.queue")
+    sim_ax.set(xlabel="epoch", ylabel="cosine similarity", title="mean similarities")
+    knn = [(r["epoch"], r["knn_top1"]) for r in history if r.get("knn_top1") is not None]
+    if knn:
+        knn_ax.plot(*zip(*knn), "o-")
+    knn_ax.set(xlabel="epoch", ylabel="top-1 %", title="kNN monitor")
+    for ax in (loss_ax, sim_ax):
+        ax.legend(fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return _finish(fig, save_to)

@@ -1,0 +1,39 @@
+"""Shared fixtures. Real-data tests read CIFAR-10 as an ImageFolder tree from
+$MOCOLAB_CIFAR10, by default ../shared/data/cifar10 beside the repository."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def cifar10_root() -> Path:
+    root = Path(os.environ.get("MOCOLAB_CIFAR10", REPO.parent / "shared" / "data" / "cifar10"))
+    if not (root / "train").is_dir() or not (root / "test").is_dir():
+        pytest.fail(f"real-data tests need CIFAR-10 as an ImageFolder (train/, test/) at {root}; "
+                    f"set MOCOLAB_CIFAR10 to its folder")
+    return root
+
+
+def write_image_folder(root: Path, classes=("cat", "dog"), per_class=4, size=32, splits=("train", "val"),
+                       seed=0) -> Path:
+    """A tiny ImageFolder tree of random-noise JPEGs, for bad-input and layout tests."""
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / c / f"{i:03d}.jpg")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield

@@ -1,0 +1,166 @@
+"""MoCo against references: the hand-computed InfoNCE, chance level, the official demo model."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mocolab import MoCo, build_encoder, info_nce
+from mocolab.distributed import batch_shuffle, batch_unshuffle
+from mocolab.queue import KeyQueue
+from reference_moco import ModelMoCo
+
+
+def small_moco(**kw):
+    enc = build_encoder("resnet18", cifar_stem=True, head="linear", dim=16, bn_splits=kw.pop("bn_splits", 2))
+    return MoCo(enc, **{"K": 32, "m": 0.9, "T": 0.1, "dim": 16, **kw})
+
+
+def test_info_nce_equals_hand_computed_cross_entropy():
+    q = F.normalize(torch.randn(3, 4), dim=1)
+    k = F.normalize(torch.randn(3, 4), dim=1)
+    queue = F.normalize(torch.randn(5, 4), dim=1)
+    T = 0.2
+    loss, logits = info_nce(q, k, queue, T)
+    expected = 0.0
+    for n in range(3):  # -log softmax of the positive, written out
+        pos = sum(q[n, c] * k[n, c] for c in range(4)) / T
+        negs = [sum(q[n, c] * queue[j, c] for c in range(4)) / T for j in range(5)]
+        expected += -(pos - math.log(math.exp(pos) + sum(math.exp(v) for v in negs))) / 3
+    assert loss.item() == pytest.approx(float(expected), rel=1e-5)
+    assert logits.shape == (3, 6)
+    assert logits[1, 0].item() == pytest.approx((q[1] @ k[1]).item() / T, rel=1e-5)
+
+
+@pytest.mark.parametrize("T", [1.0, 0.2])
+def test_loss_of_random_unit_vectors_is_near_chance(T):
+    N, K, C = 2048, 4096, 128
+    q, k = F.normalize(torch.randn(N, C), dim=1), F.normalize(torch.randn(N, C), dim=1)
+    queue = F.normalize(torch.randn(K, C), dim=1)
+    loss, _ = info_nce(q, k, queue, T)
+    # Logits are ~N(0, s^2) with s = 1/(sqrt(C) T); E[logsumexp] ~ ln(K+1) + s^2/2.
+    s2 = 1.0 / (C * T * T)
+    assert loss.item() == pytest.approx(math.log(K + 1) + s2 / 2, abs=0.03)
+    if T == 1.0:
+        assert abs(loss.item() - math.log(K + 1)) < 0.03  # 8.32 for K = 4096
+
+
+def test_queue_enqueue_wraps_around_and_moves_pointer():
+    queue = KeyQueue(K=6, dim=2)
+    before = queue.keys.clone()
+    a, b, c, d = (torch.full((2, 2), float(v)) for v in (1, 2, 3, 4))
+    queue.enqueue(a)
+    assert queue.ptr.item() == 2 and torch.equal(queue.keys[:2], a) and torch.equal(queue.keys[2:], before[2:])
+    queue.enqueue(b)
+    queue.enqueue(c)
+    assert queue.ptr.item() == 0  # wrapped
+    queue.enqueue(d)  # overwrites the oldest keys (a)
+    assert queue.ptr.item() == 2
+    assert torch.equal(queue.keys, torch.cat([d, b, c]))
+    with pytest.raises(ValueError, match="not divisible"):
+        queue.enqueue(torch.zeros(4, 2))
+
+
+def test_initial_queue_is_random_unit_vectors():
+    queue = KeyQueue(K=100, dim=8)
+    assert torch.allclose(queue.keys.norm(dim=1), torch.ones(100))
+    assert queue.keys.std() > 0.1
+
+
+def test_shuffle_is_a_permutation_and_unshuffle_inverts_it():
+    x = torch.arange(64).float().view(16, 4)
+    shuffled, unshuffle = batch_shuffle(x)
+    assert not torch.equal(shuffled, x)
+    assert sorted(shuffled[:, 0].tolist()) == x[:, 0].tolist()
+    assert torch.equal(batch_unshuffle(shuffled, unshuffle), x)
+
+
+def test_momentum_update_matches_formula_and_key_encoder_gets_no_gradient():
+    model = small_moco(m=0.75)
+    with torch.no_grad():  # make the encoders differ so the update is visible
+        for p in model.encoder_q.parameters():
+            p.add_(torch.randn_like(p))
+    q0 = [p.clone() for p in model.encoder_q.parameters()]
+    k0 = [p.clone() for p in model.encoder_k.parameters()]
+    bn_k0 = model.encoder_k.backbone.bn1.running_mean.clone()
+    model.momentum_update()
+    for pq, pk0, pk in zip(q0, k0, model.encoder_k.parameters()):
+        assert torch.allclose(pk, 0.75 * pk0 + 0.25 * pq, atol=1e-6)
+    assert torch.equal(model.encoder_k.backbone.bn1.running_mean, bn_k0)  # buffers are not averaged
+
+    out = model(torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16))
+    out.loss.backward()
+    assert all(p.grad is None and not p.requires_grad for p in model.encoder_k.parameters())
+    assert all(p.grad is not None for p in model.encoder_q.parameters())
+
+
+def test_key_encoder_starts_as_exact_copy():
+    model = small_moco()
+    for pq, pk in zip(model.encoder_q.parameters(), model.encoder_k.parameters()):
+        assert torch.equal(pq, pk) and pq.data_ptr() != pk.data_ptr()
+
+
+def test_step_enqueues_the_new_keys_and_reports_statistics():
+    model = small_moco(m=0.0, bn_splits=1, shuffle_bn=False)
+    x_q, x_k = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    queue_before = model.queue.keys.clone()
+    with torch.no_grad():
+        q = F.normalize(model.encoder_q(x_q), dim=1)
+        k = F.normalize(model.encoder_q(x_k), dim=1)  # m = 0: key encoder == query encoder
+    out = model(x_q, x_k)
+    assert torch.allclose(model.queue.keys[:8], k, atol=1e-5)
+    assert model.queue.ptr.item() == 8
+    l_pos, l_neg = (q * k).sum(1), q @ queue_before.T
+    assert out.pos_sim.item() == pytest.approx(l_pos.mean().item(), abs=1e-5)
+    assert out.neg_sim.item() == pytest.approx(l_neg.mean().item(), abs=1e-5)
+    acc = (l_pos > l_neg.max(1).values).float().mean().item()
+    assert out.acc.item() == pytest.approx(acc)
+    expected_loss, _ = info_nce(q, k, queue_before, 0.1)
+    assert out.loss.item() == pytest.approx(expected_loss.item(), rel=1e-5)
+
+
+def test_identical_views_with_m0_give_positive_similarity_one():
+    model = small_moco(m=0.0, bn_splits=1, shuffle_bn=True)  # one BN over the batch: order-free
+    x = torch.randn(8, 3, 16, 16)
+    out = model(x, x)
+    assert out.pos_sim.item() == pytest.approx(1.0, abs=1e-5)  # so unshuffle restored the order
+
+
+def test_symmetric_loss_sums_both_directions_and_enqueues_both_key_batches():
+    model = small_moco(symmetric=True, m=0.0, bn_splits=1, shuffle_bn=False)
+    x1, x2 = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    queue_before = model.queue.keys.clone()
+    with torch.no_grad():
+        z1, z2 = F.normalize(model.encoder_q(x1), dim=1), F.normalize(model.encoder_q(x2), dim=1)
+    out = model(x1, x2)
+    expected = info_nce(z1, z2, queue_before, 0.1)[0] + info_nce(z2, z1, queue_before, 0.1)[0]
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert model.queue.ptr.item() == 16
+    assert torch.allclose(model.queue.keys[:16], torch.cat([z1, z2]), atol=1e-5)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_matches_the_official_demo_model(symmetric):
+    """Same weights, inputs and shuffles: the loss trajectory and queue equal the official code's."""
+    ours = small_moco(symmetric=symmetric, bn_splits=4)
+    ref = ModelMoCo(copy.deepcopy(ours.encoder_q), copy.deepcopy(ours.encoder_k), dim=16, K=32, m=0.9,
+                    T=0.1, symmetric=symmetric)
+    ref.queue.copy_(ours.queue.keys.T)
+    opt_ours = torch.optim.SGD(ours.encoder_q.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    opt_ref = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    for step in range(3):
+        x1, x2 = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
+        torch.manual_seed(100 + step)  # the same shuffle permutations in both
+        loss_ours = ours(x1, x2).loss
+        opt_ours.zero_grad()
+        loss_ours.backward()
+        opt_ours.step()
+        torch.manual_seed(100 + step)
+        loss_ref = ref(x1, x2)
+        opt_ref.zero_grad()
+        loss_ref.backward()
+        opt_ref.step()
+        assert loss_ours.item() == pytest.approx(loss_ref.item(), rel=1e-4, abs=1e-5)
+        assert torch.allclose(ours.queue.keys.T, ref.queue, atol=1e-4)
+        assert ours.queue.ptr.item() == ref.queue_ptr.item()

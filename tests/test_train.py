@@ -1,0 +1,163 @@
+"""Training runs: checkpoint round trip, resume, bad input before any work, output files."""
+import csv
+import inspect
+import json
+
+import pytest
+import torch
+
+import mocolab.train
+from conftest import write_image_folder
+from mocolab import ConfigError, make_config, pretrain
+from mocolab.checkpoint import CheckpointError, atomic_save, load_checkpoint
+from mocolab.data import DatasetError
+from mocolab.train import build_model, build_optimizer, resolve_device, resolve_precision
+
+# A tiny but real run: CIFAR-10 images at 16 px, ResNet-18, batch 16, K 64.
+TINY = dict(dataset="imagefolder", gpus=0, image_size=16, batch_size=16, K=64, bn_splits=2,
+            train_subset=64, knn_bank_size=64, knn_test_size=32, knn_k=10, workers=0, epochs=2,
+            log_every=2, lr=0.01)
+
+
+def tiny(cifar10_root, tmp_path, **kw):
+    return make_config("cifar10_demo", **{**TINY, "data_root": str(cifar10_root),
+                                          "output_dir": str(tmp_path / "run"), **kw})
+
+
+def test_run_writes_config_metrics_and_checkpoints(cifar10_root, tmp_path):
+    cfg = tiny(cifar10_root, tmp_path, checkpoint_every=1)
+    run = pretrain(cfg, progress=False)
+    out = tmp_path / "run"
+    assert {"config.json", "metrics.csv", "steps.csv", "checkpoint_last.pt", "checkpoint_0001.pt",
+            "checkpoint_0002.pt", "tb"} <= {p.name for p in out.iterdir()}
+    assert not list(out.glob("*.tmp"))
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["config"] == cfg.to_dict() and meta["steps_per_epoch"] == 4
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"loss", "lr", "acc", "pos_sim", "neg_sim", "knn_top1", "train_s"} <= set(rows[0])
+    assert 0 <= float(rows[1]["knn_top1"]) <= 100
+    state = load_checkpoint(out / "checkpoint_last.pt")
+    assert state["epoch"] == 2 and state["config"] == cfg.to_dict()
+    assert torch.equal(state["model"]["queue.keys"], run.model.queue.keys)
+    assert state["model"]["queue.ptr"].item() == (2 * 4 * 16) % 64
+    assert {"model", "optimizer", "rng", "history", "steps"} <= set(state)
+
+
+def test_checkpoint_round_trip_gives_the_same_next_step_loss(tmp_path):
+    cfg = make_config("cifar10_demo", image_size=16, batch_size=8, K=32, bn_splits=2, gpus=0)
+    model = build_model(cfg)
+    opt = build_optimizer(model, cfg)
+    batches = [(torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)) for _ in range(3)]
+    for x_q, x_k in batches[:2]:
+        out = model(x_q, x_k)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                 "rng": torch.get_rng_state()}, tmp_path / "c.pt")
+    expected = model(*batches[2]).loss.item()
+
+    state = load_checkpoint(tmp_path / "c.pt")
+    torch.manual_seed(123)  # a fresh model with other weights
+    restored = build_model(cfg)
+    restored.load_state_dict(state["model"])
+    torch.set_rng_state(state["rng"])  # the shuffle BN permutation depends on it
+    assert restored(*batches[2]).loss.item() == expected
+
+
+def test_resume_after_a_crash_continues_exactly_like_an_uninterrupted_run(cifar10_root, tmp_path, monkeypatch):
+    straight = pretrain(tiny(cifar10_root, tmp_path / "a", epochs=3), progress=False)
+
+    real_epoch = mocolab.train.train_one_epoch
+
+    def crash_in_third_epoch(*args, **kwargs):
+        if inspect.signature(real_epoch).bind(*args, **kwargs).arguments["epoch"] == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real_epoch(*args, **kwargs)
+    monkeypatch.setattr(mocolab.train, "train_one_epoch", crash_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tiny(cifar10_root, tmp_path / "b", epochs=3), progress=False)
+    monkeypatch.undo()
+    resumed = pretrain(tiny(cifar10_root, tmp_path / "b", epochs=3, resume=True), progress=False)
+    keys = ("loss", "acc", "knn_top1", "lr")
+    assert [[r[k] for k in keys] for r in resumed.history] == [[r[k] for k in keys] for r in straight.history]
+    assert [r["loss"] for r in resumed.steps] == [r["loss"] for r in straight.steps]
+    assert torch.equal(resumed.model.queue.keys, straight.model.queue.keys)
+    rows = list(csv.DictReader(open(tmp_path / "b" / "run" / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+
+
+def test_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint_last.pt"
+    atomic_save({"epoch": 1}, path)
+
+    def crash(obj, f):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+
+
+def test_resume_without_checkpoint_fails_before_training(cifar10_root, tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint at .*checkpoint_last.pt: nothing to resume"):
+        pretrain(tiny(cifar10_root, tmp_path, resume=True), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_with_another_architecture_names_the_difference(cifar10_root, tmp_path):
+    pretrain(tiny(cifar10_root, tmp_path, epochs=1, knn_every=0), progress=False)
+    with pytest.raises(CheckpointError, match="another model.*arch: checkpoint 'resnet18', config 'resnet34'"):
+        pretrain(tiny(cifar10_root, tmp_path, arch="resnet34", resume=True), progress=False)
+    with pytest.raises(ConfigError, match="already holds a run.*resume=True"):
+        pretrain(tiny(cifar10_root, tmp_path, epochs=2), progress=False)
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path):
+    (tmp_path / "checkpoint_last.pt").write_bytes(b"truncated")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(tmp_path / "checkpoint_last.pt")
+
+
+def test_missing_data_fails_before_any_output(tmp_path):
+    cfg = make_config("cifar10_demo", dataset="imagefolder", data_root=str(tmp_path / "none"), gpus=0,
+                      output_dir=str(tmp_path / "run"))
+    with pytest.raises(DatasetError, match="does not exist"):
+        pretrain(cfg, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_dataset_smaller_than_a_batch(tmp_path):
+    write_image_folder(tmp_path / "d", per_class=2)
+    cfg = make_config("cifar10_demo", dataset="imagefolder", data_root=str(tmp_path / "d"), gpus=0,
+                      batch_size=8, K=64, output_dir=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="batch_size=8 exceeds the 4 training images"):
+        pretrain(cfg, progress=False)
+
+
+def test_gpu_requests_without_a_gpu_fail_clearly():
+    if torch.cuda.is_available():
+        pytest.skip("this check is about machines without a GPU")
+    with pytest.raises(ConfigError, match="gpus=1 but no CUDA GPU.*gpus=0"):
+        resolve_device(1)
+    assert resolve_device(-1).type == "cpu"
+    with pytest.raises(ConfigError, match="precision='bf16' needs a GPU"):
+        resolve_precision("bf16", torch.device("cpu"))
+    assert resolve_precision("auto", torch.device("cpu")) is None
+
+
+def test_short_run_on_real_cifar10_learns(cifar10_root, tmp_path):
+    """Once the queue holds real keys (after K/B = 8 steps) the loss falls clearly and
+    instance discrimination improves: 1,024 CIFAR-10 images, ResNet-18 at 32 px, 6 epochs."""
+    cfg = tiny(cifar10_root, tmp_path, image_size=32, batch_size=64, K=512, bn_splits=8, train_subset=1024,
+               lr=0.0075, epochs=6, knn_every=0, workers=2, log_every=4)
+    run = pretrain(cfg, progress=False)
+    loss = [r["loss"] for r in run.history]
+    acc = [r["acc"] for r in run.history]
+    peak = max(range(len(loss)), key=loss.__getitem__)  # the queue has filled with real keys
+    assert peak <= 2, f"loss should peak early, as the random queue is replaced: {loss}"
+    assert loss[-1] < loss[peak] - 0.4, f"loss did not fall clearly after its peak: {loss}"
+    assert acc[-1] > 1.5 * acc[peak] and acc[-1] > 10 / (cfg.K + 1), f"instance accuracy did not rise: {acc}"
