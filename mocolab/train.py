@@ -17,6 +17,7 @@ import csv
 import json
 import math
 import os
+import random
 import subprocess
 import time
 import warnings
@@ -24,6 +25,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -195,7 +197,9 @@ def pretrain(cfg: Config, progress: bool = True) -> Run:
     autocast_dtype = resolve_precision(cfg.precision, device)
 
     # Data first: a missing dataset should fail before minutes of model set-up.
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # seeds the CPU and every GPU
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
     train_set = pretrain_dataset(cfg)
     num_steps = steps_per_epoch(cfg, len(train_set))
     if num_steps == 0:
