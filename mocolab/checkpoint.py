@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 # Config fields that define the shapes of the saved tensors: a resume must match them.
-MODEL_FIELDS = ("arch", "cifar_stem", "head", "dim", "K", "bn_splits")
+MODEL_FIELDS = ("arch", "cifar_stem", "head", "dim", "K")
 
 
 class CheckpointError(RuntimeError):

@@ -46,7 +46,7 @@ class Config:
     T: float = 0.1  # softmax temperature of the InfoNCE logits
     symmetric: bool = False  # both crops serve as query (two losses, summed), as in the demo
     shuffle_bn: bool = True  # shuffle the key batch so BN statistics cannot leak the positive
-    bn_splits: int = 8  # split BatchNorm: BN statistics per sub-batch (simulates 8 GPUs); 1: plain BN
+    bn_splits: int = 8  # BN groups in the global batch: split BN simulates 8 GPUs on one; 1: plain BN
 
     # --- augmentation -------------------------------------------------------
     augmentation: Literal["cifar", "aug_plus", "v1"] = "cifar"
@@ -54,8 +54,8 @@ class Config:
 
     # --- optimisation -------------------------------------------------------
     epochs: int = 200
-    batch_size: int = 512  # images per step (per view)
-    lr: float = 0.06  # SGD learning rate for this batch size (linear rule: 0.03 per 256 for ImageNet)
+    batch_size: int = 512  # global batch: images per step over all processes (each gets batch_size / N)
+    lr: float = 0.06  # for this global batch; linear scaling rule: lr = 0.03 * batch_size / 256 (ImageNet)
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 5e-4
     lr_schedule: Literal["cosine_epoch", "cosine_step"] = "cosine_epoch"  # official code: per epoch
@@ -64,7 +64,9 @@ class Config:
     steps_per_epoch: int = 0  # cap on steps per epoch, for demos and tests; 0: the whole dataset
 
     # --- hardware -----------------------------------------------------------
-    gpus: int = -1  # -1: one GPU if present, else the CPU; 0: CPU; 1: one GPU
+    gpus: int = -1  # -1: one GPU if present, else the CPU; 0: CPU; N: N GPUs, one process each (NCCL)
+    processes: int = 1  # with gpus=0: CPU processes (gloo), to try the distributed path on a laptop
+    sync_bn: bool = False  # SyncBatchNorm over all GPUs instead of shuffle BN's per-GPU statistics (ablation)
 
     # --- kNN monitor (the demo's: k=200, T=0.1 on the head output) ----------
     knn_every: int = 1  # epochs between kNN passes; 0: never
@@ -88,6 +90,14 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def world_size(self) -> int:
+        """Processes of a run launched from Python: one per GPU, or `processes` on the CPU.
+
+        Under torchrun the launcher decides, and this is not used.
+        """
+        return self.gpus if self.gpus > 1 else (self.processes if self.gpus == 0 else 1)
 
     @property
     def views_per_step(self) -> int:
@@ -193,3 +203,17 @@ def _check_values(cfg: Config) -> None:
          f"pointer always wraps to 0; e.g. K={max(1, cfg.K // keys_per_step) * keys_per_step}")
     need(cfg.batch_size % cfg.bn_splits == 0,
          f"batch_size={cfg.batch_size} must be divisible by bn_splits={cfg.bn_splits}")
+    need(cfg.processes >= 1, f"processes must be >= 1, got {cfg.processes}")
+    need(cfg.processes == 1 or cfg.gpus == 0,
+         f"processes={cfg.processes} is for CPU runs (gpus=0); on GPUs set gpus to the number of GPUs")
+    check_world(cfg, cfg.world_size)
+
+
+def check_world(cfg: Config, world: int) -> None:
+    """batch_size is the global batch and bn_splits the BN groups in it: both split over processes."""
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size={cfg.batch_size} (the global batch) must be divisible by the "
+                          f"{world} processes")
+    if not cfg.sync_bn and cfg.bn_splits % world:
+        raise ConfigError(f"bn_splits={cfg.bn_splits} (BN groups in the global batch) must be a multiple of "
+                          f"the {world} processes; e.g. bn_splits={world} for one BN group per GPU")

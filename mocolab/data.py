@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 import torchvision
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .augment import TwoViews, eval_transform, normalisation, pretrain_transform
 from .config import Config
@@ -97,8 +97,8 @@ def _image_folder(root: Path, split: str, transform) -> Dataset:
 
 
 def classes_of(dataset: Dataset) -> list:
-    """Class names of a dataset, looking through Subset wrappers."""
-    while isinstance(dataset, Subset):
+    """Class names of a dataset, looking through Subset and EpochSeeded wrappers."""
+    while isinstance(dataset, (Subset, EpochSeeded)):
         dataset = dataset.dataset
     return list(dataset.classes)
 
@@ -115,14 +115,36 @@ def seeded_subset(dataset: Dataset, n: int, seed: int) -> Dataset:
 # What a run needs
 # ----------------------------------------------------------------------------
 
-def pretrain_dataset(cfg: Config) -> Dataset:
+class EpochSeeded(Dataset):
+    """Makes the random augmentation of item i in epoch e a function of (seed, e, i) alone.
+
+    So a run sees the same views whatever its number of loader workers or
+    processes, and a resumed run sees the views an uninterrupted one would have.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):  # leaves the caller's RNG stream untouched
+            torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 100_000_007 + index) % 2**63)
+            return self.dataset[index]
+
+
+def pretrain_dataset(cfg: Config) -> EpochSeeded:
     """Items ((x_q, x_k), label): two independent augmentations of one image."""
     split = "unlabeled" if cfg.dataset == "stl10" else "train"
     transform = TwoViews(pretrain_transform(cfg.augmentation, cfg.image_size))
     dataset = load_split(cfg.dataset, cfg.data_root, split, transform, cfg.download)
     if len(dataset) == 0:
         raise DatasetError(f"the {split} split of {cfg.dataset} in {cfg.data_root} is empty")
-    return seeded_subset(dataset, cfg.train_subset, cfg.seed)
+    return EpochSeeded(seeded_subset(dataset, cfg.train_subset, cfg.seed), cfg.seed)
 
 
 def knn_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
@@ -134,19 +156,23 @@ def knn_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
             seeded_subset(test, cfg.knn_test_size, cfg.seed + 2))
 
 
-def pretrain_loader(dataset: Dataset, cfg: Config, epoch: int, pin_memory: bool = False) -> DataLoader:
-    """Shuffled batches for one epoch; order and augmentations are fixed by (seed, epoch).
+def pretrain_loader(dataset: EpochSeeded, cfg: Config, epoch: int, rank: int = 0, world: int = 1,
+                    pin_memory: bool = False) -> DataLoader:
+    """This process's shuffled batches (batch_size / world images) for one epoch.
 
-    Seeding per epoch (rather than carrying one generator along) is what lets a
-    resumed run see exactly the batches an uninterrupted run would have seen.
+    The order is a permutation drawn from (seed, epoch), dealt to the processes
+    in turn (DistributedSampler), so N processes together see the batches one
+    process would; the views are fixed by EpochSeeded. Both make resuming exact.
     """
     if len(dataset) < cfg.batch_size:
         raise DatasetError(f"the dataset has {len(dataset)} images, fewer than one batch of "
                            f"{cfg.batch_size}; lower batch_size (and K) or use more images")
-    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                      num_workers=cfg.workers, pin_memory=pin_memory, generator=generator,
-                      persistent_workers=False)
+    dataset.set_epoch(epoch)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                 seed=cfg.seed * 100_003, drop_last=True)
+    sampler.set_epoch(epoch)
+    return DataLoader(dataset, batch_size=cfg.batch_size // world, sampler=sampler, drop_last=True,
+                      num_workers=cfg.workers, pin_memory=pin_memory, persistent_workers=False)
 
 
 def eval_loader(dataset: Dataset, batch_size: int = 512, workers: int = 4, pin_memory: bool = False):

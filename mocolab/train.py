@@ -1,10 +1,11 @@
-"""`pretrain(config)`: the MoCo v2 training loop on the CPU or one GPU.
+"""`pretrain(config)`: the MoCo v2 training loop, on the CPU, one GPU or several processes.
 
 The run's output directory holds everything about it:
 
     config.json           the config, mocolab's git SHA, torch version
     metrics.csv           one row per epoch: loss, lr, instance acc, similarities, kNN top-1, seconds
     steps.csv             one row per `log_every` steps: loss, acc, lr
+    log.txt               one line per epoch
     checkpoint_last.pt    written every epoch (atomically); `resume=True` continues from it
     checkpoint_NNNN.pt    kept every `checkpoint_every` epochs
     tb/                   TensorBoard logs
@@ -14,6 +15,7 @@ A crash loses at most the epoch in progress.
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import math
 import os
@@ -30,7 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .config import Config, ConfigError
+from . import distributed as dist_
+from .config import Config, ConfigError, check_world
 from .data import classes_of, eval_loader, knn_datasets, pretrain_dataset, pretrain_loader
 from .evaluate import extract_features, knn_accuracy
 from .models import build_encoder
@@ -54,20 +57,17 @@ class Run:
 # ----------------------------------------------------------------------------
 
 def resolve_device(gpus: int) -> torch.device:
-    """gpus -1: a GPU if present, else CPU; 0: CPU; 1: the first GPU. Fails before any work."""
+    """gpus -1: a GPU if present, else CPU; 0: CPU; N: this process's GPU of N. Fails before any work."""
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpus == -1:
-        return torch.device("cuda" if available else "cpu")
+        return torch.device("cuda", dist_.local_rank()) if available else torch.device("cpu")
     if gpus == 0:
         return torch.device("cpu")
     if available == 0:
         raise ConfigError(f"gpus={gpus} but no CUDA GPU is visible to torch; use gpus=0 to train on the CPU")
     if gpus > available:
-        raise ConfigError(f"gpus={gpus} but only {available} GPU(s) are visible")
-    if gpus > 1:
-        raise ConfigError(f"gpus={gpus}: multi-GPU training is not available yet in this version "
-                          f"of mocolab; use gpus=1")
-    return torch.device("cuda")
+        raise ConfigError(f"gpus={gpus} but only {available} GPU(s) are visible; lower gpus")
+    return torch.device("cuda", dist_.local_rank())  # this process's GPU
 
 
 def resolve_precision(precision: str, device: torch.device):
@@ -79,12 +79,17 @@ def resolve_precision(precision: str, device: torch.device):
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def build_model(cfg: Config) -> MoCo:
-    """The MoCo module of a config: encoders, queue; randomly initialised."""
+def build_model(cfg: Config, world: int = 1) -> MoCo:
+    """The MoCo module of a config for one of `world` processes; randomly initialised.
+
+    bn_splits counts BN groups in the global batch, so each process splits its
+    share into bn_splits / world (one GPU of eight: plain BN over its 32 images).
+    """
     encoder = build_encoder(cfg.arch, cifar_stem=cfg.cifar_stem, head=cfg.head, dim=cfg.dim,
-                            bn_splits=cfg.bn_splits)
-    return MoCo(encoder, K=cfg.K, m=cfg.m, T=cfg.T, dim=cfg.dim, symmetric=cfg.symmetric,
-                shuffle_bn=cfg.shuffle_bn)
+                            bn_splits=1 if cfg.sync_bn else cfg.bn_splits // world)
+    model = MoCo(encoder, K=cfg.K, m=cfg.m, T=cfg.T, dim=cfg.dim, symmetric=cfg.symmetric,
+                 shuffle_bn=cfg.shuffle_bn and not cfg.sync_bn)
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) if cfg.sync_bn else model
 
 
 def build_optimizer(model: MoCo, cfg: Config) -> torch.optim.SGD:
@@ -153,7 +158,7 @@ def train_one_epoch(model, loader, optimizer, lrs, start_step, num_steps, device
         stats = torch.stack([out.loss.detach(), out.acc, out.pos_sim, out.neg_sim])
         totals += stats
         if (step + 1) % cfg.log_every == 0 or i == num_steps - 1:
-            loss, acc, pos, neg = stats.tolist()
+            loss, acc, pos, neg = dist_.all_reduce_mean(stats).tolist()  # the global batch's means
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss} at step {step + 1}: lower lr, or use "
                                          f"precision='fp32'; checkpoint_last.pt holds the last good epoch")
@@ -166,7 +171,7 @@ def train_one_epoch(model, loader, optimizer, lrs, start_step, num_steps, device
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{100 * acc:.1f}%")
         bar.update(1)
     bar.close()
-    loss, acc, pos, neg = (totals / num_steps).tolist()
+    loss, acc, pos, neg = dist_.all_reduce_mean(totals / num_steps).tolist()
     return {"loss": loss, "acc": acc, "pos_sim": pos, "neg_sim": neg}
 
 
@@ -184,20 +189,52 @@ def knn_monitor(encoder, bank_loader, test_loader, num_classes: int, cfg: Config
 # ----------------------------------------------------------------------------
 
 def pretrain(cfg: Config, progress: bool = True) -> Run:
-    """Pretrain MoCo as `cfg` says, writing config, metrics and checkpoints to cfg.output_dir."""
-    out = Path(cfg.output_dir)
-    last = out / "checkpoint_last.pt"
+    """Pretrain MoCo as `cfg` says, writing config, metrics and checkpoints to cfg.output_dir.
+
+    With gpus > 1 (or gpus=0 and processes > 1) this starts one worker process per
+    GPU (per CPU process) through torch's elastic launcher and returns when they end;
+    under torchrun it is the worker itself.
+    """
+    if cfg.world_size > 1 and not dist_.launched_by_torchrun() and not dist_.is_distributed():
+        from .launch import launch  # the parent of a multi-process run
+        return launch(cfg, progress)
+    return train_worker(cfg, progress)
+
+
+def preflight(cfg: Config) -> tuple[torch.device, dict | None]:
+    """Every check that can fail before training: output dir, checkpoint, device, precision."""
+    last = Path(cfg.output_dir) / "checkpoint_last.pt"
     if not cfg.resume and last.exists():
-        raise ConfigError(f"{out} already holds a run (checkpoint_last.pt); pass resume=True to "
-                          f"continue it, or choose another output_dir")
+        raise ConfigError(f"{cfg.output_dir} already holds a run (checkpoint_last.pt); pass resume=True "
+                          f"to continue it, or choose another output_dir")
     saved = ckpt.load_checkpoint(last) if cfg.resume else None  # fails early when absent
     if saved is not None:
         ckpt.check_compatible(saved["config"], cfg.to_dict(), last)
     device = resolve_device(cfg.gpus)
+    resolve_precision(cfg.precision, device)
+    if cfg.sync_bn and device.type != "cuda":
+        raise ConfigError("sync_bn=True needs GPUs (SyncBatchNorm runs on CUDA only); use shuffle BN on the CPU")
+    return device, saved
+
+
+def train_worker(cfg: Config, progress: bool = True, echo: bool = True) -> Run:
+    """The training loop of one process (the only one, or one rank of a distributed run).
+
+    echo: print a line per epoch (rank 0); the launcher relays log.txt instead.
+    """
+    device, saved = preflight(cfg)
+    owns_group = dist_.launched_by_torchrun() and not dist_.is_distributed()
+    if owns_group:
+        dist_.init_process_group(use_cuda=device.type == "cuda")
+    rank, world = dist_.rank(), dist_.world_size()
+    check_world(cfg, world)
+    main = rank == 0
+    progress = progress and main
     autocast_dtype = resolve_precision(cfg.precision, device)
+    out, last = Path(cfg.output_dir), Path(cfg.output_dir) / "checkpoint_last.pt"
 
     # Data first: a missing dataset should fail before minutes of model set-up.
-    torch.manual_seed(cfg.seed)  # seeds the CPU and every GPU
+    torch.manual_seed(cfg.seed)  # seeds the CPU and every GPU: the same initial weights on every rank
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     train_set = pretrain_dataset(cfg)
@@ -205,70 +242,110 @@ def pretrain(cfg: Config, progress: bool = True) -> Run:
     if num_steps == 0:
         raise ConfigError(f"batch_size={cfg.batch_size} exceeds the {len(train_set)} training images")
     pin = device.type == "cuda"
-    if cfg.knn_every:
-        bank_set, test_set = knn_datasets(cfg)
-        num_classes = len(classes_of(bank_set))
-        bank_loader = eval_loader(bank_set, workers=cfg.workers, pin_memory=pin)
-        test_loader = eval_loader(test_set, workers=cfg.workers, pin_memory=pin)
+    monitor = _knn_loaders(cfg, pin) if cfg.knn_every and main else None
 
-    model = build_model(cfg).to(device)
+    model = build_model(cfg, world).to(device)
+    step_model = model
+    if world > 1:  # gradients of the query encoder are averaged over processes
+        step_model = _ddp(model, device)
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
     lrs = lr_schedule(cfg, num_steps)
     run = Run(out, cfg, model)
     start_epoch = 0
     if saved is not None:
-        ckpt.load_state(model, saved["model"], last)
-        optimizer.load_state_dict(saved["optimizer"])
-        if saved.get("scaler"):  # empty when the saved run did not use fp16 loss scaling
-            scaler.load_state_dict(saved["scaler"])
-        ckpt.set_rng_state(saved["rng"])
-        start_epoch, run.history, run.steps = saved["epoch"], saved["history"], saved["steps"]
-        changed = {k: (v, cfg.to_dict()[k]) for k, v in saved["config"].items()
-                   if k != "resume" and cfg.to_dict().get(k) != v}
-        if changed:
-            warnings.warn(f"resuming {out} with changed settings (checkpoint, now): {changed}", stacklevel=2)
+        start_epoch = _restore(saved, model, optimizer, scaler, run, cfg, last)
 
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"config": cfg.to_dict(), "code_version": _code_version(), "torch": torch.__version__,
-            "device": str(device), "precision": str(autocast_dtype or "fp32"), "steps_per_epoch": num_steps}
-    (out / "config.json").write_text(json.dumps(meta, indent=2))
-    from torch.utils.tensorboard import SummaryWriter  # imported late: tensorboard is slow to import
-    writer = SummaryWriter(str(out / "tb"), purge_step=start_epoch * num_steps + 1)
-
+    writer = _start_outputs(cfg, device, autocast_dtype, num_steps, world, start_epoch) if main else None
     for epoch in tqdm(range(start_epoch, cfg.epochs), desc="pretrain", initial=start_epoch,
                       total=cfg.epochs, disable=not progress):
         tic = time.perf_counter()
-        loader = pretrain_loader(train_set, cfg, epoch, pin_memory=pin)
-        means = train_one_epoch(model, loader, optimizer, lrs, epoch * num_steps, num_steps, device,
+        loader = pretrain_loader(train_set, cfg, epoch, rank, world, pin_memory=pin)
+        means = train_one_epoch(step_model, loader, optimizer, lrs, epoch * num_steps, num_steps, device,
                                 autocast_dtype, scaler, cfg, epoch, run.steps, writer, progress)
         train_s = time.perf_counter() - tic
         last_step = (epoch + 1) * num_steps
         row = {"epoch": epoch + 1, "step": last_step, "lr": float(lrs[last_step - 1]),
                **means, "knn_top1": None, "train_s": round(train_s, 3), "knn_s": None,
                "images_per_s": round(num_steps * cfg.batch_size / train_s, 1)}
-        if cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
+        if monitor and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
             tic = time.perf_counter()
-            row["knn_top1"] = knn_monitor(model.encoder_q, bank_loader, test_loader, num_classes, cfg,
-                                          device, progress)
+            row["knn_top1"] = knn_monitor(model.encoder_q, *monitor, cfg, device, progress)
             row["knn_s"] = round(time.perf_counter() - tic, 3)
         run.history.append(row)
-        for key in ("loss", "acc", "pos_sim", "neg_sim", "knn_top1", "images_per_s"):
-            if row[key] is not None:
-                writer.add_scalar(f"epoch/{key}", row[key], epoch + 1)
-        writer.flush()
-
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scaler": scaler.state_dict(), "epoch": epoch + 1, "rng": ckpt.rng_state(),
-                 "config": cfg.to_dict(), "history": run.history, "steps": run.steps}
-        ckpt.atomic_save(state, last)
-        if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0:
-            ckpt.atomic_save(state, out / f"checkpoint_{epoch + 1:04d}.pt")
-        _write_csv(run.history, out / "metrics.csv")
-        _write_csv(run.steps, out / "steps.csv")
-        print(_epoch_line(row, cfg), flush=True)
-    writer.close()
+        if main:
+            _end_of_epoch(run, row, optimizer, scaler, writer, echo)
+        dist_.barrier()  # the other ranks wait for the kNN pass and the checkpoint
+    if writer is not None:
+        writer.close()
+    if owns_group:
+        torch.distributed.destroy_process_group()
     return run
+
+
+def _ddp(model: MoCo, device) -> torch.nn.parallel.DistributedDataParallel:
+    """DDP that does not broadcast buffers each step: the queue is identical on every rank
+    already, and BN running statistics stay per rank (rank 0's are saved), as in the official code."""
+    DDP = torch.nn.parallel.DistributedDataParallel
+    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+               else {"broadcast_buffers": False})  # the name changed in torch 2.14
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
+
+
+def _knn_loaders(cfg: Config, pin: bool):
+    bank_set, test_set = knn_datasets(cfg)
+    return (eval_loader(bank_set, workers=cfg.workers, pin_memory=pin),
+            eval_loader(test_set, workers=cfg.workers, pin_memory=pin), len(classes_of(bank_set)))
+
+
+def _restore(saved: dict, model, optimizer, scaler, run: Run, cfg: Config, path) -> int:
+    """Load a checkpoint into the run; returns the epoch to continue from."""
+    ckpt.load_state(model, saved["model"], path)
+    optimizer.load_state_dict(saved["optimizer"])
+    if saved.get("scaler"):  # empty when the saved run did not use fp16 loss scaling
+        scaler.load_state_dict(saved["scaler"])
+    ckpt.set_rng_state(saved["rng"])
+    run.history, run.steps = saved["history"], saved["steps"]
+    now = cfg.to_dict()
+    changed = {k: (v, now[k]) for k, v in saved["config"].items() if k != "resume" and now.get(k) != v}
+    if changed and dist_.is_main():
+        warnings.warn(f"resuming {path.parent} with changed settings (checkpoint, now): {changed}",
+                      stacklevel=3)
+    return saved["epoch"]
+
+
+def _start_outputs(cfg: Config, device, autocast_dtype, num_steps: int, world: int, start_epoch: int):
+    """config.json, and the TensorBoard writer (rank 0 only)."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"config": cfg.to_dict(), "code_version": _code_version(), "torch": torch.__version__,
+            "device": str(device), "processes": world, "precision": str(autocast_dtype or "fp32"),
+            "steps_per_epoch": num_steps}
+    (out / "config.json").write_text(json.dumps(meta, indent=2))
+    from torch.utils.tensorboard import SummaryWriter  # imported late: tensorboard is slow to import
+    return SummaryWriter(str(out / "tb"), purge_step=start_epoch * num_steps + 1)
+
+
+def _end_of_epoch(run: Run, row: dict, optimizer, scaler, writer, echo: bool = True) -> None:
+    """Log, checkpoint (atomically) and rewrite the CSVs: what a crash must not lose."""
+    cfg, out, epoch = run.config, run.output_dir, row["epoch"]
+    for key in ("loss", "acc", "pos_sim", "neg_sim", "knn_top1", "images_per_s"):
+        if row[key] is not None:
+            writer.add_scalar(f"epoch/{key}", row[key], epoch)
+    writer.flush()
+    state = {"model": run.model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scaler": scaler.state_dict(), "epoch": epoch, "rng": ckpt.rng_state(),
+             "config": cfg.to_dict(), "history": run.history, "steps": run.steps}
+    ckpt.atomic_save(state, out / "checkpoint_last.pt")
+    if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
+        ckpt.atomic_save(state, out / f"checkpoint_{epoch:04d}.pt")
+    _write_csv(run.history, out / "metrics.csv")
+    _write_csv(run.steps, out / "steps.csv")
+    line = _epoch_line(row, cfg)
+    if echo:
+        print(line, flush=True)
+    with open(out / "log.txt", "a") as f:  # the launcher relays this file into the notebook
+        f.write(line + "\n")
 
 
 def _epoch_line(row: dict, cfg: Config) -> str:

@@ -30,3 +30,17 @@ def test_02_pretrain_runs_headless(cifar10_root, tmp_path):
     executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     images = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(images) == 2  # the lr schedule and the training curves
+
+
+def test_02_pretrain_runs_headless_with_two_cpu_processes(cifar10_root, tmp_path):
+    out_dir = tmp_path / "run"
+    papermill.execute_notebook(
+        str(NOTEBOOKS / "02_pretrain.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path), progress_bar=False,
+        parameters=dict(dataset="imagefolder", data_root=str(cifar10_root), epochs=1, batch_size=16, K=64,
+                        lr=0.01, gpus=0, processes=2, workers=0, train_subset=32, knn_bank_size=64,
+                        knn_test_size=32, output_dir=str(out_dir)))
+    assert json.loads((out_dir / "config.json").read_text())["processes"] == 2
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "starting 2 processes (gloo on the CPU)" in text and "epoch 1/1" in text  # relayed live
+    assert (out_dir / "curves.png").exists()

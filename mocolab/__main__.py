@@ -1,0 +1,39 @@
+"""Command line: pretrain from a preset with key=value overrides; the entry point for torchrun.
+
+    python -m mocolab --preset cifar10_demo epochs=200 gpus=1 output_dir=runs/c10
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
+        -m mocolab --preset imagenet_mocov2 data_root=/data/imagenet output_dir=runs/in
+
+Under torchrun (or srun with MASTER_ADDR/MASTER_PORT exported) every process
+runs this and joins the process group; launched by hand with gpus > 1 it
+starts the processes itself, like the notebook.
+"""
+import argparse
+import ast
+
+from .config import PRESETS, make_config
+from .train import pretrain
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise SystemExit(f"override {text!r} is not of the form key=value")
+    key, value = text.split("=", 1)
+    try:
+        return key, ast.literal_eval(value)  # numbers, True/False, quoted strings
+    except (ValueError, SyntaxError):
+        return key, value  # a bare word or path
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mocolab", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cifar10_demo", choices=sorted(PRESETS))
+    parser.add_argument("overrides", nargs="*", help="config fields as key=value")
+    args = parser.parse_args(argv)
+    cfg = make_config(args.preset, **dict(parse_override(o) for o in args.overrides))
+    pretrain(cfg)
+
+
+if __name__ == "__main__":
+    main()

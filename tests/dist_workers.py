@@ -1,0 +1,51 @@
+"""Functions run inside spawned gloo processes by tests/test_distributed.py (importable by name)."""
+import os
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from mocolab import MoCo, build_encoder
+from mocolab import distributed as dist_
+
+
+def init(rank: int, world: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def check_shuffle_and_queue(rank: int, world: int, port: int) -> None:
+    init(rank, world, port)
+    B = 4
+    x = (rank * B + torch.arange(B)).float().view(B, 1).repeat(1, 3)  # rows: global indices
+    shuffled, unshuffle = dist_.batch_shuffle(x)
+    everything = dist_.all_gather_cat(shuffled)[:, 0].long()
+    assert sorted(everything.tolist()) == list(range(world * B)), everything  # a permutation
+    assert not torch.equal(everything, torch.arange(world * B))
+    assert torch.equal(dist_.batch_unshuffle(shuffled, unshuffle), x)  # each rank gets its own rows back
+
+    torch.manual_seed(0)  # identical models and queues on every rank
+    enc = build_encoder("resnet18", cifar_stem=True, head="linear", dim=8, bn_splits=1)
+    model = MoCo(enc, K=4 * world * B, m=0.9, T=0.1, dim=8, shuffle_bn=False)
+    torch.manual_seed(100 + rank)  # but different images
+    x_q, x_k = torch.randn(B, 3, 8, 8), torch.randn(B, 3, 8, 8)
+    with torch.no_grad():  # key encoder == query encoder before the first step, so these are the keys
+        expected = F.normalize(model.encoder_q(x_k), dim=1)
+    model(x_q, x_k)
+    queues = dist_.all_gather_cat(model.queue.keys[None])
+    assert torch.equal(queues[0], queues[-1])  # every rank holds the same queue
+    assert model.queue.ptr.item() == world * B  # moved by the global batch
+    # Slots 0 .. W*B hold the keys of the global batch in rank order.
+    assert torch.allclose(model.queue.keys[:world * B], dist_.all_gather_cat(expected), atol=1e-5)
+    dist.destroy_process_group()
+
+
+def fail_on_rank_1(config: dict) -> None:
+    """Rank 1 raises at once; rank 0 waits in a collective that can never complete."""
+    dist.init_process_group("gloo")
+    if dist.get_rank() == 1:
+        raise RuntimeError("worker 1 failed on purpose")
+    dist.barrier()
+    time.sleep(600)
