@@ -1,29 +1,174 @@
-"""Feature extraction: run an encoder over a dataset and collect features with labels."""
+"""Encoders to evaluate and their features, with a disk cache that cannot go stale.
+
+An encoder comes from a MoCo checkpoint (its query encoder), or is a baseline:
+a random initialisation or torchvision's supervised ImageNet ResNet. Features
+are the pooled feat1..feat5 (evaluate.layers), "avgpool" (the global average
+pool of the backbone) and "head" (the projection). A cached feature file is
+keyed by the encoder's identity (the checkpoint's content hash), the dataset,
+split, subset, transform and layer, so a changed input never reuses it.
+"""
 from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+import torchvision
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
+
+from .. import checkpoint as ckpt
+from ..config import config_from_dict
+from ..models import Encoder, build_encoder
+from .layers import layer_features
+
+
+# ----------------------------------------------------------------------------
+# Encoders
+# ----------------------------------------------------------------------------
+
+def file_hash(path: str | Path) -> str:
+    """SHA-256 of a file's content (streamed: checkpoints can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_encoder(path: str | Path) -> tuple[Encoder, str]:
+    """The query encoder of a mocolab checkpoint, in eval mode, and its identity (content hash)."""
+    state = ckpt.load_checkpoint(path)
+    if "config" not in state or "model" not in state:
+        raise ckpt.CheckpointError(f"{path} is not a mocolab pretraining checkpoint (no config/model)")
+    cfg = config_from_dict(state["config"])
+    encoder = build_encoder(cfg.arch, cifar_stem=cfg.cifar_stem, head=cfg.head, dim=cfg.dim)
+    prefix = "encoder_q."
+    weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    ckpt.load_state(encoder, weights, path)
+    return encoder.eval(), f"moco-{file_hash(path)[:16]}"
+
+
+def baseline_encoder(kind: str = "random", arch: str = "resnet50", cifar_stem: bool = False,
+                     seed: int = 0) -> tuple[nn.Module, str]:
+    """A baseline: "random" (seeded initialisation, MoCo-shaped) or "supervised"
+    (torchvision's ImageNet weights, downloaded on first use; no projection head)."""
+    if kind == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            encoder = build_encoder(arch, cifar_stem=cifar_stem, head="mlp" if arch == "resnet50" else "linear")
+        return encoder.eval(), f"random-{arch}-{'cifar' if cifar_stem else 'imagenet'}stem-seed{seed}"
+    if kind == "supervised":
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+        backbone = getattr(torchvision.models, arch)(weights=weights)
+        backbone.fc = nn.Identity()
+        return Encoder(backbone, head=None).eval(), f"supervised-{arch}-{weights.name}"
+    raise ValueError(f"unknown baseline {kind!r}; choose 'random' or 'supervised'")
 
 
 @torch.no_grad()
-def extract_features(encoder, loader: DataLoader, feature: str = "backbone", device="cpu",
-                     normalize: bool = True, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, labels) of every image in `loader`, the encoder in eval mode.
+def calibrate_bn(encoder: nn.Module, loader: DataLoader, batches: int = 20, device="cpu") -> nn.Module:
+    """Set the BN running statistics of an (untrained) encoder from a few batches of data.
 
-    feature: "backbone" (global-average-pooled backbone, PROTOCOLS.md kNN default)
-    or "head" (the 128-d projection, the demo's monitor). Features stay on `device`.
+    A random initialisation keeps BN's initial statistics (mean 0, var 1), so in eval
+    mode its activations grow layer after layer; the random-init baseline is only a
+    fair baseline for scale-sensitive evaluations (linear probes) after this.
     """
-    if feature not in ("backbone", "head"):
-        raise ValueError(f"unknown feature {feature!r}; choose 'backbone' or 'head'")
+    encoder.train()
+    for module in encoder.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over the batches seen
+    for i, (images, _) in enumerate(loader):
+        if i == batches:
+            break
+        encoder.backbone(images.to(device))
+    return encoder.eval()
+
+
+# ----------------------------------------------------------------------------
+# Extraction
+# ----------------------------------------------------------------------------
+
+@torch.no_grad()
+def extract_layers(encoder: nn.Module, loader: DataLoader, layers=("avgpool",), device="cpu",
+                   progress: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Raw (unnormalised) float32 features of every image, per layer, on the CPU, and the labels."""
+    layers = tuple(layers)
     was_training = encoder.training
     encoder.eval()  # BN uses running statistics: a feature must not depend on its batch
-    feats, labels = [], []
-    for images, y in tqdm(loader, desc=f"features ({feature})", leave=False, disable=not progress):
+    feats, labels = {name: [] for name in layers}, []
+    for images, y in tqdm(loader, desc=f"features {','.join(layers)}", leave=False, disable=not progress):
         images = images.to(device, non_blocking=True)
-        f = encoder.features(images) if feature == "backbone" else encoder(images)
-        feats.append(F.normalize(f.float(), dim=1) if normalize else f.float())
-        labels.append(y.to(device))
+        backbone_layers = [n for n in layers if n != "head"]
+        out = layer_features(encoder.backbone, images, backbone_layers) if backbone_layers else {}
+        if "head" in layers:
+            if encoder.head is None:
+                raise ValueError("this encoder has no projection head (a supervised baseline)")
+            out["head"] = encoder(images)
+        for name in layers:
+            feats[name].append(out[name].float().cpu())
+        labels.append(torch.as_tensor(y))
     encoder.train(was_training)
-    return torch.cat(feats), torch.cat(labels)
+    return {name: torch.cat(v) for name, v in feats.items()}, torch.cat(labels)
+
+
+def extract_features(encoder, loader: DataLoader, feature: str = "backbone", device="cpu",
+                     normalize: bool = True, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, labels) on `device` for the kNN monitor: "backbone" (global average pool) or "head"."""
+    if feature not in ("backbone", "head"):
+        raise ValueError(f"unknown feature {feature!r}; choose 'backbone' or 'head'")
+    layer = "avgpool" if feature == "backbone" else "head"
+    feats, labels = extract_layers(encoder, loader, (layer,), device, progress)
+    f = feats[layer].to(device)
+    return (F.normalize(f, dim=1) if normalize else f), labels.to(device)
+
+
+def cached_features(encoder: nn.Module, encoder_id: str, dataset: Dataset, dataset_id: str,
+                    layers=("avgpool",), cache_dir: str | Path = "runs/feature_cache", device="cpu",
+                    batch_size: int = 256, workers: int = 4, progress: bool = True):
+    """extract_layers with a disk cache per layer.
+
+    dataset_id names the data (e.g. "cifar10:/data/cifar10:test"); the key adds the
+    transform, the subset indices and the layer, and the cached file stores its
+    key, which is compared on load.
+    """
+    cache_dir = Path(cache_dir)
+    base = {"encoder": encoder_id, "dataset": dataset_id, "transform": repr(_transform_of(dataset)),
+            "subset": _subset_digest(dataset), "size": len(dataset)}
+    keys = {name: {**base, "layer": name} for name in layers}
+    paths = {name: cache_dir / (hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:24] + ".pt")
+             for name, k in keys.items()}
+    feats, labels = {}, None
+    for name, path in paths.items():
+        if path.exists():
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            if stored["key"] == keys[name]:
+                feats[name], labels = stored["features"], stored["labels"]
+    missing = [name for name in layers if name not in feats]
+    if missing:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+        new, labels = extract_layers(encoder, loader, missing, device, progress)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        for name in missing:
+            ckpt.atomic_save({"key": keys[name], "features": new[name], "labels": labels}, paths[name])
+        feats.update(new)
+    return feats, labels
+
+
+def _transform_of(dataset) -> object:
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return getattr(dataset, "transform", None)
+
+
+def _subset_digest(dataset) -> str:
+    """Digest of the index chain of nested Subsets ("all" when there is none)."""
+    parts = []
+    while isinstance(dataset, Subset):
+        parts.append(hashlib.sha256(str(list(dataset.indices)).encode()).hexdigest()[:16])
+        dataset = dataset.dataset
+    return "/".join(parts) or "all"

@@ -1,0 +1,110 @@
+"""Low-shot linear SVMs (PROTOCOLS.md section 2, "Low-shot VOC07 SVM").
+
+For k in {1, 2, 4, 8, 16, 32, 64, 96} and 5 seeded samples per k: for each
+class, k positives and 19k negatives drawn from the training set (the rest is
+ignored for that class), the SVM of the VOC07 protocol at each of its 19 costs,
+VOC AP on the test set. Two ways to pick the cost, reported side by side:
+
+- "test": per k, the cost with the best mean test mAP over the samples, as the
+  reference does (optimistic: the cost is chosen on test data);
+- "cv": per class and sample, the cost with the best cross-validated AP inside
+  the sample (3 folds, fewer when k < 3; not defined for k = 1).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .svm import (COSTS, _labels, _sample_costs, average_precision, cv_folds, fit_svms, normalize_rows,
+                  sklearn_svm_scores, voc_ap)
+
+LOW_SHOT_KS = (1, 2, 4, 8, 16, 32, 64, 96)
+
+
+def low_shot_sample(targets: torch.Tensor, cls: int, k: int, sample: int, seed: int = 0, class_name=None):
+    """Training indices of one sample for one class: k positives then 19k negatives, seeded."""
+    column = torch.as_tensor(targets)[:, cls].numpy()
+    positives, negatives = np.flatnonzero(column == 1), np.flatnonzero(column != 1)
+    name = class_name if class_name is not None else cls
+    if len(positives) < k:
+        raise ValueError(f"low-shot k={k}: class {name!r} has only {len(positives)} positive training "
+                         f"image(s); lower k or use more training data")
+    if len(negatives) < 19 * k:
+        raise ValueError(f"low-shot k={k}: class {name!r} has only {len(negatives)} negatives, "
+                         f"fewer than 19k = {19 * k}")
+    rng = np.random.default_rng([seed, k, sample, cls])
+    return np.concatenate([rng.choice(positives, k, replace=False), rng.choice(negatives, 19 * k, replace=False)])
+
+
+def _fit_columns(x, y, columns, solver, device):
+    """Scores on x of one SVM per column; a column is (training indices, cost)."""
+    if solver == "sklearn":
+        return np.stack([sklearn_svm_scores(x[idx], y[idx], cost, x) for idx, cost in columns], axis=1)
+    rows = np.unique(np.concatenate([idx for idx, _ in columns]))  # fit on the rows any column uses
+    where = {r: i for i, r in enumerate(rows)}
+    c = torch.zeros(len(rows), len(columns), dtype=torch.float64)
+    for j, (idx, cost) in enumerate(columns):
+        local = torch.as_tensor([where[r] for r in idx])
+        c[local, j] = _sample_costs(y[idx], cost)
+    xs = x[torch.as_tensor(rows)].to(device)
+    w = fit_svms(xs, y[torch.as_tensor(rows)][:, None].expand(-1, len(columns)).contiguous().to(device), c.to(device))
+    return (x.to(device) @ w[:-1] + w[-1]).cpu().numpy()
+
+
+def low_shot_protocol(train_x, train_targets, test_x, test_targets, ks=LOW_SHOT_KS, samples: int = 5,
+                      seed: int = 0, costs=COSTS, solver: str = "torch", device=None, class_names=None) -> dict:
+    """mAP statistics over samples for every k, with the cost picked on test and by CV in the sample."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    train_x, test_x = normalize_rows(train_x), normalize_rows(test_x)
+    train_targets, test_targets = torch.as_tensor(train_targets), torch.as_tensor(test_targets)
+    y = _labels(train_targets)
+    classes = y.shape[1]
+    names = list(class_names) if class_names is not None else list(range(classes))
+    result = {}
+    for k in ks:
+        test_ap = np.zeros((samples, classes, len(costs)))
+        cv_ap = np.full((samples, classes, len(costs)), np.nan)
+        for j in range(classes):
+            draws = [low_shot_sample(train_targets, j, k, s, seed, names[j]) for s in range(samples)]
+            scores = _fit_columns(torch.cat([train_x, test_x]), torch.cat([y[:, j], torch.zeros(len(test_x))]),
+                                  [(idx, cost) for idx in draws for cost in costs], solver, device)[len(train_x):]
+            for s in range(samples):
+                for ci in range(len(costs)):
+                    test_ap[s, j, ci] = voc_ap(scores[:, s * len(costs) + ci], test_targets[:, j].numpy())
+            if k >= 2:
+                cv_ap[:, j] = _cv_inside_samples(train_x, y[:, j], draws, min(3, k), costs, solver, device)
+        result[k] = _summarise(test_ap, cv_ap, costs)
+    return {"ks": list(ks), "samples": samples, "seed": seed, "by_k": result}
+
+
+def _cv_inside_samples(x, y, draws, folds, costs, solver, device) -> np.ndarray:
+    """Mean held-out AP per sample and cost, by stratified folds inside each sample."""
+    columns, held_out = [], []
+    for idx in draws:
+        for held in cv_folds((y[idx] > 0).numpy(), folds):
+            train = np.delete(idx, held)
+            for cost in costs:
+                columns.append((train, cost))
+                held_out.append(idx[held])
+    scores = _fit_columns(x, y, columns, solver, device)
+    ap = np.zeros((len(draws), len(costs)))
+    for col, held in enumerate(held_out):
+        s, ci = col // (folds * len(costs)), col % len(costs)
+        ap[s, ci] += average_precision(scores[held, col], y[held] > 0) / folds
+    return ap
+
+
+def _summarise(test_ap: np.ndarray, cv_ap: np.ndarray, costs) -> dict:
+    """test_ap, cv_ap: samples x classes x costs."""
+    def stats(per_sample):
+        return {"mean": float(np.mean(per_sample)), "min": float(np.min(per_sample)),
+                "max": float(np.max(per_sample)), "std": float(np.std(per_sample)),
+                "per_sample": [float(v) for v in per_sample]}
+    sample_map = test_ap.mean(axis=1)  # samples x costs
+    best = int(sample_map.mean(axis=0).argmax())
+    out = {"cost_picked_on_test": {**stats(sample_map[:, best]), "cost": costs[best]}}
+    if not np.isnan(cv_ap).all():
+        chosen = cv_ap.argmax(axis=2)  # samples x classes
+        picked = np.take_along_axis(test_ap, chosen[..., None], axis=2)[..., 0]
+        out["cost_picked_by_cv"] = stats(picked.mean(axis=1))
+    return out

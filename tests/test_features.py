@@ -1,0 +1,104 @@
+"""Evaluation inputs: VOCdevkit reading, layer pooling, encoders from checkpoints, the feature cache."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from mocolab import augment, make_config
+from mocolab.checkpoint import CheckpointError, atomic_save
+from mocolab.data import DatasetError, load_split, seeded_subset
+from mocolab.evaluate.features import baseline_encoder, cached_features, extract_layers, load_encoder
+from mocolab.evaluate.layers import layer_features, layer_pool
+from mocolab.evaluate.voc import VOC_CLASSES, VOC07Classification, voc_svm_transform
+from mocolab.train import build_model
+
+
+def write_voc(root, ids=("000005", "000007", "000009"), split="trainval", values=None):
+    """A VOCdevkit tree: JPEGs and ImageSets/Main files; values[class][i] in {1, -1, 0}."""
+    main, jpegs = root / "VOC2007" / "ImageSets" / "Main", root / "VOC2007" / "JPEGImages"
+    main.mkdir(parents=True, exist_ok=True)
+    jpegs.mkdir(parents=True, exist_ok=True)
+    for i in ids:
+        Image.fromarray(np.full((40, 60, 3), 128, dtype=np.uint8)).save(jpegs / f"{i}.jpg")
+    (main / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    for c, name in enumerate(VOC_CLASSES):
+        column = (values or {}).get(name, [-1] * len(ids))
+        (main / f"{name}_{split}.txt").write_text("".join(f"{i} {v:2d}\n" for i, v in zip(ids, column)))
+    return root
+
+
+def test_voc_targets_are_1_present_0_absent_minus1_difficult(tmp_path):
+    write_voc(tmp_path, values={"cat": [1, 0, -1], "dog": [-1, 1, 1]})
+    ds = VOC07Classification(tmp_path / "VOC2007", "trainval", voc_svm_transform())
+    cat, dog = VOC_CLASSES.index("cat"), VOC_CLASSES.index("dog")
+    assert ds.targets[:, cat].tolist() == [1, -1, 0] and ds.targets[:, dog].tolist() == [0, 1, 1]
+    assert ds.targets[:, 0].tolist() == [0, 0, 0]
+    image, target = ds[0]
+    assert image.shape == (3, 224, 224) and target.shape == (20,)  # squashed, not cropped
+
+
+def test_voc_bad_layouts_are_named(tmp_path):
+    with pytest.raises(DatasetError, match="no .*trainval.txt: expected a VOCdevkit tree"):
+        VOC07Classification(tmp_path)
+    write_voc(tmp_path)
+    main = tmp_path / "VOC2007" / "ImageSets" / "Main"
+    (main / "cat_trainval.txt").write_text("000005  1\n000007 -1\n")
+    with pytest.raises(DatasetError, match="cat_trainval.txt has no line for 1 image.*000009"):
+        VOC07Classification(tmp_path)
+    (main / "cat_trainval.txt").write_text("000005  1\n000007 -1\n000009 -1\n000010 1\n")
+    with pytest.raises(DatasetError, match="names image 000010, which .*trainval.txt does not list"):
+        VOC07Classification(tmp_path)
+    write_voc(tmp_path)
+    (tmp_path / "VOC2007" / "JPEGImages" / "000007.jpg").unlink()
+    with pytest.raises(DatasetError, match="1 image.* not in .*JPEGImages.*000007.jpg"):
+        VOC07Classification(tmp_path)
+    (main / "test.txt").write_text("")
+    with pytest.raises(DatasetError, match="the test split is empty"):
+        VOC07Classification(tmp_path, "test")
+
+
+def test_layer_pools_follow_the_protocol_table_and_cifar_analogue():
+    assert [layer_pool(c, s).kernel_size for c, s in ((64, 112), (256, 56), (512, 28), (1024, 14), (2048, 7))] \
+        == [10, 16, 13, 8, 6]
+    backbone = baseline_encoder("random", "resnet18", cifar_stem=True)[0].backbone
+    feats = layer_features(backbone, torch.randn(2, 3, 32, 32), ("feat1", "feat2", "feat3", "feat4", "feat5",
+                                                                  "avgpool"))
+    assert {k: v.shape[1] for k, v in feats.items()} == {"feat1": 9216, "feat2": 9216, "feat3": 8192,
+                                                          "feat4": 9216, "feat5": 8192, "avgpool": 512}
+
+
+def test_encoder_from_checkpoint_and_mismatch(tmp_path):
+    cfg = make_config("cifar10_demo", dim=16, K=512)
+    model = build_model(cfg)
+    atomic_save({"model": model.state_dict(), "config": cfg.to_dict()}, tmp_path / "c.pt")
+    encoder, identity = load_encoder(tmp_path / "c.pt")
+    assert torch.equal(encoder.head.weight, model.encoder_q.head.weight) and identity.startswith("moco-")
+    state = model.state_dict()
+    state["encoder_q.backbone.fc_extra"] = torch.zeros(1)
+    del state["encoder_q.head.bias"]
+    atomic_save({"model": state, "config": cfg.to_dict()}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="missing head.bias; unexpected backbone.fc_extra"):
+        load_encoder(tmp_path / "bad.pt")
+
+
+def test_feature_cache_reuses_only_identical_inputs(cifar10_root, tmp_path, monkeypatch):
+    encoder, identity = baseline_encoder("random", "resnet18", cifar_stem=True)
+    transform = augment.eval_transform(32, *augment.normalisation("cifar"))
+    ds = seeded_subset(load_split("imagefolder", cifar10_root, "test", transform), 20, seed=0)
+    first, labels = cached_features(encoder, identity, ds, "cifar10:test", ("avgpool",), tmp_path, workers=0,
+                                    progress=False)
+    direct, _ = extract_layers(encoder, DataLoader(ds, batch_size=8), ("avgpool",), progress=False)
+    assert torch.allclose(first["avgpool"], direct["avgpool"], atol=1e-5) and len(labels) == 20
+    calls = []
+    monkeypatch.setattr("mocolab.evaluate.features.extract_layers",
+                        lambda *a, **k: calls.append(a[2]) or extract_layers(*a, **k))
+    again, _ = cached_features(encoder, identity, ds, "cifar10:test", ("avgpool",), tmp_path, workers=0,
+                               progress=False)
+    assert calls == [] and torch.equal(again["avgpool"], first["avgpool"])
+    other = seeded_subset(load_split("imagefolder", cifar10_root, "test", transform), 20, seed=1)
+    cached_features(encoder, identity, other, "cifar10:test", ("avgpool",), tmp_path, workers=0, progress=False)
+    cached_features(encoder, "moco-other", ds, "cifar10:test", ("avgpool",), tmp_path, workers=0, progress=False)
+    cached_features(encoder, identity, ds, "cifar10:test", ("avgpool", "feat5"), tmp_path, workers=0,
+                    progress=False)
+    assert calls == [["avgpool"], ["avgpool"], ["feat5"]]  # other subset, other encoder, new layer only

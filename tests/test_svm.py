@@ -1,0 +1,90 @@
+"""SVM protocol: VOC AP on hand-made cases, the batched solver against scikit-learn's LinearSVC
+on real CIFAR-10 features, low-shot sampling."""
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from mocolab import augment
+from mocolab.data import load_split, seeded_subset
+from mocolab.evaluate.features import baseline_encoder, extract_layers
+from mocolab.evaluate.lowshot import low_shot_protocol, low_shot_sample
+from mocolab.evaluate.svm import COSTS, _sample_costs, fit_svms, normalize_rows, svm_protocol, voc_ap
+
+
+def test_costs_are_the_19_of_the_protocol():
+    assert len(COSTS) == 19 and COSTS[:3] == (1.0, 10.0, 100.0)
+    assert COSTS[3] == 0.5 ** 4 and COSTS[-1] == 0.5 ** 19
+
+
+def test_voc_ap_hand_made_cases():
+    assert voc_ap([0.9, 0.8, 0.1], [1, 1, 0]) == pytest.approx(100.0)
+    assert voc_ap([0.9, 0.8, 0.1], [0, 0, 1]) == pytest.approx(100 / 3)
+    # ranks: +, -, +  -> precision 1 at recall 0.5, 2/3 at recall 1: AP = 0.5 * 1 + 0.5 * 2/3
+    assert voc_ap([3, 2, 1], [1, 0, 1]) == pytest.approx(100 * (0.5 + 0.5 * 2 / 3))
+    # the envelope: -, +, +  -> precision 1/2 at r=.5, 2/3 at r=1; envelope lifts the first to 2/3
+    assert voc_ap([3, 2, 1], [0, 1, 1]) == pytest.approx(100 * 2 / 3)
+    # a difficult image (-1) is left out, wherever it ranks
+    assert voc_ap([5, 3, 2, 1], [-1, 1, 0, 1]) == pytest.approx(voc_ap([3, 2, 1], [1, 0, 1]))
+    with pytest.raises(ValueError, match="no positive"):
+        voc_ap([1, 2], [0, -1])
+
+
+def test_batched_solver_reaches_liblinears_optimum():
+    from sklearn.svm import LinearSVC
+    torch.manual_seed(0)
+    x = normalize_rows(torch.randn(200, 16) + 0.5)
+    y = torch.where(x[:, 0] + 0.2 * torch.randn(200, dtype=torch.float64) > 0.05, 1.0, -1.0)
+    costs = (0.5 ** 10, 1.0, 100.0)
+    w = fit_svms(x, y[:, None].repeat(1, 3), torch.stack([_sample_costs(y, c) for c in costs], 1))
+    for j, cost in enumerate(costs):
+        ref = LinearSVC(C=cost, class_weight={1: 2, -1: 1}, dual=True, tol=1e-9, max_iter=200_000).fit(x, y)
+        assert torch.allclose(w[:-1, j], torch.as_tensor(ref.coef_[0]), atol=1e-4)
+        assert w[-1, j].item() == pytest.approx(ref.intercept_[0], abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def cifar_features(cifar10_root):
+    """avgpool features of a random-init ResNet-18 (CIFAR stem) on 600 train and 300 test images."""
+    encoder, _ = baseline_encoder("random", "resnet18", cifar_stem=True)
+    transform = augment.eval_transform(32, *augment.normalisation("cifar"))
+    out = []
+    for split, n in (("train", 600), ("test", 300)):
+        ds = seeded_subset(load_split("imagefolder", cifar10_root, split, transform), n, seed=1)
+        feats, labels = extract_layers(encoder, DataLoader(ds, batch_size=100), ("avgpool",), progress=False)
+        out += [feats["avgpool"], torch.nn.functional.one_hot(labels, 10)]
+    return out
+
+
+def test_batched_solver_matches_linearsvc_protocol_on_cifar10(cifar_features):
+    train_x, train_t, test_x, test_t = cifar_features
+    ours = svm_protocol(train_x, train_t, test_x, test_t, solver="torch")
+    ref = svm_protocol(train_x, train_t, test_x, test_t, solver="sklearn")
+    assert np.max(np.abs(np.array(ours["ap"]) - np.array(ref["ap"]))) < 0.5, (ours["ap"], ref["ap"])
+    assert abs(ours["mAP"] - ref["mAP"]) < 0.3
+    assert 10 < ref["top1"] < 100 and abs(ours["top1"] - ref["top1"]) < 1.0
+    assert ours["mAP"] > 15  # above chance (10% positives): random conv features carry information
+
+
+def test_low_shot_samples_are_seeded_and_sized():
+    targets = torch.zeros(500, 3, dtype=torch.long)
+    targets[:50, 0], targets[50:60, 1], targets[60:70, 2] = 1, 1, 1
+    targets[70:75, 0] = -1  # difficult: counts as a negative for training
+    a = low_shot_sample(targets, 0, 8, sample=2, seed=0)
+    assert np.array_equal(a, low_shot_sample(targets, 0, 8, sample=2, seed=0))
+    assert not np.array_equal(a, low_shot_sample(targets, 0, 8, sample=3, seed=0))
+    assert len(a) == 8 + 19 * 8 and len(set(a.tolist())) == len(a)
+    assert (targets[a[:8], 0] == 1).all() and (targets[a[8:], 0] != 1).all()
+    with pytest.raises(ValueError, match="class 'dog' has only 10 positive"):
+        low_shot_sample(targets, 1, 16, sample=0, class_name="dog")
+
+
+def test_low_shot_protocol_reports_both_cost_choices(cifar_features):
+    train_x, train_t, test_x, test_t = cifar_features
+    result = low_shot_protocol(train_x, train_t, test_x, test_t, ks=(1, 2), samples=2, costs=COSTS[:4])
+    one, two = result["by_k"][1], result["by_k"][2]
+    assert "cost_picked_by_cv" not in one  # CV inside a sample needs two positives
+    for block in (one["cost_picked_on_test"], two["cost_picked_on_test"], two["cost_picked_by_cv"]):
+        assert block["min"] <= block["mean"] <= block["max"] and len(block["per_sample"]) == 2
+    # Picking the cost on the test set is optimistic: it can only do as well or better on average.
+    assert two["cost_picked_on_test"]["mean"] >= two["cost_picked_by_cv"]["mean"] - 1e-9
