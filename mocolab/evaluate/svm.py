@@ -76,7 +76,18 @@ def fit_svms(x: torch.Tensor, y: torch.Tensor, c: torch.Tensor, tol: float = 1e-
     Returns W: (D+1) x P, the last row being the biases.
     """
     x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1)  # N x (D+1)
-    w = torch.zeros(x1.shape[1], y.shape[1], dtype=x.dtype, device=x.device)  # (D+1) x P
+    if x1.shape[1] > x1.shape[0]:
+        # More dimensions than samples: the objective sees w only through x1 @ w and |w|^2, so
+        # with x1 = U S V^T the optimum lies in the row space, w = V z, and solving for z on
+        # the N x r features U S is the same problem, exactly, at a fraction of the cost.
+        u, s, vh = torch.linalg.svd(x1, full_matrices=False)
+        return vh.T @ _newton(u * s, y, c, tol, max_newton, max_cg)
+    return _newton(x1, y, c, tol, max_newton, max_cg)
+
+
+def _newton(x1: torch.Tensor, y: torch.Tensor, c: torch.Tensor, tol: float, max_newton: int, max_cg: int):
+    """Truncated Newton (TRON-like) on the primal, every column at once; x1 includes the bias column."""
+    w = torch.zeros(x1.shape[1], y.shape[1], dtype=x1.dtype, device=x1.device)  # (D+1) x P
 
     def objective(w):
         slack = (1 - y * (x1 @ w)).clamp(min=0)  # N x P
@@ -103,7 +114,7 @@ def fit_svms(x: torch.Tensor, y: torch.Tensor, c: torch.Tensor, tol: float = 1e-
         w = w + step * t
     else:
         warnings.warn(f"fit_svms: {int(todo.sum())} of {len(todo)} problems stopped after {max_newton} "
-                      f"Newton steps before reaching tol={tol}", stacklevel=2)
+                      f"Newton steps before reaching tol={tol}", stacklevel=3)
     return w
 
 

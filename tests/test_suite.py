@@ -1,0 +1,82 @@
+"""The whole evaluation from one checkpoint: results.json, tables, VOC layout, notebook 03."""
+import json
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import papermill
+import pytest
+
+from mocolab import make_config, pretrain
+from mocolab.evaluate.suite import evaluate, tables
+from mocolab.evaluate.voc import VOC_CLASSES
+from test_features import write_voc
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(cifar10_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain")
+    cfg = make_config("cifar10_demo", dataset="imagefolder", data_root=str(cifar10_root), gpus=0, image_size=16,
+                      batch_size=16, K=64, bn_splits=2, train_subset=64, knn_every=0, workers=0, epochs=1,
+                      output_dir=str(out))
+    pretrain(cfg, progress=False)
+    return out / "checkpoint_last.pt"
+
+
+def small_voc(root):
+    """60 trainval and 40 test images; class c is present in every 20th image from c on."""
+    for split, n in (("trainval", 60), ("test", 40)):
+        ids = [f"{split[:2]}{i:04d}" for i in range(n)]
+        values = {name: [1 if i % 20 == c else -1 for i in range(n)] for c, name in enumerate(VOC_CLASSES)}
+        values["cat"][1] = 0  # one difficult-only image
+        write_voc(root, ids, split, values)
+    return root
+
+
+def test_evaluate_on_voc_layout_writes_results_and_reference_tables(checkpoint, cifar10_root, tmp_path):
+    results = evaluate(checkpoint=str(checkpoint), dataset="imagefolder", data_root=str(cifar10_root),
+                       voc_root=str(small_voc(tmp_path / "VOCdevkit")), benchmarks=("knn", "svm", "lowshot"),
+                       svm_layers=("feat5", "avgpool"), train_size=200, test_size=100, lowshot_ks=(1, 2),
+                       lowshot_samples=2, output_dir=str(tmp_path / "eval"), workers=0, progress=False)
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert saved["svm_data"] == "voc07" and set(saved["svm"]) == {"feat5", "avgpool"}
+    assert len(saved["svm"]["feat5"]["ap"]) == 20 and saved["svm"]["feat5"]["classes"][0] == "aeroplane"
+    assert saved["svm_best_layer"] in ("feat5", "avgpool") and saved["lowshot"]["layer"] == saved["svm_best_layer"]
+    assert set(saved["lowshot"]["by_k"]) == {"1", "2"}
+    assert set(saved["knn"]) == {"avgpool", "head"} and set(saved["knn"]["avgpool"]) == {"10", "20", "100", "200"}
+    text = tables(results)
+    assert "VOC07" in text and "| feat5 |" in text and "84.04" in text  # the reference beside feat5
+    assert "on test (reference)" in text and "by CV in sample" in text and "43.14" in text
+
+
+def test_evaluate_one_vs_rest_on_cifar10_with_linear_probes(checkpoint, cifar10_root, tmp_path):
+    results = evaluate(checkpoint=str(checkpoint), dataset="imagefolder", data_root=str(cifar10_root),
+                       benchmarks=("svm", "linear"), svm_layers=("avgpool",), train_size=150, test_size=60,
+                       probe_epochs=1, probe_lr=0.01, output_dir=str(tmp_path), workers=0, progress=False)
+    assert results["svm_data"] == "imagefolder" and 0 <= results["svm"]["avgpool"]["top1"] <= 100
+    assert set(results["linear"]["multihead"]["top1"]) == {f"feat{i}" for i in range(1, 6)}
+    assert np.isfinite(results["linear"]["avgpool"]["top1"]["avgpool"])
+    assert "67.58" not in tables(results)  # CIFAR-10 is not the reference's data: no reference column values
+
+
+def test_unknown_benchmark_is_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown benchmarks \\['svn'\\]"):
+        evaluate(benchmarks=("svn",), output_dir=str(tmp_path))
+
+
+def test_03_evaluate_runs_headless(checkpoint, cifar10_root, tmp_path):
+    papermill.execute_notebook(
+        str(NOTEBOOKS / "03_evaluate.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path), progress_bar=False,
+        parameters=dict(checkpoint=str(checkpoint), data_root=str(cifar10_root), train_size=200, test_size=100,
+                        lowshot_ks="1,2", lowshot_samples=2, probe_epochs=1, probe_lr=0.01, workers=0,
+                        output_dir=str(tmp_path / "eval")))
+    for model in ("moco", "random"):
+        assert json.loads((tmp_path / "eval" / model / "results.json").read_text())["svm"]
+    assert (tmp_path / "eval" / "low_shot.png").exists() and (tmp_path / "eval" / "svm_layers.png").exists()
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    shown = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+    assert sum("image/png" in o.get("data", {}) for o in shown) == 3
+    assert any("linear SVM" in str(o.get("data", {}).get("text/markdown", "")) or
+               "SVM" in str(o.get("data", {}).get("text/markdown", "")) for o in shown)
