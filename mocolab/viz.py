@@ -63,7 +63,7 @@ def plot_svm_layers(results: dict[str, dict], save_to=None):
     layers = list(results[names[0]]["svm"]) if names else []
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
-        ax.bar(np.arange(len(layers)) + i * width, [results[name]["svm"][l]["mAP"] for l in layers], width,
+        ax.bar(np.arange(len(layers)) + i * width, [results[name]["svm"][layer]["mAP"] for layer in layers], width,
                label=name)
     ax.set_xticks(np.arange(len(layers)) + width * (len(names) - 1) / 2, layers)
     ax.set(ylabel="mAP", title="linear SVM per layer")

@@ -23,7 +23,7 @@ def test_aug_plus_recipe():
     kinds = [type(t).__name__ for t, _ in steps]
     assert kinds[:5] == ["RandomResizedCrop", "ColorJitter", "RandomGrayscale", "GaussianBlur",
                          "RandomHorizontalFlip"]
-    crop, (jitter, p_jitter), (gray, p_gray), (blur, p_blur), (flip, p_flip) = steps[0][0], *steps[1:5]
+    crop, (jitter, p_jitter), (_, p_gray), (blur, p_blur), (_, p_flip) = steps[0][0], *steps[1:5]
     assert crop.size == (224, 224) and crop.scale == (0.2, 1.0)
     assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == \
         ((0.6, 1.4), (0.6, 1.4), (0.6, 1.4), (-0.1, 0.1)) and p_jitter == 0.8
