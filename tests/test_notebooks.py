@@ -16,31 +16,31 @@ def test_notebooks_are_committed_clean_with_a_parameters_cell():
         assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path} has outputs"
 
 
-def test_02_pretrain_runs_headless(cifar10_root, tmp_path):
+def run_02_pretrain(cifar10_root, tmp_path, **extra):
+    """Execute 02_pretrain with a tiny real-data run; returns (output dir, executed notebook's code outputs)."""
     out_dir = tmp_path / "run"
     papermill.execute_notebook(
         str(NOTEBOOKS / "02_pretrain.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path), progress_bar=False,
         parameters=dict(dataset="imagefolder", data_root=str(cifar10_root), epochs=1, batch_size=16, K=64,
                         lr=0.01, gpus=0, workers=0, train_subset=32, knn_bank_size=64, knn_test_size=32,
-                        output_dir=str(out_dir)))
+                        output_dir=str(out_dir), **extra))
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    return out_dir, [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+
+
+def test_02_pretrain_runs_headless(cifar10_root, tmp_path):
+    out_dir, outputs = run_02_pretrain(cifar10_root, tmp_path)
     rows = list(csv.DictReader(open(out_dir / "metrics.csv")))
     assert len(rows) == 1 and rows[0]["knn_top1"] != ""
     assert (out_dir / "curves.png").stat().st_size > 10_000
     assert json.loads((out_dir / "config.json").read_text())["config"]["K"] == 64
-    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
-    images = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 2  # the lr schedule and the training curves
 
 
 def test_02_pretrain_runs_headless_with_two_cpu_processes(cifar10_root, tmp_path):
-    out_dir = tmp_path / "run"
-    papermill.execute_notebook(
-        str(NOTEBOOKS / "02_pretrain.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path), progress_bar=False,
-        parameters=dict(dataset="imagefolder", data_root=str(cifar10_root), epochs=1, batch_size=16, K=64,
-                        lr=0.01, gpus=0, processes=2, workers=0, train_subset=32, knn_bank_size=64,
-                        knn_test_size=32, output_dir=str(out_dir)))
+    out_dir, outputs = run_02_pretrain(cifar10_root, tmp_path, processes=2)
     assert json.loads((out_dir / "config.json").read_text())["processes"] == 2
-    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
-    text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    text = "".join(o.get("text", "") for o in outputs)
     assert "starting 2 processes (gloo on the CPU)" in text and "epoch 1/1" in text  # relayed live
     assert (out_dir / "curves.png").exists()
