@@ -95,8 +95,8 @@ def calibrate_bn(encoder: nn.Module, loader: DataLoader, batches: int = 20, devi
 
 @torch.no_grad()
 def extract_layers(encoder: nn.Module, loader: DataLoader, layers=("avgpool",), device="cpu",
-                   progress: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Raw (unnormalised) float32 features of every image, per layer, on the CPU, and the labels."""
+                   progress: bool = True, keep_on_device: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Raw (unnormalised) float32 features of every image, per layer (on the CPU unless keep_on_device), and labels."""
     layers = tuple(layers)
     was_training = encoder.training
     encoder.eval()  # BN uses running statistics: a feature must not depend on its batch
@@ -110,7 +110,8 @@ def extract_layers(encoder: nn.Module, loader: DataLoader, layers=("avgpool",), 
                 raise ValueError("this encoder has no projection head (a supervised baseline)")
             out["head"] = encoder(images)
         for name in layers:
-            feats[name].append(out[name].float().cpu())
+            # To the CPU for the cache; the kNN monitor keeps them on the GPU (no sync per batch).
+            feats[name].append(out[name].float() if keep_on_device else out[name].float().cpu())
         labels.append(torch.as_tensor(y))
     encoder.train(was_training)
     return {name: torch.cat(v) for name, v in feats.items()}, torch.cat(labels)
@@ -122,8 +123,8 @@ def extract_features(encoder, loader: DataLoader, feature: str = "backbone", dev
     if feature not in ("backbone", "head"):
         raise ValueError(f"unknown feature {feature!r}; choose 'backbone' or 'head'")
     layer = "avgpool" if feature == "backbone" else "head"
-    feats, labels = extract_layers(encoder, loader, (layer,), device, progress)
-    f = feats[layer].to(device)
+    feats, labels = extract_layers(encoder, loader, (layer,), device, progress, keep_on_device=True)
+    f = feats[layer]
     return (F.normalize(f, dim=1) if normalize else f), labels.to(device)
 
 
