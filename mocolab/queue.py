@@ -23,6 +23,10 @@ class KeyQueue(nn.Module):
         self.K = K
         self.register_buffer("keys", F.normalize(torch.randn(K, dim), dim=1))  # keys: K x dim
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        # For the diagnostics: the enqueue call (training step) that wrote each slot;
+        # -1 marks the initial random keys, which are not encodings of any image.
+        self.register_buffer("written_at", torch.full((K,), -1, dtype=torch.long))
+        self.register_buffer("enqueues", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
     def enqueue(self, k: torch.Tensor) -> None:
@@ -34,6 +38,22 @@ class KeyQueue(nn.Module):
         slots = (self.ptr + torch.arange(B, device=self.keys.device)) % self.K  # slots: B
         self.keys.index_copy_(0, slots, k.to(self.keys.dtype))
         self.ptr.copy_((self.ptr + B) % self.K)
+        self.written_at.index_copy_(0, slots, self.enqueues.expand(B))
+        self.enqueues += 1
+
+    @torch.no_grad()
+    def age_stats(self) -> torch.Tensor:
+        """[mean age, oldest age, fraction of initial random keys], ages in steps (0: this step's keys).
+
+        A device tensor (no host sync). Once the queue is full, the ages are spread
+        evenly over 0 .. K/B - 1 steps for B keys enqueued per step.
+        """
+        real = self.written_at >= 0
+        age = (self.enqueues - 1 - self.written_at).float()  # age: K
+        n_real = real.sum().clamp(min=1)
+        mean_age = torch.where(real, age, 0.0).sum() / n_real
+        oldest = torch.where(real, age, 0.0).max()
+        return torch.stack([mean_age, oldest, 1.0 - real.float().mean()])
 
     def extra_repr(self) -> str:
         return f"K={self.K}, dim={self.keys.shape[1]}"

@@ -2,7 +2,7 @@
 
     config.json           the config, mocolab's git SHA, torch version, device, processes
     metrics.csv           one row per epoch: loss, lr, instance acc, similarities, kNN top-1, seconds
-    steps.csv             one row per `log_every` steps: loss, acc, similarities, lr
+    steps.csv             one row per `log_every` steps: loss, acc, similarities, lr, queue key ages
     log.txt               one line per epoch (relayed into the notebook by the launcher)
     checkpoint_last.pt    written every epoch (atomically); `resume=True` continues from it
     checkpoint_NNNN.pt    kept every `checkpoint_every` epochs

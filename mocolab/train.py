@@ -113,15 +113,18 @@ def train_one_epoch(model, loader, optimizer, lrs, start_step, num_steps, device
         stats = torch.stack([out.loss.detach(), out.acc, out.pos_sim, out.neg_sim])
         totals += stats
         if (step + 1) % cfg.log_every == 0 or i == num_steps - 1:
-            loss, acc, pos, neg = dist_.all_reduce_mean(stats).tolist()  # the global batch's means
+            # The global batch's means; the queue (and its ages) is the same on every rank.
+            loss, acc, pos, neg, age, oldest, random_keys = dist_.all_reduce_mean(
+                torch.cat([stats, out.queue_age])).tolist()
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss} at step {step + 1}: lower lr, or use "
                                          f"precision='fp32'; checkpoint_last.pt holds the last good epoch")
             row = {"step": step + 1, "epoch": round(epoch + (i + 1) / num_steps, 4), "lr": float(lrs[step]),
-                   "loss": loss, "acc": acc, "pos_sim": pos, "neg_sim": neg}
+                   "loss": loss, "acc": acc, "pos_sim": pos, "neg_sim": neg,
+                   "key_age": age, "key_age_max": oldest, "random_keys": random_keys}
             steps_log.append(row)
             if writer is not None:
-                for key in ("loss", "acc", "pos_sim", "neg_sim", "lr"):
+                for key in ("loss", "acc", "pos_sim", "neg_sim", "lr", "key_age", "random_keys"):
                     writer.add_scalar(f"step/{key}", row[key], step + 1)
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{100 * acc:.1f}%")
         bar.update(1)

@@ -62,6 +62,18 @@ def test_queue_enqueue_wraps_around_and_moves_pointer():
         queue.enqueue(torch.zeros(4, 2))
 
 
+def test_queue_key_ages_count_steps_since_each_key_was_enqueued():
+    queue = KeyQueue(K=6, dim=2)
+    assert queue.age_stats().tolist() == [0.0, 0.0, 1.0]  # only the random initial keys
+    queue.enqueue(torch.ones(2, 2))  # step 0: slots 0-1, ages [0, 0], 4 of 6 slots still random
+    assert queue.age_stats().tolist() == pytest.approx([0.0, 0.0, 4 / 6])
+    queue.enqueue(torch.ones(2, 2))  # step 1: ages [1, 1, 0, 0]
+    assert queue.age_stats().tolist() == pytest.approx([0.5, 1.0, 2 / 6])
+    for _ in range(3):  # steps 2-4: full; slots hold steps [3, 3, 4, 4, 2, 2] -> ages [1, 1, 0, 0, 2, 2]
+        queue.enqueue(torch.ones(2, 2))
+    assert queue.age_stats().tolist() == pytest.approx([1.0, 2.0, 0.0])  # steady state: mean (K/B - 1) / 2
+
+
 def test_initial_queue_is_random_unit_vectors():
     queue = KeyQueue(K=100, dim=8)
     assert torch.allclose(queue.keys.norm(dim=1), torch.ones(100))
