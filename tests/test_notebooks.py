@@ -32,10 +32,14 @@ def test_02_pretrain_runs_headless(cifar10_root, tmp_path):
     out_dir, outputs = run_02_pretrain(cifar10_root, tmp_path)
     rows = list(csv.DictReader(open(out_dir / "metrics.csv")))
     assert len(rows) == 1 and rows[0]["knn_top1"] != ""
-    assert (out_dir / "curves.png").stat().st_size > 10_000
+    for name in ("lr_schedule", "loss", "instance_accuracy", "similarities", "queue_age", "knn", "curves"):
+        assert (out_dir / f"{name}.png").stat().st_size > 10_000, name
     assert json.loads((out_dir / "config.json").read_text())["config"]["K"] == 64
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 2  # the lr schedule and the training curves
+    assert len(images) == 7  # the lr schedule, five diagnostics and the page of all of them
+    steps = list(csv.DictReader(open(out_dir / "steps.csv")))
+    # 32 images in batches of 16: after 2 steps, 32 of the 64 slots hold keys, the oldest 1 step old.
+    assert float(steps[-1]["key_age_max"]) == 1 and float(steps[-1]["random_keys"]) == 0.5
 
 
 def test_02_pretrain_runs_headless_with_two_cpu_processes(cifar10_root, tmp_path):

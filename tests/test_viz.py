@@ -1,0 +1,104 @@
+"""Every figure function returns a figure with the expected panels, and saves its PNG where it says."""
+import math
+from types import SimpleNamespace
+
+import matplotlib
+import numpy as np
+import pytest
+
+matplotlib.use("Agg")
+
+from mocolab import make_config, viz  # noqa: E402
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A small run: 2 epochs of 4 steps, K=64, batch 16 (so the queue spans 4 steps), kNN after epoch 2."""
+    cfg = make_config("cifar10_demo", K=64, batch_size=16, epochs=2, m=0.99)
+    steps = [{"step": s, "epoch": s / 4, "lr": 0.06, "loss": 4.0 - 0.1 * s, "acc": 0.05 * s, "pos_sim": 0.9,
+              "neg_sim": 0.1, "key_age": min(s - 1, 3) / 2, "key_age_max": min(s - 1, 3),
+              "random_keys": max(0.0, 1 - s / 4)} for s in range(1, 9)]
+    history = [{"epoch": 1, "loss": 3.7, "acc": 0.1, "knn_top1": None},
+               {"epoch": 2, "loss": 3.3, "acc": 0.3, "knn_top1": 31.5}]
+    return SimpleNamespace(config=cfg, steps=steps, history=history, output_dir=tmp_path)
+
+
+def lines(ax):
+    return {line.get_label(): line for line in ax.get_lines()}
+
+
+def test_loss_figure_has_the_chance_line_at_ln_k_plus_1(run):
+    fig = viz.plot_loss(run)
+    (ax,) = fig.axes
+    chance = next(line for label, line in lines(ax).items() if label.startswith("chance"))
+    assert np.allclose(chance.get_ydata(), math.log(65))
+    assert np.allclose(lines(ax)["per log step"].get_ydata(), [r["loss"] for r in run.steps])
+    assert (run.output_dir / "loss.png").stat().st_size > 5_000
+
+
+def test_accuracy_and_similarity_figures_plot_the_logged_values_in_percent_and_cosine(run):
+    (acc_ax,) = viz.plot_instance_accuracy(run).axes
+    assert np.allclose(lines(acc_ax)["per log step"].get_ydata(), [100 * r["acc"] for r in run.steps])
+    assert np.allclose(lines(acc_ax)["chance 1/(K+1)"].get_ydata(), 100 / 65)
+    (sim_ax,) = viz.plot_similarities(run).axes
+    assert set(lines(sim_ax)) >= {"positive q.k+", "negative q.queue"}
+    assert (run.output_dir / "instance_accuracy.png").exists() and (run.output_dir / "similarities.png").exists()
+
+
+def test_queue_age_figure_marks_the_steady_state_and_the_random_keys(run):
+    fig = viz.plot_queue_age(run)
+    ax, share = fig.axes  # ages, and the share of random initial keys on a twin axis
+    steady = next(line for label, line in lines(ax).items() if label.startswith("K/B - 1"))
+    assert np.allclose(steady.get_ydata(), 64 / 16 - 1)
+    assert np.allclose(lines(ax)["oldest key"].get_ydata(), [0, 1, 2, 3, 3, 3, 3, 3])
+    assert np.allclose(lines(share)["random initial keys"].get_ydata()[:4], [75, 50, 25, 0])
+    assert "1/(1-m) = 100 steps" in ax.get_title()
+
+
+def test_queue_age_figure_of_an_old_run_says_it_was_not_logged(run):
+    for row in run.steps:
+        del row["key_age"]
+    (ax,) = viz.plot_queue_age(run, save=False).axes
+    assert "did not log" in ax.texts[0].get_text()
+    assert not (run.output_dir / "queue_age.png").exists()
+
+
+def test_knn_curve_plots_only_the_epochs_with_a_kNN_pass(run):
+    (ax,) = viz.plot_knn_curve(run).axes
+    (line,) = ax.get_lines()
+    assert line.get_xdata().tolist() == [2.0] and line.get_ydata().tolist() == [31.5]
+
+
+def test_training_curves_page_has_every_diagnostic(run):
+    fig = viz.plot_training_curves(run)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles[:3] == ["loss", "instance-discrimination accuracy", "mean similarities"]
+    assert titles[3].startswith("queue: keys of the last 4 steps")
+    assert titles[4].startswith("kNN monitor") and titles[5] == "lr as applied"
+    assert (run.output_dir / "curves.png").exists() and not (run.output_dir / "loss.png").exists()
+
+
+def test_lr_schedule_figure_spans_the_epochs(tmp_path):
+    lrs = np.linspace(0.06, 0, 20)
+    fig = viz.plot_lr_schedule(lrs, steps_per_epoch=4, save_to=tmp_path / "sub" / "lr.png")
+    (line,) = fig.axes[0].get_lines()
+    assert line.get_xdata()[-1] == pytest.approx(19 / 4) and (tmp_path / "sub" / "lr.png").exists()
+
+
+def test_evaluation_figures_have_one_series_per_model(tmp_path):
+    results = {name: {"svm": {"feat1": {"mAP": 40.0}, "avgpool": {"mAP": 30.0 + i}},
+                      "knn": {"avgpool": {"10": {"top1": 30.0}, "20": {"top1": 31.0}}},
+                      "lowshot": {"by_k": {"1": {"cost_picked_on_test": {"mean": 20, "min": 18, "max": 22}},
+                                           "2": {"cost_picked_on_test": {"mean": 25, "min": 24, "max": 26}}}}}
+               for i, name in enumerate(("MoCo", "random"))}
+    (ax,) = viz.plot_svm_layers(results, save_to=tmp_path / "svm.png").axes
+    assert len(ax.patches) == 4 and [t.get_text() for t in ax.get_xticklabels()] == ["feat1", "avgpool"]
+    assert len(viz.plot_knn(results).axes[0].get_lines()) == 2
+    assert len(viz.plot_low_shot(results).axes[0].get_lines()) == 2
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    import matplotlib.pyplot as plt
+    plt.close("all")
