@@ -21,40 +21,69 @@ def _to_normalised_tensor(mean, std) -> list:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
 
 
-def aug_plus(size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
-    """MoCo v2 "aug+": crop 0.2-1, jitter (0.4, 0.4, 0.4, 0.1) p=0.8, gray 0.2, blur p=0.5, flip."""
-    # The official code blurs with PIL's GaussianBlur(radius=sigma), whose support is
-    # unbounded; a kernel of ~10% of the image (23 px at 224) covers +-5.5 sigma at sigma=2.
-    kernel = int(0.1 * size) // 2 * 2 + 1
+def _to_tensor(mean, std, normalize: bool) -> list:
+    """The tensor conversion ending every recipe; normalize=False keeps [0, 1] pixels for display."""
+    return _to_normalised_tensor(mean, std) if normalize else [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+
+
+def blur_kernel(size: int) -> int:
+    """The blur kernel for crop size `size`: odd, ~10% of the image (23 px at 224).
+
+    The official code blurs with PIL's GaussianBlur(radius=sigma), whose support is
+    unbounded; 10% of 224 covers +-5.5 sigma at sigma = 2.
+    """
+    return int(0.1 * size) // 2 * 2 + 1
+
+
+def aug_plus(size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD, *, crop_scale=(0.2, 1.0),
+             jitter=(0.4, 0.4, 0.4, 0.1), jitter_p: float = 0.8, gray_p: float = 0.2, blur_p: float = 0.5,
+             blur_sigma=(0.1, 2.0), flip_p: float = 0.5, normalize: bool = True) -> v2.Compose:
+    """MoCo v2 "aug+": crop 0.2-1, jitter (0.4, 0.4, 0.4, 0.1) p=0.8, gray 0.2, blur p=0.5, flip.
+
+    The keywords default to the recipe; the augmentation explorer (mocolab.widgets)
+    moves them. jitter: (brightness, contrast, saturation, hue) strengths.
+    """
     return v2.Compose([
-        v2.RandomResizedCrop(size, scale=(0.2, 1.0)),
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
-        v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5),
-        v2.RandomHorizontalFlip(p=0.5),
-        *_to_normalised_tensor(mean, std),
+        v2.RandomResizedCrop(size, scale=tuple(crop_scale)),
+        v2.RandomApply([v2.ColorJitter(*jitter)], p=jitter_p),
+        v2.RandomGrayscale(p=gray_p),
+        v2.RandomApply([v2.GaussianBlur(blur_kernel(size), sigma=tuple(blur_sigma))], p=blur_p),
+        v2.RandomHorizontalFlip(p=flip_p),
+        *_to_tensor(mean, std, normalize),
     ])
 
 
-def aug_v1(size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
+def aug_plus_operations(size: int = 224) -> dict[str, v2.Transform]:
+    """Each operation of aug+ alone, always applied, with the recipe's parameters (for display)."""
+    return {
+        "random resized crop, scale 0.2-1": v2.RandomResizedCrop(size, scale=(0.2, 1.0)),
+        "colour jitter (0.4, 0.4, 0.4, 0.1)": v2.Compose([v2.Resize(size), v2.ColorJitter(0.4, 0.4, 0.4, 0.1)]),
+        "grayscale": v2.Compose([v2.Resize(size), v2.Grayscale(num_output_channels=3)]),
+        "Gaussian blur, sigma 0.1-2": v2.Compose([v2.Resize(size),
+                                                 v2.GaussianBlur(blur_kernel(size), sigma=(0.1, 2.0))]),
+        "horizontal flip": v2.Compose([v2.Resize(size), v2.RandomHorizontalFlip(p=1.0)]),
+    }
+
+
+def aug_v1(size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD, *, normalize: bool = True) -> v2.Compose:
     """MoCo v1: crop 0.2-1, gray 0.2, jitter (0.4, 0.4, 0.4, 0.4) always, flip; no blur."""
     return v2.Compose([
         v2.RandomResizedCrop(size, scale=(0.2, 1.0)),
         v2.RandomGrayscale(p=0.2),
         v2.ColorJitter(0.4, 0.4, 0.4, 0.4),
         v2.RandomHorizontalFlip(p=0.5),
-        *_to_normalised_tensor(mean, std),
+        *_to_tensor(mean, std, normalize),
     ])
 
 
-def cifar_demo(size: int = 32, mean=CIFAR_MEAN, std=CIFAR_STD) -> v2.Compose:
+def cifar_demo(size: int = 32, mean=CIFAR_MEAN, std=CIFAR_STD, *, normalize: bool = True) -> v2.Compose:
     """The official CIFAR-10 demo: crop (default scale 0.08-1), flip, jitter p=0.8, gray 0.2; no blur."""
     return v2.Compose([
         v2.RandomResizedCrop(size),
         v2.RandomHorizontalFlip(p=0.5),
         v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
         v2.RandomGrayscale(p=0.2),
-        *_to_normalised_tensor(mean, std),
+        *_to_tensor(mean, std, normalize),
     ])
 
 
@@ -66,12 +95,12 @@ def normalisation(recipe: str) -> tuple[tuple, tuple]:
     return (CIFAR_MEAN, CIFAR_STD) if recipe == "cifar" else (IMAGENET_MEAN, IMAGENET_STD)
 
 
-def pretrain_transform(recipe: str, size: int) -> v2.Compose:
-    """The named recipe ("aug_plus", "v1" or "cifar") at crop size `size`."""
+def pretrain_transform(recipe: str, size: int, normalize: bool = True) -> v2.Compose:
+    """The named recipe ("aug_plus", "v1" or "cifar") at crop size `size`; normalize=False for display."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown augmentation {recipe!r}; choose one of {sorted(RECIPES)}")
     mean, std = normalisation(recipe)
-    return RECIPES[recipe](size, mean=mean, std=std)
+    return RECIPES[recipe](size, mean=mean, std=std, normalize=normalize)
 
 
 def eval_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:

@@ -97,6 +97,98 @@ def test_evaluation_figures_have_one_series_per_model(tmp_path):
     assert len(viz.plot_low_shot(results).axes[0].get_lines()) == 2
 
 
+# ----------------------------------------------------------------------------
+# Augmentation and embedding figures
+# ----------------------------------------------------------------------------
+
+def small_images(n, size=32):
+    from PIL import Image
+    return [Image.fromarray(np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8))
+            for i in range(n)]
+
+
+def shown(ax):
+    return ax.get_images()[0].get_array()
+
+
+def test_operation_figure_has_a_row_per_operation_and_reproducible_draws(tmp_path):
+    from mocolab import augment
+    image = small_images(1)[0]
+    ops = augment.aug_plus_operations(48)
+    fig = viz.plot_operations(image, ops, draws=3, seed=5, save_to=tmp_path / "ops.png")
+    assert len(fig.axes) == len(ops) * 4 and fig.axes[0].get_title() == "original"
+    assert [fig.axes[4 * r].get_ylabel() for r in range(len(ops))] == list(ops)
+    again = viz.plot_operations(image, ops, draws=3, seed=5)
+    assert all(np.array_equal(shown(a), shown(b)) for a, b in zip(fig.axes, again.axes))
+    assert shown(fig.axes[1]).shape == (48, 48, 3) and (tmp_path / "ops.png").exists()
+
+
+def test_seeded_draws_leave_the_callers_random_stream_alone():
+    import torch
+
+    from mocolab import augment
+    from mocolab.viz.augmentation import seeded_draws
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    seeded_draws(augment.aug_plus(32, normalize=False), small_images(1)[0], 4, seed=9)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_views_pairs_and_recipe_figures_lay_out_images_as_documented():
+    from mocolab import augment
+    images = small_images(3)
+    views = viz.plot_views(images, augment.aug_plus(32, normalize=False), views=4)
+    assert len(views.axes) == 3 * 5
+    pairs = viz.plot_positive_pairs(images, augment.cifar_demo(32, normalize=False))
+    assert len(pairs.axes) == 2 * 3 and pairs.axes[0].get_ylabel() == "query x_q"
+    assert not np.array_equal(shown(pairs.axes[0]), shown(pairs.axes[3]))  # q and k are different crops
+    recipes = {"v1": augment.aug_v1(32, normalize=False), "v2 aug+": augment.aug_plus(32, normalize=False)}
+    fig = viz.plot_recipes(images[0], recipes, draws=5)
+    assert len(fig.axes) == 10 and fig.axes[5].get_ylabel() == "v2 aug+"
+
+
+def test_embedding_maps_have_a_panel_per_map_and_one_legend_of_classes(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 50)
+    maps = {name: rng.normal(size=(50, 2)) for name in ("random UMAP", "MoCo UMAP", "MoCo t-SNE")}
+    fig = viz.plot_embeddings(maps, labels, ["cat", "dog", "ship"], save_to=tmp_path / "maps.png")
+    assert [ax.get_title() for ax in fig.axes[:3]] == list(maps) and not fig.axes[3].axison
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["cat", "dog", "ship"]
+    assert sum(len(c.get_offsets()) for c in fig.axes[0].collections) == 50
+
+
+def test_thumbnail_map_places_the_requested_number_of_images():
+    from matplotlib.offsetbox import AnnotationBbox
+    xy = np.random.default_rng(0).normal(size=(40, 2))
+    fig = viz.plot_thumbnails(xy, small_images(40), labels=np.zeros(40, int), max_images=25)
+    boxes = [a for a in fig.axes[0].artists if isinstance(a, AnnotationBbox)]
+    assert len(boxes) == 25 and all(tuple(b.xy) in {tuple(p) for p in xy} for b in boxes)
+
+
+def test_retrieval_figure_frames_neighbours_by_class():
+    images = small_images(6)
+    fig = viz.plot_retrieval(images[:2], [images[2:5], images[3:6]], [0, 1], [[0, 1, 0], [1, 1, 2]],
+                             ["a", "b", "c"], similarities=np.full((2, 3), 0.5))
+    assert len(fig.axes) == 2 * 4
+    colours = [ax.spines["top"].get_edgecolor() for ax in fig.axes]
+    green, red = matplotlib.colors.to_rgba("tab:green"), matplotlib.colors.to_rgba("tab:red")
+    assert colours[1:4] == [green, red, green] and colours[5:8] == [green, green, red]
+    assert fig.axes[1].get_xlabel() == "a 0.50"
+
+
+def test_similarity_histograms_and_alignment_uniformity_plane():
+    rng = np.random.default_rng(0)
+    pairs = {"random init": (rng.uniform(0.8, 1, 100), rng.uniform(0.7, 1, 900)),
+             "MoCo": (rng.uniform(0.6, 1, 100), rng.uniform(-0.3, 0.3, 900))}
+    fig = viz.plot_similarity_histograms(pairs)
+    assert [ax.get_title() for ax in fig.axes] == list(pairs) and all(len(ax.patches) == 120 for ax in fig.axes)
+    fig = viz.plot_alignment_uniformity({"random init": (0.1, -0.2), "MoCo": (0.6, -3.1)})
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.texts] == ["random init", "MoCo"]
+    assert np.allclose(ax.collections[1].get_offsets(), [[-3.1, 0.6]])
+
+
 @pytest.fixture(autouse=True)
 def close_figures():
     yield
