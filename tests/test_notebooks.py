@@ -48,3 +48,29 @@ def test_02_pretrain_runs_headless_with_two_cpu_processes(cifar10_root, tmp_path
     text = "".join(o.get("text", "") for o in outputs)
     assert "starting 2 processes (gloo on the CPU)" in text and "epoch 1/1" in text  # relayed live
     assert (out_dir / "curves.png").exists()
+
+
+def test_01_augmentations_runs_headless_and_shows_the_explorer_as_a_png(cifar10_root, tmp_path):
+    papermill.execute_notebook(
+        str(NOTEBOOKS / "01_augmentations.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path),
+        progress_bar=False, parameters=dict(dataset="imagefolder", data_root=str(cifar10_root), image_size=64,
+                                            n_images=4, output_dir=str(tmp_path / "figs")))
+    for name in ("images", "operations", "views", "positive_pairs", "v1_vs_v2", "cifar_vs_imagenet"):
+        assert (tmp_path / "figs" / f"{name}.png").stat().st_size > 10_000, name
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    explorer = executed.cells[-2].outputs[0]["data"]  # the widget, with its static figure
+    assert "application/vnd.jupyter.widget-view+json" in explorer and len(explorer["image/png"]) > 10_000
+
+
+def test_04_embeddings_runs_headless(tiny_checkpoint, cifar10_root, tmp_path):
+    papermill.execute_notebook(
+        str(NOTEBOOKS / "04_embeddings.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path), progress_bar=False,
+        parameters=dict(checkpoint=str(tiny_checkpoint), data_root=str(cifar10_root), n_points=120,
+                        layers="feat2,feat5", n_queries=2, top_k=4, n_pairs=40, output_dir=str(tmp_path / "figs")))
+    for name in ("maps", "layers", "thumbnails", "retrieval_MoCo", "retrieval_random_init", "similarities",
+                 "alignment_uniformity"):
+        assert (tmp_path / "figs" / f"{name}.png").stat().st_size > 10_000, name
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/markdown", ""))
+                   for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "MoCo: precision@4 over all 120 images" in text and "| random init |" in text

@@ -7,7 +7,6 @@ import numpy as np
 import papermill
 import pytest
 
-from mocolab import make_config, pretrain
 from mocolab.evaluate.suite import evaluate, tables
 from mocolab.evaluate.voc import VOC_CLASSES
 from test_features import write_voc
@@ -15,14 +14,9 @@ from test_features import write_voc
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-@pytest.fixture(scope="module")
-def checkpoint(cifar10_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pretrain")
-    cfg = make_config("cifar10_demo", dataset="imagefolder", data_root=str(cifar10_root), gpus=0, image_size=16,
-                      batch_size=16, K=64, bn_splits=2, train_subset=64, knn_every=0, workers=0, epochs=1,
-                      output_dir=str(out))
-    pretrain(cfg, progress=False)
-    return out / "checkpoint_last.pt"
+@pytest.fixture
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def small_voc(root):

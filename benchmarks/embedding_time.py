@@ -1,0 +1,43 @@
+"""Wall time of the 2-D maps of notebook 04: UMAP (umap-learn) and t-SNE (scikit-learn) of CIFAR-10 features.
+
+    python benchmarks/embedding_time.py --checkpoint runs/demo/checkpoint_last.pt --data-root /path/to/cifar10
+
+Extracts (and caches) avgpool features of --points test images, then times
+`project_2d` in a fresh process: UMAP's first call includes numba's
+compilation, so it is timed twice (cold, then warm); t-SNE once.
+"""
+import argparse
+import time
+
+from mocolab import augment
+from mocolab.data import load_split, seeded_subset
+from mocolab.evaluate.embedding import project_2d
+from mocolab.evaluate.features import cached_features, load_encoder
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--points", type=int, default=10_000)
+    parser.add_argument("--layer", default="avgpool")
+    parser.add_argument("--methods", default="umap,tsne")
+    parser.add_argument("--cache-dir", default="runs/feature_cache")
+    args = parser.parse_args()
+    encoder, identity = load_encoder(args.checkpoint)
+    transform = augment.eval_transform(32, *augment.normalisation("cifar"))
+    ds = seeded_subset(load_split("imagefolder", args.data_root, "test", transform), args.points, seed=0)
+    tic = time.perf_counter()
+    feats, _ = cached_features(encoder, identity, ds, f"cifar10:{args.data_root}:test", (args.layer,),
+                               args.cache_dir, workers=2)
+    x = feats[args.layer]
+    print(f"features: {tuple(x.shape)} ({args.layer}) in {time.perf_counter() - tic:.1f} s (cached after the first run)")
+    for method in args.methods.split(","):
+        for attempt in (("cold", "warm") if method == "umap" else ("",)):
+            tic = time.perf_counter()
+            coords = project_2d(x, method)
+            print(f"{method} {attempt}: {len(coords)} points in {time.perf_counter() - tic:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
