@@ -1,0 +1,283 @@
+"""The augmentation recipes as batched tensor ops with per-sample random parameters (GPU or CPU).
+
+The CPU torchvision pipeline (augment.py) stays the reference: every draw here
+follows torchvision's sampling (RandomResizedCrop.get_params, ColorJitter's
+factors and random order, the probabilities), and every op follows
+torchvision's functional op, so a view is the one torchvision would make with
+the same parameters (tests/test_gpu_augment.py checks both).
+
+Sampling (`sample_params`) and applying (`apply_params`) are separate, so a
+test can hand the same parameters to torchvision. Order: crop, flip, colour
+jitter, grayscale, blur. Flipping commutes with the pointwise colour ops and
+with the symmetric blur, so one order serves aug+ (flip last) and the CIFAR
+recipe (flip second); v1's grayscale-before-jitter is kept as a flag.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .augment import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, blur_kernel
+
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 601-2 luma)
+SELECT_WITH_WHERE = None  # None: torch.where on GPUs, subsets on the CPU (see `where`); tests force either
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A recipe's parameters (the defaults are aug+, PROTOCOLS.md section 1)."""
+
+    size: int = 224
+    crop_scale: tuple = (0.2, 1.0)
+    crop_ratio: tuple = (3 / 4, 4 / 3)
+    jitter: tuple = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue strengths
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    gray_first: bool = False  # v1 converts to grayscale before the jitter
+    blur_p: float = 0.5
+    blur_sigma: tuple = (0.1, 2.0)
+    flip_p: float = 0.5
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+
+
+def recipe(name: str, size: int) -> Recipe:
+    """The batched twin of augment.pretrain_transform(name, size)."""
+    if name == "aug_plus":
+        return Recipe(size)
+    if name == "v1":
+        return Recipe(size, jitter=(0.4, 0.4, 0.4, 0.4), jitter_p=1.0, gray_first=True, blur_p=0.0)
+    if name == "cifar":
+        return Recipe(size, crop_scale=(0.08, 1.0), blur_p=0.0, mean=CIFAR_MEAN, std=CIFAR_STD)
+    raise ValueError(f"unknown augmentation {name!r}; choose 'aug_plus', 'v1' or 'cifar'")
+
+
+# ----------------------------------------------------------------------------
+# Sampling: one set of parameters per image
+# ----------------------------------------------------------------------------
+
+def sample_crops(n: int, height, width, scale, ratio, generator=None, device="cpu", attempts: int = 10):
+    """Boxes (top, left, h, w), n x 4 long, drawn as torchvision's RandomResizedCrop.get_params.
+
+    height, width: ints, or n-long tensors for images of different sizes. Ten
+    tries of (area, log-ratio); the first that fits wins; none: a centre crop
+    with the ratio clamped to the range.
+    """
+    H = torch.as_tensor(height, device=device).expand(n).double()
+    W = torch.as_tensor(width, device=device).expand(n).double()
+    u = torch.rand(n, attempts, 4, generator=generator, device=device, dtype=torch.float64)
+    area = H[:, None] * W[:, None] * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[..., 1]
+    w = torch.round(torch.sqrt(area * torch.exp(log_r)))  # round half to even, as Python's round
+    h = torch.round(torch.sqrt(area / torch.exp(log_r)))
+    fits = (w > 0) & (h > 0) & (w <= W[:, None]) & (h <= H[:, None])
+    first = fits.double().argmax(dim=1)  # the first attempt that fits (0 when none does)
+    pick = lambda t: t.gather(1, first[:, None])[:, 0]  # noqa: E731
+    w, h = pick(w), pick(h)
+    top = torch.floor(pick(u[..., 2]) * (H - h + 1))
+    left = torch.floor(pick(u[..., 3]) * (W - w + 1))
+    # Fallback: the whole image, cut to the nearest allowed aspect ratio, centred.
+    in_ratio = W / H
+    fw = torch.where(in_ratio < ratio[0], W, torch.where(in_ratio > ratio[1], torch.round(H * ratio[1]), W))
+    fh = torch.where(in_ratio < ratio[0], torch.round(W / ratio[0]), H)
+    none = ~fits.any(dim=1)
+    w, h = torch.where(none, fw, w), torch.where(none, fh, h)
+    top = torch.where(none, torch.div(H - h, 2, rounding_mode="floor"), top)
+    left = torch.where(none, torch.div(W - w, 2, rounding_mode="floor"), left)
+    return torch.stack([top, left, h, w], dim=1).long()
+
+
+def sample_params(r: Recipe, n: int, height, width, generator=None, device="cpu") -> dict:
+    """Every random choice of n views: crops, flips, jitter (on, factors, order), gray, blur (on, sigma)."""
+    def uniform(lo, hi, shape=(n,)):
+        return lo + (hi - lo) * torch.rand(shape, generator=generator, device=device)
+
+    def coin(p):
+        return torch.rand(n, generator=generator, device=device) < p
+
+    b, c, s, h = r.jitter
+    return {
+        "box": sample_crops(n, height, width, r.crop_scale, r.crop_ratio, generator, device),
+        "flip": coin(r.flip_p),
+        "jitter": coin(r.jitter_p),
+        # ColorJitter's factor ranges: [max(0, 1 - x), 1 + x] for b, c, s and [-h, h] for hue.
+        "factors": torch.stack([uniform(max(0, 1 - b), 1 + b), uniform(max(0, 1 - c), 1 + c),
+                                uniform(max(0, 1 - s), 1 + s), uniform(-h, h)], dim=1),
+        "order": torch.rand(n, 4, generator=generator, device=device).argsort(dim=1),  # a random permutation each
+        "gray": coin(r.gray_p),
+        "blur": coin(r.blur_p),
+        "sigma": uniform(*r.blur_sigma),
+    }
+
+
+# ----------------------------------------------------------------------------
+# The ops, batched (images: N x 3 x H x W floats in [0, 1])
+# ----------------------------------------------------------------------------
+
+def resize_weights(start: torch.Tensor, length: torch.Tensor, total: int, out: int) -> torch.Tensor:
+    """N x out x total matrices that crop [start, start + length) of an axis and resize it to `out` pixels.
+
+    The weights of torchvision's bilinear resize with antialias=True (PIL's
+    algorithm): a triangle filter widened by the scale when shrinking, plain
+    bilinear interpolation (edge pixels repeated) when enlarging.
+    """
+    dev = start.device
+    scale = (length.double() / out)[:, None, None]  # N x 1 x 1
+    support = scale.clamp(min=1.0)
+    center = scale * (torch.arange(out, device=dev, dtype=torch.float64)[None, :, None] + 0.5)  # N x out x 1
+    rel = torch.arange(total, device=dev, dtype=torch.float64)[None, None, :] - start.double()[:, None, None]
+    lo = torch.trunc(center - support + 0.5).clamp(min=0)
+    hi = torch.minimum(torch.trunc(center + support + 0.5), length.double()[:, None, None])
+    w = (1 - ((rel - center + 0.5) / support).abs()).clamp(min=0) * ((rel >= lo) & (rel < hi))
+    return (w / w.sum(dim=2, keepdim=True)).float()  # N x out x total
+
+
+def resized_crops(images: torch.Tensor, box: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop each image to its box (top, left, h, w) and resize to size x size: N x 3 x size x size.
+
+    Two batched matrix products per image (rows, then columns) with the weights of
+    torchvision's antialiased bilinear resize, so a view equals
+    torchvision's resized_crop for the same box, shrinking or enlarging.
+    """
+    top, left, h, w = box.unbind(1)
+    rows = resize_weights(top, h, images.shape[-2], size)  # N x size x H
+    cols = resize_weights(left, w, images.shape[-1], size)  # N x size x W
+    return rows[:, None] @ images @ cols.transpose(1, 2)[:, None]  # N x 3 x size x size
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(-3)
+    return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(-3)
+
+
+def _blend(x, y, factor):
+    return (factor * x + (1 - factor) * y).clamp(0, 1)
+
+
+def _per_image(v: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, 1, 1, 1)
+
+
+def adjust_brightness(x, f):
+    return (x * _per_image(f)).clamp(0, 1)
+
+
+def adjust_contrast(x, f):
+    return _blend(x, grayscale(x).mean(dim=(-3, -2, -1), keepdim=True), _per_image(f))
+
+
+def adjust_saturation(x, f):
+    return _blend(x, grayscale(x), _per_image(f))
+
+
+def adjust_hue(x, f):
+    """Rotate the hue by f (in turns, per image) through HSV, as torchvision's adjust_hue."""
+    h, s, v = _rgb_to_hsv(x).unbind(-3)
+    h = torch.remainder(h + _per_image(f)[:, 0], 1.0)
+    return _hsv_to_rgb(torch.stack([h, s, v], dim=-3))
+
+
+def _rgb_to_hsv(x):
+    r, g, b = x.unbind(-3)
+    maxc, minc = x.amax(dim=-3), x.amin(dim=-3)
+    eqc = maxc == minc
+    cr = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = cr / torch.where(eqc, ones, maxc)
+    cr_divisor = torch.where(eqc, ones, cr)
+    rc, gc, bc = (maxc - r) / cr_divisor, (maxc - g) / cr_divisor, (maxc - b) / cr_divisor
+    hr = (maxc == r) * (bc - gc)
+    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    h = torch.remainder((hr + hg + hb) / 6.0 + 1.0, 1.0)
+    return torch.stack([h, s, maxc], dim=-3)
+
+
+def _hsv_to_rgb(x):
+    """The branch-free form of the sector formula torchvision uses: channel n (5: R, 3: G, 1: B) is
+    v - v s clamp(min(k, 4 - k), 0, 1) with k = (n + 6 h) mod 6."""
+    h, s, v = x.unbind(-3)
+    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(3, 1, 1)
+    k = torch.remainder(n + 6.0 * h.unsqueeze(-3), 6.0)  # N x 3 x H x W
+    ramp = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
+    return (v.unsqueeze(-3) * (1.0 - s.unsqueeze(-3) * ramp)).clamp(0.0, 1.0)
+
+
+JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+
+
+def where(mask: torch.Tensor, fn, x: torch.Tensor, *per_image: torch.Tensor) -> torch.Tensor:
+    """fn(x, *per_image) on the images where mask is true, x elsewhere.
+
+    On a GPU, fn runs on the whole batch and `torch.where` selects: more
+    arithmetic, but no host sync to find the images. On the CPU, where
+    arithmetic is the cost, fn runs on the selected images only.
+    """
+    if x.is_cuda if SELECT_WITH_WHERE is None else SELECT_WITH_WHERE:
+        return torch.where(mask.view(-1, 1, 1, 1), fn(x, *per_image), x)
+    idx = mask.nonzero()[:, 0]
+    if len(idx) == 0:
+        return x
+    x = x.clone()
+    x[idx] = fn(x[idx], *(v[idx] for v in per_image))
+    return x
+
+
+def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """ColorJitter with per-image factors (N x 4) applied in a per-image order (N x 4 permutation):
+    slot by slot, every image gets the op its order names in that slot."""
+    for slot in range(4):
+        for k, op in enumerate(JITTER_OPS):
+            x = where(order[:, slot] == k, op, x, factors[:, k])
+    return x
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Separable Gaussian blur with a per-image sigma, reflect padding (torchvision's gaussian_blur)."""
+    N, C, H, W = x.shape
+    half = (kernel - 1) * 0.5
+    t = torch.linspace(-half, half, kernel, device=x.device, dtype=x.dtype)
+    k1d = torch.exp(-0.5 * (t[None] / sigma[:, None].to(x.dtype)) ** 2)
+    k1d = (k1d / k1d.sum(dim=1, keepdim=True)).repeat_interleave(C, dim=0)  # (N*C) x kernel
+    y = F.pad(x.reshape(1, N * C, H, W), [kernel // 2] * 4, mode="reflect")
+    y = F.conv2d(y, k1d[:, None, None, :], groups=N * C)  # along the width
+    y = F.conv2d(y, k1d[:, None, :, None], groups=N * C)  # along the height
+    return y.view(N, C, H, W)
+
+
+def apply_params(images: torch.Tensor, p: dict, r: Recipe, normalize: bool = True) -> torch.Tensor:
+    """Views of `images` (N x 3 x H x W, uint8 or float in [0, 1]) with the parameters of sample_params."""
+    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    x = resized_crops(x, p["box"], r.size)
+    x = torch.where(p["flip"].view(-1, 1, 1, 1), x.flip(-1), x)
+    x = apply_colour(x, p, r)
+    if normalize:
+        mean = torch.tensor(r.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(r.std, device=x.device).view(1, 3, 1, 1)
+        x = (x - mean) / std
+    return x
+
+
+def apply_colour(x: torch.Tensor, p: dict, r: Recipe) -> torch.Tensor:
+    """Jitter, grayscale and blur of already cropped views (N x 3 x S x S floats in [0, 1])."""
+    def gray(v):
+        return grayscale(v).expand_as(v)
+
+    if r.gray_first:
+        x = where(p["gray"], gray, x)
+    if r.jitter_p > 0:
+        x = where(p["jitter"], color_jitter, x, p["factors"], p["order"])
+    if not r.gray_first:
+        x = where(p["gray"], gray, x)
+    if r.blur_p > 0:
+        x = where(p["blur"], lambda v, sigma: gaussian_blur(v, sigma, blur_kernel(r.size)), x, p["sigma"])
+    return x
+
+
+def augment(images: torch.Tensor, r: Recipe, generator=None) -> torch.Tensor:
+    """One random view of every image (N x 3 x H x W, same size), on the images' device."""
+    p = sample_params(r, len(images), images.shape[-2], images.shape[-1], generator, images.device)
+    return apply_params(images, p, r)
