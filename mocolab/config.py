@@ -33,6 +33,11 @@ class Config:
     download: bool = True  # let torchvision fetch CIFAR / STL-10 when missing
     train_subset: int = 0  # pretrain on a seeded random subset of this many images; 0: all
     workers: int = 4  # DataLoader worker processes; 0 loads in the main process
+    # cpu: torchvision transforms in loader workers (the reference); device: images decoded once into
+    # a uint8 tensor on the training device, augmented there in batches (small datasets of one size);
+    # jpeg: workers read the files of an image folder, the device decodes and augments them;
+    # auto: cpu on the CPU; on a GPU, jpeg for image folders at image_size > 96, else device
+    data_path: Literal["auto", "cpu", "device", "jpeg"] = "auto"
 
     # --- encoder ------------------------------------------------------------
     arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
@@ -67,6 +72,8 @@ class Config:
     gpus: int = -1  # -1: one GPU if present, else the CPU; 0: CPU; N: N GPUs, one process each (NCCL)
     processes: int = 1  # with gpus=0: CPU processes (gloo), to try the distributed path on a laptop
     sync_bn: bool = False  # SyncBatchNorm over all GPUs instead of shuffle BN's per-GPU statistics (ablation)
+    channels_last: bool = False  # NHWC memory layout: faster convolutions under bf16 on recent GPUs
+    compile: bool = False  # torch.compile both encoders (minutes of warm-up for ~10% per step)
 
     # --- kNN monitor (the demo's: k=200, T=0.1 on the head output) ----------
     knn_every: int = 1  # epochs between kNN passes; 0: never

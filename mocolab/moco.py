@@ -86,8 +86,10 @@ class MoCo(nn.Module):
     def contrastive_loss(self, x_q: torch.Tensor, x_k: torch.Tensor):
         q = F.normalize(self.encoder_q(x_q).float(), dim=1)  # q: N x C
         k = self.encode_keys(x_k)  # k: N x C
-        # A detached copy: enqueue() overwrites the queue before backward needs it.
-        loss, logits = info_nce(q, k, self.queue.keys.clone().detach(), self.T)
+        # A detached copy: enqueue() overwrites the queue before backward needs it. The logits stay fp32
+        # under autocast: a bf16 cosine is off by ~4e-3, i.e. ~0.04 in a logit at T = 0.1.
+        with torch.autocast(q.device.type, enabled=False):
+            loss, logits = info_nce(q, k, self.queue.keys.clone().detach(), self.T)
         return loss, logits, k
 
     def forward(self, x_q: torch.Tensor, x_k: torch.Tensor) -> MoCoOutput:

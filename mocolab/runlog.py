@@ -59,13 +59,14 @@ def write_csv(rows: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def start_outputs(cfg: Config, device, autocast_dtype, num_steps: int, world: int, start_epoch: int):
+def start_outputs(cfg: Config, device, autocast_dtype, num_steps: int, world: int, start_epoch: int,
+                  data_path: str = "cpu"):
     """config.json, and the TensorBoard writer (rank 0 only)."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"config": cfg.to_dict(), "code_version": code_version(), "torch": torch.__version__,
             "device": str(device), "processes": world, "precision": str(autocast_dtype or "fp32"),
-            "steps_per_epoch": num_steps}
+            "steps_per_epoch": num_steps, "data_path": data_path}
     (out / "config.json").write_text(json.dumps(meta, indent=2))
     from torch.utils.tensorboard import SummaryWriter  # imported late: tensorboard is slow to import
     return SummaryWriter(str(out / "tb"), purge_step=start_epoch * num_steps + 1)

@@ -45,6 +45,13 @@ def write_image_folder(root: Path, classes=("cat", "dog"), per_class=4, size=32,
     return root
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cache_in_a_temporary_folder(tmp_path_factory):
+    """The device data path's uint8 cache goes to a session folder, not ~/.cache."""
+    os.environ["MOCOLAB_CACHE"] = str(tmp_path_factory.mktemp("mocolab_cache"))
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

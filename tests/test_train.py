@@ -149,11 +149,13 @@ def test_gpu_requests_without_a_gpu_fail_clearly():
     assert resolve_precision("auto", torch.device("cpu")) is None
 
 
-def test_short_run_on_real_cifar10_learns(cifar10_root, tmp_path):
+@pytest.mark.parametrize("data_path", ["cpu", "device"])
+def test_short_run_on_real_cifar10_learns(cifar10_root, tmp_path, data_path):
     """Once the queue holds real keys (after K/B = 8 steps) the loss falls clearly and
-    instance discrimination improves: 1,024 CIFAR-10 images, ResNet-18 at 32 px, 6 epochs."""
+    instance discrimination improves: 1,024 CIFAR-10 images, ResNet-18 at 32 px, 6 epochs,
+    with torchvision's pipeline in loader workers and with the batched augmentations."""
     cfg = tiny(cifar10_root, tmp_path, image_size=32, batch_size=64, K=512, bn_splits=8, train_subset=1024,
-               lr=0.0075, epochs=6, knn_every=0, workers=2, log_every=4)
+               lr=0.0075, epochs=6, knn_every=0, workers=2, log_every=4, data_path=data_path)
     run = pretrain(cfg, progress=False)
     loss = [r["loss"] for r in run.history]
     acc = [r["acc"] for r in run.history]

@@ -1,0 +1,172 @@
+"""The fast data path: images decoded once, kept on the training device, augmented there in batches.
+
+For small datasets of one image size (CIFAR-10/100, STL-10, an ImageFolder of
+32 px JPEGs): the images are decoded once into a uint8 tensor cached on disk
+($MOCOLAB_CACHE, by default ~/.cache/mocolab; 180 MB for CIFAR-10), loaded to the GPU, and every step gathers,
+augments (gpu_augment) and normalises its batch there, with no loader workers.
+
+What a run sees is the reference path's, drawn differently: the same images
+(the same seeded subset), the same order (the same DistributedSampler
+permutation per epoch), views from the same distributions. The random draws
+of step s in epoch e come from a generator seeded by (seed, epoch, step, rank),
+so a resumed run continues exactly.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DistributedSampler
+
+from . import gpu_augment
+from .checkpoint import atomic_save
+from .config import Config
+from .data import DatasetError, classes_of, load_split, seeded_subset
+
+
+
+def cache_folder() -> Path:
+    """$MOCOLAB_CACHE, else $XDG_CACHE_HOME/mocolab, else ~/.cache/mocolab (never the dataset's folder,
+    which may be read-only or shared)."""
+    if os.environ.get("MOCOLAB_CACHE"):
+        return Path(os.environ["MOCOLAB_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mocolab"
+
+
+# ----------------------------------------------------------------------------
+# Decoding once, to a uint8 tensor cache
+# ----------------------------------------------------------------------------
+
+def decode_split(dataset: str, root, split: str, download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images N x 3 x H x W uint8, labels N long) of one split, decoded in full."""
+    ds = load_split(dataset, root, split, transform=None, download=download)
+    if dataset in ("cifar10", "cifar100"):
+        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets)
+    if dataset == "stl10":
+        return torch.from_numpy(ds.data).contiguous(), torch.as_tensor(ds.labels).long()
+    first_size = None
+    images = []
+    for path, _ in ds.samples:
+        with Image.open(path) as image:
+            array = np.array(image.convert("RGB"))
+        if first_size is None:
+            first_size = array.shape
+        elif array.shape != first_size:
+            raise DatasetError(f"{path} is {array.shape[1]}x{array.shape[0]} px but {ds.samples[0][0]} is "
+                               f"{first_size[1]}x{first_size[0]}: the device data path holds images of one "
+                               f"size; use data_path='cpu' for this folder")
+        images.append(torch.from_numpy(array).permute(2, 0, 1))
+    return torch.stack(images), torch.as_tensor(ds.targets)
+
+
+def cached_split(dataset: str, root, split: str, download: bool = True, cache_dir=None):
+    """decode_split, cached in cache_dir (default: cache_folder()) under a key of the dataset, its
+    absolute root, the split and (for a folder) its file names and sizes."""
+    root = Path(root)
+    key = {"dataset": dataset, "root": str(root.resolve()), "split": split}
+    if dataset == "imagefolder":  # a changed file list or size invalidates the cache
+        ds = load_split(dataset, root, split, transform=None)
+        listing = "\n".join(f"{p}:{Path(p).stat().st_size}" for p, _ in ds.samples)
+        key["files"] = hashlib.sha256(listing.encode()).hexdigest()
+    path = Path(cache_dir or cache_folder()) / (
+        hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".pt")
+    if path.exists():
+        stored = torch.load(path, weights_only=True)
+        if stored["key"] == key:
+            return stored["images"], stored["labels"]
+    images, labels = decode_split(dataset, root, split, download)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save({"key": key, "images": images, "labels": labels}, path)
+    return images, labels
+
+
+# ----------------------------------------------------------------------------
+# Batches of a run
+# ----------------------------------------------------------------------------
+
+class DeviceBatches:
+    """The pretraining batches of one process, augmented on the device: ((x_q, x_k), labels) per step.
+
+    Drop-in for data.pretrain_loader: the same images and order, two
+    independent views of each image.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, cfg: Config, rank: int = 0, world: int = 1):
+        self.images, self.labels, self.cfg = images, labels, cfg  # images: N x 3 x H x W uint8, on the device
+        self.rank, self.world, self.epoch = rank, world, 0
+        self.recipe = gpu_augment.recipe(cfg.augmentation, cfg.image_size)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def set_epoch(self, epoch: int) -> "DeviceBatches":
+        self.epoch = epoch
+        return self
+
+    def __iter__(self):
+        cfg, per_rank = self.cfg, self.cfg.batch_size // self.world
+        # The reference path's order: DistributedSampler over the (already subset) images.
+        sampler = DistributedSampler(range(len(self.images)), num_replicas=self.world, rank=self.rank, shuffle=True,
+                                     seed=cfg.seed * 100_003, drop_last=True)
+        sampler.set_epoch(self.epoch)
+        order = torch.as_tensor(list(sampler), device=self.images.device)
+        generator = torch.Generator(device=self.images.device)
+        for step in range(len(order) // per_rank):
+            idx = order[step * per_rank:(step + 1) * per_rank]
+            generator.manual_seed(((cfg.seed * 1_000_003 + self.epoch) * 100_003 + step) * 1_009 + self.rank)
+            x = self.images[idx]
+            yield (gpu_augment.augment(x, self.recipe, generator), gpu_augment.augment(x, self.recipe, generator)), \
+                self.labels[idx]
+
+
+def device_batches(cfg: Config, device, rank: int = 0, world: int = 1) -> DeviceBatches:
+    """The training split (its seeded subset, as data.pretrain_dataset) as DeviceBatches on `device`."""
+    split = "unlabeled" if cfg.dataset == "stl10" else "train"
+    images, labels = cached_split(cfg.dataset, cfg.data_root, split, cfg.download)
+    if len(images) == 0:
+        raise DatasetError(f"the {split} split of {cfg.dataset} in {cfg.data_root} is empty")
+    keep = seeded_subset(range(len(images)), cfg.train_subset, cfg.seed)  # the CPU path's subset
+    idx = torch.as_tensor(list(keep.indices) if hasattr(keep, "indices") else range(len(images)))
+    if len(idx) < cfg.batch_size:
+        raise DatasetError(f"the dataset has {len(idx)} images, fewer than one batch of {cfg.batch_size}; "
+                           f"lower batch_size (and K) or use more images")
+    return DeviceBatches(images[idx].to(device), labels[idx].to(device), cfg, rank, world)
+
+
+class DeviceEvalBatches:
+    """(normalised images, labels) batches of a split held on the device, for the kNN monitor."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std, batch_size: int = 1024):
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+
+    def __len__(self):
+        return -(-len(self.images) // self.batch_size)
+
+    def __iter__(self):
+        for start in range(0, len(self.images), self.batch_size):
+            x = self.images[start:start + self.batch_size].float() / 255
+            yield (x - self.mean) / self.std, self.labels[start:start + self.batch_size]
+
+
+def device_knn_sets(cfg: Config, device, batch_size: int = 1024):
+    """(bank, test, classes) batches for the kNN monitor on the device, or None when the images
+    are not already image_size pixels (the eval transform would resize; the CPU loaders do that)."""
+    from .augment import normalisation
+    sets = []
+    for split, n, offset in (("train", cfg.knn_bank_size, 1), ("test", cfg.knn_test_size, 2)):
+        images, labels = cached_split(cfg.dataset, cfg.data_root, split, cfg.download)
+        if images.shape[-1] != cfg.image_size or images.shape[-2] != cfg.image_size:
+            return None
+        keep = seeded_subset(range(len(images)), n, cfg.seed + offset)  # the CPU path's subsets
+        idx = torch.as_tensor(list(keep.indices) if hasattr(keep, "indices") else range(len(images)))
+        sets.append(DeviceEvalBatches(images[idx].to(device), labels[idx].to(device), *normalisation(cfg.augmentation),
+                                      batch_size))
+    classes = classes_of(load_split(cfg.dataset, cfg.data_root, "train", None, cfg.download))
+    return sets[0], sets[1], len(classes)

@@ -1,0 +1,137 @@
+"""ImageNet-scale folders on the fast path: workers read JPEG bytes, the device decodes and augments.
+
+Loader workers only read files (no decoding, no PIL), so a few of them keep up
+with a GPU; `torchvision.io.decode_jpeg` decodes the batch on the training
+device (nvJPEG on a GPU), and gpu_augment crops, resizes and colours it there.
+Files that are not JPEGs (PNG, ...) are decoded on the CPU by
+`torchvision.io.decode_image` and joined to the batch.
+
+Order and draws follow the other paths: a DistributedSampler permutation per
+epoch, and per-step random draws seeded by (seed, epoch, step, rank).
+"""
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.io import ImageReadMode
+
+from . import gpu_augment
+from .config import Config
+from .data import DatasetError, load_split, seeded_subset
+
+
+class FileBytes(Dataset):
+    """(file bytes as a uint8 tensor, label) of every image of an ImageFolder-like dataset."""
+
+    def __init__(self, samples: list[tuple[str, int]]):
+        self.samples = samples
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        return torchvision.io.read_file(path), label
+
+
+def _collate(batch):
+    """One byte buffer and the files' offsets in it: a single tensor crosses from the worker (many small
+    ones would each need a file descriptor) and is pinned in one piece."""
+    lengths = torch.tensor([0] + [len(data) for data, _ in batch])
+    return torch.cat([data for data, _ in batch]), lengths.cumsum(0), torch.as_tensor([y for _, y in batch])
+
+
+def split_buffer(buffer: torch.Tensor, offsets: torch.Tensor) -> list[torch.Tensor]:
+    bounds = offsets.tolist()
+    return [buffer[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def is_jpeg(data: torch.Tensor) -> bool:
+    return len(data) > 2 and data[0].item() == 0xFF and data[1].item() == 0xD8
+
+
+def decode(data: list[torch.Tensor], device) -> list[torch.Tensor]:
+    """RGB uint8 images (3 x H x W each, on `device`) from encoded files; JPEGs decoded on the device."""
+    device = torch.device(device)
+    jpegs = [i for i, d in enumerate(data) if is_jpeg(d)]
+    out = [None] * len(data)
+    if jpegs:
+        decoded = torchvision.io.decode_jpeg([data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
+        for i, image in zip(jpegs, decoded):
+            out[i] = image
+    for i, d in enumerate(data):
+        if out[i] is None:
+            out[i] = torchvision.io.decode_image(d, mode=ImageReadMode.RGB).to(device)
+    return out
+
+
+def resized_crop_list(images: list[torch.Tensor], box: torch.Tensor, size: int) -> torch.Tensor:
+    """gpu_augment.resized_crops for images of different sizes: one pair of matrix products each."""
+    views = []
+    for image, (top, left, h, w) in zip(images, box.tolist()):
+        crop = image[:, top:top + h, left:left + w].float() / 255  # a view: only the crop is converted
+        zero = torch.zeros(1, dtype=torch.long, device=crop.device)
+        rows = gpu_augment.resize_weights(zero, torch.tensor([h], device=crop.device), h, size)[0]  # size x h
+        cols = gpu_augment.resize_weights(zero, torch.tensor([w], device=crop.device), w, size)[0]  # size x w
+        views.append(rows @ crop @ cols.T)  # 3 x size x size
+    return torch.stack(views)
+
+
+def views(images: list[torch.Tensor], r: gpu_augment.Recipe, generator=None) -> torch.Tensor:
+    """One normalised view of each decoded image (N x 3 x size x size), with per-image random draws."""
+    device = images[0].device
+    heights = torch.tensor([im.shape[-2] for im in images], device=device)
+    widths = torch.tensor([im.shape[-1] for im in images], device=device)
+    p = gpu_augment.sample_params(r, len(images), heights, widths, generator, device)
+    x = resized_crop_list(images, p["box"], r.size)
+    x = torch.where(p["flip"].view(-1, 1, 1, 1), x.flip(-1), x)
+    x = gpu_augment.apply_colour(x, p, r)
+    mean = torch.tensor(r.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(r.std, device=device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+class JpegBatches:
+    """The pretraining batches of one process from an image folder: ((x_q, x_k), labels) on `device`."""
+
+    def __init__(self, files: FileBytes, cfg: Config, device, rank: int = 0, world: int = 1):
+        self.files, self.cfg, self.device = files, cfg, torch.device(device)
+        self.rank, self.world, self.epoch = rank, world, 0
+        self.recipe = gpu_augment.recipe(cfg.augmentation, cfg.image_size)
+
+    def __len__(self):
+        return len(self.files)
+
+    def set_epoch(self, epoch: int) -> "JpegBatches":
+        self.epoch = epoch
+        return self
+
+    def __iter__(self):
+        cfg = self.cfg
+        sampler = DistributedSampler(self.files, num_replicas=self.world, rank=self.rank, shuffle=True,
+                                     seed=cfg.seed * 100_003, drop_last=True)
+        sampler.set_epoch(self.epoch)
+        loader = DataLoader(self.files, batch_size=cfg.batch_size // self.world, sampler=sampler, drop_last=True,
+                            num_workers=cfg.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda")
+        generator = torch.Generator(device=self.device)
+        for step, (buffer, offsets, labels) in enumerate(loader):
+            images = decode(split_buffer(buffer, offsets), self.device)
+            generator.manual_seed(((cfg.seed * 1_000_003 + self.epoch) * 100_003 + step) * 1_009 + self.rank)
+            yield (views(images, self.recipe, generator), views(images, self.recipe, generator)), \
+                labels.to(self.device)
+
+
+def jpeg_batches(cfg: Config, device, rank: int = 0, world: int = 1) -> JpegBatches:
+    """The training split of an ImageFolder (its seeded subset, as data.pretrain_dataset) as JpegBatches."""
+    if cfg.dataset != "imagefolder":
+        raise DatasetError(f"data_path='jpeg' reads an image folder; {cfg.dataset} is decoded once instead: "
+                           f"use data_path='device'")
+    folder = load_split("imagefolder", cfg.data_root, "train", transform=None)
+    keep = seeded_subset(range(len(folder.samples)), cfg.train_subset, cfg.seed)  # the CPU path's subset
+    idx = list(keep.indices) if hasattr(keep, "indices") else range(len(folder.samples))
+    files = FileBytes([folder.samples[i] for i in idx])
+    if len(files) < cfg.batch_size:
+        raise DatasetError(f"the dataset has {len(files)} images, fewer than one batch of {cfg.batch_size}; "
+                           f"lower batch_size (and K) or use more images")
+    return JpegBatches(files, cfg, device, rank, world)

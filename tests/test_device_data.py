@@ -1,0 +1,133 @@
+"""The device data path: a uint8 cache that cannot go stale, the reference path's images and order, exact resumes."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import write_image_folder
+from mocolab import make_config, pretrain
+from mocolab.data import DatasetError, pretrain_dataset, pretrain_loader
+from mocolab.device_data import cached_split, device_batches, device_knn_sets
+
+
+def cfg_for(root, tmp_path, **overrides):
+    values = dict(dataset="imagefolder", data_root=str(root), gpus=0, batch_size=16, K=64, bn_splits=2,
+                  train_subset=64, workers=0, epochs=1, knn_every=0, output_dir=str(tmp_path / "run"))
+    return make_config("cifar10_demo", **{**values, **overrides})
+
+
+def test_folder_is_decoded_once_into_a_cache_keyed_by_its_files(tmp_path):
+    root = write_image_folder(tmp_path / "data", per_class=3, size=8)
+    images, labels = cached_split("imagefolder", root, "train", cache_dir=tmp_path / "cache")
+    assert images.shape == (6, 3, 8, 8) and images.dtype == torch.uint8 and labels.tolist() == [0, 0, 0, 1, 1, 1]
+    first = root / "train" / "cat" / "000.jpg"
+    assert torch.equal(images[0], torch.from_numpy(np.asarray(Image.open(first).convert("RGB"))).permute(2, 0, 1))
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "train" / "dog" / "new.jpg")
+    images, _ = cached_split("imagefolder", root, "train", cache_dir=tmp_path / "cache")
+    assert len(images) == 7  # a new file is a new key, not a stale cache
+
+
+def test_images_of_different_sizes_are_refused_naming_the_file(tmp_path):
+    root = write_image_folder(tmp_path / "data", per_class=2, size=8)
+    Image.fromarray(np.zeros((9, 8, 3), np.uint8)).save(root / "train" / "dog" / "tall.jpg")
+    with pytest.raises(DatasetError, match=r"tall\.jpg is 8x9 px.*data_path='cpu'"):
+        cached_split("imagefolder", root, "train", cache_dir=tmp_path / "cache")
+
+
+def test_device_batches_have_the_reference_paths_images_and_order(cifar10_root, tmp_path):
+    cfg = cfg_for(cifar10_root, tmp_path, seed=3)
+    reference = [y for _, y in pretrain_loader(pretrain_dataset(cfg), cfg, epoch=1)]
+    batches = device_batches(cfg, "cpu").set_epoch(1)
+    ours = [(views, y) for views, y in batches]
+    assert [y.tolist() for _, y in ours] == [y.tolist() for y in reference]  # same subset, same permutation
+    (x_q, x_k), _ = ours[0]
+    assert x_q.shape == (16, 3, 32, 32) and not torch.equal(x_q, x_k)
+    again = next(iter(batches.set_epoch(1)))[0][0]
+    assert torch.equal(again, x_q)  # the draws are a function of (seed, epoch, step, rank): resumes are exact
+    assert not torch.equal(next(iter(batches.set_epoch(2)))[0][0], x_q)
+
+
+def test_two_processes_share_each_global_batch_as_the_reference_does(cifar10_root, tmp_path):
+    cfg = cfg_for(cifar10_root, tmp_path)
+    one = [y for _, y in device_batches(cfg, "cpu")]
+    halves = [[y for _, y in device_batches(cfg, "cpu", rank=r, world=2)] for r in (0, 1)]
+    for step, y in enumerate(one):
+        assert sorted(y.tolist()) == sorted(halves[0][step].tolist() + halves[1][step].tolist())
+
+
+def test_knn_sets_on_the_device_match_the_reference_subsets(cifar10_root, tmp_path):
+    from mocolab.data import knn_datasets
+    cfg = cfg_for(cifar10_root, tmp_path, knn_bank_size=50, knn_test_size=20)
+    bank, test, classes = device_knn_sets(cfg, "cpu")
+    ref_bank, ref_test = knn_datasets(cfg)
+    assert classes == 10 and len(bank.images) == 50 and len(test.images) == 20
+    x, y = next(iter(test))
+    ref = torch.stack([ref_test[i][0] for i in range(20)])
+    assert torch.allclose(x, ref, atol=1e-5) and y.tolist() == [ref_test[i][1] for i in range(20)]
+    assert device_knn_sets(cfg_for(cifar10_root, tmp_path, image_size=16), "cpu") is None  # would need resizing
+
+
+def test_pretraining_on_the_device_path_writes_a_run_with_knn(cifar10_root, tmp_path):
+    cfg = cfg_for(cifar10_root, tmp_path, data_path="device", knn_every=1, knn_bank_size=64, knn_test_size=32,
+                  epochs=2, channels_last=True)
+    run = pretrain(cfg, progress=False)
+    assert len(run.history) == 2 and all(r["knn_top1"] is not None for r in run.history)
+    assert run.steps[-1]["random_keys"] == 0  # 8 steps of 16 keys have replaced the 64 random ones
+
+
+# ----------------------------------------------------------------------------
+# Image folders: bytes from the workers, decoding and augmentation on the device
+# ----------------------------------------------------------------------------
+
+def test_jpeg_views_equal_torchvisions_ops_on_the_decoded_images(tmp_path):
+    import torchvision.transforms.v2.functional as TF
+
+    from mocolab import gpu_augment, jpeg_data
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate([(120, 90), (64, 200), (75, 75)]):
+        paths.append(tmp_path / f"{i}.jpg")
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1], quality=90)
+    Image.fromarray(rng.integers(0, 256, (50, 40, 3), dtype=np.uint8)).save(tmp_path / "3.png")
+    paths.append(tmp_path / "3.png")  # not a JPEG: decoded on the CPU, then joined to the batch
+    data = [jpeg_data.FileBytes([(str(p), 0)])[0][0] for p in paths]
+    images = jpeg_data.decode(data, "cpu")
+    assert [tuple(im.shape) for im in images] == [(3, 120, 90), (3, 64, 200), (3, 75, 75), (3, 50, 40)]
+    assert torch.equal(images[3], torch.from_numpy(np.array(Image.open(paths[3]))).permute(2, 0, 1))
+    r = gpu_augment.recipe("aug_plus", 48)
+    p = gpu_augment.sample_params(r, 4, torch.tensor([120, 64, 75, 50]), torch.tensor([90, 200, 75, 40]),
+                                  torch.Generator().manual_seed(0))
+    crops = jpeg_data.resized_crop_list(images, p["box"], 48)
+    for i, image in enumerate(images):
+        top, left, h, w = p["box"][i].tolist()
+        ref = TF.resized_crop(image.float() / 255, top, left, h, w, [48, 48], antialias=True)
+        assert torch.allclose(crops[i], ref, atol=2e-5)
+
+
+def test_pretraining_from_an_image_folder_on_the_jpeg_path(tmp_path):
+    root = write_image_folder(tmp_path / "data", per_class=16, size=40)
+    cfg = make_config("imagenet_mocov2", dataset="imagefolder", data_root=str(root), gpus=0, data_path="jpeg",
+                      arch="resnet18", head="linear", image_size=32, batch_size=8, K=32, bn_splits=2, epochs=1,
+                      workers=1, knn_every=1, knn_bank_size=16, knn_test_size=8, output_dir=str(tmp_path / "run"))
+    run = pretrain(cfg, progress=False)
+    assert len(run.steps) and run.history[0]["knn_top1"] is not None
+    import json
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data_path"] == "jpeg"
+    batches = __import__("mocolab.jpeg_data", fromlist=["jpeg_batches"]).jpeg_batches(cfg, "cpu")
+    labels = [y.tolist() for _, y in batches.set_epoch(0)]
+    reference = [y.tolist() for _, y in pretrain_loader(pretrain_dataset(cfg), cfg, epoch=0)]
+    assert labels == reference  # the reference path's order
+
+
+def test_compiled_encoders_keep_the_checkpoint_keys_of_the_plain_model(cifar10_root, tmp_path, monkeypatch):
+    """compile=True compiles both encoders in place; a checkpoint still loads into an uncompiled model.
+    (torch.compile's eager backend stands in for inductor, whose C++ build takes minutes on this CPU.)"""
+    compile_eagerly = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compile_eagerly(self, backend="eager"))
+    cfg = cfg_for(cifar10_root, tmp_path, data_path="device", compile=True, train_subset=32)
+    run = pretrain(cfg, progress=False)
+    assert run.model.encoder_q._compiled_call_impl is not None  # it did run compiled
+    from mocolab import load_run
+    again = load_run(tmp_path / "run")  # an uncompiled model: the keys must match exactly
+    assert torch.equal(again.model.queue.keys, run.model.queue.keys.cpu())
