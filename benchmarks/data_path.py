@@ -73,7 +73,8 @@ def cifar(args):
               f"(kNN pass {r['knn_s']:.2f} s)", flush=True)
     ref, fast = results["reference"], results["fast"]
     print(f"ratio fast/reference on {device}: data alone x{fast['data'] / ref['data']:.2f}, "
-          f"training step x{fast['train'] / ref['train']:.2f}, seconds per epoch x{ref['epoch_s'] / fast['epoch_s']:.2f}")
+          f"training step x{fast['train'] / ref['train']:.2f}, "
+          f"seconds per epoch x{ref['epoch_s'] / fast['epoch_s']:.2f}")
 
 
 def synthetic_jpegs(folder: Path, n: int, size=(500, 375), seed=0):

@@ -31,7 +31,8 @@ def main():
     feats, _ = cached_features(encoder, identity, ds, f"cifar10:{args.data_root}:test", (args.layer,),
                                args.cache_dir, workers=2)
     x = feats[args.layer]
-    print(f"features: {tuple(x.shape)} ({args.layer}) in {time.perf_counter() - tic:.1f} s (cached after the first run)")
+    print(f"features: {tuple(x.shape)} ({args.layer}) in {time.perf_counter() - tic:.1f} s "
+          f"(cached after the first run)")
     for method in args.methods.split(","):
         for attempt in (("cold", "warm") if method == "umap" else ("",)):
             tic = time.perf_counter()

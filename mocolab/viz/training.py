@@ -29,6 +29,11 @@ def _column(rows, key):
     return np.array([np.nan if r.get(key) in (None, "") else float(r[key]) for r in rows])
 
 
+def _style(rows) -> dict:
+    """Markers when a curve has few points (a short run), so single points still show."""
+    return {"marker": "."} if len(rows) < 30 else {}
+
+
 def _done(run, fig, ax, owned, name, save):
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -46,7 +51,7 @@ def plot_loss(run, ax=None, save=True):
     """
     fig, ax, owned = axes(ax)
     K = run.config.K
-    ax.plot(_column(run.steps, "epoch"), _column(run.steps, "loss"), lw=1, label="per log step")
+    ax.plot(_column(run.steps, "epoch"), _column(run.steps, "loss"), lw=1, label="per log step", **_style(run.steps))
     ax.plot(_column(run.history, "epoch"), _column(run.history, "loss"), "o-", label="epoch mean")
     ax.axhline(math.log(K + 1), color="gray", ls="--", label=f"chance ln(K+1) = {math.log(K + 1):.2f}")
     ax.set(xlabel="epoch", ylabel="InfoNCE loss", title="loss")
@@ -56,7 +61,8 @@ def plot_loss(run, ax=None, save=True):
 def plot_instance_accuracy(run, ax=None, save=True):
     """How often the positive key beats all K negatives (instance discrimination), with chance 1/(K+1)."""
     fig, ax, owned = axes(ax)
-    ax.plot(_column(run.steps, "epoch"), 100 * _column(run.steps, "acc"), lw=1, label="per log step")
+    ax.plot(_column(run.steps, "epoch"), 100 * _column(run.steps, "acc"), lw=1, label="per log step",
+            **_style(run.steps))
     ax.plot(_column(run.history, "epoch"), 100 * _column(run.history, "acc"), "o-", label="epoch mean")
     ax.axhline(100 / (run.config.K + 1), color="gray", ls="--", label="chance 1/(K+1)")
     ax.set(xlabel="epoch", ylabel="%", title="instance-discrimination accuracy")
@@ -71,8 +77,8 @@ def plot_similarities(run, ax=None, save=True):
     """
     fig, ax, owned = axes(ax)
     x = _column(run.steps, "epoch")
-    ax.plot(x, _column(run.steps, "pos_sim"), label="positive q.k+")
-    ax.plot(x, _column(run.steps, "neg_sim"), label="negative q.queue")
+    ax.plot(x, _column(run.steps, "pos_sim"), label="positive q.k+", **_style(run.steps))
+    ax.plot(x, _column(run.steps, "neg_sim"), label="negative q.queue", **_style(run.steps))
     ax.axhline(0, color="gray", lw=0.8)
     ax.set(xlabel="epoch", ylabel="cosine similarity", title="mean similarities", ylim=(-0.2, 1.05))
     return _done(run, fig, ax, owned, "similarities", save)
@@ -91,14 +97,15 @@ def plot_queue_age(run, ax=None, save=True):
         ax.text(0.5, 0.5, "this run did not log key ages", ha="center", va="center", transform=ax.transAxes)
     else:
         x = _column(run.steps, "step")
-        ax.plot(x, _column(run.steps, "key_age"), label="mean age")
-        ax.plot(x, _column(run.steps, "key_age_max"), label="oldest key")
+        ax.plot(x, _column(run.steps, "key_age"), label="mean age", **_style(run.steps))
+        ax.plot(x, _column(run.steps, "key_age_max"), label="oldest key", **_style(run.steps))
         per_step = cfg.batch_size * (2 if cfg.symmetric else 1)
         ax.axhline(cfg.K / per_step - 1, color="gray", ls="--", label=f"K/B - 1 = {cfg.K // per_step - 1}")
         window = f"; key encoder window 1/(1-m) = {1 / (1 - cfg.m):.0f} steps" if cfg.m < 1 else ""
         ax.set_title(f"queue: keys of the last {cfg.K // per_step} steps{window}", fontsize=9)
         share = ax.twinx()
-        share.plot(x, 100 * _column(run.steps, "random_keys"), color="tab:red", ls=":", label="random initial keys")
+        share.plot(x, 100 * _column(run.steps, "random_keys"), color="tab:red", ls=":", label="random initial keys",
+                   **_style(run.steps))
         share.set(ylabel="random initial keys (%)", ylim=(-2, 102))
         share.legend(fontsize=8, loc="center right")
     ax.set(xlabel="step", ylabel="age (steps)")
@@ -121,7 +128,7 @@ def plot_knn_curve(run, ax=None, save=True):
 def plot_lr_applied(run, ax=None, save=True):
     """The learning rate each logged step ran with (the schedule, as applied)."""
     fig, ax, owned = axes(ax)
-    ax.plot(_column(run.steps, "epoch"), _column(run.steps, "lr"))
+    ax.plot(_column(run.steps, "epoch"), _column(run.steps, "lr"), **_style(run.steps))
     ax.set(xlabel="epoch", ylabel="learning rate", title="lr as applied")
     return _done(run, fig, ax, owned, "lr", save)
 
