@@ -19,7 +19,7 @@ DEMO_PARAMS ?=
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_PINS)
-	$(PY) -m pip install --quiet -e '.[notebooks,dev]'
+	$(PY) -m pip install --quiet -e '.[notebooks,dev,transfer]'
 	touch $@
 
 venv: $(VENV)/.installed
