@@ -1,0 +1,149 @@
+"""Transfer datasets in their real on-disk formats.
+
+- `VOCDetection`: VOCdevkit/VOC20xx/{Annotations/<id>.xml, JPEGImages/<id>.jpg,
+  ImageSets/Main/<split>.txt}; several (year, split) sets chained, e.g. the
+  07+12 trainval of the protocol. Boxes follow detectron2's loader: the XML's
+  1-based xmin, ymin minus 1, xmax, ymax as they are.
+- `VOCSegmentation`: VOCdevkit/VOC2012/{JPEGImages, SegmentationClass,
+  ImageSets/Segmentation/<split>.txt}, plus SBD's augmented set as
+  MMSegmentation lays it out (SegmentationClassAug/<id>.png and
+  ImageSets/Segmentation/aug.txt). Masks are palette PNGs of class indices,
+  255 = ignore.
+
+Images come as float tensors in [0, 1] (3 x H x W), the input torchvision's
+detection models normalise themselves.
+"""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
+
+from ..data import DatasetError
+from ..evaluate.voc import VOC_CLASSES
+
+
+def _read_ids(path: Path, layout: str) -> list[str]:
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing; {layout}")
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+def _image(path: Path) -> torch.Tensor:
+    with Image.open(path) as im:
+        return TF.to_dtype(TF.pil_to_tensor(im.convert("RGB")), torch.float32, scale=True)
+
+
+class VOCDetection(Dataset):
+    """(image, target) with target boxes (K x 4 float), labels (1..20; 0 is the background), difficult."""
+
+    LAYOUT = ("expected <root>/VOC<year>/Annotations/<id>.xml, JPEGImages/<id>.jpg and "
+              "ImageSets/Main/<split>.txt (the VOCdevkit layout); set root to the VOCdevkit folder")
+
+    def __init__(self, root, sets=(("2007", "trainval"), ("2012", "trainval")), keep_difficult: bool = False,
+                 flip: bool = False):
+        self.root, self.keep_difficult, self.flip = Path(root), keep_difficult, flip
+        self.items = [(year, i) for year, split in sets
+                      for i in _read_ids(self.root / f"VOC{year}" / "ImageSets" / "Main" / f"{split}.txt",
+                                         self.LAYOUT)]
+        self.classes = list(VOC_CLASSES)
+
+    def __len__(self):
+        return len(self.items)
+
+    def annotation(self, index: int) -> dict:
+        """The objects of one image as the XML says: names, boxes (file coordinates), difficult."""
+        year, image_id = self.items[index]
+        path = self.root / f"VOC{year}" / "Annotations" / f"{image_id}.xml"
+        if not path.is_file():
+            raise DatasetError(f"{path} is missing; {self.LAYOUT}")
+        boxes, labels, difficult = [], [], []
+        for obj in ET.parse(path).findall("object"):
+            name = obj.findtext("name").strip()
+            if name not in VOC_CLASSES:
+                raise DatasetError(f"{path}: object class {name!r} is not one of the 20 VOC classes")
+            hard = int(obj.findtext("difficult") or 0) == 1
+            if hard and not self.keep_difficult:
+                continue
+            b = obj.find("bndbox")
+            boxes.append([float(b.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax")])
+            labels.append(VOC_CLASSES.index(name) + 1)
+            difficult.append(hard)
+        return {"boxes": np.array(boxes, np.float32).reshape(-1, 4), "labels": np.array(labels, np.int64),
+                "difficult": np.array(difficult, bool), "image_id": f"{year}_{image_id}"}
+
+    def __getitem__(self, index: int):
+        year, image_id = self.items[index]
+        image = _image(self.root / f"VOC{year}" / "JPEGImages" / f"{image_id}.jpg")
+        ann = self.annotation(index)
+        boxes = torch.from_numpy(ann["boxes"]).clone()
+        boxes[:, :2] -= 1  # detectron2: 0-based corners; evaluation adds 1 back
+        if self.flip and torch.rand(1).item() < 0.5:
+            image = image.flip(-1)
+            boxes[:, [0, 2]] = image.shape[-1] - boxes[:, [2, 0]]
+        return image, {"boxes": boxes, "labels": torch.from_numpy(ann["labels"]),
+                       "difficult": torch.from_numpy(ann["difficult"]), "image_id": ann["image_id"]}
+
+
+class VOCSegmentation(Dataset):
+    """(image, mask) pairs of VOC2012 (+ SBD's augmented set): mask H x W int64, 255 = ignore."""
+
+    LAYOUT = ("expected <root>/VOC2012/JPEGImages/<id>.jpg, SegmentationClass/<id>.png (and, for the "
+              "augmented set, SegmentationClassAug/<id>.png) and ImageSets/Segmentation/<split>.txt "
+              "(aug.txt for SBD); set root to the VOCdevkit folder")
+
+    def __init__(self, root, split: str = "train", augmented: bool = False, crop: int | None = None,
+                 scale=(0.5, 2.0), flip: bool = False):
+        self.base = Path(root) / "VOC2012"
+        lists = self.base / "ImageSets" / "Segmentation"
+        ids = _read_ids(lists / f"{split}.txt", self.LAYOUT)
+        if augmented:  # the protocol's "VOC12 + aug": SBD's images join the train split
+            ids += [i for i in _read_ids(lists / "aug.txt", self.LAYOUT) if i not in set(ids)]
+        self.ids, self.crop, self.scale, self.flip = ids, crop, scale, flip
+        self.classes = ["background", *VOC_CLASSES]
+
+    def __len__(self):
+        return len(self.ids)
+
+    def mask(self, index: int) -> torch.Tensor:
+        image_id = self.ids[index]
+        for folder in ("SegmentationClass", "SegmentationClassAug"):
+            path = self.base / folder / f"{image_id}.png"
+            if path.is_file():
+                with Image.open(path) as m:
+                    mask = torch.from_numpy(np.array(m, dtype=np.int64))
+                bad = ~(((mask >= 0) & (mask < 21)) | (mask == 255))
+                if bad.any():
+                    raise DatasetError(f"{path} holds label {int(mask[bad][0])}: VOC masks are class indices "
+                                       f"0-20 and 255 (ignore), saved as palette PNGs")
+                return mask
+        raise DatasetError(f"no mask for {image_id} in {self.base}; {self.LAYOUT}")
+
+    def __getitem__(self, index: int):
+        image = _image(self.base / "JPEGImages" / f"{self.ids[index]}.jpg")
+        mask = self.mask(index)
+        if self.crop:  # training: random rescale, crop (padding the mask with ignore), flip
+            image, mask = random_scale_crop(image, mask, self.crop, self.scale)
+        if self.flip and torch.rand(1).item() < 0.5:
+            image, mask = image.flip(-1), mask.flip(-1)
+        return image, mask
+
+
+def random_scale_crop(image: torch.Tensor, mask: torch.Tensor, crop: int, scale=(0.5, 2.0)):
+    """Rescale by a random factor, pad to at least crop x crop (image 0, mask 255), take a random crop."""
+    factor = float(torch.empty(1).uniform_(*scale))
+    h, w = max(1, round(image.shape[-2] * factor)), max(1, round(image.shape[-1] * factor))
+    image = TF.resize(image, [h, w], antialias=True)
+    mask = TF.resize(mask[None], [h, w], interpolation=TF.InterpolationMode.NEAREST)[0]
+    ph, pw = max(0, crop - h), max(0, crop - w)
+    if ph or pw:
+        image = torch.nn.functional.pad(image, (0, pw, 0, ph), value=0.0)
+        mask = torch.nn.functional.pad(mask, (0, pw, 0, ph), value=255)
+    top = int(torch.randint(0, image.shape[-2] - crop + 1, (1,)))
+    left = int(torch.randint(0, image.shape[-1] - crop + 1, (1,)))
+    return image[:, top:top + crop, left:left + crop], mask[top:top + crop, left:left + crop]

@@ -1,0 +1,205 @@
+"""Transfer on tiny datasets written in the real on-disk formats: layouts, bad input, weights, a few iterations."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mocolab.checkpoint import CheckpointError
+from mocolab.data import DatasetError
+from mocolab.transfer import finetune
+from mocolab.transfer.datasets import VOCDetection, VOCSegmentation
+from mocolab.transfer.models import faster_rcnn_c4, faster_rcnn_fpn, fcn_r50_d8, load_backbone, mask_rcnn_fpn
+
+VOC_PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (256 * 3 - 9)
+
+
+def write_voc_detection(root, n=6, year="2007", names=("dog", "cat")):
+    """n images of 96 x 128 with one or two coloured rectangles each, XML annotations, trainval/test lists."""
+    base = root / f"VOC{year}"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    ids = [f"{i:06d}" for i in range(n)]
+    for i, image_id in enumerate(ids):
+        pixels = np.full((96, 128, 3), 90, np.uint8) + rng.integers(0, 20, (96, 128, 3), dtype=np.uint8)
+        objects = [(names[i % len(names)], (10 + 5 * i, 12, 60 + 5 * i, 70), 0)]
+        if i % 2:
+            objects.append((names[(i + 1) % len(names)], (80, 40, 120, 90), 1 if i == 1 else 0))
+        xml = ["<annotation>"]
+        for name, (x1, y1, x2, y2), difficult in objects:
+            pixels[y1 - 1:y2, x1 - 1:x2] = (220, 40, 40) if name == names[0] else (40, 40, 220)
+            xml.append(f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x1}</xmin>"
+                       f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>")
+        xml.append("</annotation>")
+        (base / "Annotations" / f"{image_id}.xml").write_text("".join(xml))
+        Image.fromarray(pixels).save(base / "JPEGImages" / f"{image_id}.jpg", quality=95)
+    for split in ("trainval", "test"):
+        (base / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+def write_voc_segmentation(root, n=4):
+    base = root / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    ids = [f"2012_{i:06d}" for i in range(n)]
+    for i, image_id in enumerate(ids):
+        mask = np.zeros((64, 80), np.uint8)
+        mask[10:40, 10 + 5 * i:50 + 5 * i] = 1 + i % 2
+        mask[40:42, :] = 255  # an ignored border band, as VOC draws object outlines
+        m = mask.astype(np.int64)
+        pixels = np.stack([(m == 1) * 200, (m == 2) * 200, np.full_like(m, 60)], -1).astype(np.uint8)
+        Image.fromarray(pixels).save(base / "JPEGImages" / f"{image_id}.jpg", quality=95)
+        png = Image.fromarray(mask, mode="P")
+        png.putpalette(VOC_PALETTE)
+        folder = "SegmentationClassAug" if i == n - 1 else "SegmentationClass"  # the last one from SBD
+        png.save(base / folder / f"{image_id}.png")
+    lists = base / "ImageSets" / "Segmentation"
+    (lists / "train.txt").write_text("\n".join(ids[:-1]) + "\n")
+    (lists / "val.txt").write_text("\n".join(ids[:2]) + "\n")
+    (lists / "aug.txt").write_text(ids[-1] + "\n")
+    return root
+
+
+# ----------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------
+
+def test_voc_detection_reads_xml_with_detectron2s_box_convention(tmp_path):
+    root = write_voc_detection(tmp_path, n=4)
+    ds = VOCDetection(root, sets=(("2007", "trainval"),))
+    image, target = ds[1]
+    assert image.shape == (3, 96, 128) and 0 <= image.min() and image.max() <= 1
+    # image 1: a cat box 15,12-65,70 (1-based, inclusive); its difficult dog box is dropped for training.
+    assert target["boxes"].tolist() == [[14.0, 11.0, 65.0, 70.0]] and target["labels"].tolist() == [8]
+    with_difficult = VOCDetection(root, sets=(("2007", "test"),), keep_difficult=True)
+    assert with_difficult[1][1]["difficult"].tolist() == [False, True]
+
+
+def test_voc_detection_names_a_bad_layout_and_an_unknown_class(tmp_path):
+    with pytest.raises(DatasetError, match=r"VOC2012/ImageSets/Main/trainval\.txt is missing.*VOCdevkit"):
+        VOCDetection(write_voc_detection(tmp_path, n=2))  # 07+12 asked, only 07 present
+    root = write_voc_detection(tmp_path / "b", n=2, names=("dog", "unicorn"))
+    ds = VOCDetection(root, sets=(("2007", "trainval"),))
+    with pytest.raises(DatasetError, match=r"000001\.xml: object class 'unicorn' is not one of the 20 VOC"):
+        ds[1]
+
+
+def test_voc_segmentation_joins_sbd_and_keeps_the_ignore_label(tmp_path):
+    root = write_voc_segmentation(tmp_path)
+    plain, augmented = VOCSegmentation(root, "train"), VOCSegmentation(root, "train", augmented=True)
+    assert len(plain) == 3 and len(augmented) == 4
+    image, mask = augmented[3]  # from SegmentationClassAug
+    assert image.shape == (3, 64, 80) and mask.dtype == torch.int64
+    assert set(mask.unique().tolist()) == {0, 2, 255}
+    cropped = VOCSegmentation(root, "train", crop=96, scale=(1.0, 1.0))
+    image, mask = cropped[0]
+    assert image.shape == (3, 96, 96) and (mask[64:] == 255).all()  # padding is ignored, not background
+    bad = Image.fromarray(np.full((64, 80), 30, np.uint8), mode="P")
+    bad.putpalette(VOC_PALETTE)  # with its palette, as VOC masks are saved (PIL would re-index one without)
+    bad.save(root / "VOC2012" / "SegmentationClass" / "2012_000000.png")
+    with pytest.raises(DatasetError, match="2012_000000.png holds label 30"):
+        plain.mask(0)
+
+
+# ----------------------------------------------------------------------------
+# Models and weights
+# ----------------------------------------------------------------------------
+
+def resnet50_weights(seed=0):
+    import torchvision
+    torch.manual_seed(seed)
+    state = torchvision.models.resnet50().state_dict()
+    return {k: v for k, v in state.items() if not k.startswith("fc.")}
+
+
+def test_pretrained_weights_land_in_every_model_and_a_wrong_backbone_is_named():
+    weights = resnet50_weights()
+    c4 = faster_rcnn_c4(backbone=weights)
+    assert torch.equal(c4.backbone.conv1.weight, weights["conv1.weight"])
+    assert torch.equal(c4.roi_heads.box_head.res5[2].bn3.running_var, weights["layer4.2.bn3.running_var"])
+    for build in (faster_rcnn_fpn, mask_rcnn_fpn):
+        model = build(backbone=weights)
+        assert torch.equal(model.backbone.body.layer3[5].conv2.weight, weights["layer3.5.conv2.weight"])
+        assert isinstance(model.backbone.body.bn1, torch.nn.BatchNorm2d)  # trainable BN, nothing frozen
+    fcn = fcn_r50_d8(backbone=weights)
+    assert torch.equal(fcn.backbone.layer1[0].conv1.weight, weights["layer1.0.conv1.weight"])
+    assert fcn.backbone.layer4[0].conv2.dilation == (2, 2)  # output stride 8
+    resnet18 = {k: v for k, v in __import__("torchvision").models.resnet18().state_dict().items() if "fc" not in k}
+    with pytest.raises(CheckpointError, match=r"ResNet-50 backbone weights\) does not fit.*ImageNet stem"):
+        load_backbone(fcn.backbone, resnet18)
+
+
+def test_schedules_follow_the_presets():
+    s = finetune.PRESETS["voc_c4_24k"]
+    assert s.lr_at(0) == pytest.approx(0.02 * 0.001) and s.lr_at(100) == 0.02
+    assert s.lr_at(18_000) == pytest.approx(0.002) and s.lr_at(22_000) == pytest.approx(0.0002)
+    seg = finetune.PRESETS["voc_seg_20k"]
+    assert seg.lr_at(10_000) == pytest.approx(0.01 * 0.5 ** 0.9) and seg.weight_decay == 5e-4
+
+
+# ----------------------------------------------------------------------------
+# A few iterations, and the evaluations end to end
+# ----------------------------------------------------------------------------
+
+def test_a_few_detection_iterations_lower_the_loss(tmp_path):
+    root = write_voc_detection(tmp_path, n=4)
+    ds = VOCDetection(root, sets=(("2007", "trainval"),))
+    torch.manual_seed(0)
+    # Fewer proposals and sampled RoIs than the recipe's 2000 / 512: res5 runs on every RoI, slow on a CPU.
+    model = faster_rcnn_c4(num_classes=21, backbone=resnet50_weights(), min_size=96, max_size=128,
+                           rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100, box_batch_size_per_image=32)
+    rows = finetune.train_detection(model, ds, finetune.Schedule(8, 2, 0.002, warmup=2), log_every=1,
+                                    workers=0, progress=lambda _: None)
+    loss = [r["loss"] for r in rows]  # e.g. 4.3 4.5 2.0 1.5 1.7 3.3 3.1 2.5: noisy at batch 2, but falling
+    assert len(loss) == 8 and np.mean(loss[-3:]) < np.mean(loss[:2]) - 0.5, loss
+
+
+def test_voc_evaluation_of_perfect_detections_is_100(tmp_path):
+    root = write_voc_detection(tmp_path, n=4)
+    ds = VOCDetection(root, sets=(("2007", "test"),), keep_difficult=True)
+
+    class Oracle(torch.nn.Module):  # returns the ground truth as detections, in the model's convention
+        def forward(self, images):
+            image_id = next(i for i in range(len(ds)) if torch.equal(ds[i][0], images[0]))
+            t = ds[image_id][1]
+            return [{"boxes": t["boxes"], "scores": torch.ones(len(t["boxes"])), "labels": t["labels"]}]
+
+    metrics = finetune.evaluate_voc_detection(Oracle(), ds)
+    assert metrics["AP"] == pytest.approx(100) and metrics["AP50"] == pytest.approx(100)
+
+
+def test_a_few_segmentation_iterations_lower_the_loss_and_miou_is_computed(tmp_path):
+    root = write_voc_segmentation(tmp_path)
+    train = VOCSegmentation(root, "train", augmented=True, crop=64, scale=(0.75, 1.25), flip=True)
+    torch.manual_seed(0)
+    model = fcn_r50_d8(backbone=resnet50_weights())
+    rows = finetune.train_segmentation(model, train, finetune.Schedule(6, 4, 0.01, poly_power=0.9,
+                                                                       weight_decay=5e-4),
+                                       log_every=1, workers=0, progress=lambda _: None)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    m = finetune.evaluate_segmentation(model, VOCSegmentation(root, "val"))
+    assert 0 <= m["mIoU"] <= 100 and len(m["IoU"]) == 21
+
+
+@pytest.mark.parametrize("task", ["voc_detection", "voc_segmentation"])
+def test_05_transfer_runs_headless(task, tmp_path):
+    import nbformat
+    import papermill
+
+    from test_export import save_checkpoint
+    from test_notebooks import NOTEBOOKS
+    root = write_voc_segmentation(write_voc_detection(tmp_path / "VOCdevkit", n=4))
+    (root / "VOC2007" / "ImageSets" / "Main" / "trainval.txt").write_text("000000\n000001\n000002\n000003\n")
+    checkpoint = tmp_path / "checkpoint_last.pt"
+    save_checkpoint(checkpoint)
+    papermill.execute_notebook(
+        str(NOTEBOOKS / "05_transfer.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path), progress_bar=False,
+        parameters=dict(checkpoint=str(checkpoint), task=task, voc_root=str(root), train_sets="2007/trainval",
+                        preset="tiny", iterations=4, crop=64, device="cpu", workers=0,
+                        output_dir=str(tmp_path / "figs")))
+    assert (tmp_path / "figs" / "loss.png").exists() and (tmp_path / "figs" / "predictions.png").exists()
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    tables = [o["data"]["text/markdown"] for c in executed.cells if c.cell_type == "code" for o in c.outputs
+              if "text/markdown" in o.get("data", {})]
+    assert ("| AP50 |" if task == "voc_detection" else "| mIoU |") in tables[0]
