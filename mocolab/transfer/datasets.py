@@ -147,3 +147,52 @@ def random_scale_crop(image: torch.Tensor, mask: torch.Tensor, crop: int, scale=
     top = int(torch.randint(0, image.shape[-2] - crop + 1, (1,)))
     left = int(torch.randint(0, image.shape[-1] - crop + 1, (1,)))
     return image[:, top:top + crop, left:left + crop], mask[top:top + crop, left:left + crop]
+
+
+class COCODetection(Dataset):
+    """COCO instances through pycocotools: (image, target) with boxes (x1 y1 x2 y2), labels 1..C in the
+    order of the JSON's categories, and binary masks (K x H x W); crowd regions are left out.
+
+    images: the folder of the split's images (train2017/); annotations: instances_<split>.json.
+    """
+
+    def __init__(self, images, annotations, flip: bool = False):
+        from pycocotools.coco import COCO
+        self.images, self.flip = Path(images), flip
+        if not Path(annotations).is_file():
+            raise DatasetError(f"{annotations} is missing: expected COCO's annotations/instances_<split>.json")
+        if not self.images.is_dir():
+            raise DatasetError(f"{self.images} is missing: expected the split's image folder (e.g. train2017/)")
+        self.coco = COCO(str(annotations))
+        self.category_ids = sorted(self.coco.getCatIds())
+        self.label_of = {c: i + 1 for i, c in enumerate(self.category_ids)}  # 0 is the background
+        self.classes = [self.coco.cats[c]["name"] for c in self.category_ids]
+        self.ids = sorted(self.coco.getImgIds())
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        image_id = self.ids[index]
+        info = self.coco.imgs[image_id]
+        image = _image(self.images / info["file_name"])
+        boxes, labels, masks = [], [], []
+        for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id, iscrowd=False)):
+            if ann["category_id"] not in self.label_of:
+                raise DatasetError(f"annotation {ann['id']} names category {ann['category_id']}, "
+                                   f"which the JSON's categories do not list")
+            x, y, w, h = ann["bbox"]
+            if w < 1 or h < 1:
+                continue
+            boxes.append([x, y, x + w, y + h])
+            labels.append(self.label_of[ann["category_id"]])
+            masks.append(self.coco.annToMask(ann))
+        h, w = image.shape[-2:]
+        target = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                  "labels": torch.tensor(labels, dtype=torch.int64),
+                  "masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, h, w, dtype=torch.uint8),
+                  "image_id": image_id}
+        if self.flip and torch.rand(1).item() < 0.5:
+            image, target["masks"] = image.flip(-1), target["masks"].flip(-1)
+            target["boxes"][:, [0, 2]] = w - target["boxes"][:, [2, 0]]
+        return image, target

@@ -174,3 +174,32 @@ def evaluate_segmentation(model, dataset, num_classes: int = 21, device="cpu") -
         logits = model((image[None].to(device) - mean) / std)["out"]
         total += confusion_matrix(logits.argmax(1)[0].cpu(), mask, num_classes)
     return mean_iou(total)
+
+
+@torch.no_grad()
+def evaluate_coco(model, dataset, device="cpu", masks: bool = True) -> dict:
+    """COCO box (and mask) AP of a torchvision detector on a COCODetection set, through COCOeval."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    from .metrics import coco_metrics
+    model.to(device).eval()
+    results = []
+    for index in range(len(dataset)):
+        image, target = dataset[index]
+        out = model([image.to(device)])[0]
+        for k, (box, score, label) in enumerate(zip(out["boxes"].tolist(), out["scores"].tolist(),
+                                                    out["labels"].tolist())):
+            x1, y1, x2, y2 = box
+            result = {"image_id": target["image_id"], "category_id": dataset.category_ids[label - 1],
+                      "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+            if masks and "masks" in out:
+                binary = (out["masks"][k, 0] > 0.5).cpu().numpy().astype(np.uint8)
+                rle = mask_utils.encode(np.asfortranarray(binary))
+                rle["counts"] = rle["counts"].decode()
+                result["segmentation"] = rle
+            results.append(result)
+    metrics = {f"box {k}": v for k, v in coco_metrics(dataset.coco, results, "bbox").items()}
+    if masks:
+        metrics.update({f"mask {k}": v for k, v in coco_metrics(dataset.coco, results, "segm").items()})
+    return metrics
