@@ -103,6 +103,12 @@ def classes_of(dataset: Dataset) -> list:
     return list(dataset.classes)
 
 
+def subset_indices(size: int, n: int, seed: int) -> list[int]:
+    """The indices seeded_subset keeps of a dataset of `size` items (all of them when n = 0 or n >= size)."""
+    keep = seeded_subset(range(size), n, seed)
+    return list(keep.indices) if isinstance(keep, Subset) else list(range(size))
+
+
 def seeded_subset(dataset: Dataset, n: int, seed: int) -> Dataset:
     """A random subset of n items, the same for the same seed; n = 0 or n >= len: everything."""
     if n <= 0 or n >= len(dataset):
@@ -156,6 +162,19 @@ def knn_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
             seeded_subset(test, cfg.knn_test_size, cfg.seed + 2))
 
 
+def epoch_sampler(size: int, cfg: Config, epoch: int, rank: int = 0, world: int = 1) -> DistributedSampler:
+    """This process's share of the epoch's permutation of `size` items: the order every data path follows."""
+    sampler = DistributedSampler(range(size), num_replicas=world, rank=rank, shuffle=True,
+                                 seed=cfg.seed * 100_003, drop_last=True)
+    sampler.set_epoch(epoch)
+    return sampler
+
+
+def step_seed(cfg: Config, epoch: int, step: int, rank: int) -> int:
+    """The seed of one step's augmentation draws on the device paths: a function of (seed, epoch, step, rank)."""
+    return ((cfg.seed * 1_000_003 + epoch) * 100_003 + step) * 1_009 + rank
+
+
 def pretrain_loader(dataset: EpochSeeded, cfg: Config, epoch: int, rank: int = 0, world: int = 1,
                     pin_memory: bool = False) -> DataLoader:
     """This process's shuffled batches (batch_size / world images) for one epoch.
@@ -168,9 +187,7 @@ def pretrain_loader(dataset: EpochSeeded, cfg: Config, epoch: int, rank: int = 0
         raise DatasetError(f"the dataset has {len(dataset)} images, fewer than one batch of "
                            f"{cfg.batch_size}; lower batch_size (and K) or use more images")
     dataset.set_epoch(epoch)
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
-                                 seed=cfg.seed * 100_003, drop_last=True)
-    sampler.set_epoch(epoch)
+    sampler = epoch_sampler(len(dataset), cfg, epoch, rank, world)
     return DataLoader(dataset, batch_size=cfg.batch_size // world, sampler=sampler, drop_last=True,
                       num_workers=cfg.workers, pin_memory=pin_memory, persistent_workers=False)
 

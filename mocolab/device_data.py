@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DistributedSampler
 
 from . import gpu_augment
 from .checkpoint import atomic_save
 from .config import Config
-from .data import DatasetError, classes_of, load_split, seeded_subset
+from .data import DatasetError, classes_of, epoch_sampler, load_split, step_seed, subset_indices
 
 
 
@@ -110,15 +109,13 @@ class DeviceBatches:
 
     def __iter__(self):
         cfg, per_rank = self.cfg, self.cfg.batch_size // self.world
-        # The reference path's order: DistributedSampler over the (already subset) images.
-        sampler = DistributedSampler(range(len(self.images)), num_replicas=self.world, rank=self.rank, shuffle=True,
-                                     seed=cfg.seed * 100_003, drop_last=True)
-        sampler.set_epoch(self.epoch)
-        order = torch.as_tensor(list(sampler), device=self.images.device)
+        # The reference path's order: its sampler over the (already subset) images.
+        order = torch.as_tensor(list(epoch_sampler(len(self.images), cfg, self.epoch, self.rank, self.world)),
+                                device=self.images.device)
         generator = torch.Generator(device=self.images.device)
         for step in range(len(order) // per_rank):
             idx = order[step * per_rank:(step + 1) * per_rank]
-            generator.manual_seed(((cfg.seed * 1_000_003 + self.epoch) * 100_003 + step) * 1_009 + self.rank)
+            generator.manual_seed(step_seed(cfg, self.epoch, step, self.rank))
             x = self.images[idx]
             yield (gpu_augment.augment(x, self.recipe, generator), gpu_augment.augment(x, self.recipe, generator)), \
                 self.labels[idx]
@@ -130,8 +127,7 @@ def device_batches(cfg: Config, device, rank: int = 0, world: int = 1) -> Device
     images, labels = cached_split(cfg.dataset, cfg.data_root, split, cfg.download)
     if len(images) == 0:
         raise DatasetError(f"the {split} split of {cfg.dataset} in {cfg.data_root} is empty")
-    keep = seeded_subset(range(len(images)), cfg.train_subset, cfg.seed)  # the CPU path's subset
-    idx = torch.as_tensor(list(keep.indices) if hasattr(keep, "indices") else range(len(images)))
+    idx = torch.as_tensor(subset_indices(len(images), cfg.train_subset, cfg.seed))  # the CPU path's subset
     if len(idx) < cfg.batch_size:
         raise DatasetError(f"the dataset has {len(idx)} images, fewer than one batch of {cfg.batch_size}; "
                            f"lower batch_size (and K) or use more images")
@@ -143,8 +139,7 @@ class DeviceEvalBatches:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std, batch_size: int = 1024):
         self.images, self.labels, self.batch_size = images, labels, batch_size
-        self.mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+        self.mean, self.std = mean, std
 
     def __len__(self):
         return -(-len(self.images) // self.batch_size)
@@ -152,7 +147,7 @@ class DeviceEvalBatches:
     def __iter__(self):
         for start in range(0, len(self.images), self.batch_size):
             x = self.images[start:start + self.batch_size].float() / 255
-            yield (x - self.mean) / self.std, self.labels[start:start + self.batch_size]
+            yield gpu_augment.normalize(x, self.mean, self.std), self.labels[start:start + self.batch_size]
 
 
 def device_knn_sets(cfg: Config, device, batch_size: int = 1024):
@@ -164,8 +159,7 @@ def device_knn_sets(cfg: Config, device, batch_size: int = 1024):
         images, labels = cached_split(cfg.dataset, cfg.data_root, split, cfg.download)
         if images.shape[-1] != cfg.image_size or images.shape[-2] != cfg.image_size:
             return None
-        keep = seeded_subset(range(len(images)), n, cfg.seed + offset)  # the CPU path's subsets
-        idx = torch.as_tensor(list(keep.indices) if hasattr(keep, "indices") else range(len(images)))
+        idx = torch.as_tensor(subset_indices(len(images), n, cfg.seed + offset))  # the CPU path's subsets
         sets.append(DeviceEvalBatches(images[idx].to(device), labels[idx].to(device), *normalisation(cfg.augmentation),
                                       batch_size))
     classes = classes_of(load_split(cfg.dataset, cfg.data_root, "train", None, cfg.download))

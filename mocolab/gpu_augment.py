@@ -248,17 +248,23 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel: int) -> torch.Te
     return y.view(N, C, H, W)
 
 
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """(x - mean) / std per channel, for N x 3 x H x W images."""
+    mean = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+
+
+def finish_views(x: torch.Tensor, p: dict, r: Recipe, normalized: bool = True) -> torch.Tensor:
+    """Flip, colour, blur and normalise cropped views (N x 3 x S x S floats in [0, 1])."""
+    x = torch.where(p["flip"].view(-1, 1, 1, 1), x.flip(-1), x)
+    x = apply_colour(x, p, r)
+    return normalize(x, r.mean, r.std) if normalized else x
+
+
 def apply_params(images: torch.Tensor, p: dict, r: Recipe, normalize: bool = True) -> torch.Tensor:
     """Views of `images` (N x 3 x H x W, uint8 or float in [0, 1]) with the parameters of sample_params."""
     x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
-    x = resized_crops(x, p["box"], r.size)
-    x = torch.where(p["flip"].view(-1, 1, 1, 1), x.flip(-1), x)
-    x = apply_colour(x, p, r)
-    if normalize:
-        mean = torch.tensor(r.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(r.std, device=x.device).view(1, 3, 1, 1)
-        x = (x - mean) / std
-    return x
+    return finish_views(resized_crops(x, p["box"], r.size), p, r, normalize)
 
 
 def apply_colour(x: torch.Tensor, p: dict, r: Recipe) -> torch.Tensor:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import torch
 import torchvision
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode
 
 from . import gpu_augment
 from .config import Config
-from .data import DatasetError, load_split, seeded_subset
+from .data import DatasetError, epoch_sampler, load_split, step_seed, subset_indices
 
 
 class FileBytes(Dataset):
@@ -84,12 +84,7 @@ def views(images: list[torch.Tensor], r: gpu_augment.Recipe, generator=None) -> 
     heights = torch.tensor([im.shape[-2] for im in images], device=device)
     widths = torch.tensor([im.shape[-1] for im in images], device=device)
     p = gpu_augment.sample_params(r, len(images), heights, widths, generator, device)
-    x = resized_crop_list(images, p["box"], r.size)
-    x = torch.where(p["flip"].view(-1, 1, 1, 1), x.flip(-1), x)
-    x = gpu_augment.apply_colour(x, p, r)
-    mean = torch.tensor(r.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(r.std, device=device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return gpu_augment.finish_views(resized_crop_list(images, p["box"], r.size), p, r)
 
 
 class JpegBatches:
@@ -109,15 +104,13 @@ class JpegBatches:
 
     def __iter__(self):
         cfg = self.cfg
-        sampler = DistributedSampler(self.files, num_replicas=self.world, rank=self.rank, shuffle=True,
-                                     seed=cfg.seed * 100_003, drop_last=True)
-        sampler.set_epoch(self.epoch)
+        sampler = epoch_sampler(len(self.files), cfg, self.epoch, self.rank, self.world)  # the reference's order
         loader = DataLoader(self.files, batch_size=cfg.batch_size // self.world, sampler=sampler, drop_last=True,
                             num_workers=cfg.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda")
         generator = torch.Generator(device=self.device)
         for step, (buffer, offsets, labels) in enumerate(loader):
             images = decode(split_buffer(buffer, offsets), self.device)
-            generator.manual_seed(((cfg.seed * 1_000_003 + self.epoch) * 100_003 + step) * 1_009 + self.rank)
+            generator.manual_seed(step_seed(cfg, self.epoch, step, self.rank))
             yield (views(images, self.recipe, generator), views(images, self.recipe, generator)), \
                 labels.to(self.device)
 
@@ -128,8 +121,7 @@ def jpeg_batches(cfg: Config, device, rank: int = 0, world: int = 1) -> JpegBatc
         raise DatasetError(f"data_path='jpeg' reads an image folder; {cfg.dataset} is decoded once instead: "
                            f"use data_path='device'")
     folder = load_split("imagefolder", cfg.data_root, "train", transform=None)
-    keep = seeded_subset(range(len(folder.samples)), cfg.train_subset, cfg.seed)  # the CPU path's subset
-    idx = list(keep.indices) if hasattr(keep, "indices") else range(len(folder.samples))
+    idx = subset_indices(len(folder.samples), cfg.train_subset, cfg.seed)  # the CPU path's subset
     files = FileBytes([folder.samples[i] for i in idx])
     if len(files) < cfg.batch_size:
         raise DatasetError(f"the dataset has {len(files)} images, fewer than one batch of {cfg.batch_size}; "

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
+from ..augment import IMAGENET_MEAN, IMAGENET_STD
+from ..gpu_augment import normalize
 from .metrics import confusion_matrix, mean_iou, voc_detection_metrics
 
 
@@ -62,7 +64,8 @@ TINY_MODEL_OPTIONS = {"min_size": 96, "max_size": 160, "rpn_pre_nms_top_n_train"
                       "box_batch_size_per_image": 32}
 
 REFERENCE = {  # PROTOCOLS.md, MoCo v2 200 epochs
-    "voc_detection": {"AP50": 81.06, "note": "MMSelfSup; the official repo (detectron2): AP50 82.4, AP 57.0, AP75 63.6"},
+    "voc_detection": {"AP50": 81.06,
+                      "note": "MMSelfSup; the official repo (detectron2): AP50 82.4, AP 57.0, AP75 63.6"},
     "coco_detection": {"box AP": 40.2, "box AP50": 59.7, "box AP75": 44.2, "mask AP": 36.1, "mask AP50": 56.7,
                        "mask AP75": 38.8},
     "voc_segmentation": {"mIoU": 67.55},
@@ -142,13 +145,11 @@ def train_segmentation(model, dataset, schedule: Schedule, device="cpu", aux_wei
     loader = DataLoader(dataset, batch_size=schedule.batch_size, shuffle=True, num_workers=workers, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
     criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
-    mean = torch.tensor((0.485, 0.456, 0.406), device=device).view(1, 3, 1, 1)
-    std = torch.tensor((0.229, 0.224, 0.225), device=device).view(1, 3, 1, 1)
     rows, tic = [], time.perf_counter()
     for it, (images, masks) in zip(range(schedule.iterations), _forever(loader)):
         for group in optimizer.param_groups:
             group["lr"] = schedule.lr_at(it)
-        out = model((images.to(device) - mean) / std)
+        out = model(normalize(images.to(device), IMAGENET_MEAN, IMAGENET_STD))
         masks = masks.to(device)
         loss = criterion(out["out"], masks)
         if "aux" in out:
@@ -167,11 +168,9 @@ def train_segmentation(model, dataset, schedule: Schedule, device="cpu", aux_wei
 def evaluate_segmentation(model, dataset, num_classes: int = 21, device="cpu") -> dict:
     """mIoU over whole images (no crop), 255 ignored."""
     model.to(device).eval()
-    mean = torch.tensor((0.485, 0.456, 0.406), device=device).view(1, 3, 1, 1)
-    std = torch.tensor((0.229, 0.224, 0.225), device=device).view(1, 3, 1, 1)
     total = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for image, mask in dataset:
-        logits = model((image[None].to(device) - mean) / std)["out"]
+        logits = model(normalize(image[None].to(device), IMAGENET_MEAN, IMAGENET_STD))["out"]
         total += confusion_matrix(logits.argmax(1)[0].cpu(), mask, num_classes)
     return mean_iou(total)
 
