@@ -126,3 +126,20 @@ def batch_unshuffle(x: torch.Tensor, unshuffle: torch.Tensor) -> torch.Tensor:
     x_all = all_gather_cat(x)  # x_all: (W*B) x C, in shuffled global order
     B, r = x.shape[0], rank()
     return x_all[unshuffle[r * B:(r + 1) * B]]
+
+
+def all_gather_objects(obj) -> list:
+    """Every process's `obj` (any picklable value), in rank order; [obj] in one process."""
+    if not is_distributed():
+        return [obj]
+    parts = [None] * world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
+
+
+@torch.no_grad()
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers (BN running statistics): the model rank 0 saves."""
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
