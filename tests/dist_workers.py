@@ -49,3 +49,36 @@ def fail_on_rank_1(config: dict) -> None:
         raise RuntimeError("worker 1 failed on purpose")
     dist.barrier()
     time.sleep(600)
+
+
+class NoisyDetector(torch.nn.Module):
+    """Detections made from the ground truth: boxes shifted by 7 px per image index (so the last ones
+    miss at IoU 0.5), scores falling with the index, and one false positive per image, ranked first
+    on odd images: AP is neither 0 nor 100."""
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.targets = {round(dataset[i][0].sum().item(), 2): (i, dataset[i][1]) for i in range(len(dataset))}
+
+    def forward(self, images):
+        i, target = self.targets[round(images[0].sum().item(), 2)]
+        boxes = target["boxes"] + torch.tensor([7.0 * i, 0, 7.0 * i, 0])
+        boxes = torch.cat([boxes, torch.tensor([[0.0, 0, 30, 30]])])
+        labels = torch.cat([target["labels"], target["labels"][:1]])
+        scores = torch.linspace(0.9, 0.5, len(boxes)) - 0.05 * i
+        if i % 2:
+            scores[-1] = 0.99
+        return [{"boxes": boxes, "labels": labels, "scores": scores}]
+
+
+def check_sharded_voc_evaluation(rank: int, world: int, port: int, root: str, expected: dict) -> None:
+    from mocolab.transfer import finetune
+    from mocolab.transfer.datasets import VOCDetection
+    init(rank, world, port)
+    dataset = VOCDetection(root, sets=(("2007", "test"),), keep_difficult=True)
+    model = NoisyDetector(dataset)
+    assert list(finetune.shard(len(dataset))) == list(range(rank, len(dataset), world))
+    got = finetune.evaluate_voc_detection(model, dataset)
+    for key in ("AP", "AP50", "AP75"):
+        assert abs(got[key] - expected[key]) < 1e-9, (key, got[key], expected[key])
+    dist.destroy_process_group()

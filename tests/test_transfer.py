@@ -135,7 +135,8 @@ def test_schedules_follow_the_presets():
     assert s.lr_at(0) == pytest.approx(0.02 * 0.001) and s.lr_at(100) == 0.02
     assert s.lr_at(18_000) == pytest.approx(0.002) and s.lr_at(22_000) == pytest.approx(0.0002)
     seg = finetune.PRESETS["voc_seg_20k"]
-    assert seg.lr_at(10_000) == pytest.approx(0.01 * 0.5 ** 0.9) and seg.weight_decay == 5e-4
+    assert seg.lr_at(10_000) == pytest.approx((0.01 - 1e-4) * 0.5 ** 0.9 + 1e-4) and seg.weight_decay == 5e-4
+    assert seg.lr_at(20_000) == pytest.approx(1e-4)  # MMSegmentation's poly floor
 
 
 # ----------------------------------------------------------------------------

@@ -7,25 +7,33 @@ Presets (PROTOCOLS.md, "Transfer to detection and segmentation"):
     coco_mask_1x    Mask R-CNN R50-FPN, COCO 2017: 90k iterations, batch 16, lr 0.02,
                     x0.1 at 60k and 80k, 1000 warm-up iterations, short side 640-800
     voc_seg_20k     FCN R50-D8, VOC12 + aug: 20k iterations, batch 16, 512 x 512 crops, lr 0.01,
-                    poly (power 0.9), wd 5e-4, auxiliary loss weight 0.4
+                    poly (power 0.9, floor 1e-4), wd 5e-4, auxiliary loss weight 0.4
     tiny            a few iterations at small sizes, for a CPU
 
-These loops run in one process (a batch of `batch_size` images). The
-protocol's 8-GPU runs use synchronised BN under DDP, which these loops do not
-set up yet; the presets record the schedules for when they do.
+`train` is the one loop behind every task: it takes a step function
+(`detection_step` or `segmentation_step`), follows the seeded iteration stream
+(stream.py), and, under DDP, averages gradients over the processes (the model
+comes wrapped, with SyncBatchNorm on GPUs: job.py sets that up). The
+evaluations shard the test set over the processes and gather the results, so
+each image is evaluated once. `job.fine_tune` runs a whole row, with
+checkpoints; `train_detection` and `train_segmentation` are the loop alone in
+one process, for a notebook cell or a test.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader
 
+from .. import distributed as dist_
 from ..augment import IMAGENET_MEAN, IMAGENET_STD
 from ..gpu_augment import normalize
 from .metrics import confusion_matrix, mean_iou, voc_detection_metrics
+from .stream import IterationBatches, SeededStream, iteration_seed
 
 
 @dataclass(frozen=True)
@@ -34,14 +42,15 @@ class Schedule:
     batch_size: int
     lr: float
     steps: tuple = ()  # iterations where lr drops x0.1 (step schedule)
-    poly_power: float = 0.0  # > 0: poly schedule lr * (1 - it / iterations) ** power instead of steps
+    poly_power: float = 0.0  # > 0: poly schedule (lr - min_lr) * (1 - it / iterations) ** power + min_lr
+    min_lr: float = 0.0  # the poly schedule's floor (MMSegmentation's schedule_20k: 1e-4)
     warmup: int = 0  # linear warm-up iterations (from lr / 1000, as detectron2's default factor)
     weight_decay: float = 1e-4
     momentum: float = 0.9
 
     def lr_at(self, it: int) -> float:
         if self.poly_power:
-            lr = self.lr * (1 - it / self.iterations) ** self.poly_power
+            lr = (self.lr - self.min_lr) * (1 - it / self.iterations) ** self.poly_power + self.min_lr
         else:
             lr = self.lr * 0.1 ** sum(it >= s for s in self.steps)
         if it < self.warmup:
@@ -53,7 +62,7 @@ class Schedule:
 PRESETS = {
     "voc_c4_24k": Schedule(24_000, 16, 0.02, steps=(18_000, 22_000), warmup=100),
     "coco_mask_1x": Schedule(90_000, 16, 0.02, steps=(60_000, 80_000), warmup=1000),
-    "voc_seg_20k": Schedule(20_000, 16, 0.01, poly_power=0.9, weight_decay=5e-4),
+    "voc_seg_20k": Schedule(20_000, 16, 0.01, poly_power=0.9, min_lr=1e-4, weight_decay=5e-4),
     "tiny": Schedule(12, 2, 0.01, warmup=2),
 }
 
@@ -72,46 +81,99 @@ REFERENCE = {  # PROTOCOLS.md, MoCo v2 200 epochs
 }
 
 
-def _sgd(model, s: Schedule):
+def sgd(model, s: Schedule) -> torch.optim.SGD:
     return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=s.lr, momentum=s.momentum,
                            weight_decay=s.weight_decay)
 
 
-def _forever(loader):
-    while True:
-        yield from loader
-
-
-def _collate(batch):
+def collate_detection(batch):
     return tuple(zip(*batch))
+
+
+def detection_step(model, batch, device) -> tuple[torch.Tensor, dict]:
+    """The sum of torchvision's detection losses (RPN objectness and boxes, RoI classes and boxes, masks)."""
+    images, targets = batch
+    images = [im.to(device, non_blocking=True) for im in images]
+    targets = [{k: t[k].to(device, non_blocking=True) for k in ("boxes", "labels", "masks") if k in t}
+               for t in targets]
+    losses = model(images, targets)
+    return sum(losses.values()), losses
+
+
+def segmentation_step(model, batch, device, aux_weight: float = 0.4) -> tuple[torch.Tensor, dict]:
+    """Pixel-wise cross-entropy (255 ignored) on the main FCN head, plus aux_weight x the auxiliary head's."""
+    images, masks = batch
+    out = model(normalize(images.to(device, non_blocking=True), IMAGENET_MEAN, IMAGENET_STD))
+    masks = masks.to(device, non_blocking=True)
+    losses = {"loss_seg": torch.nn.functional.cross_entropy(out["out"], masks, ignore_index=255)}
+    if "aux" in out:
+        losses["loss_aux"] = aux_weight * torch.nn.functional.cross_entropy(out["aux"], masks, ignore_index=255)
+    return sum(losses.values()), losses
+
+
+def train(model, step: Callable, dataset, schedule: Schedule, optimizer=None, device="cpu", seed: int = 0,
+          start: int = 0, rows: list | None = None, log_every: int = 20, workers: int = 2,
+          collate_fn=None, checkpoint: Callable | None = None, checkpoint_every: int = 0,
+          progress=print) -> list[dict]:
+    """SGD from iteration `start` to schedule.iterations; returns (and extends) the logged rows.
+
+    model: the module to call (DDP-wrapped under several processes); step(model, batch, device) gives
+    (loss, parts). Each process takes batch_size / world images of every iteration. Logged losses are
+    the means over processes. checkpoint(iteration, rows) is called every checkpoint_every iterations
+    and at the end.
+    """
+    rank, world = dist_.rank(), dist_.world_size()
+    optimizer = optimizer or sgd(model, schedule)
+    rows = [] if rows is None else rows
+    model.train()
+    loader = DataLoader(SeededStream(dataset, seed), batch_sampler=IterationBatches(
+        schedule.batch_size, start, schedule.iterations, rank, world), num_workers=workers,
+        collate_fn=collate_fn, pin_memory=torch.device(device).type == "cuda")
+    offset = rows[-1]["seconds"] if rows else 0.0  # a resumed run keeps counting its time
+    tic = time.perf_counter()
+    for it, batch in enumerate(loader, start=start):
+        for group in optimizer.param_groups:
+            group["lr"] = schedule.lr_at(it)
+        torch.manual_seed(iteration_seed(seed, it, rank))  # multi-scale size, RPN / RoI sampling
+        loss, parts = step(model, batch, device)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"the loss is {loss.item()} at iteration {it + 1}: lower the lr "
+                                     f"(a random backbone needs a smaller one than a pretrained one)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        done = it + 1
+        if done % log_every == 0 or it == 0 or done == schedule.iterations:
+            values = dist_.all_reduce_mean(torch.stack([loss.detach(), *[v.detach() for v in parts.values()]]))
+            row = {"iteration": done, "lr": schedule.lr_at(it), "loss": values[0].item(),
+                   **{k: v.item() for k, v in zip(parts, values[1:])},
+                   "seconds": round(offset + time.perf_counter() - tic, 3)}
+            rows.append(row)
+            progress(f"iteration {done}/{schedule.iterations}  loss {row['loss']:.3f}  lr {row['lr']:.4g}")
+        if checkpoint and ((checkpoint_every and done % checkpoint_every == 0) or done == schedule.iterations):
+            checkpoint(done, rows)
+    return rows
 
 
 def train_detection(model, dataset, schedule: Schedule, device="cpu", log_every: int = 20, workers: int = 2,
                     seed: int = 0, progress=print) -> list[dict]:
-    """SGD on the sum of torchvision's detection losses; returns a row per logged iteration."""
-    model.to(device).train()
-    optimizer = _sgd(model, schedule)
-    loader = DataLoader(dataset, batch_size=schedule.batch_size, shuffle=True, num_workers=workers,
-                        collate_fn=_collate, drop_last=True, generator=torch.Generator().manual_seed(seed))
-    rows, tic = [], time.perf_counter()
-    for it, (images, targets) in zip(range(schedule.iterations), _forever(loader)):
-        for group in optimizer.param_groups:
-            group["lr"] = schedule.lr_at(it)
-        images = [im.to(device) for im in images]
-        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device),
-                    **({"masks": t["masks"].to(device)} if "masks" in t else {})} for t in targets]
-        losses = model(images, targets)
-        loss = sum(losses.values())
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"detection loss is {loss.item()} at iteration {it}: lower the lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if (it + 1) % log_every == 0 or it == 0 or it + 1 == schedule.iterations:
-            rows.append({"iteration": it + 1, "lr": schedule.lr_at(it), "loss": loss.item(),
-                         **{k: v.item() for k, v in losses.items()}, "seconds": time.perf_counter() - tic})
-            progress(f"iteration {it + 1}/{schedule.iterations}  loss {loss.item():.3f}")
-    return rows
+    """Fine-tune a torchvision detector in this process; returns a row per logged iteration."""
+    model.to(device)
+    return train(model, detection_step, dataset, schedule, device=device, seed=seed, log_every=log_every,
+                 workers=workers, collate_fn=collate_detection, progress=progress)
+
+
+def train_segmentation(model, dataset, schedule: Schedule, device="cpu", aux_weight: float = 0.4,
+                       log_every: int = 20, workers: int = 2, seed: int = 0, progress=print) -> list[dict]:
+    """Fine-tune an FCN in this process on the main and auxiliary heads."""
+    model.to(device)
+    return train(model, lambda m, b, d: segmentation_step(m, b, d, aux_weight), dataset, schedule,
+                 device=device, seed=seed, log_every=log_every, workers=workers, progress=progress)
+
+
+def shard(n: int) -> range:
+    """This process's share of n test images (every world-th one): each image is evaluated once."""
+    return range(dist_.rank(), n, dist_.world_size())
 
 
 @torch.no_grad()
@@ -121,7 +183,7 @@ def evaluate_voc_detection(model, dataset, device="cpu", score_threshold: float 
     classes = dataset.classes
     detections = {c: [] for c in classes}
     ground_truth = {c: {} for c in classes}
-    for index in range(len(dataset)):
+    for index in shard(len(dataset)):
         image, target = dataset[index]
         ann = dataset.annotation(index)  # the file's coordinates, difficult objects included
         for c, name in enumerate(classes, start=1):
@@ -134,34 +196,10 @@ def evaluate_voc_detection(model, dataset, device="cpu", score_threshold: float 
         for box, score, label in zip(boxes.tolist(), out["scores"].tolist(), out["labels"].tolist()):
             if score >= score_threshold and 1 <= label <= len(classes):
                 detections[classes[label - 1]].append((ann["image_id"], score, box))
+    parts = dist_.all_gather_objects((detections, ground_truth))  # every rank's share, in rank order
+    detections = {c: [d for part, _ in parts for d in part[c]] for c in classes}
+    ground_truth = {c: {i: gt for _, part in parts for i, gt in part[c].items()} for c in classes}
     return voc_detection_metrics(detections, ground_truth, classes)
-
-
-def train_segmentation(model, dataset, schedule: Schedule, device="cpu", aux_weight: float = 0.4,
-                       log_every: int = 20, workers: int = 2, seed: int = 0, progress=print) -> list[dict]:
-    """Pixel-wise cross-entropy (255 ignored) on the main and auxiliary FCN heads."""
-    model.to(device).train()
-    optimizer = _sgd(model, schedule)
-    loader = DataLoader(dataset, batch_size=schedule.batch_size, shuffle=True, num_workers=workers, drop_last=True,
-                        generator=torch.Generator().manual_seed(seed))
-    criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
-    rows, tic = [], time.perf_counter()
-    for it, (images, masks) in zip(range(schedule.iterations), _forever(loader)):
-        for group in optimizer.param_groups:
-            group["lr"] = schedule.lr_at(it)
-        out = model(normalize(images.to(device), IMAGENET_MEAN, IMAGENET_STD))
-        masks = masks.to(device)
-        loss = criterion(out["out"], masks)
-        if "aux" in out:
-            loss = loss + aux_weight * criterion(out["aux"], masks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if (it + 1) % log_every == 0 or it == 0 or it + 1 == schedule.iterations:
-            rows.append({"iteration": it + 1, "lr": schedule.lr_at(it), "loss": loss.item(),
-                         "seconds": time.perf_counter() - tic})
-            progress(f"iteration {it + 1}/{schedule.iterations}  loss {loss.item():.3f}")
-    return rows
 
 
 @torch.no_grad()
@@ -169,10 +207,11 @@ def evaluate_segmentation(model, dataset, num_classes: int = 21, device="cpu") -
     """mIoU over whole images (no crop), 255 ignored."""
     model.to(device).eval()
     total = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    for image, mask in dataset:
+    for index in shard(len(dataset)):
+        image, mask = dataset[index]
         logits = model(normalize(image[None].to(device), IMAGENET_MEAN, IMAGENET_STD))["out"]
         total += confusion_matrix(logits.argmax(1)[0].cpu(), mask, num_classes)
-    return mean_iou(total)
+    return mean_iou(sum(dist_.all_gather_objects(total)))
 
 
 @torch.no_grad()
@@ -183,9 +222,10 @@ def evaluate_coco(model, dataset, device="cpu", masks: bool = True) -> dict:
 
     from .metrics import coco_metrics
     model.to(device).eval()
-    results = []
-    for index in range(len(dataset)):
+    results, image_ids = [], []
+    for index in shard(len(dataset)):
         image, target = dataset[index]
+        image_ids.append(target["image_id"])
         out = model([image.to(device)])[0]
         for k, (box, score, label) in enumerate(zip(out["boxes"].tolist(), out["scores"].tolist(),
                                                     out["labels"].tolist())):
@@ -198,7 +238,10 @@ def evaluate_coco(model, dataset, device="cpu", masks: bool = True) -> dict:
                 rle["counts"] = rle["counts"].decode()
                 result["segmentation"] = rle
             results.append(result)
-    metrics = {f"box {k}": v for k, v in coco_metrics(dataset.coco, results, "bbox").items()}
+    parts = dist_.all_gather_objects((results, image_ids))
+    results = [r for part, _ in parts for r in part]
+    image_ids = [i for _, ids in parts for i in ids]  # only these images count (a test_limit subset, say)
+    metrics = {f"box {k}": v for k, v in coco_metrics(dataset.coco, results, "bbox", image_ids).items()}
     if masks:
-        metrics.update({f"mask {k}": v for k, v in coco_metrics(dataset.coco, results, "segm").items()})
+        metrics.update({f"mask {k}": v for k, v in coco_metrics(dataset.coco, results, "segm", image_ids).items()})
     return metrics

@@ -87,10 +87,11 @@ def voc_detection_metrics(detections: dict, ground_truth: dict, classes: list,
 # COCO
 # ----------------------------------------------------------------------------
 
-def coco_metrics(coco_gt, results: list[dict], iou_type: str = "bbox") -> dict:
+def coco_metrics(coco_gt, results: list[dict], iou_type: str = "bbox", image_ids=None) -> dict:
     """pycocotools' COCOeval of results (COCO result dicts) against a COCO ground-truth object.
 
-    Returns AP, AP50, AP75, APs, APm, APl in %; an empty result list scores 0.
+    image_ids: the images evaluated (default: all of the ground truth's). Returns AP, AP50, AP75,
+    APs, APm, APl in %; an empty result list scores 0.
     """
     from pycocotools.cocoeval import COCOeval
     names = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -98,6 +99,8 @@ def coco_metrics(coco_gt, results: list[dict], iou_type: str = "bbox") -> dict:
         return dict.fromkeys(names, 0.0)
     coco_dt = coco_gt.loadRes(results)
     evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+    if image_ids is not None:
+        evaluator.params.imgIds = sorted(image_ids)
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()

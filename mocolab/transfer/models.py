@@ -10,8 +10,8 @@
 
 Every model takes `backbone` weights: a torchvision ResNet-50 state_dict (see
 export.backbone_state), or None for a random initialisation. The backbone keeps
-trainable BatchNorm layers (nothing frozen, as the protocol says); under DDP
-wrap it with torch.nn.SyncBatchNorm.convert_sync_batchnorm.
+trainable BatchNorm layers (nothing frozen, as the protocol says); on several
+GPUs job.py turns them into SyncBatchNorm.
 """
 from __future__ import annotations
 

@@ -1,0 +1,197 @@
+"""Fine-tuning as a job: the seeded iteration stream, DDP against one process, SyncBN, resume, bad configs."""
+import json
+import subprocess
+import sys
+from itertools import count
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch.utils.data import DataLoader, Dataset
+
+import dist_workers
+from mocolab.config import ConfigError
+from mocolab.transfer import finetune, job
+from mocolab.transfer.datasets import VOCDetection
+from mocolab.transfer.models import faster_rcnn_c4
+from mocolab.transfer.stream import IterationBatches, SeededStream, iteration_seed
+from test_distributed import free_port
+from test_transfer import write_voc_detection, write_voc_segmentation
+
+
+class Draw(Dataset):
+    """Item i: (i, a random draw), to see which item and which augmentation a stream position gets."""
+
+    def __len__(self):
+        return 5
+
+    def __getitem__(self, i):
+        return i, torch.rand(1).item()
+
+
+def positions(batch_size, start, iterations, world):
+    return [[p for p in batch] for rank in range(world)
+            for batch in IterationBatches(batch_size, start, iterations, rank, world)]
+
+
+# ----------------------------------------------------------------------------
+# The stream
+# ----------------------------------------------------------------------------
+
+def test_the_stream_deals_each_iteration_the_same_global_batch_whatever_the_processes():
+    one = positions(4, 0, 3, 1)
+    two = [IterationBatches(4, 0, 3, r, 2) for r in range(2)]
+    for it, (a, b) in enumerate(zip(*two)):
+        assert a + b == one[it] == list(range(4 * it, 4 * it + 4))  # rank 0's half, then rank 1's
+    assert positions(4, 2, 3, 1) == [one[2]]  # a resumed loader starts at its iteration
+    with pytest.raises(ValueError, match="does not split evenly over 3"):
+        IterationBatches(4, 0, 1, 0, 3)
+
+
+def test_every_pass_is_a_permutation_and_draws_depend_on_the_position_alone():
+    stream = SeededStream(Draw(), seed=1)
+    first, second = [stream.index(p) for p in range(5)], [stream.index(p) for p in range(5, 10)]
+    assert sorted(first) == sorted(second) == list(range(5)) and first != second
+    torch.manual_seed(123)
+    forward = [stream[p] for p in range(10)]
+    outside = torch.rand(1)
+    torch.manual_seed(123)
+    backward = [SeededStream(Draw(), seed=1)[p] for p in reversed(range(10))][::-1]
+    assert forward == backward  # same item and same draw, in whatever order the positions are read
+    assert torch.equal(torch.rand(1), outside)  # the caller's RNG is untouched
+    assert SeededStream(Draw(), seed=2)[0] != forward[0]
+    workers = [x for batch in DataLoader(stream, batch_sampler=IterationBatches(2, 0, 5), num_workers=2)
+               for x in zip(*[t.tolist() for t in batch])]
+    assert [(i, pytest.approx(d)) for i, d in forward] == workers
+
+
+# ----------------------------------------------------------------------------
+# DDP and SyncBN
+# ----------------------------------------------------------------------------
+
+def seg_config(root, out, **kw):
+    return dict(task="voc_segmentation", data_root=str(root), preset="tiny", iterations=4, crop=48, gpus=0,
+                workers=0, log_every=1, output_dir=str(out), **kw)
+
+
+def test_two_processes_take_the_step_of_one_averaging_their_halves(tmp_path):
+    """torchrun, 2 gloo processes, 1 image each: the weights after 4 SGD steps equal one process's,
+    computing each half of the global batch with its own BN statistics (per-process BN: SyncBatchNorm
+    needs GPUs) and the same random draws, and averaging the two losses."""
+    root = write_voc_segmentation(tmp_path / "VOCdevkit")
+    overrides = seg_config(root, tmp_path / "ddp", sync_bn=False)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "mocolab.transfer",
+                             *(f"{k}={v}" for k, v in overrides.items())], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = job.load_transfer_run(tmp_path / "ddp")
+    assert json.loads((tmp_path / "ddp" / "config.json").read_text())["processes"] == 2
+    assert [r["iteration"] for r in ddp.rows] == [1, 2, 3, 4] and "iteration 4/4" in result.stdout
+
+    cfg = job.TransferConfig(**seg_config(root, tmp_path / "one"))
+    train_set, test_set = job.datasets(cfg)
+    torch.manual_seed(cfg.seed)
+    model = job.build_model(cfg, 21)
+    iterations = count()
+
+    def two_halves(model, batch, device):
+        it, (images, masks), total = next(iterations), batch, 0
+        for rank in range(2):
+            torch.manual_seed(iteration_seed(cfg.seed, it, rank))  # the rank's dropout draws
+            loss, _ = finetune.segmentation_step(model, (images[rank:rank + 1], masks[rank:rank + 1]), device)
+            total = total + loss / 2
+        return total, {}
+
+    # torchrun runs each process with OMP_NUM_THREADS=1. A random FCN with BN over one 48 px image
+    # amplifies the summation order of multi-threaded kernels to ~1% of a step, so use one thread too.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = finetune.train(model, two_halves, train_set, cfg.schedule, log_every=1, workers=0,
+                              progress=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in ddp.rows], rel=1e-4)
+    one = dict(model.named_parameters())
+    for name, p in ddp.model.named_parameters():
+        torch.testing.assert_close(p, one[name], rtol=1e-4, atol=1e-5, msg=name)
+    # The test set was split over the two processes; the gathered mIoU is the one-process mIoU.
+    saved = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert saved["metrics"]["mIoU"] == pytest.approx(finetune.evaluate_segmentation(ddp.model, test_set)["mIoU"])
+    assert saved["reference"] == {"mIoU": 67.55}
+
+
+def test_sync_bn_replaces_every_batchnorm_and_keeps_the_checkpoint_keys():
+    torch.manual_seed(0)
+    model = faster_rcnn_c4(21)
+    bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert bns == 53  # the stem, 16 bottlenecks with 3 BNs each, 4 downsample BNs: every one is trainable
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(faster_rcnn_c4(21))
+    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules()) == bns
+    synced.load_state_dict(model.state_dict())  # a plain model's checkpoint loads, and the other way round
+    plain = faster_rcnn_c4(21)
+    plain.load_state_dict(synced.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), model.state_dict().values()))
+
+
+def test_sharded_voc_evaluation_equals_one_process(tmp_path):
+    root = write_voc_detection(tmp_path, n=5)
+    dataset = VOCDetection(root, sets=(("2007", "test"),), keep_difficult=True)
+    expected = finetune.evaluate_voc_detection(dist_workers.NoisyDetector(dataset), dataset)
+    assert 20 < expected["AP50"] < 100  # neither perfect nor empty: the merge has something to get wrong
+    mp.spawn(dist_workers.check_sharded_voc_evaluation, args=(2, free_port(), str(root), expected), nprocs=2,
+             join=True)
+
+
+# ----------------------------------------------------------------------------
+# Resume and bad configs
+# ----------------------------------------------------------------------------
+
+def test_a_crashed_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+    root = write_voc_segmentation(tmp_path / "VOCdevkit")
+    whole = job.fine_tune(job.TransferConfig(**seg_config(root, tmp_path / "whole", evaluate=False)), progress=False)
+
+    calls, step = count(), finetune.segmentation_step
+
+    def crash_at_the_fourth(*args):
+        if next(calls) == 3:
+            raise RuntimeError("power cut")
+        return step(*args)
+
+    monkeypatch.setattr(finetune, "segmentation_step", crash_at_the_fourth)
+    cfg = job.TransferConfig(**seg_config(root, tmp_path / "cut", evaluate=False, checkpoint_every=2))
+    with pytest.raises(RuntimeError, match="power cut"):
+        job.fine_tune(cfg, progress=False)
+    assert torch.load(tmp_path / "cut" / "checkpoint_last.pt", weights_only=False)["iteration"] == 2
+    with pytest.raises(ConfigError, match="already holds a fine-tuning run"):
+        job.fine_tune(cfg, progress=False)
+    monkeypatch.setattr(finetune, "segmentation_step", step)
+    resumed = job.fine_tune(job.TransferConfig(**{**cfg.to_dict(), "resume": True}), progress=False)
+    assert [r["loss"] for r in resumed.rows] == [r["loss"] for r in whole.rows]
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert "resuming at iteration 2" in (tmp_path / "cut" / "log.txt").read_text()
+    with pytest.raises(ConfigError, match="is a voc_segmentation run, not voc_detection"):
+        job.fine_tune(job.TransferConfig(**{**cfg.to_dict(), "resume": True, "task": "voc_detection"}))
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(processes=2), "sync_bn=True needs GPUs"),
+    (dict(processes=2, sync_bn=False, batch_size=3), "batch_size=3 does not split over 2 processes"),
+    (dict(task="voc_depth"), "task='voc_depth': choose one of voc_detection, coco, voc_segmentation"),
+    (dict(preset="2x"), "preset='2x': choose one of"),
+    (dict(gpus=1, processes=2), "processes=2 is for CPU runs"),
+])
+def test_impossible_configs_are_refused_naming_the_fix(fields, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        job.TransferConfig(**{**seg_config(tmp_path, tmp_path / "out"), **fields})
+
+
+def test_more_gpus_than_visible_fail_before_any_process_starts(tmp_path):
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cfg = job.TransferConfig(**{**seg_config(tmp_path, tmp_path / "out"), "gpus": visible + 2})
+    with pytest.raises(ConfigError, match="gpus="):
+        job.fine_tune(cfg)
+    assert not (tmp_path / "out").exists()
