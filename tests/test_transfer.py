@@ -185,6 +185,9 @@ def test_a_few_segmentation_iterations_lower_the_loss_and_miou_is_computed(tmp_p
 
 @pytest.mark.parametrize("task", ["voc_detection", "voc_segmentation", "coco"])
 def test_05_transfer_runs_headless(task, tmp_path):
+    """Each row on 4 generated images; segmentation through the launcher, as 2 CPU processes."""
+    import json
+
     import nbformat
     import papermill
 
@@ -194,14 +197,20 @@ def test_05_transfer_runs_headless(task, tmp_path):
     (root / "VOC2007" / "ImageSets" / "Main" / "trainval.txt").write_text("000000\n000001\n000002\n000003\n")
     checkpoint = tmp_path / "checkpoint_last.pt"
     save_checkpoint(checkpoint)
+    processes = 2 if task == "voc_segmentation" else 1
+    out = tmp_path / "run"
     papermill.execute_notebook(
         str(NOTEBOOKS / "05_transfer.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path), progress_bar=False,
         parameters=dict(checkpoint=str(checkpoint), task=task, voc_root=str(root), train_sets="2007/trainval",
                         coco_root=str(write_coco(tmp_path / "coco")), lr=0.0005 if task == "coco" else 0.0,
-                        preset="tiny", iterations=4, crop=64, device="cpu", workers=0,
-                        output_dir=str(tmp_path / "figs")))
-    assert (tmp_path / "figs" / "loss.png").exists() and (tmp_path / "figs" / "predictions.png").exists()
+                        preset="tiny", iterations=4, crop=64, gpus=0, processes=processes,
+                        sync_bn=processes == 1, workers=0, output_dir=str(out)))
+    for name in ("loss.png", "predictions.png", "config.json", "losses.csv", "checkpoint_last.pt", "metrics.json"):
+        assert (out / name).exists(), name
+    assert json.loads((out / "config.json").read_text())["processes"] == processes
     executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "iteration 4/4" in text  # progress reaches the notebook (relayed from the processes' log)
     tables = [o["data"]["text/markdown"] for c in executed.cells if c.cell_type == "code" for o in c.outputs
               if "text/markdown" in o.get("data", {})]
     assert {"voc_detection": "| AP50 |", "voc_segmentation": "| mIoU |", "coco": "| mask AP |"}[task] in tables[0]
