@@ -227,7 +227,12 @@ def transfer_worker(cfg: TransferConfig, progress: bool = True, echo: bool = Tru
     train_set, test_set = datasets(cfg)  # a wrong layout fails before the model is built
     classes = train_set.classes
     torch.manual_seed(cfg.seed)  # the new layers start the same on every rank
+    fetch = saved is None and world > 1  # rank 0 reads (or downloads) the weights first, then the others
+    if fetch and not main:
+        dist_.barrier()
     backbone = None if saved is not None else models.backbone_weights(cfg.weights)
+    if fetch and main:
+        dist_.barrier()
     model = build_model(cfg, num_classes(cfg, classes), backbone)
     if world > 1 and cfg.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state_dict keys as BatchNorm2d
