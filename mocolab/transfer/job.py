@@ -40,14 +40,11 @@ from torch.utils.data import Subset
 from .. import checkpoint as ckpt
 from .. import distributed as dist_
 from ..config import ConfigError
+from ..runlog import code_version, write_csv
 from . import finetune, models
 from .datasets import COCODetection, VOCDetection, VOCSegmentation
 
-TASKS = {  # task -> the reference row's model and preset
-    "voc_detection": ("Faster R-CNN R50-C4", "voc_c4_24k"),
-    "coco": ("Mask R-CNN R50-FPN", "coco_mask_1x"),
-    "voc_segmentation": ("FCN R50-D8", "voc_seg_20k"),
-}
+TASKS = {"voc_detection": "Faster R-CNN R50-C4", "coco": "Mask R-CNN R50-FPN", "voc_segmentation": "FCN R50-D8"}
 
 
 @dataclass
@@ -76,7 +73,7 @@ class TransferConfig:
     resume: bool = False
 
     def __post_init__(self):
-        need = _need
+        need = _need  # every check below raises ConfigError with its message
         need(self.task in TASKS, f"task={self.task!r}: choose one of {', '.join(TASKS)}")
         need(self.preset in finetune.PRESETS, f"preset={self.preset!r}: choose one of {', '.join(finetune.PRESETS)}")
         need(self.gpus >= -1, f"gpus must be -1 (auto), 0 (CPU) or a GPU count, got {self.gpus}")
@@ -251,7 +248,7 @@ def transfer_worker(cfg: TransferConfig, progress: bool = True, echo: bool = Tru
     if main:
         out.mkdir(parents=True, exist_ok=True)
         meta = {"config": cfg.to_dict(), "schedule": dataclasses.asdict(schedule),
-                "code_version": _code_version(), "torch": torch.__version__, "device": str(device),
+                "code_version": code_version(), "torch": torch.__version__, "device": str(device),
                 "processes": world, "train_images": len(train_set), "test_images": len(test_set)}
         (out / "config.json").write_text(json.dumps(meta, indent=2))
 
@@ -267,11 +264,10 @@ def transfer_worker(cfg: TransferConfig, progress: bool = True, echo: bool = Tru
             ckpt.atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                               "iteration": iteration, "rows": rows, "config": cfg.to_dict(), "classes": classes},
                              out / "checkpoint_last.pt")
-            from ..runlog import write_csv
             write_csv(rows, out / "losses.csv")
         dist_.barrier()
 
-    log(f"{cfg.task}: {TASKS[cfg.task][0]}, {len(train_set)} training images, {world} process(es) on {device}"
+    log(f"{cfg.task}: {TASKS[cfg.task]}, {len(train_set)} training images, {world} process(es) on {device}"
         + (f", resuming at iteration {start}" if start else ""))
     detection = cfg.task != "voc_segmentation"
     rows = finetune.train(step_model, finetune.detection_step if detection else finetune.segmentation_step,
@@ -307,11 +303,6 @@ def _finite(value):
 
 def _reference_key(task: str) -> str:
     return {"coco": "coco_detection"}.get(task, task)
-
-
-def _code_version() -> str:
-    from ..runlog import code_version
-    return code_version()
 
 
 @record  # a worker's exception reaches the launching process with its traceback
