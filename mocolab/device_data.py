@@ -28,7 +28,6 @@ from .config import Config
 from .data import DatasetError, classes_of, epoch_sampler, load_split, step_seed, subset_indices
 
 
-
 def cache_folder() -> Path:
     """$MOCOLAB_CACHE, else $XDG_CACHE_HOME/mocolab, else ~/.cache/mocolab (never the dataset's folder,
     which may be read-only or shared)."""

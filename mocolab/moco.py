@@ -32,7 +32,6 @@ class MoCoOutput:
     acc: torch.Tensor  # instance-discrimination accuracy: fraction of queries whose positive wins
     pos_sim: torch.Tensor  # mean cosine similarity q.k+ of positive pairs
     neg_sim: torch.Tensor  # mean cosine similarity q.queue against the negatives
-    queue_age: torch.Tensor  # after enqueueing: [mean, oldest] key age in steps, fraction of random initial keys
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, T: float):
@@ -106,4 +105,4 @@ class MoCo(nn.Module):
             logits = logits.detach() * self.T  # back to cosine similarities
             acc = (logits.argmax(dim=1) == 0).float().mean()
             pos_sim, neg_sim = logits[:, 0].mean(), logits[:, 1:].mean()
-        return MoCoOutput(loss=loss, acc=acc, pos_sim=pos_sim, neg_sim=neg_sim, queue_age=self.queue.age_stats())
+        return MoCoOutput(loss=loss, acc=acc, pos_sim=pos_sim, neg_sim=neg_sim)

@@ -112,6 +112,7 @@ def train_one_epoch(model, loader, optimizer, lrs, start_step, num_steps, device
     totals = torch.zeros(4, device=device)  # running sums of loss, acc, pos_sim, neg_sim
     bar = tqdm(total=num_steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
     autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext())
+    queue = getattr(model, "module", model).queue  # under DDP, the MoCo module's
     for i, ((x_q, x_k), _) in enumerate(loader):
         if i == num_steps:
             break
@@ -130,9 +131,9 @@ def train_one_epoch(model, loader, optimizer, lrs, start_step, num_steps, device
         stats = torch.stack([out.loss.detach(), out.acc, out.pos_sim, out.neg_sim])
         totals += stats
         if (step + 1) % cfg.log_every == 0 or i == num_steps - 1:
-            # The global batch's means; the queue (and its ages) is the same on every rank.
+            # The global batch's means; the queue (and its key ages, read only here) is the same on every rank.
             loss, acc, pos, neg, age, oldest, random_keys = dist_.all_reduce_mean(
-                torch.cat([stats, out.queue_age])).tolist()
+                torch.cat([stats, queue.age_stats()])).tolist()
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss} at step {step + 1}: lower lr, or use "
                                          f"precision='fp32'; checkpoint_last.pt holds the last good epoch")
