@@ -104,7 +104,7 @@ class Config:
 
         Under torchrun the launcher decides, and this is not used.
         """
-        return self.gpus if self.gpus > 1 else (self.processes if self.gpus == 0 else 1)
+        return world_size_of(self.gpus, self.processes)
 
     @property
     def views_per_step(self) -> int:
@@ -187,11 +187,26 @@ def _check_types(cfg: Config) -> None:
             raise ConfigError(f"{f.name} must be {kind.__name__}, got {type(value).__name__} {value!r}")
 
 
-def _check_values(cfg: Config) -> None:
-    def need(ok: bool, message: str):
-        if not ok:
-            raise ConfigError(message)
+def need(ok: bool, message: str) -> None:
+    """Raise ConfigError(message) unless ok: a config check, its message naming the fix."""
+    if not ok:
+        raise ConfigError(message)
 
+
+def world_size_of(gpus: int, processes: int) -> int:
+    """Processes of a run launched from Python: one per GPU (gpus > 1), `processes` on the CPU (gpus = 0)."""
+    return gpus if gpus > 1 else (processes if gpus == 0 else 1)
+
+
+def check_processes(gpus: int, processes: int) -> None:
+    """The gpus / processes pair of a pretraining or fine-tuning config."""
+    need(gpus >= -1, f"gpus must be -1 (auto), 0 (CPU) or a GPU count, got {gpus}")
+    need(processes >= 1, f"processes must be >= 1, got {processes}")
+    need(processes == 1 or gpus == 0,
+         f"processes={processes} is for CPU runs (gpus=0); on GPUs set gpus to the number of GPUs")
+
+
+def _check_values(cfg: Config) -> None:
     for name in ("dim", "K", "epochs", "batch_size", "image_size", "bn_splits", "knn_k", "log_every"):
         need(getattr(cfg, name) > 0, f"{name} must be positive, got {getattr(cfg, name)}")
     for name in ("train_subset", "workers", "warmup_epochs", "steps_per_epoch", "knn_every",
@@ -200,7 +215,6 @@ def _check_values(cfg: Config) -> None:
     need(0.0 <= cfg.m <= 1.0, f"m must lie in [0, 1], got {cfg.m}")
     need(cfg.T > 0 and cfg.knn_t > 0, f"temperatures must be positive, got T={cfg.T}, knn_t={cfg.knn_t}")
     need(cfg.lr > 0, f"lr must be positive, got {cfg.lr}")
-    need(cfg.gpus >= -1, f"gpus must be -1 (auto), 0 (CPU) or a GPU count, got {cfg.gpus}")
     need(cfg.warmup_epochs < cfg.epochs or cfg.warmup_epochs == 0,
          f"warmup_epochs={cfg.warmup_epochs} must be shorter than epochs={cfg.epochs}")
     keys_per_step = cfg.batch_size * cfg.views_per_step
@@ -210,9 +224,7 @@ def _check_values(cfg: Config) -> None:
          f"pointer always wraps to 0; e.g. K={max(1, cfg.K // keys_per_step) * keys_per_step}")
     need(cfg.batch_size % cfg.bn_splits == 0,
          f"batch_size={cfg.batch_size} must be divisible by bn_splits={cfg.bn_splits}")
-    need(cfg.processes >= 1, f"processes must be >= 1, got {cfg.processes}")
-    need(cfg.processes == 1 or cfg.gpus == 0,
-         f"processes={cfg.processes} is for CPU runs (gpus=0); on GPUs set gpus to the number of GPUs")
+    check_processes(cfg.gpus, cfg.processes)
     check_world(cfg, cfg.world_size)
 
 

@@ -39,7 +39,7 @@ from torch.utils.data import Subset
 
 from .. import checkpoint as ckpt
 from .. import distributed as dist_
-from ..config import ConfigError
+from ..config import ConfigError, check_processes, need, world_size_of
 from ..runlog import code_version, write_csv
 from . import finetune, models
 from .datasets import COCODetection, VOCDetection, VOCSegmentation
@@ -73,13 +73,9 @@ class TransferConfig:
     resume: bool = False
 
     def __post_init__(self):
-        need = _need  # every check below raises ConfigError with its message
         need(self.task in TASKS, f"task={self.task!r}: choose one of {', '.join(TASKS)}")
         need(self.preset in finetune.PRESETS, f"preset={self.preset!r}: choose one of {', '.join(finetune.PRESETS)}")
-        need(self.gpus >= -1, f"gpus must be -1 (auto), 0 (CPU) or a GPU count, got {self.gpus}")
-        need(self.processes >= 1, f"processes must be >= 1, got {self.processes}")
-        need(self.processes == 1 or self.gpus == 0,
-             f"processes={self.processes} is for CPU runs (gpus=0); on GPUs set gpus to the number of GPUs")
+        check_processes(self.gpus, self.processes)
         need(self.schedule.batch_size % self.world_size == 0,
              f"batch_size={self.schedule.batch_size} does not split over {self.world_size} processes; "
              f"use a multiple of {self.world_size}")
@@ -89,7 +85,7 @@ class TransferConfig:
 
     @property
     def world_size(self) -> int:
-        return self.gpus if self.gpus > 1 else (self.processes if self.gpus == 0 else 1)
+        return world_size_of(self.gpus, self.processes)
 
     @property
     def schedule(self) -> finetune.Schedule:
@@ -99,11 +95,6 @@ class TransferConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _need(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
 
 
 @dataclass
@@ -200,10 +191,7 @@ def preflight(cfg: TransferConfig):
     saved = ckpt.load_checkpoint(last) if cfg.resume else None
     if saved is not None and saved["config"]["task"] != cfg.task:
         raise ConfigError(f"{last} is a {saved['config']['task']} run, not {cfg.task}; use another output_dir")
-    device = resolve_device(cfg.gpus)
-    if cfg.sync_bn and cfg.world_size > 1 and device.type != "cuda":
-        raise ConfigError("sync_bn=True needs GPUs (SyncBatchNorm runs on CUDA only); pass sync_bn=False")
-    return device, saved
+    return resolve_device(cfg.gpus), saved
 
 
 def transfer_worker(cfg: TransferConfig, progress: bool = True, echo: bool = True) -> TransferRun:
@@ -216,9 +204,9 @@ def transfer_worker(cfg: TransferConfig, progress: bool = True, echo: bool = Tru
     main = rank == 0
     out = Path(cfg.output_dir)
     schedule = cfg.schedule
-    _need(schedule.batch_size % world == 0,  # under torchrun the world comes from the launcher
+    need(schedule.batch_size % world == 0,  # under torchrun the world comes from the launcher
           f"batch_size={schedule.batch_size} does not split over {world} processes; use a multiple of {world}")
-    _need(not (world > 1 and cfg.sync_bn and device.type != "cuda"),
+    need(not (world > 1 and cfg.sync_bn and device.type != "cuda"),
           "sync_bn=True needs GPUs (SyncBatchNorm runs on CUDA only); pass sync_bn=False")
 
     train_set, test_set = datasets(cfg)  # a wrong layout fails before the model is built
