@@ -1,7 +1,7 @@
 """MoCo v2: query encoder, momentum key encoder, queue of negatives, InfoNCE.
 
 In the spirit of facebookresearch/moco's `builder.py`. One training step,
-in the official order (PROTOCOLS.md section 1):
+in the official order (docs/protocols.md section 1):
 
   1. momentum update of the key encoder from the query weights of the
      previous optimiser step:  theta_k = m * theta_k + (1 - m) * theta_q
@@ -79,11 +79,11 @@ class MoCo(nn.Module):
         """Normalised keys of images x (N x C), with shuffle BN when enabled."""
         if self.shuffle_bn:
             x, unshuffle = batch_shuffle(x)
-        k = F.normalize(self.encoder_k(x).float(), dim=1)  # k: N x C, fp32 even under autocast
+        k = F.normalize(self.encoder_k(x).to(self.queue.keys.dtype), dim=1)  # k: N x C, fp32 under autocast
         return batch_unshuffle(k, unshuffle) if self.shuffle_bn else k
 
     def contrastive_loss(self, x_q: torch.Tensor, x_k: torch.Tensor):
-        q = F.normalize(self.encoder_q(x_q).float(), dim=1)  # q: N x C
+        q = F.normalize(self.encoder_q(x_q).to(self.queue.keys.dtype), dim=1)  # q: N x C, fp32 like the queue
         k = self.encode_keys(x_k)  # k: N x C
         # A detached copy: enqueue() overwrites the queue before backward needs it. The logits stay fp32
         # under autocast: a bf16 cosine is off by ~4e-3, i.e. ~0.04 in a logit at T = 0.1.

@@ -1,73 +1,79 @@
-"""A transcription of the official single-GPU MoCo demo model (facebookresearch/moco,
-colab/moco_cifar10_demo.ipynb, ModelMoCo), kept literal on purpose: the
-reference that tests/test_moco.py compares mocolab.moco.MoCo against.
-Differences from the original: CPU instead of .cuda(), and the encoders are passed in.
+"""An independent reference for one MoCo training step, written for this project from the method's definition.
+
+What it follows is the MoCo papers' description of a step (v1 section 3 and its
+Algorithm 1, v2's changes; docs/protocols.md section 1), in plain words:
+
+  - the key encoder's parameters move towards the query encoder's:
+    each key parameter becomes m times itself plus (1 - m) times the query one;
+  - every query and key is an encoder output divided by its Euclidean length;
+  - keys are computed without gradient, from the key images put through the key
+    encoder in a shuffled order (shuffle BN), and put back in the original order;
+  - for every query, the logits are its dot product with its own key, followed by
+    its dot products with every key in the queue, all divided by T; the loss is
+    minus the log of the softmax probability of the first logit, averaged over the batch;
+  - with the symmetric variant, each of the two views acts once as query and once
+    as key, and the two losses are added;
+  - afterwards the new keys replace the oldest keys of the queue.
+
+It is deliberately naive and shares no code with mocolab/moco.py: the queue is
+a Python list with an integer pointer, dot products are taken one pair at a
+time, the softmax is written out. It only ever runs on tiny batches in tests.
 """
 import torch
-import torch.nn as nn
 
 
-class ModelMoCo(nn.Module):
-    def __init__(self, encoder_q, encoder_k, dim=128, K=4096, m=0.99, T=0.1, symmetric=True):
-        super().__init__()
-        self.K, self.m, self.T, self.symmetric = K, m, T, symmetric
+def unit(v: torch.Tensor) -> torch.Tensor:
+    """v divided by its Euclidean length."""
+    return v / torch.sqrt(sum(x * x for x in v))
+
+
+class NaiveMoCo:
+    """The reference step around two given encoders and a given initial queue (a list of K key vectors)."""
+
+    def __init__(self, encoder_q, encoder_k, initial_queue: list, m: float, T: float, symmetric: bool):
         self.encoder_q, self.encoder_k = encoder_q, encoder_k
-        for param_q, param_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
-            param_k.data.copy_(param_q.data)  # initialize
-            param_k.requires_grad = False  # not update by gradient
-        self.register_buffer("queue", torch.randn(dim, K))
-        self.queue = nn.functional.normalize(self.queue, dim=0)
-        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        self.queue = [key.clone() for key in initial_queue]  # K keys; slot `pointer` is the oldest
+        self.pointer = 0
+        self.m, self.T, self.symmetric = m, T, symmetric
 
-    @torch.no_grad()
-    def _momentum_update_key_encoder(self):
-        for param_q, param_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
-            param_k.data = param_k.data * self.m + param_q.data * (1. - self.m)
+    def follow_query_encoder(self) -> None:
+        with torch.no_grad():
+            for key_param, query_param in zip(self.encoder_k.parameters(), self.encoder_q.parameters()):
+                key_param.copy_(self.m * key_param + (1 - self.m) * query_param)
 
-    @torch.no_grad()
-    def _dequeue_and_enqueue(self, keys):
-        batch_size = keys.shape[0]
-        ptr = int(self.queue_ptr)
-        assert self.K % batch_size == 0  # for simplicity
-        self.queue[:, ptr:ptr + batch_size] = keys.t()  # transpose
-        ptr = (ptr + batch_size) % self.K  # move pointer
-        self.queue_ptr[0] = ptr
+    def keys_of(self, images: torch.Tensor) -> list:
+        """Unit keys of `images`, encoded in a random order drawn from torch's global generator."""
+        order = torch.randperm(len(images)).tolist()
+        with torch.no_grad():
+            encoded = self.encoder_k(images[order])
+        keys = [None] * len(images)
+        for row, image_index in enumerate(order):  # put each key back at its own image's place
+            keys[image_index] = unit(encoded[row])
+        return keys
 
-    @torch.no_grad()
-    def _batch_shuffle_single_gpu(self, x):
-        idx_shuffle = torch.randperm(x.shape[0])
-        idx_unshuffle = torch.argsort(idx_shuffle)
-        return x[idx_shuffle], idx_unshuffle
+    def loss(self, query_images: torch.Tensor, key_images: torch.Tensor) -> tuple:
+        """(mean InfoNCE loss of the batch, its keys), against the queue as it is now."""
+        queries = [unit(row) for row in self.encoder_q(query_images)]
+        keys = self.keys_of(key_images)
+        total = 0.0
+        for q, k in zip(queries, keys):
+            logits = [torch.dot(q, k) / self.T] + [torch.dot(q, negative) / self.T for negative in self.queue]
+            top = max(float(z) for z in logits)  # subtracted inside the exponentials, for stability only
+            normaliser = sum(torch.exp(z - top) for z in logits)
+            total = total - (logits[0] - top - torch.log(normaliser))
+        return total / len(queries), keys
 
-    @torch.no_grad()
-    def _batch_unshuffle_single_gpu(self, x, idx_unshuffle):
-        return x[idx_unshuffle]
-
-    def contrastive_loss(self, im_q, im_k):
-        q = self.encoder_q(im_q)  # queries: NxC
-        q = nn.functional.normalize(q, dim=1)  # already normalized
-        with torch.no_grad():  # no gradient to keys
-            im_k_, idx_unshuffle = self._batch_shuffle_single_gpu(im_k)
-            k = self.encoder_k(im_k_)  # keys: NxC
-            k = nn.functional.normalize(k, dim=1)  # already normalized
-            k = self._batch_unshuffle_single_gpu(k, idx_unshuffle)
-        l_pos = torch.einsum('nc,nc->n', [q, k]).unsqueeze(-1)
-        l_neg = torch.einsum('nc,ck->nk', [q, self.queue.clone().detach()])
-        logits = torch.cat([l_pos, l_neg], dim=1)
-        logits /= self.T
-        labels = torch.zeros(logits.shape[0], dtype=torch.long)
-        loss = nn.CrossEntropyLoss()(logits, labels)
-        return loss, q, k
-
-    def forward(self, im1, im2):
-        with torch.no_grad():  # no gradient to keys
-            self._momentum_update_key_encoder()
-        if self.symmetric:  # asymmetric loss
-            loss_12, q1, k2 = self.contrastive_loss(im1, im2)
-            loss_21, q2, k1 = self.contrastive_loss(im2, im1)
-            loss = loss_12 + loss_21
-            k = torch.cat([k1, k2], dim=0)
-        else:  # asymmetric loss
-            loss, q, k = self.contrastive_loss(im1, im2)
-        self._dequeue_and_enqueue(k)
+    def step(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        """One MoCo step's loss (to backpropagate); the queue has taken the new keys afterwards."""
+        self.follow_query_encoder()
+        if self.symmetric:
+            loss_12, keys_of_x2 = self.loss(x1, x2)
+            loss_21, keys_of_x1 = self.loss(x2, x1)
+            loss, new_keys = loss_12 + loss_21, keys_of_x1 + keys_of_x2
+        else:
+            loss, new_keys = self.loss(x1, x2)
+        for key in new_keys:
+            self.queue[self.pointer] = key.detach().clone()
+            self.pointer = (self.pointer + 1) % len(self.queue)
         return loss
+

@@ -1,4 +1,4 @@
-"""MoCo against references: the hand-computed InfoNCE, chance level, the official demo model."""
+"""MoCo against references: the hand-computed InfoNCE, chance level, an independent naive MoCo step."""
 import copy
 import math
 
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mocolab import MoCo, build_encoder, info_nce
 from mocolab.distributed import batch_shuffle, batch_unshuffle
 from mocolab.queue import KeyQueue
-from reference_moco import ModelMoCo
+from reference_moco import NaiveMoCo
 
 
 def small_moco(**kw):
@@ -153,29 +153,34 @@ def test_symmetric_loss_sums_both_directions_and_enqueues_both_key_batches():
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
-def test_matches_the_official_demo_model(symmetric):
-    """Same weights, inputs and shuffles: the loss trajectory and queue equal the official code's."""
-    ours = small_moco(symmetric=symmetric, bn_splits=4)
-    ref = ModelMoCo(copy.deepcopy(ours.encoder_q), copy.deepcopy(ours.encoder_k), dim=16, K=32, m=0.9,
+def test_matches_an_independent_naive_step_in_float64(symmetric):
+    """Same weights, inputs and shuffles, in float64: over 3 SGD steps the losses, the queue and its pointer
+    equal those of tests/reference_moco.py (written from the method's definition), with split BN (4 groups)
+    and shuffle BN."""
+    ours = small_moco(symmetric=symmetric, bn_splits=4).double()
+    ref = NaiveMoCo(copy.deepcopy(ours.encoder_q), copy.deepcopy(ours.encoder_k), list(ours.queue.keys), m=0.9,
                     T=0.1, symmetric=symmetric)
-    ref.queue.copy_(ours.queue.keys.T)
     opt_ours = torch.optim.SGD(ours.encoder_q.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    opt_ref = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    opt_ref = torch.optim.SGD(ref.encoder_q.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     for step in range(3):
-        x1, x2 = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
+        x1, x2 = torch.randn(8, 3, 16, 16, dtype=torch.float64), torch.randn(8, 3, 16, 16, dtype=torch.float64)
         torch.manual_seed(100 + step)  # the same shuffle permutations in both
         loss_ours = ours(x1, x2).loss
         opt_ours.zero_grad()
         loss_ours.backward()
         opt_ours.step()
         torch.manual_seed(100 + step)
-        loss_ref = ref(x1, x2)
+        loss_ref = ref.step(x1, x2)
         opt_ref.zero_grad()
         loss_ref.backward()
         opt_ref.step()
-        assert loss_ours.item() == pytest.approx(loss_ref.item(), rel=1e-4, abs=1e-5)
-        assert torch.allclose(ours.queue.keys.T, ref.queue, atol=1e-4)
-        assert ours.queue.ptr.item() == ref.queue_ptr.item()
+        assert loss_ours.item() == pytest.approx(loss_ref.item(), rel=1e-12)
+        assert torch.allclose(ours.queue.keys, torch.stack(ref.queue), rtol=0, atol=1e-12)
+        assert ours.queue.ptr.item() == ref.pointer == (step + 1) * 8 * (2 if symmetric else 1) % 32
+    for (name, a), b in zip(ours.encoder_q.named_parameters(), ref.encoder_q.parameters()):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12), name  # the gradients agreed too
+    for (name, a), b in zip(ours.encoder_k.named_parameters(), ref.encoder_k.parameters()):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12), name
 
 
 def test_bf16_autocast_keeps_the_loss_of_fp32_and_an_fp32_queue():
