@@ -3,8 +3,10 @@
     python benchmarks/embedding_time.py --checkpoint runs/demo/checkpoint_last.pt --data-root /path/to/cifar10
 
 Extracts (and caches) avgpool features of --points test images, then times
-`project_2d` in a fresh process: UMAP's first call includes numba's
-compilation, so it is timed twice (cold, then warm); t-SNE once.
+`project_2d` in this process. The neighbour graph comes from torch either way;
+UMAP's first call still includes numba compiling its layout optimisation, so
+UMAP is timed twice (cold, then warm, in the same process); t-SNE once. Run it
+in a fresh process to see the cold time a notebook's first map pays.
 """
 import argparse
 import time
@@ -26,7 +28,7 @@ def main():
     args = parser.parse_args()
     encoder, identity = load_encoder(args.checkpoint)
     transform = augment.eval_transform(32, *augment.normalisation("cifar"))
-    ds = seeded_subset(load_split("imagefolder", args.data_root, "test", transform), args.points, seed=0)
+    ds = seeded_subset(load_split("imagefolder", args.data_root, "test", transform), args.points, 0)
     tic = time.perf_counter()
     feats, _ = cached_features(encoder, identity, ds, f"cifar10:{args.data_root}:test", (args.layer,),
                                args.cache_dir, workers=2)

@@ -14,7 +14,8 @@ import time
 import torch
 
 import mocolab
-from mocolab.train import build_optimizer, resolve_device, resolve_precision
+from mocolab.device import resolve_device, resolve_precision
+from mocolab.train import build_optimizer
 
 
 def main():

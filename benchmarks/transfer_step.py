@@ -4,8 +4,11 @@ One process stands for one GPU of the reference's 8: it takes 2 of the 16 images
 of an iteration (detection: synthetic 500 x 375 VOC-like or 640 x 480 COCO-like
 images with a few boxes, resized by the model to the preset's multi-scale short
 side; segmentation: 512 x 512 crops). The estimate of a whole row is
-s/iteration x the preset's iterations, as if 8 such devices ran in parallel and
-DDP's gradient all-reduce were free (it overlaps the backward pass).
+s/iteration x the preset's iterations, as if 8 such devices ran in parallel
+with no communication: it leaves out SyncBatchNorm's (an all-reduce of every
+BN layer's statistics in the forward pass and of their gradients in the
+backward pass, which nothing overlaps) and DDP's gradient all-reduce (which
+mostly overlaps the backward pass). So it is a lower bound.
 
     python benchmarks/transfer_step.py --device cuda --iterations 20
     python benchmarks/transfer_step.py --rows voc_detection --iterations 2   # a CPU
@@ -83,6 +86,7 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; {args.per_gpu} images per iteration; {args.iterations} timed iterations\n")
+    print("SyncBatchNorm and DDP communication are not included: the row times are lower bounds.\n")
     print("| row | model | s/iteration | preset iterations | estimated row time on 8 such devices |")
     print("|---|---|---|---|---|")
     for row in args.rows:

@@ -2,8 +2,8 @@
 from .config import PRESETS, Config, ConfigError, make_config
 from .moco import MoCo, MoCoOutput, info_nce
 from .models import SplitBatchNorm, build_encoder
-from .launch import load_run
-from .train import Run, build_model, lr_schedule, pretrain
+from .runlog import Run
+from .train import build_model, load_run, lr_schedule, pretrain
 
 __version__ = "0.1.0"
 __all__ = ["PRESETS", "Config", "ConfigError", "make_config", "MoCo", "MoCoOutput", "info_nce",

@@ -9,20 +9,10 @@ runs this and joins the process group; launched by hand with gpus > 1 it
 starts the processes itself, like the notebook.
 """
 import argparse
-import ast
 
 from .config import PRESETS, make_config
+from .settings import parse_override
 from .train import pretrain
-
-
-def parse_override(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise SystemExit(f"override {text!r} is not of the form key=value")
-    key, value = text.split("=", 1)
-    try:
-        return key, ast.literal_eval(value)  # numbers, True/False, quoted strings
-    except (ValueError, SyntaxError):
-        return key, value  # a bare word or path
 
 
 def main(argv=None) -> None:

@@ -1,9 +1,11 @@
 """Checkpoints: everything needed to continue a run exactly, written atomically.
 
-A checkpoint holds the MoCo module (both encoders, the queue and its pointer),
-the optimiser, the epoch and step reached, the RNG states, the config and the
-metric history. It is written to a temporary file and renamed into place, so a
-crash while saving leaves the previous checkpoint intact.
+A pretraining checkpoint holds the MoCo module (both encoders, the queue and
+its pointer), the optimiser, the epoch reached, the RNG states, the config and
+the metric history; a fine-tuning checkpoint the model, optimiser, iteration
+and logged rows. Each records its `kind`. A checkpoint is written to a
+temporary file and renamed into place, so a crash while saving leaves the
+previous checkpoint intact.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 
 # Config fields that define the shapes of the saved tensors: a resume must match them.
 MODEL_FIELDS = ("arch", "cifar_stem", "head", "dim", "K")
+KINDS = ("pretraining", "fine-tuning")
 
 
 class CheckpointError(RuntimeError):
@@ -52,14 +55,37 @@ def load_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint on the CPU; a clear error when it is absent or unreadable."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}: nothing to resume. Start the run with "
-                              f"resume=False, or point output_dir at the run to continue.")
+        raise CheckpointError(f"no checkpoint at {path.resolve()}")
     try:
         # weights_only=False: the checkpoint holds numpy and Python RNG states, not just tensors.
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
         raise CheckpointError(f"checkpoint {path} cannot be read ({err}); it may be truncated. "
                               f"checkpoint_NNNN.pt files beside it are earlier copies.") from err
+
+
+def kind_of(state: dict) -> str | None:
+    """"pretraining" or "fine-tuning" (checkpoints written before `kind` was saved are recognised by
+    their config: a fine-tuning config names a task, a pretraining one a queue size K), or None."""
+    if not isinstance(state, dict):
+        return None
+    if state.get("kind") in KINDS:
+        return state["kind"]
+    config = state.get("config")
+    if "model" not in state or not isinstance(config, dict):
+        return None
+    return "fine-tuning" if "task" in config else "pretraining" if "K" in config else None
+
+
+def load_pretraining(path: str | Path) -> dict:
+    """A pretraining checkpoint, or a CheckpointError that says what the file is instead."""
+    state = load_checkpoint(path)
+    kind = kind_of(state)
+    if kind != "pretraining":
+        what = f"a {kind} checkpoint" if kind else "not a mocolab checkpoint (no model, config and epoch)"
+        raise CheckpointError(f"{path} is {what}; pass the checkpoint_last.pt of a pretraining run "
+                              f"(notebook 02 or `python -m mocolab`)")
+    return state
 
 
 def check_compatible(saved_config: dict, config: dict, path) -> None:

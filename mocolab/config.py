@@ -1,6 +1,6 @@
 """One frozen configuration for a MoCo pretraining run, and its presets.
 
-The field defaults are the official CIFAR-10 demo recipe (PROTOCOLS.md section 1,
+The field defaults are the official CIFAR-10 demo recipe (docs/protocols.md section 1,
 "CIFAR-10 demo recipe"); the `imagenet_mocov2` preset lists every field in which
 the ImageNet recipe (resnet50_8xb32-coslr-200e) differs. One recipe lives in one
 place: to see what a run used, read its `config.json`.
@@ -14,15 +14,13 @@ work starts.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import os
-import typing
 from dataclasses import dataclass
 from typing import Literal
 
+from . import settings
+from .settings import ConfigError, need
 
-class ConfigError(ValueError):
-    """A configuration value is unknown, of the wrong type or inconsistent."""
+__all__ = ["PRESETS", "Config", "ConfigError", "make_config", "config_from_dict", "need"]
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,7 @@ class Config:
     knn_every: int = 1  # epochs between kNN passes; 0: never
     knn_k: int = 200
     knn_t: float = 0.1
-    knn_feature: Literal["head", "backbone"] = "head"  # 128-d head output or pooled backbone
+    knn_feature: Literal["head", "avgpool"] = "head"  # 128-d head output, or the backbone's global average pool
     knn_bank_size: int = 0  # seeded subset of the train split used as the bank; 0: all
     knn_test_size: int = 0  # seeded subset of the test split; 0: all
 
@@ -91,8 +89,10 @@ class Config:
     resume: bool = False  # continue from output_dir/checkpoint_last.pt
     preset: str = "cifar10_demo"  # recorded for reference; set by make_config
 
+    label = "config"  # in error messages: "unknown config key ..."
+
     def __post_init__(self):
-        _check_types(self)
+        settings.check_fields(self)
         _check_values(self)
 
     def to_dict(self) -> dict:
@@ -113,7 +113,7 @@ class Config:
 
 
 # Every field in which the ImageNet recipe differs from the demo defaults
-# (PROTOCOLS.md section 1, "ImageNet recipe").
+# (docs/protocols.md section 1, "ImageNet recipe").
 PRESETS: dict[str, dict] = {
     "cifar10_demo": {},
     "imagenet_mocov2": dict(
@@ -134,7 +134,7 @@ PRESETS: dict[str, dict] = {
         weight_decay=1e-4,
         knn_every=10,
         knn_t=0.07,  # the kNN protocol's T for ImageNet (k=200: 52.5 for MoCo v2 200 ep)
-        knn_feature="backbone",
+        knn_feature="avgpool",
         workers=16,
     ),
 }
@@ -148,50 +148,25 @@ def make_config(preset: str = "cifar10_demo", **overrides) -> Config:
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    values = {**PRESETS[preset], "preset": preset}
-    names = {f.name for f in dataclasses.fields(Config)}
-    for key, value in overrides.items():
-        if key not in names:
-            hint = difflib.get_close_matches(key, names, n=1)
-            raise ConfigError(f"unknown config key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
-        if value is not None:
-            values[key] = value
-    return Config(**values)
+    return settings.build(Config, {**PRESETS[preset], "preset": preset}, overrides)
+
+
+# Values that older mocolab versions saved and that now have another name: (field, old) -> new.
+RENAMED_VALUES = {("knn_feature", "backbone"): "avgpool"}
 
 
 def config_from_dict(values: dict) -> Config:
-    """Rebuild a Config saved by `Config.to_dict` (in config.json or a checkpoint)."""
-    names = {f.name for f in dataclasses.fields(Config)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"saved config has keys this mocolab does not know: {unknown}")
-    return Config(**values)
+    """Rebuild a Config saved by `Config.to_dict` (in config.json or a checkpoint).
+
+    Values renamed since (RENAMED_VALUES) are translated, so older checkpoints still load.
+    """
+    values = {k: RENAMED_VALUES.get((k, v), v) if isinstance(v, str) else v for k, v in values.items()}
+    return settings.from_dict(Config, values)
 
 
 # ----------------------------------------------------------------------------
 # Validation
 # ----------------------------------------------------------------------------
-
-def _check_types(cfg: Config) -> None:
-    hints = typing.get_type_hints(Config)
-    for f in dataclasses.fields(cfg):
-        value, kind = getattr(cfg, f.name), hints[f.name]
-        if typing.get_origin(kind) is Literal:
-            if value not in typing.get_args(kind):
-                raise ConfigError(f"{f.name}={value!r} is not one of {list(typing.get_args(kind))}")
-        elif kind is str and isinstance(value, os.PathLike):
-            object.__setattr__(cfg, f.name, os.fspath(value))
-        elif kind is float and isinstance(value, int) and not isinstance(value, bool):
-            object.__setattr__(cfg, f.name, float(value))
-        elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(f"{f.name} must be {kind.__name__}, got {type(value).__name__} {value!r}")
-
-
-def need(ok: bool, message: str) -> None:
-    """Raise ConfigError(message) unless ok: a config check, its message naming the fix."""
-    if not ok:
-        raise ConfigError(message)
-
 
 def world_size_of(gpus: int, processes: int) -> int:
     """Processes of a run launched from Python: one per GPU (gpus > 1), `processes` on the CPU (gpus = 0)."""

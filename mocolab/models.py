@@ -1,6 +1,6 @@
 """Encoders for MoCo: a torchvision ResNet backbone, a projection head, split BN.
 
-PROTOCOLS.md section 1: ResNet-50 with the v2 MLP head (Linear-ReLU-Linear)
+docs/protocols.md section 1: ResNet-50 with the v2 MLP head (Linear-ReLU-Linear)
 for ImageNet; ResNet-18 with the CIFAR stem (conv1 3x3 stride 1, no max-pool)
 and one Linear head for the CIFAR-10 demo; split BatchNorm to simulate
 per-GPU BN statistics on one device.

@@ -1,7 +1,8 @@
 """Interactive explorers for JupyterLab (ipywidgets).
 
-`AugmentationExplorer` puts every parameter of MoCo v2's aug+ on a slider and
-redraws the views in place. The random draws stay fixed while a slider moves
+`AugmentationExplorer` puts every parameter of an augmentation recipe (aug+
+by default; augment.recipes) on a slider, starting at the recipe's values,
+and redraws the views in place. The random draws stay fixed while a slider moves
 (same seed), so what changes in the figure is the parameter's effect alone;
 "new views" draws again. Displayed where widgets cannot run (papermill, a static
 viewer), it shows the figure for its current values as a plain PNG.
@@ -9,39 +10,54 @@ viewer), it shows the figure for its current values as a plain PNG.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 
 import ipywidgets as W
 import matplotlib.pyplot as plt
 
-from .augment import aug_plus
+from .augment import RECIPES, Recipe, pipeline
 from .viz.augmentation import plot_views
 
-# Slider ranges; the values start at the recipe's (aug_plus' keyword defaults).
 _RANGE = dict(step=0.05, continuous_update=False, style={"description_width": "11em"},
               layout=W.Layout(width="30em"))
 
 
-class AugmentationExplorer:
-    """Sliders for aug+ (crop scale, jitter strengths and probability, grayscale, blur) over a few images.
+def _sliders(r: Recipe) -> dict:
+    """A slider for every parameter of the recipe's operations, starting at the recipe's value."""
+    b, c, s, h = r.jitter
+    sliders = {"crop_scale": W.FloatRangeSlider(value=r.crop_scale, min=0.02, max=1.0, description="crop scale",
+                                                **_RANGE)}
+    if "jitter" in r.order:
+        sliders.update(
+            brightness=W.FloatSlider(value=b, min=0, max=1, description="brightness", **_RANGE),
+            contrast=W.FloatSlider(value=c, min=0, max=1, description="contrast", **_RANGE),
+            saturation=W.FloatSlider(value=s, min=0, max=1, description="saturation", **_RANGE),
+            hue=W.FloatSlider(value=h, min=0, max=0.5, description="hue", **_RANGE),
+            jitter_p=W.FloatSlider(value=r.jitter_p, min=0, max=1, description="jitter probability", **_RANGE))
+    if "gray" in r.order:
+        sliders["gray_p"] = W.FloatSlider(value=r.gray_p, min=0, max=1, description="grayscale probability",
+                                          **_RANGE)
+    if "blur" in r.order:
+        sliders["blur_p"] = W.FloatSlider(value=r.blur_p, min=0, max=1, description="blur probability", **_RANGE)
+        sliders["blur_sigma"] = W.FloatRangeSlider(value=r.blur_sigma, min=0.1, max=5.0, description="blur sigma",
+                                                   **_RANGE)
+    return sliders
 
-    images: PIL images (e.g. from `data.load_split(..., transform=None)`); size: crop size in pixels.
+
+class AugmentationExplorer:
+    """Sliders for a recipe (crop scale, jitter strengths and probability, grayscale, blur) over a few images.
+
+    images: PIL images (e.g. from `data.load_split(..., transform=None)`); size: crop size in pixels;
+    recipe: "aug_plus", "v1" or "cifar" (augment.RECIPES), whose values the sliders start at.
     """
 
-    def __init__(self, images: list, size: int = 224, views: int = 4, seed: int = 0):
+    def __init__(self, images: list, size: int = 224, views: int = 4, seed: int = 0, recipe: str = "aug_plus"):
         self.images, self.size, self.views, self.seed = list(images), size, views, seed
-        self.controls = {
-            "crop_scale": W.FloatRangeSlider(value=(0.2, 1.0), min=0.02, max=1.0, description="crop scale", **_RANGE),
-            "brightness": W.FloatSlider(value=0.4, min=0, max=1, description="brightness", **_RANGE),
-            "contrast": W.FloatSlider(value=0.4, min=0, max=1, description="contrast", **_RANGE),
-            "saturation": W.FloatSlider(value=0.4, min=0, max=1, description="saturation", **_RANGE),
-            "hue": W.FloatSlider(value=0.1, min=0, max=0.5, description="hue", **_RANGE),
-            "jitter_p": W.FloatSlider(value=0.8, min=0, max=1, description="jitter probability", **_RANGE),
-            "gray_p": W.FloatSlider(value=0.2, min=0, max=1, description="grayscale probability", **_RANGE),
-            "blur_p": W.FloatSlider(value=0.5, min=0, max=1, description="blur probability", **_RANGE),
-            "blur_sigma": W.FloatRangeSlider(value=(0.1, 2.0), min=0.1, max=5.0, description="blur sigma",
-                                             **_RANGE),
-        }
+        if recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
+        self.recipe = RECIPES[recipe].at(size)
+        self.controls = _sliders(self.recipe)
         self.button = W.Button(description="new views", icon="refresh")
         self.image = W.Image(format="png")
         for control in self.controls.values():
@@ -51,14 +67,17 @@ class AugmentationExplorer:
         self.redraw()
 
     def params(self) -> dict:
-        """The keyword arguments of `augment.aug_plus` that the sliders set."""
+        """The Recipe fields that the sliders set."""
         c = {name: control.value for name, control in self.controls.items()}
-        return dict(crop_scale=c["crop_scale"], jitter=(c["brightness"], c["contrast"], c["saturation"], c["hue"]),
-                    jitter_p=c["jitter_p"], gray_p=c["gray_p"], blur_p=c["blur_p"], blur_sigma=c["blur_sigma"])
+        params = {"crop_scale": c["crop_scale"]}
+        if "brightness" in c:
+            params.update(jitter=(c["brightness"], c["contrast"], c["saturation"], c["hue"]), jitter_p=c["jitter_p"])
+        params.update({k: c[k] for k in ("gray_p", "blur_p", "blur_sigma") if k in c})
+        return params
 
     def transform(self):
-        """aug+ with the sliders' values, without normalisation (pixels in [0, 1] for display)."""
-        return aug_plus(self.size, normalize=False, **self.params())
+        """The recipe with the sliders' values, without normalisation (pixels in [0, 1] for display)."""
+        return pipeline(dataclasses.replace(self.recipe, **self.params()), normalize=False)
 
     def figure(self):
         """A matplotlib figure of the images and their views for the current values and seed."""

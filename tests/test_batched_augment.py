@@ -1,4 +1,6 @@
-"""The batched augmentations against the torchvision recipe: same distributions, same pixels for the same draws."""
+"""The batched augmentations against the torchvision pipelines: same distributions, same pixels for the same
+draws. The reference views are replayed from the torchvision pipeline object itself (its operations, their
+order and parameters), so a recipe drifting on either side fails here."""
 import math
 
 import numpy as np
@@ -7,9 +9,10 @@ import torch
 import torchvision.transforms as T
 import torchvision.transforms.v2.functional as TF
 from scipy import stats
+from torchvision.transforms import v2
 
-from mocolab import gpu_augment as G
-from mocolab.augment import blur_kernel
+from mocolab import augment
+from mocolab.augment import batched as G
 
 
 def torchvision_boxes(n, height, width, scale, ratio, seed=0):
@@ -46,7 +49,7 @@ def test_per_image_sizes_are_supported():
 
 
 def test_jitter_factors_order_and_coins_follow_the_recipe():
-    n, r = 24_000, G.recipe("aug_plus", 32)
+    n, r = 24_000, augment.recipe("aug_plus", 32)
     p = G.sample_params(r, n, 32, 32, torch.Generator().manual_seed(0))
     for k, (lo, hi) in enumerate([(0.6, 1.4), (0.6, 1.4), (0.6, 1.4), (-0.1, 0.1)]):
         assert stats.kstest(p["factors"][:, k].numpy(), stats.uniform(lo, hi - lo).cdf).pvalue > 1e-3
@@ -59,63 +62,103 @@ def test_jitter_factors_order_and_coins_follow_the_recipe():
         assert abs(rate - prob) < 4 * math.sqrt(prob * (1 - prob) / n), key
 
 
-def torchvision_view(image, p, i, r, recipe_name):
-    """One view by torchvision's functional ops, in the CPU recipe's order, with draw i of p."""
-    top, left, h, w = p["box"][i].tolist()
-    x = TF.resized_crop(image, top, left, h, w, [r.size, r.size], antialias=True)
-    ops = [lambda v, f: TF.adjust_brightness(v, f), lambda v, f: TF.adjust_contrast(v, f),
-           lambda v, f: TF.adjust_saturation(v, f), lambda v, f: TF.adjust_hue(v, f)]
-    if recipe_name == "cifar" and p["flip"][i]:  # the CIFAR recipe flips right after the crop
-        x = TF.horizontal_flip(x)
-    if r.gray_first and p["gray"][i]:
-        x = TF.rgb_to_grayscale(x, num_output_channels=3)
-    if p["jitter"][i]:
-        for k in p["order"][i].tolist():
-            x = ops[k](x, p["factors"][i, k].item())
-    if not r.gray_first and p["gray"][i]:
-        x = TF.rgb_to_grayscale(x, num_output_channels=3)
-    if r.blur_p and p["blur"][i]:
-        s = p["sigma"][i].item()
-        x = TF.gaussian_blur(x, [blur_kernel(r.size)] * 2, [s, s])
-    if recipe_name != "cifar" and p["flip"][i]:  # aug+ and v1 flip last
-        x = TF.horizontal_flip(x)
-    return x
+def replay(pipeline: v2.Compose, image: torch.Tensor, p: dict, i: int) -> tuple[torch.Tensor, dict]:
+    """View i of `image` ([0, 1] floats) by torchvision's functional ops, walking the pipeline's own
+    operations in its order with the coins and parameters of draw i of p. Also returns what the
+    pipeline says of each operation (probabilities, ranges) for comparison with the batched recipe."""
+    x, seen = image, {}
+    jitter_ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    for t in pipeline.transforms:
+        prob, inner = (t.p, t.transforms[0]) if isinstance(t, v2.RandomApply) else (getattr(t, "p", 1.0), t)
+        if isinstance(inner, v2.RandomResizedCrop):
+            seen["crop"] = (inner.size, tuple(inner.scale), tuple(inner.ratio))
+            top, left, h, w = p["box"][i].tolist()
+            x = TF.resized_crop(x, top, left, h, w, list(inner.size), antialias=True)
+        elif isinstance(inner, v2.RandomHorizontalFlip):
+            seen["flip"] = prob
+            x = TF.horizontal_flip(x) if p["flip"][i] else x
+        elif isinstance(inner, v2.RandomGrayscale):
+            seen["gray"] = prob
+            x = TF.rgb_to_grayscale(x, num_output_channels=3) if p["gray"][i] else x
+        elif isinstance(inner, v2.ColorJitter):
+            seen["jitter"] = (prob, inner.brightness, inner.contrast, inner.saturation, inner.hue)
+            if p["jitter"][i]:
+                for k in p["order"][i].tolist():
+                    x = jitter_ops[k](x, p["factors"][i, k].item())
+        elif isinstance(inner, v2.GaussianBlur):
+            seen["blur"] = (prob, tuple(inner.sigma), tuple(inner.kernel_size))
+            if p["blur"][i]:
+                s = p["sigma"][i].item()
+                x = TF.gaussian_blur(x, list(inner.kernel_size), [s, s])
+        elif isinstance(inner, v2.Normalize):
+            x = TF.normalize(x, inner.mean, inner.std)
+        elif not isinstance(inner, (v2.ToImage, v2.ToDtype)):
+            raise AssertionError(f"the test does not know {inner}")
+    return x, seen
 
 
-@pytest.mark.parametrize("select_with_where", [False, True], ids=["subsets (CPU)", "torch.where (GPU)"])
-@pytest.mark.parametrize("recipe_name,size,source", [("cifar", 32, 32), ("aug_plus", 32, 32), ("v1", 32, 32),
-                                                     ("aug_plus", 64, 48)])
-def test_views_equal_torchvisions_ops_given_the_same_draws(recipe_name, size, source, select_with_where,
-                                                           monkeypatch):
-    monkeypatch.setattr(G, "SELECT_WITH_WHERE", select_with_where)  # both ways of applying ops to some images
-    r = G.recipe(recipe_name, size)
+def flat(value) -> tuple:
+    """Nested numbers as one flat tuple, rounded so that 0.6 and 1 - 0.4 compare equal."""
+    if isinstance(value, (tuple, list)):
+        return tuple(x for v in value for x in flat(v))
+    return (round(float(value), 9),)
+
+
+def as_pipeline_says(r) -> dict:
+    """The batched recipe's parameters in the form replay() reads them off a torchvision pipeline."""
+    def interval(x, centre=1.0):
+        return (max(0.0, centre - x), centre + x) if centre else (-x, x)
+    out = {"crop": ((r.size, r.size), r.crop_scale, r.crop_ratio)}
+    if r.applies("flip"):
+        out["flip"] = r.flip_p
+    if r.applies("gray"):
+        out["gray"] = r.gray_p
+    if r.applies("jitter"):
+        b, c, s, h = r.jitter
+        out["jitter"] = (r.jitter_p, interval(b), interval(c), interval(s), interval(h, 0.0))
+    if r.applies("blur"):
+        out["blur"] = (r.blur_p, r.blur_sigma, (r.blur_kernel, r.blur_kernel))
+    return out
+
+
+@pytest.mark.parametrize("use_torch_where", [False, True], ids=["subsets (CPU)", "torch.where (GPU)"])
+@pytest.mark.parametrize("name", sorted(augment.RECIPES))
+@pytest.mark.parametrize("size,source", [(32, 32), (64, 48)])
+def test_every_recipe_built_both_ways_gives_the_same_views_for_the_same_draws(name, size, source, use_torch_where,
+                                                                             monkeypatch):
+    monkeypatch.setattr(G, "USE_TORCH_WHERE", use_torch_where)  # both ways of applying ops to some images
+    r = augment.recipe(name, size)
+    pipeline = augment.pretrain_transform(name, size)  # the torchvision reference, normalised
     images = torch.randint(0, 256, (24, 3, source, source), generator=torch.Generator().manual_seed(0),
                            dtype=torch.uint8)
     p = G.sample_params(r, 24, source, source, torch.Generator().manual_seed(3))
-    ours = G.apply_params(images, p, r, normalize=False)
+    ours = G.apply_params(images, p, r)
     for i in range(24):
-        ref = torchvision_view(images[i].float() / 255, p, i, r, recipe_name)
-        assert torch.allclose(ours[i], ref, atol=2e-5), (i, (ours[i] - ref).abs().max())
+        ref, seen = replay(pipeline, images[i].float() / 255, p, i)
+        assert torch.allclose(ours[i], ref, atol=1e-4), (i, (ours[i] - ref).abs().max())
+    # The same operations, probabilities and ranges on both sides (to float rounding).
+    assert {k: flat(v) for k, v in seen.items()} == {k: flat(v) for k, v in as_pipeline_says(r).items()}, name
+    assert p["jitter"].float().mean() == pytest.approx(r.jitter_p, abs=0.25)  # coins drawn at the recipe's rates
 
 
 def test_shrinking_crops_equal_torchvisions_antialiased_resize():
-    r = G.Recipe(size=32, jitter_p=0.0, gray_p=0.0, blur_p=0.0, flip_p=0.0)
+    r = augment.Recipe("crop only", size=32, jitter_p=0.0, gray_p=0.0, blur_p=0.0, flip_p=0.0)
     images = torch.rand(16, 3, 128, 96, generator=torch.Generator().manual_seed(0))  # crops of 19-128 px to 32
     p = G.sample_params(r, 16, 128, 96, torch.Generator().manual_seed(0))
     ours = G.apply_params(images, p, r, normalize=False)
-    ref = torch.stack([torchvision_view(images[i], p, i, r, "aug_plus") for i in range(16)])
+    ref = torch.stack([replay(augment.pipeline(r, normalize=False), images[i], p, i)[0] for i in range(16)])
     assert torch.allclose(ours, ref, atol=2e-5)
 
 
 def test_zero_strength_recipe_is_the_identity():
-    r = G.Recipe(size=32, crop_scale=(1.0, 1.0), jitter=(0, 0, 0, 0), gray_p=0, blur_p=0, flip_p=0)
+    r = augment.Recipe("identity", size=32, crop_scale=(1.0, 1.0), jitter=(0, 0, 0, 0), gray_p=0, blur_p=0, flip_p=0)
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     views = G.apply_params(images, G.sample_params(r, 8, 32, 32), r, normalize=False)
     assert torch.allclose(views, images.float() / 255, atol=1e-6)
 
 
 def test_normalised_views_use_the_recipes_statistics_and_are_reproducible():
-    r = G.recipe("cifar", 32)
+    r = augment.recipe("cifar", 32)
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     a = G.augment(images, r, torch.Generator().manual_seed(5))
     b = G.augment(images, r, torch.Generator().manual_seed(5))

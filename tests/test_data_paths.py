@@ -1,4 +1,8 @@
-"""The device data path: a uint8 cache that cannot go stale, the reference path's images and order, exact resumes."""
+"""The three data paths behind one interface: the reference path's images and order on every path,
+a uint8 cache that cannot go stale, exact resumes, kNN sets equal to the reference's."""
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -6,8 +10,11 @@ from PIL import Image
 
 from conftest import write_image_folder
 from mocolab import make_config, pretrain
-from mocolab.data import DatasetError, pretrain_dataset, pretrain_loader
-from mocolab.device_data import cached_split, device_batches, device_knn_sets
+from mocolab.augment import batched, recipe
+from mocolab.data import DatasetError, cached_split, knn_datasets, knn_sets, pretrain_batches
+from mocolab.data import jpeg as jpeg_data
+from mocolab.data.device import device_batches, device_knn_sets
+from mocolab.train import knn_monitor
 
 
 def cfg_for(root, tmp_path, **overrides):
@@ -35,45 +42,54 @@ def test_images_of_different_sizes_are_refused_naming_the_file(tmp_path):
         cached_split("imagefolder", root, "train", cache_dir=tmp_path / "cache")
 
 
-def test_device_batches_have_the_reference_paths_images_and_order(cifar10_root, tmp_path):
-    cfg = cfg_for(cifar10_root, tmp_path, seed=3)
-    reference = [y for _, y in pretrain_loader(pretrain_dataset(cfg), cfg, epoch=1)]
-    batches = device_batches(cfg, "cpu").set_epoch(1)
-    ours = [(views, y) for views, y in batches]
-    assert [y.tolist() for _, y in ours] == [y.tolist() for y in reference]  # same subset, same permutation
-    (x_q, x_k), _ = ours[0]
-    assert x_q.shape == (16, 3, 32, 32) and not torch.equal(x_q, x_k)
-    again = next(iter(batches.set_epoch(1)))[0][0]
-    assert torch.equal(again, x_q)  # the draws are a function of (seed, epoch, step, rank): resumes are exact
-    assert not torch.equal(next(iter(batches.set_epoch(2)))[0][0], x_q)
+@pytest.mark.parametrize("path", ["cpu", "device", "jpeg"])
+def test_every_path_gives_the_reference_paths_images_in_its_order_on_the_device(cifar10_root, tmp_path, path):
+    cfg = cfg_for(cifar10_root, tmp_path, seed=3, data_path=path)
+    reference = [y.tolist() for _, y in pretrain_batches(cfg_for(cifar10_root, tmp_path, seed=3, data_path="cpu"),
+                                                         torch.device("cpu")).epoch(1)]
+    batches = pretrain_batches(cfg, torch.device("cpu"))
+    assert batches.path == path and len(batches) == 64
+    ours = list(batches.epoch(1))
+    assert [y.tolist() for _, y in ours] == reference  # the same subset, the same permutation
+    (x_q, x_k), y = ours[0]
+    assert x_q.shape == x_k.shape == (16, 3, 32, 32) and x_q.dtype == torch.float32 and not torch.equal(x_q, x_k)
+    assert x_q.device.type == y.device.type == "cpu"
+    again = next(iter(batches.epoch(1)))[0][0]
+    assert torch.equal(again, x_q)  # the draws are a function of (seed, epoch, position): resumes are exact
+    assert not torch.equal(next(iter(batches.epoch(2)))[0][0], x_q)
 
 
 def test_two_processes_share_each_global_batch_as_the_reference_does(cifar10_root, tmp_path):
     cfg = cfg_for(cifar10_root, tmp_path)
-    one = [y for _, y in device_batches(cfg, "cpu")]
-    halves = [[y for _, y in device_batches(cfg, "cpu", rank=r, world=2)] for r in (0, 1)]
+    one = [y for _, y in device_batches(cfg, "cpu").epoch(0)]
+    halves = [[y for _, y in device_batches(cfg, "cpu", rank=r, world=2).epoch(0)] for r in (0, 1)]
     for step, y in enumerate(one):
         assert sorted(y.tolist()) == sorted(halves[0][step].tolist() + halves[1][step].tolist())
 
 
 def test_knn_sets_on_the_device_match_the_reference_subsets(cifar10_root, tmp_path):
-    from mocolab.data import knn_datasets
-    cfg = cfg_for(cifar10_root, tmp_path, knn_bank_size=50, knn_test_size=20)
-    bank, test, classes = device_knn_sets(cfg, "cpu")
+    cfg = cfg_for(cifar10_root, tmp_path, knn_bank_size=50, knn_test_size=20, data_path="device")
+    bank, test, classes = knn_sets(cfg, torch.device("cpu"))
     ref_bank, ref_test = knn_datasets(cfg)
     assert classes == 10 and len(bank.images) == 50 and len(test.images) == 20
     x, y = next(iter(test))
     ref = torch.stack([ref_test[i][0] for i in range(20)])
     assert torch.allclose(x, ref, atol=1e-5) and y.tolist() == [ref_test[i][1] for i in range(20)]
     assert device_knn_sets(cfg_for(cifar10_root, tmp_path, image_size=16), "cpu") is None  # would need resizing
+    loaders = knn_sets(dataclasses.replace(cfg, image_size=16), torch.device("cpu"))
+    assert len(loaders.bank.dataset) == 50  # the loader path stands in
 
 
-def test_pretraining_on_the_device_path_writes_a_run_with_knn(cifar10_root, tmp_path):
+def test_pretraining_on_the_device_path_monitors_the_reference_knn(cifar10_root, tmp_path):
+    """The kNN monitor on the device path (bank and test set held on the device) gives the value the
+    reference loaders give for the same encoder."""
     cfg = cfg_for(cifar10_root, tmp_path, data_path="device", knn_every=1, knn_bank_size=64, knn_test_size=32,
-                  epochs=2, channels_last=True)
+                  knn_k=10, epochs=2, channels_last=True)
     run = pretrain(cfg, progress=False)
-    assert len(run.history) == 2 and all(r["knn_top1"] is not None for r in run.history)
-    assert run.steps[-1]["random_keys"] == 0  # 8 steps of 16 keys have replaced the 64 random ones
+    assert len(run.history) == 2 and run.steps[-1]["random_keys"] == 0  # 8 steps of 16 keys replaced 64
+    reference = knn_monitor(run.model.encoder_q, knn_sets(dataclasses.replace(cfg, data_path="cpu"),
+                                                          torch.device("cpu")), cfg, "cpu", progress=False)
+    assert run.history[-1]["knn_top1"] == pytest.approx(reference, abs=1e-9)
 
 
 # ----------------------------------------------------------------------------
@@ -83,7 +99,6 @@ def test_pretraining_on_the_device_path_writes_a_run_with_knn(cifar10_root, tmp_
 def test_jpeg_views_equal_torchvisions_ops_on_the_decoded_images(tmp_path):
     import torchvision.transforms.v2.functional as TF
 
-    from mocolab import gpu_augment, jpeg_data
     rng = np.random.default_rng(0)
     paths = []
     for i, (h, w) in enumerate([(120, 90), (64, 200), (75, 75)]):
@@ -95,8 +110,8 @@ def test_jpeg_views_equal_torchvisions_ops_on_the_decoded_images(tmp_path):
     images = jpeg_data.decode(data, "cpu")
     assert [tuple(im.shape) for im in images] == [(3, 120, 90), (3, 64, 200), (3, 75, 75), (3, 50, 40)]
     assert torch.equal(images[3], torch.from_numpy(np.array(Image.open(paths[3]))).permute(2, 0, 1))
-    r = gpu_augment.recipe("aug_plus", 48)
-    p = gpu_augment.sample_params(r, 4, torch.tensor([120, 64, 75, 50]), torch.tensor([90, 200, 75, 40]),
+    r = recipe("aug_plus", 48)
+    p = batched.sample_params(r, 4, torch.tensor([120, 64, 75, 50]), torch.tensor([90, 200, 75, 40]),
                                   torch.Generator().manual_seed(0))
     crops = jpeg_data.resized_crop_list(images, p["box"], 48)
     for i, image in enumerate(images):
@@ -112,11 +127,10 @@ def test_pretraining_from_an_image_folder_on_the_jpeg_path(tmp_path):
                       workers=1, knn_every=1, knn_bank_size=16, knn_test_size=8, output_dir=str(tmp_path / "run"))
     run = pretrain(cfg, progress=False)
     assert len(run.steps) and run.history[0]["knn_top1"] is not None
-    import json
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data_path"] == "jpeg"
-    batches = __import__("mocolab.jpeg_data", fromlist=["jpeg_batches"]).jpeg_batches(cfg, "cpu")
-    labels = [y.tolist() for _, y in batches.set_epoch(0)]
-    reference = [y.tolist() for _, y in pretrain_loader(pretrain_dataset(cfg), cfg, epoch=0)]
+    labels = [y.tolist() for _, y in pretrain_batches(cfg, torch.device("cpu")).epoch(0)]
+    reference = [y.tolist() for _, y in pretrain_batches(dataclasses.replace(cfg, data_path="cpu"),
+                                                         torch.device("cpu")).epoch(0)]
     assert labels == reference  # the reference path's order
 
 

@@ -58,9 +58,21 @@ def test_voc_bad_layouts_are_named(tmp_path):
         VOC07Classification(tmp_path, "test")
 
 
-def test_layer_pools_follow_the_protocol_table_and_cifar_analogue():
-    assert [layer_pool(c, s).kernel_size for c, s in ((64, 112), (256, 56), (512, 28), (1024, 14), (2048, 7))] \
-        == [10, 16, 13, 8, 6]
+def test_layer_features_of_resnet50_have_the_protocols_grids_and_dims():
+    """ResNet-50 at 224: feat1..feat5 come out as 12x12, 6x6, 4x4, 3x3, 2x2 grids of 9216, 9216, 8192,
+    9216 and 8192 dims (the protocol's table), and padding counts toward the average."""
+    backbone = baseline_encoder("random", "resnet50")[0].backbone.eval()
+    feats = layer_features(backbone, torch.randn(1, 3, 224, 224), ("feat1", "feat2", "feat3", "feat4", "feat5"))
+    assert {k: v.shape[1] for k, v in feats.items()} == {"feat1": 9216, "feat2": 9216, "feat3": 8192,
+                                                          "feat4": 9216, "feat5": 8192}
+    grids = {c: layer_pool(c, s)(torch.zeros(1, c, s, s)).shape[-1]
+             for c, s in ((64, 112), (256, 56), (512, 28), (1024, 14), (2048, 7))}
+    assert grids == {64: 12, 256: 6, 512: 4, 1024: 3, 2048: 2}
+    corner = layer_pool(64, 112)(torch.ones(1, 1, 112, 112))[0, 0, 0, 0]
+    assert corner.item() == pytest.approx(36 / 100)  # a 10 x 10 window, 4 rows and columns of it padding
+
+
+def test_layer_pools_of_other_backbones_bring_each_stage_near_9216_dims():
     backbone = baseline_encoder("random", "resnet18", cifar_stem=True)[0].backbone
     feats = layer_features(backbone, torch.randn(2, 3, 32, 32), ("feat1", "feat2", "feat3", "feat4", "feat5",
                                                                   "avgpool"))
@@ -85,7 +97,7 @@ def test_encoder_from_checkpoint_and_mismatch(tmp_path):
 def test_feature_cache_reuses_only_identical_inputs(cifar10_root, tmp_path, monkeypatch):
     encoder, identity = baseline_encoder("random", "resnet18", cifar_stem=True)
     transform = augment.eval_transform(32, *augment.normalisation("cifar"))
-    ds = seeded_subset(load_split("imagefolder", cifar10_root, "test", transform), 20, seed=0)
+    ds = seeded_subset(load_split("imagefolder", cifar10_root, "test", transform), 20, 0)
     first, labels = cached_features(encoder, identity, ds, "cifar10:test", ("avgpool",), tmp_path, workers=0,
                                     progress=False)
     direct, _ = extract_layers(encoder, DataLoader(ds, batch_size=8), ("avgpool",), progress=False)
@@ -96,7 +108,7 @@ def test_feature_cache_reuses_only_identical_inputs(cifar10_root, tmp_path, monk
     again, _ = cached_features(encoder, identity, ds, "cifar10:test", ("avgpool",), tmp_path, workers=0,
                                progress=False)
     assert calls == [] and torch.equal(again["avgpool"], first["avgpool"])
-    other = seeded_subset(load_split("imagefolder", cifar10_root, "test", transform), 20, seed=1)
+    other = seeded_subset(load_split("imagefolder", cifar10_root, "test", transform), 20, 1)
     cached_features(encoder, identity, other, "cifar10:test", ("avgpool",), tmp_path, workers=0, progress=False)
     cached_features(encoder, "moco-other", ds, "cifar10:test", ("avgpool",), tmp_path, workers=0, progress=False)
     cached_features(encoder, identity, ds, "cifar10:test", ("avgpool", "feat5"), tmp_path, workers=0,

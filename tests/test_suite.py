@@ -7,7 +7,8 @@ import numpy as np
 import papermill
 import pytest
 
-from mocolab.evaluate.suite import evaluate, tables
+from mocolab.evaluate.features import load_encoder
+from mocolab.evaluate.suite import EvalConfig, evaluate, tables
 from mocolab.evaluate.voc import VOC_CLASSES
 from test_features import write_voc
 
@@ -35,11 +36,20 @@ def test_evaluate_on_voc_layout_writes_results_and_reference_tables(checkpoint, 
                        svm_layers=("feat5", "avgpool"), train_size=200, test_size=100, lowshot_ks=(1, 2),
                        lowshot_samples=2, output_dir=str(tmp_path / "eval"), workers=0, progress=False)
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert saved["svm_data"] == "voc07" and set(saved["svm"]) == {"feat5", "avgpool"}
-    assert len(saved["svm"]["feat5"]["ap"]) == 20 and saved["svm"]["feat5"]["classes"][0] == "aeroplane"
-    assert saved["svm_best_layer"] in ("feat5", "avgpool") and saved["lowshot"]["layer"] == saved["svm_best_layer"]
-    assert set(saved["lowshot"]["by_k"]) == {"1", "2"}
-    assert set(saved["knn"]) == {"avgpool", "head"} and set(saved["knn"]["avgpool"]) == {"10", "20", "100", "200"}
+    svm = saved["svm"]
+    assert saved["svm_data"] == "voc07" and set(svm["layers"]) == {"feat5", "avgpool"}
+    assert len(svm["layers"]["feat5"]["ap"]) == 20 and svm["layers"]["feat5"]["classes"][0] == "aeroplane"
+    assert svm["data"] == {"train": 60, "test": 40, "classes": 20} and svm["settings"]["folds"] == 3
+    assert len(svm["settings"]["costs"]) == 19
+    best = max(svm["layers"], key=lambda n: svm["layers"][n]["mAP"])
+    assert svm["best_layer"] == best and saved["lowshot"]["layer"] == best
+    assert set(saved["lowshot"]["by_k"]) == {"1", "2"} and saved["lowshot"]["settings"]["samples"] == 2
+    knn = saved["knn"]
+    assert set(knn["features"]) == {"avgpool", "head"} and set(knn["features"]["avgpool"]) == {"10", "20", "100", "200"}
+    assert knn["settings"]["T"] == 0.07 and knn["data"] == {"bank": 200, "test": 100, "classes": 10}
+    # What the run is: the checkpoint's content hash, the code version, torch, the device.
+    assert saved["encoder"] == load_encoder(checkpoint)[1] and saved["code_version"] and saved["torch"]
+    assert saved["device"] == "cpu" and saved["config"]["train_size"] == 200
     text = tables(results)
     assert "VOC07" in text and "| feat5 |" in text and "84.04" in text  # the reference beside feat5
     assert "on test (reference)" in text and "by CV in sample" in text and "43.14" in text
@@ -49,15 +59,27 @@ def test_evaluate_one_vs_rest_on_cifar10_with_linear_probes(checkpoint, cifar10_
     results = evaluate(checkpoint=str(checkpoint), dataset="imagefolder", data_root=str(cifar10_root),
                        benchmarks=("svm", "linear"), svm_layers=("avgpool",), train_size=150, test_size=60,
                        probe_epochs=1, probe_lr=0.01, output_dir=str(tmp_path), workers=0, progress=False)
-    assert results["svm_data"] == "imagefolder" and 0 <= results["svm"]["avgpool"]["top1"] <= 100
-    assert set(results["linear"]["multihead"]["top1"]) == {f"feat{i}" for i in range(1, 6)}
-    assert np.isfinite(results["linear"]["avgpool"]["top1"]["avgpool"])
-    assert "67.58" not in tables(results)  # CIFAR-10 is not the reference's data: no reference column values
+    svm = results["svm"]["layers"]["avgpool"]
+    assert results["svm_data"] == "imagefolder" and svm["ap"] and svm["mAP"] == pytest.approx(np.mean(svm["ap"]))
+    linear = results["linear"]["protocols"]
+    assert set(linear["multihead"]["top1"]) == {f"feat{i}" for i in range(1, 6)}
+    assert np.isfinite(linear["avgpool"]["top1"]["avgpool"])
+    assert results["linear"]["settings"]["recipes"]["avgpool"]["lr"] == 0.01  # probe_lr replaced the protocol's 30
+    assert results["linear"]["settings"]["recipes"]["multihead"]["lr"] == 0.01  # the protocol's own
+    text = tables(results)
+    assert "67.58" not in text  # CIFAR-10 is not the reference's data: no reference column values
+    assert f"| avgpool | {svm['mAP']:.2f} |" in text and "**Linear SVM per layer (imagefolder mAP)**" in text
 
 
-def test_unknown_benchmark_is_named(tmp_path):
+def test_unknown_settings_are_named_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="unknown benchmarks \\['svn'\\]"):
         evaluate(benchmarks=("svn",), output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="unknown evaluation config key 'probe_epoch'; did you mean 'probe_epochs'"):
+        evaluate(probe_epoch=3, output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="model='moco' evaluates a checkpoint"):
+        EvalConfig()
+    assert EvalConfig(model="random", lowshot_ks="1, 2", benchmarks="knn,svm").lowshot_ks == (1, 2)  # papermill text
+    assert not list(tmp_path.iterdir())
 
 
 def test_03_evaluate_runs_headless(checkpoint, cifar10_root, tmp_path):
@@ -72,5 +94,7 @@ def test_03_evaluate_runs_headless(checkpoint, cifar10_root, tmp_path):
     executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     shown = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
     assert sum("image/png" in o.get("data", {}) for o in shown) == 3
-    assert any("linear SVM" in str(o.get("data", {}).get("text/markdown", "")) or
-               "SVM" in str(o.get("data", {}).get("text/markdown", "")) for o in shown)
+    markdown = [str(o.get("data", {}).get("text/markdown", "")) for o in shown]
+    moco = json.loads((tmp_path / "eval" / "moco" / "results.json").read_text())
+    assert any(m.startswith("### MoCo") and tables(moco) in m for m in markdown)  # the tables, as tables() lays them
+    assert any(m.startswith("### random") and "**Linear SVM per layer" in m for m in markdown)

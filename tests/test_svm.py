@@ -9,7 +9,7 @@ from mocolab import augment
 from mocolab.data import load_split, seeded_subset
 from mocolab.evaluate.features import baseline_encoder, extract_layers
 from mocolab.evaluate.lowshot import low_shot_protocol, low_shot_sample
-from mocolab.evaluate.svm import COSTS, _sample_costs, fit_svms, normalize_rows, svm_protocol, voc_ap
+from mocolab.evaluate.svm import COSTS, sample_costs, fit_svms, normalize_rows, svm_protocol, voc_ap
 
 
 def test_costs_are_the_19_of_the_protocol():
@@ -36,7 +36,7 @@ def test_batched_solver_reaches_liblinears_optimum():
     x = normalize_rows(torch.randn(200, 16) + 0.5)
     y = torch.where(x[:, 0] + 0.2 * torch.randn(200, dtype=torch.float64) > 0.05, 1.0, -1.0)
     costs = (0.5 ** 10, 1.0, 100.0)
-    w = fit_svms(x, y[:, None].repeat(1, 3), torch.stack([_sample_costs(y, c) for c in costs], 1))
+    w = fit_svms(x, y[:, None].repeat(1, 3), torch.stack([sample_costs(y, c) for c in costs], 1))
     for j, cost in enumerate(costs):
         ref = LinearSVC(C=cost, class_weight={1: 2, -1: 1}, dual=True, tol=1e-9, max_iter=200_000).fit(x, y)
         assert torch.allclose(w[:-1, j], torch.as_tensor(ref.coef_[0]), atol=1e-4)
@@ -50,7 +50,7 @@ def cifar_features(cifar10_root):
     transform = augment.eval_transform(32, *augment.normalisation("cifar"))
     out = []
     for split, n in (("train", 600), ("test", 300)):
-        ds = seeded_subset(load_split("imagefolder", cifar10_root, split, transform), n, seed=1)
+        ds = seeded_subset(load_split("imagefolder", cifar10_root, split, transform), n, 1)
         feats, labels = extract_layers(encoder, DataLoader(ds, batch_size=100), ("avgpool",), progress=False)
         out += [feats["avgpool"], torch.nn.functional.one_hot(labels, 10)]
     return out
@@ -69,12 +69,14 @@ def test_batched_solver_matches_linearsvc_protocol_on_cifar10(cifar_features):
 def test_low_shot_samples_are_seeded_and_sized():
     targets = torch.zeros(500, 3, dtype=torch.long)
     targets[:50, 0], targets[50:60, 1], targets[60:70, 2] = 1, 1, 1
-    targets[70:75, 0] = -1  # difficult: counts as a negative for training
+    targets[70:75, 0] = -1  # difficult: neither a positive nor a negative of a low-shot sample
     a = low_shot_sample(targets, 0, 8, sample=2, seed=0)
     assert np.array_equal(a, low_shot_sample(targets, 0, 8, sample=2, seed=0))
     assert not np.array_equal(a, low_shot_sample(targets, 0, 8, sample=3, seed=0))
     assert len(a) == 8 + 19 * 8 and len(set(a.tolist())) == len(a)
-    assert (targets[a[:8], 0] == 1).all() and (targets[a[8:], 0] != 1).all()
+    assert (targets[a[:8], 0] == 1).all() and (targets[a[8:], 0] == 0).all()
+    drawn = np.concatenate([low_shot_sample(targets, 0, 20, sample=s, seed=0) for s in range(20)])
+    assert not set(range(70, 75)) & set(drawn.tolist())  # 400 draws of 380 negatives each: never a difficult one
     with pytest.raises(ValueError, match="class 'dog' has only 10 positive"):
         low_shot_sample(targets, 1, 16, sample=0, class_name="dog")
 
@@ -94,7 +96,7 @@ def test_row_space_reduction_solves_the_same_problem_when_dimensions_exceed_samp
     torch.manual_seed(1)
     x = normalize_rows(torch.randn(60, 300))
     y = torch.where(torch.randn(60) > 0, 1.0, -1.0).double()[:, None].repeat(1, 3)
-    c = torch.stack([_sample_costs(y[:, 0], cost) for cost in (0.01, 1.0, 100.0)], 1)
+    c = torch.stack([sample_costs(y[:, 0], cost) for cost in (0.01, 1.0, 100.0)], 1)
     reduced = fit_svms(x, y, c)  # 301 > 60: solved in the 60-dim row space
     direct = _newton(torch.cat([x, torch.ones(60, 1, dtype=x.dtype)], 1), y, c, 1e-8, 50, 500)
     assert torch.allclose(reduced, direct, atol=1e-5)

@@ -1,5 +1,6 @@
 """Training runs: checkpoint round trip, resume, bad input before any work, output files."""
 import csv
+import dataclasses
 import inspect
 import json
 
@@ -8,10 +9,11 @@ import torch
 
 import mocolab.train
 from conftest import write_image_folder
-from mocolab import ConfigError, make_config, pretrain
+from mocolab import ConfigError, Run, make_config, pretrain
 from mocolab.checkpoint import CheckpointError, atomic_save, load_checkpoint
-from mocolab.data import DatasetError
-from mocolab.train import build_model, build_optimizer, resolve_device, resolve_precision
+from mocolab.data import DatasetError, knn_sets
+from mocolab.device import resolve_device, resolve_precision
+from mocolab.train import _restore, build_trainer, knn_monitor
 
 # A tiny but real run: CIFAR-10 images at 16 px, ResNet-18, batch 16, K 64.
 TINY = dict(dataset="imagefolder", gpus=0, image_size=16, batch_size=16, K=64, bn_splits=2,
@@ -36,34 +38,41 @@ def test_run_writes_config_metrics_and_checkpoints(cifar10_root, tmp_path):
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert {"loss", "lr", "acc", "pos_sim", "neg_sim", "knn_top1", "train_s"} <= set(rows[0])
-    assert 0 <= float(rows[1]["knn_top1"]) <= 100
+    # The logged kNN is the monitor's value for the final encoder on the same bank and test set.
+    expected = knn_monitor(run.model.encoder_q, knn_sets(cfg, torch.device("cpu")), cfg, "cpu", progress=False)
+    assert float(rows[1]["knn_top1"]) == pytest.approx(expected, abs=1e-4)
+    assert float(rows[1]["loss"]) == pytest.approx(run.history[1]["loss"]) and float(rows[1]["lr"]) == 0.005
     state = load_checkpoint(out / "checkpoint_last.pt")
-    assert state["epoch"] == 2 and state["config"] == cfg.to_dict()
+    assert state["epoch"] == 2 and state["config"] == cfg.to_dict() and state["kind"] == "pretraining"
     assert torch.equal(state["model"]["queue.keys"], run.model.queue.keys)
     assert state["model"]["queue.ptr"].item() == (2 * 4 * 16) % 64
     assert {"model", "optimizer", "rng", "history", "steps"} <= set(state)
 
 
-def test_checkpoint_round_trip_gives_the_same_next_step_loss(tmp_path):
-    cfg = make_config("cifar10_demo", image_size=16, batch_size=8, K=32, bn_splits=2, gpus=0)
-    model = build_model(cfg)
-    opt = build_optimizer(model, cfg)
-    batches = [(torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)) for _ in range(3)]
-    for x_q, x_k in batches[:2]:
-        out = model(x_q, x_k)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-    atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                 "rng": torch.get_rng_state()}, tmp_path / "c.pt")
-    expected = model(*batches[2]).loss.item()
-
-    state = load_checkpoint(tmp_path / "c.pt")
+def test_checkpoint_round_trip_through_the_code_that_restores_a_run(cifar10_root, tmp_path):
+    """A checkpoint written by a run, read back by the resume code: the same model, optimiser state,
+    RNG state and history, and the same next-step loss."""
+    cfg = tiny(cifar10_root, tmp_path, epochs=1, knn_every=0)
+    run = pretrain(cfg, progress=False)
+    saved = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
+    resumed_cfg = dataclasses.replace(cfg, epochs=2, resume=True)
     torch.manual_seed(123)  # a fresh model with other weights
-    restored = build_model(cfg)
-    restored.load_state_dict(state["model"])
-    torch.set_rng_state(state["rng"])  # the shuffle BN permutation depends on it
-    assert restored(*batches[2]).loss.item() == expected
+    trainer = build_trainer(resumed_cfg, torch.device("cpu"), world=1, num_steps=4)
+    restored = Run(tmp_path / "run", resumed_cfg, trainer.model)
+    with pytest.warns(UserWarning, match="changed settings.*epochs"):
+        assert _restore(saved, trainer, restored, resumed_cfg) == 1
+    assert restored.history == run.history and restored.steps == run.steps
+    for (name, a), b in zip(trainer.model.state_dict().items(), run.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    momentum = [s["momentum_buffer"] for s in trainer.optimizer.state_dict()["state"].values()]
+    assert len(momentum) == len(list(trainer.model.encoder_q.parameters()))
+    assert all(torch.equal(a, s["momentum_buffer"]) for a, s in zip(momentum, saved["optimizer"]["state"].values()))
+    assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"])  # the shuffle BN permutation depends on it
+    x_q, x_k = torch.randn(16, 3, 16, 16), torch.randn(16, 3, 16, 16)
+    rng = torch.get_rng_state()
+    expected = run.model(x_q, x_k).loss.item()
+    torch.set_rng_state(rng)
+    assert trainer.model(x_q, x_k).loss.item() == expected
 
 
 def test_resume_after_a_crash_continues_exactly_like_an_uninterrupted_run(cifar10_root, tmp_path, monkeypatch):
@@ -112,8 +121,27 @@ def test_resume_with_another_architecture_names_the_difference(cifar10_root, tmp
     pretrain(tiny(cifar10_root, tmp_path, epochs=1, knn_every=0), progress=False)
     with pytest.raises(CheckpointError, match="another model.*arch: checkpoint 'resnet18', config 'resnet34'"):
         pretrain(tiny(cifar10_root, tmp_path, arch="resnet34", resume=True), progress=False)
-    with pytest.raises(ConfigError, match="already holds a run.*resume=True"):
+    with pytest.raises(ConfigError, match="already holds a pretraining run.*resume=True"):
         pretrain(tiny(cifar10_root, tmp_path, epochs=2), progress=False)
+
+
+def test_a_checkpoint_of_an_earlier_version_loads_and_resumes(cifar10_root, tmp_path):
+    """Checkpoints written before this layout had no "kind" and named the pooled feature "backbone"."""
+    from mocolab import load_run
+    cfg = tiny(cifar10_root, tmp_path, epochs=1, knn_every=0)
+    pretrain(cfg, progress=False)
+    path = tmp_path / "run" / "checkpoint_last.pt"
+    state = load_checkpoint(path)
+    del state["kind"]
+    state["config"]["knn_feature"] = "backbone"
+    atomic_save(state, path)
+    assert load_run(tmp_path / "run").config.knn_feature == "avgpool"
+    resumed = pretrain(dataclasses.replace(cfg, epochs=2, resume=True, knn_feature="avgpool"), progress=False)
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    state["config"]["queue_size"] = 4096  # a key this version does not know: named, with what to do
+    atomic_save(state, path)
+    with pytest.raises(ConfigError, match=r"has keys this mocolab does not know: \['queue_size'\].*another version"):
+        load_run(tmp_path / "run")
 
 
 def test_corrupt_checkpoint_is_reported(tmp_path):
@@ -134,7 +162,7 @@ def test_dataset_smaller_than_a_batch(tmp_path):
     write_image_folder(tmp_path / "d", per_class=2)
     cfg = make_config("cifar10_demo", dataset="imagefolder", data_root=str(tmp_path / "d"), gpus=0,
                       batch_size=8, K=64, output_dir=str(tmp_path / "run"))
-    with pytest.raises(ConfigError, match="batch_size=8 exceeds the 4 training images"):
+    with pytest.raises(DatasetError, match="the dataset has 4 images, fewer than one batch of 8"):
         pretrain(cfg, progress=False)
 
 

@@ -1,4 +1,5 @@
 """Fine-tuning as a job: the seeded iteration stream, DDP against one process, SyncBN, resume, bad configs."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -90,7 +91,7 @@ def test_two_processes_take_the_step_of_one_averaging_their_halves(tmp_path):
     assert json.loads((tmp_path / "ddp" / "config.json").read_text())["processes"] == 2
     assert [r["iteration"] for r in ddp.rows] == [1, 2, 3, 4] and "iteration 4/4" in result.stdout
 
-    cfg = job.TransferConfig(**seg_config(root, tmp_path / "one"))
+    cfg = job.make_transfer_config(**seg_config(root, tmp_path / "one"))
     train_set, test_set = job.datasets(cfg)
     torch.manual_seed(cfg.seed)
     model = job.build_model(cfg, 21)
@@ -151,7 +152,8 @@ def test_sharded_voc_evaluation_equals_one_process(tmp_path):
 
 def test_a_crashed_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
     root = write_voc_segmentation(tmp_path / "VOCdevkit")
-    whole = job.fine_tune(job.TransferConfig(**seg_config(root, tmp_path / "whole", evaluate=False)), progress=False)
+    whole = job.fine_tune(job.make_transfer_config(**seg_config(root, tmp_path / "whole", evaluate=False)),
+                          progress=False)
 
     calls, step = count(), finetune.segmentation_step
 
@@ -161,37 +163,49 @@ def test_a_crashed_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatc
         return step(*args)
 
     monkeypatch.setattr(finetune, "segmentation_step", crash_at_the_fourth)
-    cfg = job.TransferConfig(**seg_config(root, tmp_path / "cut", evaluate=False, checkpoint_every=2))
+    cfg = job.make_transfer_config(**seg_config(root, tmp_path / "cut", evaluate=False, checkpoint_every=2))
     with pytest.raises(RuntimeError, match="power cut"):
         job.fine_tune(cfg, progress=False)
     assert torch.load(tmp_path / "cut" / "checkpoint_last.pt", weights_only=False)["iteration"] == 2
     with pytest.raises(ConfigError, match="already holds a fine-tuning run"):
         job.fine_tune(cfg, progress=False)
     monkeypatch.setattr(finetune, "segmentation_step", step)
-    resumed = job.fine_tune(job.TransferConfig(**{**cfg.to_dict(), "resume": True}), progress=False)
+    resumed = job.fine_tune(dataclasses.replace(cfg, resume=True), progress=False)
     assert [r["loss"] for r in resumed.rows] == [r["loss"] for r in whole.rows]
     for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
     assert "resuming at iteration 2" in (tmp_path / "cut" / "log.txt").read_text()
     with pytest.raises(ConfigError, match="is a voc_segmentation run, not voc_detection"):
-        job.fine_tune(job.TransferConfig(**{**cfg.to_dict(), "resume": True, "task": "voc_detection"}))
+        job.fine_tune(dataclasses.replace(cfg, resume=True, task="voc_detection"))
 
 
 @pytest.mark.parametrize("fields, message", [
     (dict(processes=2), "sync_bn=True needs GPUs"),
     (dict(processes=2, sync_bn=False, batch_size=3), "batch_size=3 does not split over 2 processes"),
-    (dict(task="voc_depth"), "task='voc_depth': choose one of voc_detection, coco, voc_segmentation"),
-    (dict(preset="2x"), "preset='2x': choose one of"),
+    (dict(task="voc_depth"), r"task='voc_depth' is not one of \['voc_detection', 'coco', 'voc_segmentation'\]"),
+    (dict(preset="2x"), "preset='2x' is not one of"),
+    (dict(iterations=0), "iterations must be positive, or None for the preset's"),
+    (dict(lr="0.1"), "lr must be float, got str"),
+    (dict(iteratons=5), "unknown transfer config key 'iteratons'; did you mean 'iterations'"),
     (dict(gpus=1, processes=2), "processes=2 is for CPU runs"),
 ])
 def test_impossible_configs_are_refused_naming_the_fix(fields, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
-        job.TransferConfig(**{**seg_config(tmp_path, tmp_path / "out"), **fields})
+        job.make_transfer_config(**{**seg_config(tmp_path, tmp_path / "out"), **fields})
+
+
+def test_the_transfer_config_is_frozen_and_none_means_the_presets_value(tmp_path):
+    cfg = job.make_transfer_config(**seg_config(tmp_path, tmp_path / "out"), lr=None, batch_size=None)
+    assert (cfg.schedule.iterations, cfg.schedule.batch_size, cfg.schedule.lr) == (4, 2, 0.01)  # tiny's, but 4 its
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.iterations = 5
+    old = {**cfg.to_dict(), "iterations": 0, "lr": 0.0}  # how earlier versions saved "the preset's value"
+    assert job.transfer_config_from_dict(old).schedule == finetune.PRESETS["tiny"]
 
 
 def test_more_gpus_than_visible_fail_before_any_process_starts(tmp_path):
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    cfg = job.TransferConfig(**{**seg_config(tmp_path, tmp_path / "out"), "gpus": visible + 2})
+    cfg = job.make_transfer_config(**{**seg_config(tmp_path, tmp_path / "out"), "gpus": visible + 2})
     with pytest.raises(ConfigError, match="gpus="):
         job.fine_tune(cfg)
     assert not (tmp_path / "out").exists()

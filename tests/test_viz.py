@@ -86,14 +86,17 @@ def test_lr_schedule_figure_spans_the_epochs(tmp_path):
 
 
 def test_evaluation_figures_have_one_series_per_model(tmp_path):
-    results = {name: {"svm": {"feat1": {"mAP": 40.0}, "avgpool": {"mAP": 30.0 + i}},
-                      "knn": {"avgpool": {"10": {"top1": 30.0}, "20": {"top1": 31.0}}},
+    results = {name: {"svm": {"layers": {"feat1": {"mAP": 40.0}, "avgpool": {"mAP": 30.0 + i}}},
+                      "knn": {"settings": {"T": 0.07},
+                              "features": {"avgpool": {"10": {"top1": 30.0}, "20": {"top1": 31.0}}}},
                       "lowshot": {"by_k": {"1": {"cost_picked_on_test": {"mean": 20, "min": 18, "max": 22}},
                                            "2": {"cost_picked_on_test": {"mean": 25, "min": 24, "max": 26}}}}}
                for i, name in enumerate(("MoCo", "random"))}
     (ax,) = viz.plot_svm_layers(results, save_to=tmp_path / "svm.png").axes
     assert len(ax.patches) == 4 and [t.get_text() for t in ax.get_xticklabels()] == ["feat1", "avgpool"]
-    assert len(viz.plot_knn(results).axes[0].get_lines()) == 2
+    assert [p.get_height() for p in ax.patches] == [40.0, 30.0, 40.0, 31.0]
+    (knn,) = viz.plot_knn(results).axes
+    assert len(knn.get_lines()) == 2 and knn.get_title() == "weighted kNN (T = 0.07)"
     assert len(viz.plot_low_shot(results).axes[0].get_lines()) == 2
 
 
@@ -114,7 +117,7 @@ def shown(ax):
 def test_operation_figure_has_a_row_per_operation_and_reproducible_draws(tmp_path):
     from mocolab import augment
     image = small_images(1)[0]
-    ops = augment.aug_plus_operations(48)
+    ops = augment.operations(augment.recipe("aug_plus", 48))
     fig = viz.plot_operations(image, ops, draws=3, seed=5, save_to=tmp_path / "ops.png")
     assert len(fig.axes) == len(ops) * 4 and fig.axes[0].get_title() == "original"
     assert [fig.axes[4 * r].get_ylabel() for r in range(len(ops))] == list(ops)

@@ -1,58 +1,28 @@
-"""The augmentation recipes as batched tensor ops with per-sample random parameters (GPU or CPU).
+"""The augmentation recipes as batched tensor ops with per-image random parameters (GPU or CPU).
 
-The CPU torchvision pipeline (augment.py) stays the reference: every draw here
-follows torchvision's sampling (RandomResizedCrop.get_params, ColorJitter's
-factors and random order, the probabilities), and every op follows
-torchvision's functional op, so a view is the one torchvision would make with
-the same parameters (tests/test_gpu_augment.py checks both).
+The torchvision pipeline (transforms.py) stays the reference, and both are
+built from the same `Recipe`: every draw here follows torchvision's sampling
+(RandomResizedCrop.get_params, ColorJitter's factors and random order, the
+probabilities), and every op follows torchvision's functional op, so a view is
+the one torchvision would make with the same parameters
+(tests/test_batched_augment.py checks both, for every recipe).
 
 Sampling (`sample_params`) and applying (`apply_params`) are separate, so a
 test can hand the same parameters to torchvision. Order: crop, flip, colour
-jitter, grayscale, blur. Flipping commutes with the pointwise colour ops and
-with the symmetric blur, so one order serves aug+ (flip last) and the CIFAR
-recipe (flip second); v1's grayscale-before-jitter is kept as a flag.
+jitter and grayscale (in the recipe's order), blur. Flipping commutes with the
+pointwise colour ops and with the symmetric blur, so one order serves aug+
+(flip last) and the CIFAR recipe (flip second).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from .augment import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, blur_kernel
+from .recipes import Recipe
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 601-2 luma)
-SELECT_WITH_WHERE = None  # None: torch.where on GPUs, subsets on the CPU (see `where`); tests force either
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A recipe's parameters (the defaults are aug+, PROTOCOLS.md section 1)."""
-
-    size: int = 224
-    crop_scale: tuple = (0.2, 1.0)
-    crop_ratio: tuple = (3 / 4, 4 / 3)
-    jitter: tuple = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue strengths
-    jitter_p: float = 0.8
-    gray_p: float = 0.2
-    gray_first: bool = False  # v1 converts to grayscale before the jitter
-    blur_p: float = 0.5
-    blur_sigma: tuple = (0.1, 2.0)
-    flip_p: float = 0.5
-    mean: tuple = IMAGENET_MEAN
-    std: tuple = IMAGENET_STD
-
-
-def recipe(name: str, size: int) -> Recipe:
-    """The batched twin of augment.pretrain_transform(name, size)."""
-    if name == "aug_plus":
-        return Recipe(size)
-    if name == "v1":
-        return Recipe(size, jitter=(0.4, 0.4, 0.4, 0.4), jitter_p=1.0, gray_first=True, blur_p=0.0)
-    if name == "cifar":
-        return Recipe(size, crop_scale=(0.08, 1.0), blur_p=0.0, mean=CIFAR_MEAN, std=CIFAR_STD)
-    raise ValueError(f"unknown augmentation {name!r}; choose 'aug_plus', 'v1' or 'cifar'")
+USE_TORCH_WHERE = None  # None: torch.where on GPUs, subsets on the CPU (see `apply_masked`); tests force either
 
 
 # ----------------------------------------------------------------------------
@@ -209,14 +179,14 @@ def _hsv_to_rgb(x):
 JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
-def where(mask: torch.Tensor, fn, x: torch.Tensor, *per_image: torch.Tensor) -> torch.Tensor:
+def apply_masked(mask: torch.Tensor, fn, x: torch.Tensor, *per_image: torch.Tensor) -> torch.Tensor:
     """fn(x, *per_image) on the images where mask is true, x elsewhere.
 
     On a GPU, fn runs on the whole batch and `torch.where` selects: more
     arithmetic, but no host sync to find the images. On the CPU, where
     arithmetic is the cost, fn runs on the selected images only.
     """
-    if x.is_cuda if SELECT_WITH_WHERE is None else SELECT_WITH_WHERE:
+    if x.is_cuda if USE_TORCH_WHERE is None else USE_TORCH_WHERE:
         return torch.where(mask.view(-1, 1, 1, 1), fn(x, *per_image), x)
     idx = mask.nonzero()[:, 0]
     if len(idx) == 0:
@@ -231,7 +201,7 @@ def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) ->
     slot by slot, every image gets the op its order names in that slot."""
     for slot in range(4):
         for k, op in enumerate(JITTER_OPS):
-            x = where(order[:, slot] == k, op, x, factors[:, k])
+            x = apply_masked(order[:, slot] == k, op, x, factors[:, k])
     return x
 
 
@@ -256,8 +226,9 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
 
 def finish_views(x: torch.Tensor, p: dict, r: Recipe, normalized: bool = True) -> torch.Tensor:
     """Flip, colour, blur and normalise cropped views (N x 3 x S x S floats in [0, 1])."""
-    x = torch.where(p["flip"].view(-1, 1, 1, 1), x.flip(-1), x)
-    x = apply_colour(x, p, r)
+    if r.applies("flip"):
+        x = torch.where(p["flip"].view(-1, 1, 1, 1), x.flip(-1), x)
+    x = apply_color(x, p, r)
     return normalize(x, r.mean, r.std) if normalized else x
 
 
@@ -267,19 +238,19 @@ def apply_params(images: torch.Tensor, p: dict, r: Recipe, normalize: bool = Tru
     return finish_views(resized_crops(x, p["box"], r.size), p, r, normalize)
 
 
-def apply_colour(x: torch.Tensor, p: dict, r: Recipe) -> torch.Tensor:
+def apply_color(x: torch.Tensor, p: dict, r: Recipe) -> torch.Tensor:
     """Jitter, grayscale and blur of already cropped views (N x 3 x S x S floats in [0, 1])."""
     def gray(v):
         return grayscale(v).expand_as(v)
 
-    if r.gray_first:
-        x = where(p["gray"], gray, x)
-    if r.jitter_p > 0:
-        x = where(p["jitter"], color_jitter, x, p["factors"], p["order"])
-    if not r.gray_first:
-        x = where(p["gray"], gray, x)
-    if r.blur_p > 0:
-        x = where(p["blur"], lambda v, sigma: gaussian_blur(v, sigma, blur_kernel(r.size)), x, p["sigma"])
+    if r.applies("gray") and r.gray_first:
+        x = apply_masked(p["gray"], gray, x)
+    if r.applies("jitter"):
+        x = apply_masked(p["jitter"], color_jitter, x, p["factors"], p["order"])
+    if r.applies("gray") and not r.gray_first:
+        x = apply_masked(p["gray"], gray, x)
+    if r.applies("blur"):
+        x = apply_masked(p["blur"], lambda v, sigma: gaussian_blur(v, sigma, r.blur_kernel), x, p["sigma"])
     return x
 
 

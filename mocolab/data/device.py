@@ -3,13 +3,13 @@
 For small datasets of one image size (CIFAR-10/100, STL-10, an ImageFolder of
 32 px JPEGs): the images are decoded once into a uint8 tensor cached on disk
 ($MOCOLAB_CACHE, by default ~/.cache/mocolab; 180 MB for CIFAR-10), loaded to the GPU, and every step gathers,
-augments (gpu_augment) and normalises its batch there, with no loader workers.
+augments (augment.batched) and normalises its batch there, with no loader workers.
 
 What a run sees is the reference path's, drawn differently: the same images
-(the same seeded subset), the same order (the same DistributedSampler
-permutation per epoch), views from the same distributions. The random draws
-of step s in epoch e come from a generator seeded by (seed, epoch, step, rank),
-so a resumed run continues exactly.
+(the same seeded subset), the same order (loader.epoch_order), views from the
+same distributions. The random draws of step s in epoch e come from a
+generator seeded by (seed, epoch, step, rank), so a resumed run continues
+exactly.
 """
 from __future__ import annotations
 
@@ -22,10 +22,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import gpu_augment
-from .checkpoint import atomic_save
-from .config import Config
-from .data import DatasetError, classes_of, epoch_sampler, load_split, step_seed, subset_indices
+from .. import seeding
+from ..augment import batched, recipe
+from ..checkpoint import atomic_save
+from ..config import Config
+from .datasets import DatasetError, classes_of, load_split, subset_indices
+from .loader import check_enough_images, epoch_order, pretrain_split
 
 
 def cache_folder() -> Path:
@@ -90,46 +92,40 @@ def cached_split(dataset: str, root, split: str, download: bool = True, cache_di
 class DeviceBatches:
     """The pretraining batches of one process, augmented on the device: ((x_q, x_k), labels) per step.
 
-    Drop-in for data.pretrain_loader: the same images and order, two
+    The same images and order as the reference path (loader.LoaderBatches), two
     independent views of each image.
     """
 
+    path = "device"
+
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, cfg: Config, rank: int = 0, world: int = 1):
+        check_enough_images(len(images), cfg)
         self.images, self.labels, self.cfg = images, labels, cfg  # images: N x 3 x H x W uint8, on the device
-        self.rank, self.world, self.epoch = rank, world, 0
-        self.recipe = gpu_augment.recipe(cfg.augmentation, cfg.image_size)
+        self.rank, self.world = rank, world
+        self.recipe = recipe(cfg.augmentation, cfg.image_size)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def set_epoch(self, epoch: int) -> "DeviceBatches":
-        self.epoch = epoch
-        return self
-
-    def __iter__(self):
+    def epoch(self, epoch: int):
         cfg, per_rank = self.cfg, self.cfg.batch_size // self.world
-        # The reference path's order: its sampler over the (already subset) images.
-        order = torch.as_tensor(list(epoch_sampler(len(self.images), cfg, self.epoch, self.rank, self.world)),
+        order = torch.as_tensor(list(epoch_order(len(self.images), cfg, epoch, self.rank, self.world)),
                                 device=self.images.device)
-        generator = torch.Generator(device=self.images.device)
         for step in range(len(order) // per_rank):
             idx = order[step * per_rank:(step + 1) * per_rank]
-            generator.manual_seed(step_seed(cfg, self.epoch, step, self.rank))
+            generator = seeding.generator(cfg.seed, "device views", epoch, step, self.rank, device=self.images.device)
             x = self.images[idx]
-            yield (gpu_augment.augment(x, self.recipe, generator), gpu_augment.augment(x, self.recipe, generator)), \
+            yield (batched.augment(x, self.recipe, generator), batched.augment(x, self.recipe, generator)), \
                 self.labels[idx]
 
 
 def device_batches(cfg: Config, device, rank: int = 0, world: int = 1) -> DeviceBatches:
-    """The training split (its seeded subset, as data.pretrain_dataset) as DeviceBatches on `device`."""
-    split = "unlabeled" if cfg.dataset == "stl10" else "train"
+    """The training split (its seeded subset, as the reference path's) as DeviceBatches on `device`."""
+    split = pretrain_split(cfg)
     images, labels = cached_split(cfg.dataset, cfg.data_root, split, cfg.download)
     if len(images) == 0:
         raise DatasetError(f"the {split} split of {cfg.dataset} in {cfg.data_root} is empty")
-    idx = torch.as_tensor(subset_indices(len(images), cfg.train_subset, cfg.seed))  # the CPU path's subset
-    if len(idx) < cfg.batch_size:
-        raise DatasetError(f"the dataset has {len(idx)} images, fewer than one batch of {cfg.batch_size}; "
-                           f"lower batch_size (and K) or use more images")
+    idx = torch.as_tensor(subset_indices(len(images), cfg.train_subset, cfg.seed, "train subset"))
     return DeviceBatches(images[idx].to(device), labels[idx].to(device), cfg, rank, world)
 
 
@@ -146,20 +142,19 @@ class DeviceEvalBatches:
     def __iter__(self):
         for start in range(0, len(self.images), self.batch_size):
             x = self.images[start:start + self.batch_size].float() / 255
-            yield gpu_augment.normalize(x, self.mean, self.std), self.labels[start:start + self.batch_size]
+            yield batched.normalize(x, self.mean, self.std), self.labels[start:start + self.batch_size]
 
 
 def device_knn_sets(cfg: Config, device, batch_size: int = 1024):
     """(bank, test, classes) batches for the kNN monitor on the device, or None when the images
     are not already image_size pixels (the eval transform would resize; the CPU loaders do that)."""
-    from .augment import normalisation
+    r = recipe(cfg.augmentation)
     sets = []
-    for split, n, offset in (("train", cfg.knn_bank_size, 1), ("test", cfg.knn_test_size, 2)):
+    for split, n, name in (("train", cfg.knn_bank_size, "knn bank"), ("test", cfg.knn_test_size, "knn test")):
         images, labels = cached_split(cfg.dataset, cfg.data_root, split, cfg.download)
         if images.shape[-1] != cfg.image_size or images.shape[-2] != cfg.image_size:
             return None
-        idx = torch.as_tensor(subset_indices(len(images), n, cfg.seed + offset))  # the CPU path's subsets
-        sets.append(DeviceEvalBatches(images[idx].to(device), labels[idx].to(device), *normalisation(cfg.augmentation),
-                                      batch_size))
+        idx = torch.as_tensor(subset_indices(len(images), n, cfg.seed, name))  # the reference path's subsets
+        sets.append(DeviceEvalBatches(images[idx].to(device), labels[idx].to(device), r.mean, r.std, batch_size))
     classes = classes_of(load_split(cfg.dataset, cfg.data_root, "train", None, cfg.download))
     return sets[0], sets[1], len(classes)

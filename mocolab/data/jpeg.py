@@ -2,12 +2,12 @@
 
 Loader workers only read files (no decoding, no PIL), so a few of them keep up
 with a GPU; `torchvision.io.decode_jpeg` decodes the batch on the training
-device (nvJPEG on a GPU), and gpu_augment crops, resizes and colours it there.
+device (nvJPEG on a GPU), and augment.batched crops, resizes and colours it there.
 Files that are not JPEGs (PNG, ...) are decoded on the CPU by
 `torchvision.io.decode_image` and joined to the batch.
 
-Order and draws follow the other paths: a DistributedSampler permutation per
-epoch, and per-step random draws seeded by (seed, epoch, step, rank).
+Order and draws follow the other paths: the shared epoch order
+(loader.epoch_order), and per-step random draws seeded by (seed, epoch, step, rank).
 """
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode
 
-from . import gpu_augment
-from .config import Config
-from .data import DatasetError, epoch_sampler, load_split, step_seed, subset_indices
+from .. import seeding
+from ..augment import Recipe, batched, recipe
+from ..config import Config
+from .datasets import DatasetError, load_split, subset_indices
+from .loader import check_enough_images, epoch_order
 
 
 class FileBytes(Dataset):
@@ -67,63 +69,57 @@ def decode(data: list[torch.Tensor], device) -> list[torch.Tensor]:
 
 
 def resized_crop_list(images: list[torch.Tensor], box: torch.Tensor, size: int) -> torch.Tensor:
-    """gpu_augment.resized_crops for images of different sizes: one pair of matrix products each."""
+    """batched.resized_crops for images of different sizes: one pair of matrix products each."""
     views = []
     for image, (top, left, h, w) in zip(images, box.tolist()):
         crop = image[:, top:top + h, left:left + w].float() / 255  # a view: only the crop is converted
         zero = torch.zeros(1, dtype=torch.long, device=crop.device)
-        rows = gpu_augment.resize_weights(zero, torch.tensor([h], device=crop.device), h, size)[0]  # size x h
-        cols = gpu_augment.resize_weights(zero, torch.tensor([w], device=crop.device), w, size)[0]  # size x w
+        rows = batched.resize_weights(zero, torch.tensor([h], device=crop.device), h, size)[0]  # size x h
+        cols = batched.resize_weights(zero, torch.tensor([w], device=crop.device), w, size)[0]  # size x w
         views.append(rows @ crop @ cols.T)  # 3 x size x size
     return torch.stack(views)
 
 
-def views(images: list[torch.Tensor], r: gpu_augment.Recipe, generator=None) -> torch.Tensor:
+def views(images: list[torch.Tensor], r: Recipe, generator=None) -> torch.Tensor:
     """One normalised view of each decoded image (N x 3 x size x size), with per-image random draws."""
     device = images[0].device
     heights = torch.tensor([im.shape[-2] for im in images], device=device)
     widths = torch.tensor([im.shape[-1] for im in images], device=device)
-    p = gpu_augment.sample_params(r, len(images), heights, widths, generator, device)
-    return gpu_augment.finish_views(resized_crop_list(images, p["box"], r.size), p, r)
+    p = batched.sample_params(r, len(images), heights, widths, generator, device)
+    return batched.finish_views(resized_crop_list(images, p["box"], r.size), p, r)
 
 
 class JpegBatches:
     """The pretraining batches of one process from an image folder: ((x_q, x_k), labels) on `device`."""
 
+    path = "jpeg"
+
     def __init__(self, files: FileBytes, cfg: Config, device, rank: int = 0, world: int = 1):
+        check_enough_images(len(files), cfg)
         self.files, self.cfg, self.device = files, cfg, torch.device(device)
-        self.rank, self.world, self.epoch = rank, world, 0
-        self.recipe = gpu_augment.recipe(cfg.augmentation, cfg.image_size)
+        self.rank, self.world = rank, world
+        self.recipe = recipe(cfg.augmentation, cfg.image_size)
 
     def __len__(self):
         return len(self.files)
 
-    def set_epoch(self, epoch: int) -> "JpegBatches":
-        self.epoch = epoch
-        return self
-
-    def __iter__(self):
+    def epoch(self, epoch: int):
         cfg = self.cfg
-        sampler = epoch_sampler(len(self.files), cfg, self.epoch, self.rank, self.world)  # the reference's order
+        sampler = epoch_order(len(self.files), cfg, epoch, self.rank, self.world)  # the reference's order
         loader = DataLoader(self.files, batch_size=cfg.batch_size // self.world, sampler=sampler, drop_last=True,
                             num_workers=cfg.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda")
-        generator = torch.Generator(device=self.device)
         for step, (buffer, offsets, labels) in enumerate(loader):
             images = decode(split_buffer(buffer, offsets), self.device)
-            generator.manual_seed(step_seed(cfg, self.epoch, step, self.rank))
+            generator = seeding.generator(cfg.seed, "device views", epoch, step, self.rank, device=self.device)
             yield (views(images, self.recipe, generator), views(images, self.recipe, generator)), \
                 labels.to(self.device)
 
 
 def jpeg_batches(cfg: Config, device, rank: int = 0, world: int = 1) -> JpegBatches:
-    """The training split of an ImageFolder (its seeded subset, as data.pretrain_dataset) as JpegBatches."""
+    """The training split of an ImageFolder (its seeded subset, as the reference path's) as JpegBatches."""
     if cfg.dataset != "imagefolder":
         raise DatasetError(f"data_path='jpeg' reads an image folder; {cfg.dataset} is decoded once instead: "
                            f"use data_path='device'")
     folder = load_split("imagefolder", cfg.data_root, "train", transform=None)
-    idx = subset_indices(len(folder.samples), cfg.train_subset, cfg.seed)  # the CPU path's subset
-    files = FileBytes([folder.samples[i] for i in idx])
-    if len(files) < cfg.batch_size:
-        raise DatasetError(f"the dataset has {len(files)} images, fewer than one batch of {cfg.batch_size}; "
-                           f"lower batch_size (and K) or use more images")
-    return JpegBatches(files, cfg, device, rank, world)
+    idx = subset_indices(len(folder.samples), cfg.train_subset, cfg.seed, "train subset")  # the reference's subset
+    return JpegBatches(FileBytes([folder.samples[i] for i in idx]), cfg, device, rank, world)

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from .. import checkpoint as ckpt
 from ..config import Config, config_from_dict
 from ..models import build_encoder
+from ..seeding import seeded
 from .features import calibrate_bn, extract_layers, load_encoder
 
 
@@ -115,8 +116,7 @@ class _Views(Dataset):
 
     def __getitem__(self, i):
         image, _ = self.images[i]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed * 1_000_003 + i)
+        with seeded(self.seed, "view pairs", i):
             return torch.stack([self.transform(image), self.transform(image)]), 0
 
 
@@ -141,7 +141,7 @@ def models_to_compare(checkpoint: str, calibration: Dataset, seed: int = 0) -> t
     The random-init encoder has the checkpoint's architecture and its BN statistics
     calibrated on a few batches of `calibration` (see features.calibrate_bn).
     """
-    cfg = config_from_dict(ckpt.load_checkpoint(checkpoint)["config"])
+    cfg = config_from_dict(ckpt.load_pretraining(checkpoint)["config"])
     moco, _ = load_encoder(checkpoint)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

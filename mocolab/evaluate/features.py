@@ -41,9 +41,7 @@ def file_hash(path: str | Path) -> str:
 
 def load_encoder(path: str | Path) -> tuple[Encoder, str]:
     """The query encoder of a mocolab checkpoint, in eval mode, and its identity (content hash)."""
-    state = ckpt.load_checkpoint(path)
-    if "config" not in state or "model" not in state:
-        raise ckpt.CheckpointError(f"{path} is not a mocolab pretraining checkpoint (no config/model)")
+    state = ckpt.load_pretraining(path)
     cfg = config_from_dict(state["config"])
     encoder = build_encoder(cfg.arch, cifar_stem=cfg.cifar_stem, head=cfg.head, dim=cfg.dim)
     prefix = "encoder_q."
@@ -94,7 +92,7 @@ def calibrate_bn(encoder: nn.Module, loader: DataLoader, batches: int = 20, devi
 # ----------------------------------------------------------------------------
 
 @torch.no_grad()
-def extract_layers(encoder: nn.Module, loader: DataLoader, layers=("avgpool",), device="cpu",
+def extract_layers(encoder: nn.Module, loader, layers=("avgpool",), device="cpu",
                    progress: bool = True, keep_on_device: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Raw (unnormalised) float32 features of every image, per layer (on the CPU unless keep_on_device), and labels."""
     layers = tuple(layers)
@@ -117,14 +115,14 @@ def extract_layers(encoder: nn.Module, loader: DataLoader, layers=("avgpool",), 
     return {name: torch.cat(v) for name, v in feats.items()}, torch.cat(labels)
 
 
-def extract_features(encoder, loader: DataLoader, feature: str = "backbone", device="cpu",
+def extract_features(encoder, loader, feature: str = "avgpool", device="cpu",
                      normalize: bool = True, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, labels) on `device` for the kNN monitor: "backbone" (global average pool) or "head"."""
-    if feature not in ("backbone", "head"):
-        raise ValueError(f"unknown feature {feature!r}; choose 'backbone' or 'head'")
-    layer = "avgpool" if feature == "backbone" else "head"
-    feats, labels = extract_layers(encoder, loader, (layer,), device, progress, keep_on_device=True)
-    f = feats[layer]
+    """(features, labels) on `device` for the kNN monitor: "avgpool" (the backbone's global average pool)
+    or "head" (the projection)."""
+    if feature not in ("avgpool", "head"):
+        raise ValueError(f"unknown feature {feature!r}; choose 'avgpool' or 'head'")
+    feats, labels = extract_layers(encoder, loader, (feature,), device, progress, keep_on_device=True)
+    f = feats[feature]
     return (F.normalize(f, dim=1) if normalize else f), labels.to(device)
 
 

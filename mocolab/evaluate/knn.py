@@ -2,7 +2,7 @@
 
 For each test feature take the k most cosine-similar bank features; each
 neighbour votes for its label with weight exp(sim / T); the class with the
-largest summed weight wins (PROTOCOLS.md section 2, "kNN classification").
+largest summed weight wins (docs/protocols.md section 2, "kNN classification").
 """
 from __future__ import annotations
 

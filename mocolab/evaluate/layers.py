@@ -1,6 +1,6 @@
 """Layer features feat1..feat5: each ResNet stage average-pooled to about 9k dimensions.
 
-PROTOCOLS.md section 2, "Layer features": for ResNet-50 at 224 px the pooling
+docs/protocols.md section 2, "Layer features": for ResNet-50 at 224 px the pooling
 is the benchmark's fixed table below. For other backbones and input sizes
 (ResNet-18 on 32 px CIFAR, say) an analogous pooling is derived: each stage is
 average-pooled to the square grid that brings it closest to 9,216 dimensions.

@@ -1,4 +1,4 @@
-"""Linear classification on a frozen backbone (PROTOCOLS.md section 2).
+"""Linear classification on a frozen backbone (docs/protocols.md section 2).
 
 - AvgPool protocol (MoCo's): global average pool, Linear initialised N(0, 0.01),
   SGD lr 30, momentum 0.9, no weight decay, 100 epochs with lr x0.1 at 60 and 80.
@@ -13,6 +13,9 @@ steps move with them (same fractions of training).
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,8 +24,29 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from ..augment import IMAGENET_MEAN, IMAGENET_STD
-from .layers import LAYERS, STAGE_OF, layer_pool
 from ..models import stage_outputs
+from ..schedule import lr_schedule
+from .layers import LAYERS, STAGE_OF, layer_pool
+
+
+@dataclass(frozen=True)
+class ProbeRecipe:
+    """The optimisation of one linear protocol (docs/protocols.md section 2)."""
+
+    epochs: int
+    lr: float
+    weight_decay: float
+    nesterov: bool
+    milestones: tuple  # epochs where the lr drops x0.1
+    momentum: float = 0.9
+    batch_size: int = 256
+
+
+PROBES = {
+    "avgpool": ProbeRecipe(epochs=100, lr=30.0, weight_decay=0.0, nesterov=False, milestones=(60, 80)),
+    "multihead": ProbeRecipe(epochs=90, lr=0.01, weight_decay=1e-4, nesterov=True, milestones=(30, 60)),
+    "places": ProbeRecipe(epochs=28, lr=0.01, weight_decay=1e-4, nesterov=True, milestones=(7, 14, 21)),
+}
 
 # AlexNet's PCA lighting noise: eigenvalues and eigenvectors of ImageNet's RGB covariance.
 _EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
@@ -109,20 +133,25 @@ class MultiHead(nn.Module):
 # Training
 # ----------------------------------------------------------------------------
 
+def probe_recipe(protocol: str = "avgpool", epochs: int | None = None, lr: float | None = None) -> ProbeRecipe:
+    """The protocol's recipe (PROBES), for `epochs` (its lr steps moved to the same fractions) and `lr`."""
+    if protocol not in PROBES:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {sorted(PROBES)}")
+    ref = PROBES[protocol]
+    epochs = epochs or ref.epochs
+    return dataclasses.replace(ref, epochs=epochs, lr=lr or ref.lr,
+                               milestones=tuple(scaled_milestones(epochs, ref.epochs, ref.milestones)))
+
+
 def linear_probe(backbone: nn.Module, train_set, test_set, num_classes: int, protocol: str = "avgpool",
-                 epochs: int | None = None, lr: float | None = None, batch_size: int = 256,
-                 milestones=None, device="cpu", workers: int = 4, progress: bool = True) -> dict:
+                 recipe: ProbeRecipe | None = None, device="cpu", workers: int = 4, progress: bool = True) -> dict:
     """Train the protocol's linear head(s) on a frozen backbone; top-1/top-5 (%) per head on test_set.
 
-    protocol "avgpool": lr 30, wd 0, 100 epochs, steps at 60/80. "multihead": Nesterov, lr 0.01,
-    wd 1e-4, 90 epochs, steps at 30/60 (pass milestones=[7, 14, 21], epochs=28 for Places205).
+    protocol "avgpool": one head on the global average pool; "multihead" (and "places", the
+    Places205 schedule): BN + linear heads on feat1..feat5. recipe: the optimisation, by default
+    the protocol's (probe_recipe(protocol, epochs, lr) for a shorter run).
     """
-    defaults = {"avgpool": (100, 30.0, 0.0, False, (60, 80)), "multihead": (90, 0.01, 1e-4, True, (30, 60))}
-    if protocol not in defaults:
-        raise ValueError(f"unknown protocol {protocol!r}; choose 'avgpool' or 'multihead'")
-    ref_epochs, ref_lr, wd, nesterov, ref_steps = defaults[protocol]
-    epochs, lr = epochs or ref_epochs, lr or ref_lr
-    milestones = list(milestones) if milestones is not None else scaled_milestones(epochs, ref_epochs, ref_steps)
+    r = recipe or probe_recipe(protocol)
     backbone = backbone.to(device).eval()
     backbone.requires_grad_(False)
     before = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
@@ -132,12 +161,15 @@ def linear_probe(backbone: nn.Module, train_set, test_set, num_classes: int, pro
     shapes = {k: (v.shape[1], v.shape[-1]) for k, v in sample.items()}
     head = (AvgPoolHead(shapes["layer4"][0], num_classes) if protocol == "avgpool"
             else MultiHead(shapes, num_classes)).to(device)
-    optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=wd, nesterov=nesterov)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=False)
+    optimizer = torch.optim.SGD(head.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay,
+                                nesterov=r.nesterov)
+    loader = DataLoader(train_set, batch_size=r.batch_size, shuffle=True, num_workers=workers, drop_last=False)
+    lrs = lr_schedule(r.lr, r.epochs, shape="step", milestones=r.milestones)  # one lr per epoch
     history = []
-    for epoch in tqdm(range(epochs), desc=f"linear probe ({protocol})", disable=not progress):
+    for epoch in tqdm(range(r.epochs), desc=f"linear probe ({protocol})", disable=not progress):
         head.train()
+        for group in optimizer.param_groups:
+            group["lr"] = lrs[epoch]
         total, seen = 0.0, 0
         for images, labels in loader:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -148,11 +180,10 @@ def linear_probe(backbone: nn.Module, train_set, test_set, num_classes: int, pro
             loss.backward()
             optimizer.step()
             total, seen = total + loss.item() * len(labels), seen + len(labels)
-        history.append({"epoch": epoch + 1, "loss": total / seen, "lr": optimizer.param_groups[0]["lr"]})
-        scheduler.step()
+        history.append({"epoch": epoch + 1, "loss": total / seen, "lr": float(lrs[epoch])})
     verify_unchanged(backbone, before)
-    return {"protocol": protocol, "epochs": epochs, "milestones": milestones,
-            **evaluate_heads(backbone, head, test_set, batch_size, device, workers), "history": history}
+    return {"protocol": protocol, "recipe": dataclasses.asdict(r),
+            **evaluate_heads(backbone, head, test_set, r.batch_size, device, workers), "history": history}
 
 
 def verify_unchanged(backbone: nn.Module, before: dict) -> None:

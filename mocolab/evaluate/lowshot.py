@@ -1,9 +1,11 @@
-"""Low-shot linear SVMs (PROTOCOLS.md section 2, "Low-shot VOC07 SVM").
+"""Low-shot linear SVMs (docs/protocols.md section 2, "Low-shot VOC07 SVM").
 
 For k in {1, 2, 4, 8, 16, 32, 64, 96} and 5 seeded samples per k: for each
-class, k positives and 19k negatives drawn from the training set (the rest is
-ignored for that class), the SVM of the VOC07 protocol at each of its 19 costs,
-VOC AP on the test set. Two ways to pick the cost, reported side by side:
+class, k positives and 19k negatives drawn from the training set (negatives
+are images labelled absent, 0; difficult-only images are never drawn, as in
+the reference benchmark's sampling script; the rest is ignored for that
+class), the SVM of the VOC07 protocol at each of its 19 costs, VOC AP on the
+test set. Two ways to pick the cost, reported side by side:
 
 - "test": per k, the cost with the best mean test mAP over the samples, as the
   reference does (optimistic: the cost is chosen on test data);
@@ -15,16 +17,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .svm import (COSTS, _labels, _sample_costs, average_precision, cv_folds, fit_svms, normalize_rows,
-                  sklearn_svm_scores, voc_ap)
-
-LOW_SHOT_KS = (1, 2, 4, 8, 16, 32, 64, 96)
+from ..reference import LOW_SHOT_KS
+from ..seeding import derive_seed
+from .svm import (COSTS, average_precision, cv_folds, fit_svms, normalize_rows, sample_costs, sklearn_svm_scores,
+                  svm_labels, voc_ap)
 
 
 def low_shot_sample(targets: torch.Tensor, cls: int, k: int, sample: int, seed: int = 0, class_name=None):
     """Training indices of one sample for one class: k positives then 19k negatives, seeded."""
     column = torch.as_tensor(targets)[:, cls].numpy()
-    positives, negatives = np.flatnonzero(column == 1), np.flatnonzero(column != 1)
+    positives, negatives = np.flatnonzero(column == 1), np.flatnonzero(column == 0)  # difficult (-1): neither
     name = class_name if class_name is not None else cls
     if len(positives) < k:
         raise ValueError(f"low-shot k={k}: class {name!r} has only {len(positives)} positive training "
@@ -32,7 +34,7 @@ def low_shot_sample(targets: torch.Tensor, cls: int, k: int, sample: int, seed: 
     if len(negatives) < 19 * k:
         raise ValueError(f"low-shot k={k}: class {name!r} has only {len(negatives)} negatives, "
                          f"fewer than 19k = {19 * k}")
-    rng = np.random.default_rng([seed, k, sample, cls])
+    rng = np.random.default_rng(derive_seed(seed, "low-shot sample", k, sample, cls))
     return np.concatenate([rng.choice(positives, k, replace=False), rng.choice(negatives, 19 * k, replace=False)])
 
 
@@ -45,7 +47,7 @@ def _fit_columns(x, y, columns, solver, device):
     c = torch.zeros(len(rows), len(columns), dtype=torch.float64)
     for j, (idx, cost) in enumerate(columns):
         local = torch.as_tensor([where[r] for r in idx])
-        c[local, j] = _sample_costs(y[idx], cost)
+        c[local, j] = sample_costs(y[idx], cost)
     xs = x[torch.as_tensor(rows)].to(device)
     w = fit_svms(xs, y[torch.as_tensor(rows)][:, None].expand(-1, len(columns)).contiguous().to(device), c.to(device))
     return (x.to(device) @ w[:-1] + w[-1]).cpu().numpy()
@@ -57,7 +59,7 @@ def low_shot_protocol(train_x, train_targets, test_x, test_targets, ks=LOW_SHOT_
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     train_x, test_x = normalize_rows(train_x), normalize_rows(test_x)
     train_targets, test_targets = torch.as_tensor(train_targets), torch.as_tensor(test_targets)
-    y = _labels(train_targets)
+    y = svm_labels(train_targets)
     classes = y.shape[1]
     names = list(class_names) if class_names is not None else list(range(classes))
     result = {}

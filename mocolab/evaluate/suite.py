@@ -1,140 +1,132 @@
-"""Every benchmark of the reference page from one checkpoint, into one results.json.
+"""Every benchmark of the reference page for one encoder, into one results.json.
 
-    results = evaluate(checkpoint="runs/c10/checkpoint_last.pt", dataset="cifar10", data_root="data",
-                       voc_root="data/VOCdevkit", output_dir="runs/c10/eval")
+    cfg = EvalConfig(checkpoint="runs/c10/checkpoint_last.pt", dataset="cifar10", data_root="data",
+                     voc_root="data/VOCdevkit", output_dir="runs/c10/eval")
+    results = evaluate(cfg)          # or evaluate(checkpoint=..., ...)
+    print(tables(results))
 
-Benchmarks (PROTOCOLS.md section 2): "knn" (k = 10, 20, 100, 200, T = 0.07, on the
-pooled backbone and the head), "svm" (the VOC07 protocol per layer; one-vs-rest
-on a single-label dataset when there is no VOC), "lowshot" (on the best SVM
-layer), "linear" (AvgPool and multi-head probes). `tables(results)` lays them
+Benchmarks (docs/protocols.md section 2; one function each in benchmarks.py):
+"knn" (k = 10, 20, 100, 200, T = 0.07, on the pooled backbone and the head),
+"svm" (the VOC07 protocol per layer; one-vs-rest on a single-label dataset when
+there is no VOC), "lowshot" (on the best SVM layer), "linear" (AvgPool and
+multi-head probes). results.json holds, per benchmark, its settings and data
+sizes, and for the whole run the encoder (the checkpoint's content hash),
+mocolab's git SHA, torch's version and the device. `tables(results)` lays them
 out like the reference page, with its numbers beside when the data is the reference's.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .. import augment
-from ..data import classes_of, load_split, seeded_subset
-from .features import baseline_encoder, cached_features, calibrate_bn, load_encoder
-from .knn import knn_accuracy
+from .. import augment, settings
+from ..config import config_from_dict
+from ..checkpoint import load_pretraining
+from ..data import DATASETS, classes_of, load_split, seeded_subset
+from ..job import code_version
+from ..reference import EVALUATION as REFERENCE
+from ..reference import LOW_SHOT_KS
+from .benchmarks import KNN_KS, Features, knn_benchmark, linear_benchmark, lowshot_benchmark, svm_benchmark
+from .features import baseline_encoder, calibrate_bn, load_encoder
 from .layers import LAYERS
-from .linear import linear_probe, probe_transforms
-from .lowshot import LOW_SHOT_KS, low_shot_protocol
-from .svm import svm_protocol
+from .linear import probe_transforms
 from .voc import VOC07Classification, voc_svm_transform
 
-# MoCo v2, 200 epochs (PROTOCOLS.md).
-REFERENCE = {
-    "knn_imagenet": {10: 55.6, 20: 55.7, 100: 53.7, 200: 52.5},
-    "svm_voc07": {"feat5": 84.04},
-    "lowshot_voc07": dict(zip(LOW_SHOT_KS, (43.14, 53.29, 65.34, 71.03, 75.42, 78.48, 80.88, 82.23))),
-    "linear_imagenet": {"feat1": 15.96, "feat2": 34.22, "feat3": 45.78, "feat4": 61.11, "feat5": 66.24,
-                        "avgpool": 67.58},
-    "linear_places205": {"feat1": 20.92, "feat2": 35.72, "feat3": 42.62, "feat4": 49.79, "feat5": 52.25},
-}
 BENCHMARKS = ("knn", "svm", "lowshot", "linear")
 
 
-def evaluate(checkpoint: str | None = None, baseline: str | None = None, arch: str = "resnet18",
-             cifar_stem: bool = True, dataset: str = "cifar10", data_root: str = "data", voc_root: str | None = None,
-             benchmarks=BENCHMARKS, image_size: int = 32, svm_layers=LAYERS + ("avgpool",),
-             train_size: int = 0, test_size: int = 0, lowshot_ks=LOW_SHOT_KS, lowshot_samples: int = 5,
-             probe_epochs: int = 100, probe_lr: float | None = None, output_dir: str = "runs/eval",
-             cache_dir: str | None = None, device: str | None = None, workers: int = 4, seed: int = 0,
-             progress: bool = True) -> dict:
-    """Run the chosen benchmarks for a checkpoint (or a baseline: "random" / "supervised" with `arch`).
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate, on which data, with which benchmarks. Defaults: the protocols' full settings."""
 
-    dataset/data_root: the labelled data for kNN, linear probes and (without VOC) the SVMs;
-    train_size/test_size: seeded subsets (0: all); probe_epochs: 100 is the protocol, fewer for a quick look.
-    """
-    unknown = set(benchmarks) - set(BENCHMARKS)
-    if unknown:
-        raise ValueError(f"unknown benchmarks {sorted(unknown)}; choose from {list(BENCHMARKS)}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if checkpoint:
-        encoder, identity = load_encoder(checkpoint)
-    else:
-        encoder, identity = baseline_encoder(baseline or "random", arch, cifar_stem, seed)
-    encoder = encoder.to(device)
-    out = Path(output_dir)
-    cache = Path(cache_dir) if cache_dir else out / "feature_cache"
-    mean, std = augment.normalisation("cifar" if image_size <= 64 else "imagenet")
-    test_transform = augment.eval_transform(image_size, mean, std)
+    checkpoint: str = ""  # a mocolab pretraining checkpoint: its encoder, or its architecture for a baseline
+    model: Literal["moco", "random", "supervised"] = "moco"  # the checkpoint's encoder, or a baseline
+    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"  # a baseline's, when there is no checkpoint
+    cifar_stem: bool = True  # likewise
+    dataset: Literal[DATASETS] = "cifar10"  # labelled data for kNN, the probes and (without VOC) the SVMs
+    data_root: str = "data"
+    voc_root: str = ""  # a VOCdevkit for the VOC07 SVMs; "": one-vs-rest on `dataset`
+    benchmarks: tuple[str, ...] = BENCHMARKS
+    image_size: int = 32  # 32 for CIFAR-size data, 224 for ImageNet-size
+    train_size: int = 0  # seeded subset of the training split (0: all)
+    test_size: int = 0  # seeded subset of the test split (0: all)
+    knn_ks: tuple[int, ...] = KNN_KS
+    knn_t: float = 0.07
+    svm_layers: tuple[str, ...] = LAYERS + ("avgpool",)
+    lowshot_ks: tuple[int, ...] = LOW_SHOT_KS
+    lowshot_samples: int = 5
+    probe_epochs: int | None = None  # None: the protocol's (100 AvgPool, 90 multi-head); lr steps scale with it
+    probe_lr: float | None = None  # the AvgPool probe's; None: the protocol's 30 (a random network needs far less)
+    output_dir: str = "runs/eval"
+    cache_dir: str = ""  # "": output_dir/feature_cache
+    device: str = "auto"  # "auto": a GPU if there is one
+    workers: int = 4
+    seed: int = 0
+
+    label = "evaluation config"
+
+    def __post_init__(self):
+        settings.check_fields(self)
+        unknown = sorted(set(self.benchmarks) - set(BENCHMARKS))
+        settings.need(not unknown, f"unknown benchmarks {unknown}; choose from {list(BENCHMARKS)}")
+        settings.need(self.model != "moco" or self.checkpoint,
+                      "model='moco' evaluates a checkpoint: pass checkpoint=..., or model='random' / 'supervised'")
+        bad = [name for name in self.svm_layers if name not in LAYERS + ("avgpool",)]
+        settings.need(not bad, f"unknown svm_layers {bad}; choose from {list(LAYERS) + ['avgpool']}")
+        for name in ("train_size", "test_size", "workers", "seed"):
+            settings.need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def evaluate(cfg: EvalConfig | None = None, progress: bool = True, **overrides) -> dict:
+    """Run cfg's benchmarks (or those of EvalConfig(**overrides)); writes output_dir/results.json."""
+    cfg = settings.build(EvalConfig, cfg.to_dict() if cfg else {}, overrides)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    out = Path(cfg.output_dir)
+    mean, std = augment.normalisation("cifar" if cfg.image_size <= 64 else "aug_plus")
+    test_transform = augment.eval_transform(cfg.image_size, mean, std)
 
     def split(name, n, transform=test_transform):
-        return seeded_subset(load_split(dataset, data_root, name, transform, download=True), n, seed)
+        return seeded_subset(load_split(cfg.dataset, cfg.data_root, name, transform, download=True), n, cfg.seed,
+                             f"eval {name}")
 
-    def features(ds, data_id, layers):
-        return cached_features(encoder, identity, ds, data_id, layers, cache, device, workers=workers,
-                               progress=progress)
-
-    train_set, test_set = split("train", train_size), split("test", test_size)
+    train_set, test_set = split("train", cfg.train_size), split("test", cfg.test_size)
     classes = classes_of(train_set)
-    if not checkpoint and (baseline or "random") == "random":
-        # Untrained BN statistics make eval-mode activations explode; use the data's.
-        calibrate_bn(encoder, DataLoader(train_set, batch_size=256, shuffle=True,
-                                         generator=torch.Generator().manual_seed(seed)), device=device)
-        identity += f"-bn-calibrated-on:{dataset}:{data_root}:{len(train_set)}:{seed}"
-    results = {"encoder": identity, "checkpoint": str(checkpoint) if checkpoint else None, "dataset": dataset,
-               "data_root": str(data_root), "train_size": len(train_set), "test_size": len(test_set),
-               "seconds": {}}
-    data_id = f"{dataset}:{data_root}"
+    encoder, identity = _encoder(cfg, train_set, device)
+    features = Features(encoder, identity, cfg.cache_dir or out / "feature_cache", device, cfg.workers,
+                        progress)
+    results = {"encoder": identity, "checkpoint": cfg.checkpoint or None, "model": cfg.model,
+               "code_version": code_version(), "torch": torch.__version__, "device": str(device),
+               "config": cfg.to_dict(), "dataset": cfg.dataset, "data_root": cfg.data_root,
+               "train_size": len(train_set), "test_size": len(test_set), "seconds": {}}
+    data_id = f"{cfg.dataset}:{cfg.data_root}"
 
-    if "knn" in benchmarks:
+    if "knn" in cfg.benchmarks:
         tic = time.perf_counter()
-        layers = ("avgpool",) + (("head",) if getattr(encoder, "head", None) is not None else ())
-        bank, bank_y = features(train_set, data_id + ":train", layers)
-        test, test_y = features(test_set, data_id + ":test", layers)
-        ks = tuple(k for k in (10, 20, 100, 200) if k <= len(bank_y))
-        results["knn"] = {name: {str(k): v for k, v in knn_accuracy(
-            F.normalize(test[name], dim=1).to(device), test_y, F.normalize(bank[name], dim=1).to(device),
-            bank_y.to(device), len(classes), ks=ks, T=0.07).items()} for name in layers}
+        results["knn"] = knn_benchmark(features, train_set, test_set, data_id, len(classes), ks=cfg.knn_ks, T=cfg.knn_t)
         results["seconds"]["knn"] = time.perf_counter() - tic
-
-    if "svm" in benchmarks or "lowshot" in benchmarks:
+    if "svm" in cfg.benchmarks or "lowshot" in cfg.benchmarks:
+        _svms(cfg, features, train_set, test_set, classes, results, device)
+    if "linear" in cfg.benchmarks:
         tic = time.perf_counter()
-        if voc_root:
-            voc_t = voc_svm_transform(max(image_size, 224) if image_size > 64 else image_size)
-            svm_train = VOC07Classification(voc_root, "trainval", voc_t)
-            svm_test = VOC07Classification(voc_root, "test", voc_t)
-            train_t, test_t, names, svm_id = svm_train.targets, svm_test.targets, svm_train.classes, "voc07"
-        else:  # one-vs-rest on the single-label dataset
-            svm_train, svm_test, names, svm_id = train_set, test_set, classes, dataset
-        layers = tuple(svm_layers)
-        tr_f, tr_y = features(svm_train, f"{svm_id}:{voc_root or data_root}:svm-train", layers)
-        te_f, te_y = features(svm_test, f"{svm_id}:{voc_root or data_root}:svm-test", layers)
-        if not voc_root:
-            train_t, test_t = F.one_hot(tr_y, len(classes)), F.one_hot(te_y, len(classes))
-        results["svm_data"] = svm_id
-        if "svm" in benchmarks:
-            results["svm"] = {name: svm_protocol(tr_f[name], train_t, te_f[name], test_t, device=device,
-                                                 class_names=names) for name in layers}
-            results["svm_best_layer"] = max(results["svm"], key=lambda n: results["svm"][n]["mAP"])
-            results["seconds"]["svm"] = time.perf_counter() - tic
-        if "lowshot" in benchmarks:
-            tic = time.perf_counter()
-            layer = results.get("svm_best_layer", layers[-1])
-            low = low_shot_protocol(tr_f[layer], train_t, te_f[layer], test_t, ks=lowshot_ks,
-                                    samples=lowshot_samples, seed=seed, device=device, class_names=names)
-            results["lowshot"] = {"layer": layer, **low, "by_k": {str(k): v for k, v in low["by_k"].items()}}
-            results["seconds"]["lowshot"] = time.perf_counter() - tic
-
-    if "linear" in benchmarks:
-        tic = time.perf_counter()
-        results["linear"] = {}
-        for protocol in ("avgpool", "multihead"):
-            recipe = "cifar" if image_size <= 64 else protocol
-            train_t, test_t = probe_transforms(recipe, image_size, mean, std)
-            results["linear"][protocol] = linear_probe(
-                encoder.backbone, split("train", train_size, train_t), split("test", test_size, test_t),
-                len(classes), protocol, epochs=probe_epochs, lr=probe_lr if protocol == "avgpool" else None,
-                device=device, workers=workers, progress=progress)
+        protocols = ("avgpool", "multihead")
+        transforms = {p: probe_transforms("cifar" if cfg.image_size <= 64 else p, cfg.image_size, mean, std)
+                      for p in protocols}
+        results["linear"] = linear_benchmark(
+            encoder.backbone, {p: split("train", cfg.train_size, transforms[p][0]) for p in protocols},
+            {p: split("test", cfg.test_size, transforms[p][1]) for p in protocols}, len(classes),
+            protocols=protocols, epochs=cfg.probe_epochs, lr=cfg.probe_lr, device=device, workers=cfg.workers,
+            progress=progress)
         results["seconds"]["linear"] = time.perf_counter() - tic
 
     out.mkdir(parents=True, exist_ok=True)
@@ -142,38 +134,84 @@ def evaluate(checkpoint: str | None = None, baseline: str | None = None, arch: s
     return results
 
 
+def _encoder(cfg: EvalConfig, train_set, device):
+    """(encoder on `device`, identity): the checkpoint's, or a baseline of the checkpoint's (or cfg's) architecture."""
+    if cfg.model == "moco":
+        encoder, identity = load_encoder(cfg.checkpoint)
+        return encoder.to(device), identity
+    arch, cifar_stem = cfg.arch, cfg.cifar_stem
+    if cfg.checkpoint:
+        saved = config_from_dict(load_pretraining(cfg.checkpoint)["config"])
+        arch, cifar_stem = saved.arch, saved.cifar_stem
+    encoder, identity = baseline_encoder(cfg.model, arch, cifar_stem, cfg.seed)
+    encoder = encoder.to(device)
+    if cfg.model == "random":
+        # Untrained BN statistics make eval-mode activations explode; use the data's.
+        calibrate_bn(encoder, DataLoader(train_set, batch_size=256, shuffle=True,
+                                         generator=torch.Generator().manual_seed(cfg.seed)), device=device)
+        identity += f"-bn-calibrated-on:{cfg.dataset}:{cfg.data_root}:{len(train_set)}:{cfg.seed}"
+    return encoder, identity
+
+
+def _svms(cfg: EvalConfig, features: Features, train_set, test_set, classes, results: dict, device) -> None:
+    """The SVM and low-shot benchmarks: on VOC07 when cfg.voc_root, else one-vs-rest on the dataset."""
+    tic = time.perf_counter()
+    if cfg.voc_root:
+        voc_t = voc_svm_transform(max(cfg.image_size, 224) if cfg.image_size > 64 else cfg.image_size)
+        svm_train, svm_test = VOC07Classification(cfg.voc_root, "trainval", voc_t), VOC07Classification(
+            cfg.voc_root, "test", voc_t)
+        names, svm_id = list(svm_train.classes), "voc07"
+    else:
+        svm_train, svm_test, names, svm_id = train_set, test_set, classes, cfg.dataset
+    layers = tuple(cfg.svm_layers)
+    tr_f, tr_y = features(svm_train, f"{svm_id}:{cfg.voc_root or cfg.data_root}:svm-train", layers)
+    te_f, te_y = features(svm_test, f"{svm_id}:{cfg.voc_root or cfg.data_root}:svm-test", layers)
+    if cfg.voc_root:
+        train_t, test_t = svm_train.targets, svm_test.targets
+    else:
+        train_t, test_t = F.one_hot(tr_y, len(classes)), F.one_hot(te_y, len(classes))
+    results["svm_data"] = svm_id
+    layer = layers[-1]
+    if "svm" in cfg.benchmarks:
+        results["svm"] = svm_benchmark(tr_f, train_t, te_f, test_t, class_names=names, device=device)
+        results["seconds"]["svm"] = time.perf_counter() - tic
+        layer = results["svm"]["best_layer"]
+    if "lowshot" in cfg.benchmarks:
+        tic = time.perf_counter()
+        results["lowshot"] = lowshot_benchmark(tr_f[layer], train_t, te_f[layer], test_t, layer=layer,
+                                               class_names=names, ks=cfg.lowshot_ks, samples=cfg.lowshot_samples,
+                                               seed=cfg.seed, device=device)
+        results["seconds"]["lowshot"] = time.perf_counter() - tic
+
+
+# ----------------------------------------------------------------------------
+# Tables in the reference page's shapes
+# ----------------------------------------------------------------------------
+
 def tables(results: dict) -> str:
     """Markdown tables in the reference page's shapes; reference numbers where the data matches."""
-    lines = []
     imagenet = results.get("dataset") == "imagefolder" and "imagenet" in results.get("data_root", "").lower()
-    if "svm" in results or "lowshot" in results:
-        voc = results.get("svm_data") == "voc07"
-        lines += [f"**SVM ({'VOC07' if voc else results.get('svm_data')} mAP)**", "",
+    voc = results.get("svm_data") == "voc07"
+    lines = []
+    if "svm" in results:
+        lines += [f"**Linear SVM per layer ({'VOC07' if voc else results['svm_data']} mAP)**", "",
                   "| layer | mAP | reference |", "|---|---|---|"]
-        for name, r in results.get("svm", {}).items():
+        for name, r in results["svm"]["layers"].items():
             ref = REFERENCE["svm_voc07"].get(name, "") if voc else ""
             lines.append(f"| {name} | {r['mAP']:.2f} | {ref} |")
-        if "lowshot" in results:
-            ks = list(results["lowshot"]["by_k"])
-            lines += ["", f"**Low-shot SVM ({results['lowshot']['layer']}), mAP mean over samples**", "",
-                      "| cost picked | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
-            for how in ("cost_picked_on_test", "cost_picked_by_cv"):
-                row = [f"{results['lowshot']['by_k'][k][how]['mean']:.2f}" if how in results["lowshot"]["by_k"][k]
-                       else "n/a" for k in ks]
-                lines.append(f"| {'on test (reference)' if how.endswith('test') else 'by CV in sample'} | "
-                             + " | ".join(row) + " |")
-            if voc:
-                lines.append("| reference | " + " | ".join(str(REFERENCE["lowshot_voc07"].get(int(k), ""))
-                                                           for k in ks) + " |")
+        lines.append("")
+    if "lowshot" in results:
+        lines += _lowshot_table(results["lowshot"], voc)
     if "linear" in results:
-        lines += ["", "**Linear classification top-1**", "", "| head | top-1 | reference |", "|---|---|---|"]
-        for protocol, r in results["linear"].items():
+        lines += ["**Linear classification top-1**", "", "| head | top-1 | reference |", "|---|---|---|"]
+        for protocol, r in results["linear"]["protocols"].items():
             for name, top1 in r["top1"].items():
                 ref = REFERENCE["linear_imagenet"].get(name, "") if imagenet else ""
                 lines.append(f"| {protocol}: {name} | {top1:.2f} | {ref} |")
+        lines.append("")
     if "knn" in results:
-        lines += ["", "**kNN top-1 (T = 0.07)**", ""]
-        for feature, by_k in results["knn"].items():
+        lines += [f"**kNN top-1 (T = {results['knn']['settings']['T']})**", ""]
+        for feature, by_k in results["knn"]["features"].items():
             ks = list(by_k)
             lines += [f"| {feature} | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|",
                       "| measured | " + " | ".join(f"{by_k[k]['top1']:.2f}" for k in ks) + " |"]
@@ -182,3 +220,15 @@ def tables(results: dict) -> str:
                                                            for k in ks) + " |")
             lines.append("")
     return "\n".join(lines)
+
+
+def _lowshot_table(low: dict, voc: bool) -> list[str]:
+    ks = list(low["by_k"])
+    lines = [f"**Low-shot linear SVM ({low['layer']}), mAP mean over samples**", "",
+             "| cost picked | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
+    for how, label in (("cost_picked_on_test", "on test (reference)"), ("cost_picked_by_cv", "by CV in sample")):
+        row = [f"{low['by_k'][k][how]['mean']:.2f}" if how in low["by_k"][k] else "n/a" for k in ks]
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    if voc:
+        lines.append("| reference | " + " | ".join(str(REFERENCE["lowshot_voc07"].get(int(k), "")) for k in ks) + " |")
+    return lines + [""]

@@ -1,6 +1,6 @@
 """Linear SVMs on frozen features: the VOC07 protocol, batched.
 
-PROTOCOLS.md section 2, "VOC07 SVM": rows divided by (L2 norm + 1e-5) in
+docs/protocols.md section 2, "VOC07 SVM": rows divided by (L2 norm + 1e-5) in
 float64; per class a binary linear SVM (L2 penalty, squared hinge, class
 weights 2:1, bias regularised as in liblinear); the cost picked per class from
 19 values by mean 3-fold cross-validated average precision on trainval;
@@ -145,12 +145,12 @@ def _conjugate_gradient(hvp, b: torch.Tensor, max_iter: int, rtol: float = 0.1) 
 # The protocol: cost by cross-validation, refit, test
 # ----------------------------------------------------------------------------
 
-def _labels(targets: torch.Tensor) -> torch.Tensor:
+def svm_labels(targets: torch.Tensor) -> torch.Tensor:
     """+1 for present, -1 otherwise: training treats difficult images as negatives."""
     return torch.where(torch.as_tensor(targets) == 1, 1.0, -1.0).double()
 
 
-def _sample_costs(y: torch.Tensor, cost: float) -> torch.Tensor:
+def sample_costs(y: torch.Tensor, cost: float) -> torch.Tensor:
     return cost * torch.where(y > 0, POS_WEIGHT, 1.0).double()
 
 
@@ -183,7 +183,7 @@ def sklearn_svm_scores(x_train, y_train, cost: float, x_eval, max_iter: int = 50
 def cross_validated_ap(x: torch.Tensor, targets: torch.Tensor, costs=COSTS, folds: int = 3,
                        solver: str = "torch", device=None) -> np.ndarray:
     """Mean held-out average precision (%) per class and cost: classes x costs."""
-    y = _labels(targets)  # N x classes
+    y = svm_labels(targets)  # N x classes
     n, classes = y.shape
     fold_sets = [cv_folds((y[:, j] > 0).numpy(), folds) for j in range(classes)]
     ap = np.zeros((classes, len(costs)))
@@ -205,7 +205,7 @@ def cross_validated_ap(x: torch.Tensor, targets: torch.Tensor, costs=COSTS, fold
             keep[torch.as_tensor(fold_sets[j][f])] = 0
             for cost in costs:
                 cols_y.append(y[:, j])
-                cols_c.append(_sample_costs(y[:, j], cost) * keep)
+                cols_c.append(sample_costs(y[:, j], cost) * keep)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     w = fit_svms(x.to(device), torch.stack(cols_y, 1).to(device), torch.stack(cols_c, 1).to(device))
     scores = (x.to(device) @ w[:-1] + w[-1]).cpu().numpy()  # N x columns
@@ -221,12 +221,12 @@ def cross_validated_ap(x: torch.Tensor, targets: torch.Tensor, costs=COSTS, fold
 
 def fit_and_score(x_train, targets_train, chosen_costs, x_test, solver: str = "torch", device=None) -> np.ndarray:
     """Refit every class at its chosen cost on all training data; decision values on x_test (N x classes)."""
-    y = _labels(targets_train)
+    y = svm_labels(targets_train)
     if solver == "sklearn":
         return np.stack([sklearn_svm_scores(x_train, y[:, j], chosen_costs[j], x_test)
                          for j in range(y.shape[1])], axis=1)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    c = torch.stack([_sample_costs(y[:, j], chosen_costs[j]) for j in range(y.shape[1])], 1)
+    c = torch.stack([sample_costs(y[:, j], chosen_costs[j]) for j in range(y.shape[1])], 1)
     w = fit_svms(x_train.to(device), y.to(device), c.to(device))
     return (x_test.to(device) @ w[:-1] + w[-1]).cpu().numpy()
 

@@ -5,7 +5,7 @@
     <root>/VOC2007/JPEGImages/<id>.jpg
 
 Targets per image and class follow the benchmark: present 1, absent 0,
-difficult only -1 (PROTOCOLS.md section 2, "VOC07 SVM").
+difficult only -1 (docs/protocols.md section 2, "VOC07 SVM").
 """
 from __future__ import annotations
 

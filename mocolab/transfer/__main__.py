@@ -12,8 +12,8 @@ detectron2 or MMDetection instead.
 """
 import argparse
 
-from ..__main__ import parse_override
-from .job import TransferConfig, fine_tune
+from ..settings import parse_override
+from .job import fine_tune, make_transfer_config
 
 
 def main(argv=None) -> None:
@@ -21,7 +21,7 @@ def main(argv=None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="TransferConfig fields as key=value")
     args = parser.parse_args(argv)
-    fine_tune(TransferConfig(**dict(parse_override(o) for o in args.overrides)))
+    fine_tune(make_transfer_config(**dict(parse_override(o) for o in args.overrides)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Fine-tuning and evaluating the transfer models: the reference schedules as presets, one loop per task.
 
-Presets (PROTOCOLS.md, "Transfer to detection and segmentation"):
+Presets (docs/protocols.md, "Transfer to detection and segmentation"):
 
     voc_c4_24k      Faster R-CNN R50-C4, VOC07+12 trainval -> VOC07 test: 24k iterations, batch 16,
                     lr 0.02, x0.1 at 18k and 22k, 100 warm-up iterations, short side 480-800
@@ -16,8 +16,7 @@ Presets (PROTOCOLS.md, "Transfer to detection and segmentation"):
 comes wrapped, with SyncBatchNorm on GPUs: job.py sets that up). The
 evaluations shard the test set over the processes and gather the results, so
 each image is evaluated once. `job.fine_tune` runs a whole row, with
-checkpoints; `train_detection` and `train_segmentation` are the loop alone in
-one process, for a notebook cell or a test.
+checkpoints, on one device or N processes.
 """
 from __future__ import annotations
 
@@ -26,20 +25,24 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from .. import distributed as dist_
 from ..augment import IMAGENET_MEAN, IMAGENET_STD
-from ..gpu_augment import normalize
+from ..augment.batched import normalize
+from ..schedule import lr_schedule
 from .metrics import confusion_matrix, mean_iou, voc_detection_metrics
 from .stream import IterationBatches, SeededStream, iteration_seed
 
 
 @dataclass(frozen=True)
 class Schedule:
+    """A fine-tuning schedule, counted in iterations (docs/protocols.md, transfer rows)."""
+
     iterations: int
-    batch_size: int
+    batch_size: int  # global: images per iteration over all processes
     lr: float
     steps: tuple = ()  # iterations where lr drops x0.1 (step schedule)
     poly_power: float = 0.0  # > 0: poly schedule (lr - min_lr) * (1 - it / iterations) ** power + min_lr
@@ -48,15 +51,12 @@ class Schedule:
     weight_decay: float = 1e-4
     momentum: float = 0.9
 
-    def lr_at(self, it: int) -> float:
+    def lrs(self) -> np.ndarray:
+        """The lr of every iteration (mocolab.schedule.lr_schedule, counted in iterations)."""
         if self.poly_power:
-            lr = (self.lr - self.min_lr) * (1 - it / self.iterations) ** self.poly_power + self.min_lr
-        else:
-            lr = self.lr * 0.1 ** sum(it >= s for s in self.steps)
-        if it < self.warmup:
-            alpha = it / self.warmup
-            lr *= 0.001 * (1 - alpha) + alpha
-        return lr
+            return lr_schedule(self.lr, self.iterations, shape="poly", power=self.poly_power, min_lr=self.min_lr,
+                               warmup_epochs=self.warmup)
+        return lr_schedule(self.lr, self.iterations, shape="step", milestones=self.steps, warmup_epochs=self.warmup)
 
 
 PRESETS = {
@@ -71,15 +71,6 @@ PRESETS = {
 TINY_MODEL_OPTIONS = {"min_size": 96, "max_size": 160, "rpn_pre_nms_top_n_train": 200,
                       "rpn_post_nms_top_n_train": 100, "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100,
                       "box_batch_size_per_image": 32}
-
-REFERENCE = {  # PROTOCOLS.md, MoCo v2 200 epochs
-    "voc_detection": {"AP50": 81.06,
-                      "note": "MMSelfSup; the official repo (detectron2): AP50 82.4, AP 57.0, AP75 63.6"},
-    "coco_detection": {"box AP": 40.2, "box AP50": 59.7, "box AP75": 44.2, "mask AP": 36.1, "mask AP50": 56.7,
-                       "mask AP75": 38.8},
-    "voc_segmentation": {"mIoU": 67.55},
-}
-
 
 def sgd(model, s: Schedule) -> torch.optim.SGD:
     return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=s.lr, momentum=s.momentum,
@@ -129,11 +120,12 @@ def train(model, step: Callable, dataset, schedule: Schedule, optimizer=None, de
     loader = DataLoader(SeededStream(dataset, seed), batch_sampler=IterationBatches(
         schedule.batch_size, start, schedule.iterations, rank, world), num_workers=workers,
         collate_fn=collate_fn, pin_memory=torch.device(device).type == "cuda")
+    lrs = schedule.lrs()
     offset = rows[-1]["seconds"] if rows else 0.0  # a resumed run keeps counting its time
     tic = time.perf_counter()
     for it, batch in enumerate(loader, start=start):
         for group in optimizer.param_groups:
-            group["lr"] = schedule.lr_at(it)
+            group["lr"] = lrs[it]
         torch.manual_seed(iteration_seed(seed, it, rank))  # multi-scale size, RPN / RoI sampling
         loss, parts = step(model, batch, device)
         if not math.isfinite(loss.item()):
@@ -145,7 +137,7 @@ def train(model, step: Callable, dataset, schedule: Schedule, optimizer=None, de
         done = it + 1
         if done % log_every == 0 or it == 0 or done == schedule.iterations:
             values = dist_.all_reduce_mean(torch.stack([loss.detach(), *[v.detach() for v in parts.values()]]))
-            row = {"iteration": done, "lr": schedule.lr_at(it), "loss": values[0].item(),
+            row = {"iteration": done, "lr": float(lrs[it]), "loss": values[0].item(),
                    **{k: v.item() for k, v in zip(parts, values[1:])},
                    "seconds": round(offset + time.perf_counter() - tic, 3)}
             rows.append(row)
@@ -153,22 +145,6 @@ def train(model, step: Callable, dataset, schedule: Schedule, optimizer=None, de
         if checkpoint and ((checkpoint_every and done % checkpoint_every == 0) or done == schedule.iterations):
             checkpoint(done, rows)
     return rows
-
-
-def train_detection(model, dataset, schedule: Schedule, device="cpu", log_every: int = 20, workers: int = 2,
-                    seed: int = 0, progress=print) -> list[dict]:
-    """Fine-tune a torchvision detector in this process; returns a row per logged iteration."""
-    model.to(device)
-    return train(model, detection_step, dataset, schedule, device=device, seed=seed, log_every=log_every,
-                 workers=workers, collate_fn=collate_detection, progress=progress)
-
-
-def train_segmentation(model, dataset, schedule: Schedule, device="cpu", aux_weight: float = 0.4,
-                       log_every: int = 20, workers: int = 2, seed: int = 0, progress=print) -> list[dict]:
-    """Fine-tune an FCN in this process on the main and auxiliary heads."""
-    model.to(device)
-    return train(model, lambda m, b, d: segmentation_step(m, b, d, aux_weight), dataset, schedule,
-                 device=device, seed=seed, log_every=log_every, workers=workers, progress=progress)
 
 
 def shard(n: int) -> range:
@@ -203,14 +179,26 @@ def evaluate_voc_detection(model, dataset, device="cpu", score_threshold: float 
 
 
 @torch.no_grad()
+def predict_segmentation(model, image: torch.Tensor, device="cpu") -> torch.Tensor:
+    """The class of every pixel (H x W) of one [0, 1] image (3 x H x W), normalised as in training."""
+    model.to(device).eval()
+    return model(normalize(image[None].to(device), IMAGENET_MEAN, IMAGENET_STD))["out"].argmax(1)[0].cpu()
+
+
+@torch.no_grad()
+def predict_detection(model, image: torch.Tensor, device="cpu") -> dict:
+    """torchvision's detections (boxes, labels, scores, masks for Mask R-CNN) of one [0, 1] image, on the CPU."""
+    model.to(device).eval()
+    return {k: v.cpu() for k, v in model([image.to(device)])[0].items()}
+
+
+@torch.no_grad()
 def evaluate_segmentation(model, dataset, num_classes: int = 21, device="cpu") -> dict:
     """mIoU over whole images (no crop), 255 ignored."""
-    model.to(device).eval()
     total = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for index in shard(len(dataset)):
         image, mask = dataset[index]
-        logits = model(normalize(image[None].to(device), IMAGENET_MEAN, IMAGENET_STD))["out"]
-        total += confusion_matrix(logits.argmax(1)[0].cpu(), mask, num_classes)
+        total += confusion_matrix(predict_segmentation(model, image, device), mask, num_classes)
     return mean_iou(sum(dist_.all_gather_objects(total)))
 
 

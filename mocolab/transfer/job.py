@@ -6,7 +6,7 @@
     run = fine_tune(cfg)        # starts 8 processes (NCCL, SyncBatchNorm) and waits for them
     run.metrics["AP50"]
 
-The protocol's runs (PROTOCOLS.md) use 8 GPUs, a global batch of 16 and
+The protocol's runs (docs/protocols.md) use 8 GPUs, a global batch of 16 and
 synchronised BN everywhere: with gpus > 1 each process takes batch_size / gpus
 images, the model's BatchNorm layers become SyncBatchNorm (statistics over the
 global batch, as with one big GPU) and DDP averages the gradients. With gpus=0
@@ -23,7 +23,8 @@ The output directory holds:
 
 `resume=True` continues from checkpoint_last.pt: the data stream and the
 model's random draws depend on (seed, iteration) only (stream.py), so a
-resumed run takes the steps the uninterrupted one would have.
+resumed run takes the steps the uninterrupted one would have. The lifecycle
+(preflight, processes, output folder) is pretraining's too: mocolab.job.
 """
 from __future__ import annotations
 
@@ -32,31 +33,36 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
-from torch.distributed.elastic.multiprocessing.errors import record
 from torch.utils.data import Subset
 
 from .. import checkpoint as ckpt
 from .. import distributed as dist_
-from ..config import ConfigError, check_processes, need, world_size_of
-from ..runlog import code_version, write_csv
+from .. import job, settings
+from ..config import check_processes, world_size_of
+from ..reference import TRANSFER, transfer_reference
+from ..reference import TRANSFER_METRICS as REFERENCE_METRICS
+from ..settings import ConfigError, need
 from . import finetune, models
 from .datasets import COCODetection, VOCDetection, VOCSegmentation
 
 TASKS = {"voc_detection": "Faster R-CNN R50-C4", "coco": "Mask R-CNN R50-FPN", "voc_segmentation": "FCN R50-D8"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class TransferConfig:
-    task: str = "voc_detection"  # "voc_detection", "coco" or "voc_segmentation"
+    """One transfer row. Validated like pretraining's Config; None means the preset's value."""
+
+    task: Literal["voc_detection", "coco", "voc_segmentation"] = "voc_detection"
     weights: str = "none"  # a mocolab checkpoint (ResNet-50, ImageNet stem), "supervised" or "none"
     data_root: str = "data/VOCdevkit"  # VOCdevkit (VOC2007/, VOC2012/) or the COCO folder (train2017/, ...)
     train_sets: str = "2007/trainval,2012/trainval"  # voc_detection: year/split lists to train on
-    preset: str = "tiny"  # a finetune.PRESETS schedule: voc_c4_24k, coco_mask_1x, voc_seg_20k, tiny
-    iterations: int = 0  # 0: the preset's
-    batch_size: int = 0  # global batch over all processes; 0: the preset's (16 in the references)
-    lr: float = 0.0  # 0: the preset's
+    preset: Literal["voc_c4_24k", "coco_mask_1x", "voc_seg_20k", "tiny"] = "tiny"  # finetune.PRESETS
+    iterations: int | None = None  # None: the preset's
+    batch_size: int | None = None  # global batch over all processes; None: the preset's (16 in the references)
+    lr: float | None = None  # None: the preset's
     crop: int = 512  # voc_segmentation training crop
     model_options: dict = field(default_factory=dict)  # torchvision detector options; tiny: small images
     gpus: int = -1  # -1: one GPU if present, else the CPU; 0: CPU; N: N GPUs, one process each
@@ -66,15 +72,23 @@ class TransferConfig:
     seed: int = 0
     train_limit: int = 0  # > 0: only the first N training images (a quick try)
     test_limit: int = 0  # > 0: only the first N test images
-    log_every: int = 20
+    log_every: int | None = None  # iterations between logged loss rows; None: about 50 rows over the run
     checkpoint_every: int = 1000  # iterations between checkpoints (and always at the end)
     evaluate: bool = True
     output_dir: str = "runs/transfer"
     resume: bool = False
 
+    label = "transfer config"  # in error messages: "unknown transfer config key ..."
+
     def __post_init__(self):
-        need(self.task in TASKS, f"task={self.task!r}: choose one of {', '.join(TASKS)}")
-        need(self.preset in finetune.PRESETS, f"preset={self.preset!r}: choose one of {', '.join(finetune.PRESETS)}")
+        settings.check_fields(self)
+        for name in ("iterations", "batch_size", "lr"):
+            need(getattr(self, name) is None or getattr(self, name) > 0,
+                 f"{name} must be positive, or None for the preset's, got {getattr(self, name)}")
+        need(self.crop > 0, f"crop must be positive, got {self.crop}")
+        need(self.log_every is None or self.log_every > 0, f"log_every must be positive or None, got {self.log_every}")
+        for name in ("workers", "seed", "train_limit", "test_limit", "checkpoint_every"):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         check_processes(self.gpus, self.processes)
         need(self.schedule.batch_size % self.world_size == 0,
              f"batch_size={self.schedule.batch_size} does not split over {self.world_size} processes; "
@@ -88,6 +102,10 @@ class TransferConfig:
         return world_size_of(self.gpus, self.processes)
 
     @property
+    def log_interval(self) -> int:
+        return self.log_every or max(1, self.schedule.iterations // 50)
+
+    @property
     def schedule(self) -> finetune.Schedule:
         s = finetune.PRESETS[self.preset]
         return dataclasses.replace(s, iterations=self.iterations or s.iterations,
@@ -95,6 +113,17 @@ class TransferConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def make_transfer_config(**overrides) -> TransferConfig:
+    """TransferConfig with `overrides`; None keeps the default; an unknown key is named."""
+    return settings.build(TransferConfig, {}, overrides)
+
+
+def transfer_config_from_dict(values: dict) -> TransferConfig:
+    """Rebuild a saved TransferConfig; 0 for "the preset's value" (older checkpoints) becomes None."""
+    values = {k: None if k in ("iterations", "batch_size", "lr") and v == 0 else v for k, v in values.items()}
+    return settings.from_dict(TransferConfig, values)
 
 
 @dataclass
@@ -155,7 +184,7 @@ def num_classes(cfg: TransferConfig, classes: list) -> int:
     return len(classes) if cfg.task == "voc_segmentation" else len(classes) + 1
 
 
-def evaluate(cfg: TransferConfig, model, test_set, device) -> dict:
+def evaluate_task(cfg: TransferConfig, model, test_set, device) -> dict:
     if cfg.task == "voc_detection":
         return finetune.evaluate_voc_detection(model, test_set, device=device)
     if cfg.task == "coco":
@@ -170,114 +199,96 @@ def evaluate(cfg: TransferConfig, model, test_set, device) -> dict:
 def fine_tune(cfg: TransferConfig, progress: bool = True) -> TransferRun:
     """Fine-tune and evaluate as `cfg` says, writing everything to cfg.output_dir (see the module doc).
 
-    With gpus > 1 (or gpus=0 and processes > 1) this starts the processes through torch's elastic
-    launcher, as pretraining does, and returns the run read back from its checkpoint.
+    With gpus > 1 (or gpus=0 and processes > 1) this starts the processes, as pretraining does, and
+    returns the run read back from its checkpoint.
     """
-    if cfg.world_size > 1 and not dist_.launched_by_torchrun() and not dist_.is_distributed():
-        from ..launch import start_processes
-        preflight(cfg)
-        start_processes(_worker, cfg.to_dict(), cfg.world_size, cfg.gpus > 1, cfg.output_dir, progress)
-        return load_transfer_run(cfg.output_dir)
-    return transfer_worker(cfg, progress)
+    return job.run(cfg, transfer_worker, preflight, load_transfer_run, progress)
 
 
 def preflight(cfg: TransferConfig):
     """What can fail before any process starts: the output directory, the checkpoint, the device."""
-    from ..train import resolve_device
-    last = Path(cfg.output_dir) / "checkpoint_last.pt"
-    if not cfg.resume and last.exists():
-        raise ConfigError(f"{cfg.output_dir} already holds a fine-tuning run (checkpoint_last.pt); pass "
-                          f"resume=True to continue it, or choose another output_dir")
-    saved = ckpt.load_checkpoint(last) if cfg.resume else None
+    device, saved = job.open_run(cfg, "fine-tuning")
     if saved is not None and saved["config"]["task"] != cfg.task:
-        raise ConfigError(f"{last} is a {saved['config']['task']} run, not {cfg.task}; use another output_dir")
-    return resolve_device(cfg.gpus), saved
+        raise ConfigError(f"{Path(cfg.output_dir) / 'checkpoint_last.pt'} is a {saved['config']['task']} run, "
+                          f"not {cfg.task}; use another output_dir")
+    return device, saved
 
 
 def transfer_worker(cfg: TransferConfig, progress: bool = True, echo: bool = True) -> TransferRun:
     """One process of the job (the only one, or one rank of a distributed run)."""
     device, saved = preflight(cfg)
-    owns_group = dist_.launched_by_torchrun() and not dist_.is_distributed()
-    if owns_group:
-        dist_.init_process_group(use_cuda=device.type == "cuda")
-    rank, world = dist_.rank(), dist_.world_size()
-    main = rank == 0
-    out = Path(cfg.output_dir)
-    schedule = cfg.schedule
-    need(schedule.batch_size % world == 0,  # under torchrun the world comes from the launcher
-          f"batch_size={schedule.batch_size} does not split over {world} processes; use a multiple of {world}")
-    need(not (world > 1 and cfg.sync_bn and device.type != "cuda"),
-          "sync_bn=True needs GPUs (SyncBatchNorm runs on CUDA only); pass sync_bn=False")
+    with job.process_group(device) as (rank, world):
+        main = rank == 0
+        folder = job.RunFolder(cfg.output_dir, main, echo and progress)
+        schedule = cfg.schedule
+        need(schedule.batch_size % world == 0,  # under torchrun the world comes from the launcher
+             f"batch_size={schedule.batch_size} does not split over {world} processes; use a multiple of {world}")
+        need(not (world > 1 and cfg.sync_bn and device.type != "cuda"),
+             "sync_bn=True needs GPUs (SyncBatchNorm runs on CUDA only); pass sync_bn=False")
 
-    train_set, test_set = datasets(cfg)  # a wrong layout fails before the model is built
-    classes = train_set.classes
+        train_set, test_set = datasets(cfg)  # a wrong layout fails before the model is built
+        classes = train_set.classes
+        model, step_model = _model(cfg, saved, classes, device, world)
+        optimizer = finetune.sgd(model, schedule)
+        start, rows = 0, []
+        if saved is not None:
+            ckpt.load_state(model, saved["model"], folder.path / "checkpoint_last.pt")
+            optimizer.load_state_dict(saved["optimizer"])
+            start, rows = saved["iteration"], saved["rows"]
+        folder.write_config(cfg, device, world, schedule=dataclasses.asdict(schedule),
+                            train_images=len(train_set), test_images=len(test_set))
+
+        def save(iteration: int, rows: list) -> None:
+            folder.save({"kind": "fine-tuning", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "iteration": iteration, "rows": rows, "config": cfg.to_dict(), "classes": classes})
+            folder.write_csv(rows, "losses.csv")
+            dist_.barrier()
+
+        folder.log(f"{cfg.task}: {TASKS[cfg.task]}, {len(train_set)} training images, {world} process(es) on "
+                   f"{device}" + (f", resuming at iteration {start}" if start else ""))
+        detection = cfg.task != "voc_segmentation"
+        rows = finetune.train(step_model, finetune.detection_step if detection else finetune.segmentation_step,
+                              train_set, schedule, optimizer, device=device, seed=cfg.seed, start=start, rows=rows,
+                              log_every=cfg.log_interval, workers=cfg.workers,
+                              collate_fn=finetune.collate_detection if detection else None,
+                              checkpoint=save, checkpoint_every=cfg.checkpoint_every, progress=folder.log)
+        metrics = _evaluate(cfg, model, test_set, device, folder) if cfg.evaluate else {}
+    return TransferRun(folder.path, cfg, model.cpu(), classes, rows, metrics)
+
+
+def _model(cfg: TransferConfig, saved, classes, device, world):
+    """(the model, what a step calls: the model or DDP around it), with the backbone's weights."""
     torch.manual_seed(cfg.seed)  # the new layers start the same on every rank
     fetch = saved is None and world > 1  # rank 0 reads (or downloads) the weights first, then the others
-    if fetch and not main:
+    if fetch and dist_.rank() != 0:
         dist_.barrier()
     backbone = None if saved is not None else models.backbone_weights(cfg.weights)
-    if fetch and main:
+    if fetch and dist_.rank() == 0:
         dist_.barrier()
     model = build_model(cfg, num_classes(cfg, classes), backbone)
     if world > 1 and cfg.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state_dict keys as BatchNorm2d
     model.to(device)
-    optimizer = finetune.sgd(model, schedule)
-    start, rows = 0, []
-    if saved is not None:
-        ckpt.load_state(model, saved["model"], out / "checkpoint_last.pt")
-        optimizer.load_state_dict(saved["optimizer"])
-        start, rows = saved["iteration"], saved["rows"]
-    step_model = model
-    if world > 1:  # every rank starts from rank 0's weights; gradients are averaged over the ranks
-        step_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if world == 1:
+        return model, model
+    # Every rank starts from rank 0's weights (DDP broadcasts them); gradients are averaged over the ranks.
+    return model, torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        meta = {"config": cfg.to_dict(), "schedule": dataclasses.asdict(schedule),
-                "code_version": code_version(), "torch": torch.__version__, "device": str(device),
-                "processes": world, "train_images": len(train_set), "test_images": len(test_set)}
-        (out / "config.json").write_text(json.dumps(meta, indent=2))
 
-    def log(line: str) -> None:
-        if main:
-            if echo and progress:
-                print(line, flush=True)
-            with open(out / "log.txt", "a") as f:  # the launcher relays this file into the notebook
-                f.write(line + "\n")
-
-    def save(iteration: int, rows: list) -> None:
-        if main:
-            ckpt.atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "iteration": iteration, "rows": rows, "config": cfg.to_dict(), "classes": classes},
-                             out / "checkpoint_last.pt")
-            write_csv(rows, out / "losses.csv")
-        dist_.barrier()
-
-    log(f"{cfg.task}: {TASKS[cfg.task]}, {len(train_set)} training images, {world} process(es) on {device}"
-        + (f", resuming at iteration {start}" if start else ""))
-    detection = cfg.task != "voc_segmentation"
-    rows = finetune.train(step_model, finetune.detection_step if detection else finetune.segmentation_step,
-                          train_set, schedule, optimizer, device=device, seed=cfg.seed, start=start, rows=rows,
-                          log_every=cfg.log_every, workers=cfg.workers,
-                          collate_fn=finetune.collate_detection if detection else None,
-                          checkpoint=save, checkpoint_every=cfg.checkpoint_every, progress=log)
-    metrics = {}
-    if cfg.evaluate:
-        # Per-process BN leaves each rank its own running statistics; evaluate rank 0's (the saved model).
-        dist_.broadcast_buffers(model)
-        tic = time.perf_counter()
-        metrics = evaluate(cfg, model, test_set, device)
-        log(f"evaluated {len(test_set)} test images in {time.perf_counter() - tic:.0f} s: "
-            + "  ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)))
-        if main:
-            (out / "metrics.json").write_text(json.dumps(_finite(
-                {"metrics": metrics, "reference": finetune.REFERENCE[_reference_key(cfg.task)],
-                 "iterations": schedule.iterations, "test_images": len(test_set)}), indent=2))
-    if owns_group:
-        torch.distributed.destroy_process_group()
-    return TransferRun(out, cfg, model.cpu(), classes, rows, metrics)
+def _evaluate(cfg: TransferConfig, model, test_set, device, folder: job.RunFolder) -> dict:
+    """The task's metrics on the test set (split over the processes), into metrics.json beside the reference."""
+    # Per-process BN leaves each rank its own running statistics; evaluate rank 0's (the saved model).
+    dist_.broadcast_buffers(model)
+    tic = time.perf_counter()
+    metrics = evaluate_task(cfg, model, test_set, device)
+    folder.log(f"evaluated {len(test_set)} test images in {time.perf_counter() - tic:.0f} s: "
+               + "  ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)))
+    if folder.main:
+        (folder.path / "metrics.json").write_text(json.dumps(_finite(
+            {"metrics": metrics, "reference": TRANSFER[cfg.task], "iterations": cfg.schedule.iterations,
+             "test_images": len(test_set)}), indent=2))
+    return metrics
 
 
 def _finite(value):
@@ -289,25 +300,39 @@ def _finite(value):
     return None if isinstance(value, float) and value != value else value
 
 
-def _reference_key(task: str) -> str:
-    return {"coco": "coco_detection"}.get(task, task)
-
-
-@record  # a worker's exception reaches the launching process with its traceback
-def _worker(config: dict) -> None:
-    from ..launch import cpu_threads
-    cfg = TransferConfig(**config)
-    if cfg.gpus == 0:
-        cpu_threads(cfg.world_size)
-    transfer_worker(cfg, progress=False, echo=False)
-
-
 def load_transfer_run(output_dir) -> TransferRun:
     """A fine-tuning run read back from output_dir (its checkpoint_last.pt and metrics.json)."""
     out = Path(output_dir)
     state = ckpt.load_checkpoint(out / "checkpoint_last.pt")
-    cfg = TransferConfig(**state["config"])
+    if ckpt.kind_of(state) != "fine-tuning":
+        raise ckpt.CheckpointError(f"{out / 'checkpoint_last.pt'} is not a fine-tuning checkpoint "
+                                   f"({ckpt.kind_of(state) or 'unknown kind'})")
+    cfg = transfer_config_from_dict(state["config"])
     model = build_model(cfg, num_classes(cfg, state["classes"]))
     ckpt.load_state(model, state["model"], out / "checkpoint_last.pt")
     metrics = json.loads((out / "metrics.json").read_text())["metrics"] if (out / "metrics.json").exists() else {}
     return TransferRun(out, cfg, model, state["classes"], state["rows"], metrics)
+
+
+def metrics_table(run: TransferRun) -> str:
+    """The row's metrics beside the reference numbers, as a markdown table."""
+    lines = ["| metric | measured | reference (8 GPUs, 200-epoch MoCo v2) |", "|---|---|---|"]
+    for name in REFERENCE_METRICS[run.config.task]:
+        value = run.metrics.get(name)
+        shown = f"{value:.2f}" if isinstance(value, float) else "-"
+        lines.append(f"| {name} | {shown} | {transfer_reference(run.config.task, name)} |")
+    return "\n".join(lines)
+
+
+def predict_examples(run: TransferRun, n: int = 4, device=None) -> tuple[list, list, list]:
+    """(images, predictions, ground truths) of the first n test images of the run's task: detections
+    (boxes, labels, scores) or per-pixel classes, on the CPU, for plotting."""
+    device = device or ("cuda" if torch.cuda.is_available() and run.config.gpus != 0 else "cpu")
+    _, test_set = datasets(run.config)
+    examples = [test_set[i] for i in range(min(n, len(test_set)))]
+    if run.config.task == "voc_segmentation":
+        predict = finetune.predict_segmentation
+    else:
+        predict = finetune.predict_detection
+    predictions = [predict(run.model, image, device) for image, _ in examples]
+    return [image for image, _ in examples], predictions, [truth for _, truth in examples]

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
+from ..seeding import derive_seed, generator, seeded
+
 
 class SeededStream(Dataset):
     """Index p -> the (image, target) at position p of the stream."""
@@ -34,14 +36,13 @@ class SeededStream(Dataset):
         n = len(self.dataset)
         epoch, i = divmod(p, n)
         if epoch != self._pass:  # cached: consecutive positions share a pass
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._pass, self._order = epoch, torch.randperm(n, generator=generator).tolist()
+            order = torch.randperm(n, generator=generator(self.seed, "stream order", epoch))
+            self._pass, self._order = epoch, order.tolist()
         return self._order[i]
 
     def __getitem__(self, p: int):
         index = self.index(p)
-        with torch.random.fork_rng(devices=[]):  # the augmentation's draws, without touching the caller's RNG
-            torch.manual_seed(self.seed * 1_000_003 + p)
+        with seeded(self.seed, "stream views", p):  # the augmentation's draws, leaving the caller's RNG untouched
             return self.dataset[index]
 
 
@@ -65,4 +66,4 @@ class IterationBatches:
 
 def iteration_seed(seed: int, iteration: int, rank: int) -> int:
     """The seed of the model's own draws in one iteration (multi-scale size, RPN and RoI sampling)."""
-    return (seed * 1_000_003 + iteration) * 1_009 + rank
+    return derive_seed(seed, "model draws", iteration, rank)

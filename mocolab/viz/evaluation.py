@@ -10,11 +10,11 @@ def plot_svm_layers(results: dict[str, dict], save_to=None):
     """SVM mAP per layer, one group of bars per layer, one bar per model (e.g. MoCo vs random init)."""
     fig, ax, _ = axes(figsize=(7, 3.5))
     names = [n for n in results if "svm" in results[n]]
-    layers = list(results[names[0]]["svm"]) if names else []
+    layers = list(results[names[0]]["svm"]["layers"]) if names else []
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
-        ax.bar(np.arange(len(layers)) + i * width, [results[name]["svm"][layer]["mAP"] for layer in layers], width,
-               label=name)
+        ax.bar(np.arange(len(layers)) + i * width, [results[name]["svm"]["layers"][layer]["mAP"] for layer in layers],
+               width, label=name)
     ax.set_xticks(np.arange(len(layers)) + width * (len(names) - 1) / 2, layers)
     ax.set(ylabel="mAP", title="linear SVM per layer")
     ax.legend(fontsize=8)
@@ -49,11 +49,15 @@ def plot_low_shot(results: dict[str, dict], save_to=None):
 def plot_knn(results: dict[str, dict], save_to=None):
     """kNN top-1 against k, per model and feature."""
     fig, ax, _ = axes()
+    T = None
     for name, r in results.items():
-        for feature, by_k in r.get("knn", {}).items():
+        if "knn" not in r:
+            continue
+        T = r["knn"]["settings"]["T"]
+        for feature, by_k in r["knn"]["features"].items():
             ax.plot([int(k) for k in by_k], [v["top1"] for v in by_k.values()], "o-", label=f"{name} ({feature})")
     ax.set_xscale("log")
-    ax.set(xlabel="k", ylabel="top-1 %", title="weighted kNN (T = 0.07)")
+    ax.set(xlabel="k", ylabel="top-1 %", title=f"weighted kNN (T = {T})")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return finish(fig, save_to)

@@ -1,0 +1,84 @@
+"""Data for pretraining and for the kNN monitor, one interface over three paths.
+
+    batches = pretrain_batches(cfg, device, rank, world)
+    for (x_q, x_k), y in batches.epoch(e):      # already on the device
+        ...
+    monitor = knn_sets(cfg, device)             # (bank batches, test batches, number of classes)
+
+`cfg.data_path` chooses how images reach the model (`resolve_path` settles "auto"):
+
+    cpu     torchvision's PIL pipeline in loader workers: the reference (loader.py)
+    device  the split decoded once into a uint8 tensor on the device, augmented there (device.py)
+    jpeg    workers read an image folder's files, the device decodes and augments them (jpeg.py)
+
+Every path takes the same seeded subset of images in the same epoch order;
+each draws its views from (seed, epoch, position), so a resumed run continues
+exactly. datasets.py loads one split of a dataset.
+"""
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple, Protocol
+
+import torch
+
+from ..config import Config
+from .datasets import DATASETS, DatasetError, classes_of, load_split, seeded_subset, subset_indices
+from .device import cached_split, device_batches, device_knn_sets
+from .jpeg import jpeg_batches
+from .loader import LoaderBatches, eval_loader, knn_datasets, pretrain_dataset
+
+__all__ = ["DATASETS", "DatasetError", "KnnSets", "PretrainBatches", "cached_split", "classes_of", "eval_loader",
+           "knn_datasets", "knn_sets", "load_split", "pretrain_batches", "pretrain_dataset", "resolve_path",
+           "seeded_subset", "subset_indices"]
+
+
+class PretrainBatches(Protocol):
+    """What every data path gives the training loop."""
+
+    path: str  # "cpu", "device" or "jpeg"
+
+    def __len__(self) -> int:
+        """The number of training images (after train_subset)."""
+
+    def epoch(self, epoch: int) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]]:
+        """This process's ((x_q, x_k), labels) batches of one epoch, normalised, on the training device."""
+
+
+class KnnSets(NamedTuple):
+    """The kNN monitor's data: batches (images, labels) of the bank and of the test set."""
+
+    bank: object
+    test: object
+    num_classes: int
+
+
+def resolve_path(cfg: Config, device: torch.device) -> str:
+    """The data path a run takes: cfg.data_path, with "auto" resolved for the device and data."""
+    if cfg.data_path != "auto":
+        return cfg.data_path
+    if device.type != "cuda":
+        return "cpu"  # the reference pipeline: loader workers run beside the CPU's training step
+    return "jpeg" if cfg.dataset == "imagefolder" and cfg.image_size > 96 else "device"
+
+
+def pretrain_batches(cfg: Config, device: torch.device, rank: int = 0, world: int = 1) -> PretrainBatches:
+    """This process's pretraining batches on the path `resolve_path` picks."""
+    path = resolve_path(cfg, device)
+    if path == "device":
+        return device_batches(cfg, device, rank, world)
+    if path == "jpeg":
+        return jpeg_batches(cfg, device, rank, world)
+    return LoaderBatches(pretrain_dataset(cfg), cfg, device, rank, world)
+
+
+def knn_sets(cfg: Config, device: torch.device) -> KnnSets:
+    """The kNN monitor's bank and test set: kept on the device on the device path when the images are
+    already image_size pixels (no resizing needed), else loader batches under the test transform."""
+    if resolve_path(cfg, device) == "device":
+        on_device = device_knn_sets(cfg, device)
+        if on_device is not None:
+            return KnnSets(*on_device)
+    bank, test = knn_datasets(cfg)
+    pin = device.type == "cuda"
+    return KnnSets(eval_loader(bank, workers=cfg.workers, pin_memory=pin),
+                   eval_loader(test, workers=cfg.workers, pin_memory=pin), len(classes_of(bank)))

@@ -1,0 +1,146 @@
+"""The lifecycle every mocolab job shares: pretraining (`train.py`) and fine-tuning (`transfer/job.py`).
+
+    run(cfg, worker, preflight, read_back)
+
+1. preflight: everything that can fail fails before any work (an existing run
+   without resume=True, a missing or foreign checkpoint, too many GPUs, ...);
+2. with cfg.world_size > 1 and no launcher around, start that many local
+   processes (`launch.start_processes`), each running `worker` on the config,
+   and read the finished run back from its folder; otherwise (one process, or
+   a rank started by torchrun) run `worker` here;
+3. in the worker: join the process group (`process_group`), and let rank 0
+   write the run's folder (`RunFolder`): config.json with the code version,
+   log.txt (which the launcher relays), atomic checkpoints, CSVs.
+
+A config is a frozen settings dataclass (mocolab.settings) with `output_dir`,
+`resume`, `gpus`, `processes`, `world_size` and `to_dict()`.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from . import checkpoint as ckpt
+from . import distributed as dist_
+from . import launch, settings
+from .device import resolve_device
+from .settings import ConfigError
+
+
+def run(cfg, worker, preflight, read_back, progress: bool = True):
+    """Run `worker(cfg, progress)` here, or start cfg.world_size local processes that run it.
+
+    preflight(cfg) runs first either way (the worker calls it itself); read_back(output_dir)
+    turns the finished folder of a multi-process run into what the worker would have returned.
+    """
+    if cfg.world_size > 1 and not dist_.launched_by_torchrun() and not dist_.is_distributed():
+        preflight(cfg)  # too many GPUs, no checkpoint to resume, ...: fail before any process starts
+        launch.start_processes(entry, (worker, type(cfg), cfg.to_dict()), cfg.world_size, cfg.gpus > 1,
+                               Path(cfg.output_dir) / "log.txt", progress)
+        return read_back(cfg.output_dir)
+    return worker(cfg, progress)
+
+
+@record  # a worker's exception reaches the launching process with its traceback
+def entry(job: tuple) -> None:
+    """What each launched process runs, given (worker function, config class, config dict): rebuild the
+    config, share the CPU cores, run the worker quietly. (The functions travel pickled by name.)"""
+    worker, config_type, config = job
+    cfg = settings.from_dict(config_type, config)
+    if cfg.gpus == 0:
+        launch.cpu_threads(cfg.world_size)
+    worker(cfg, progress=False, echo=False)
+
+
+def open_run(cfg, kind: str) -> tuple[torch.device, dict | None]:
+    """The checks every job makes before work: the output folder, the checkpoint to resume, the device.
+
+    Returns (device, the saved checkpoint or None). kind: "pretraining" or "fine-tuning".
+    """
+    last = Path(cfg.output_dir) / "checkpoint_last.pt"
+    if not cfg.resume and last.exists():
+        raise ConfigError(f"{cfg.output_dir} already holds a {kind} run (checkpoint_last.pt); pass resume=True "
+                          f"to continue it, or choose another output_dir")
+    if cfg.resume and not last.exists():
+        raise ckpt.CheckpointError(f"no checkpoint at {last.resolve()}: nothing to resume. Start the run with "
+                                   f"resume=False, or point output_dir at the run to continue.")
+    saved = ckpt.load_checkpoint(last) if cfg.resume else None
+    if saved is not None and ckpt.kind_of(saved) != kind:
+        raise ckpt.CheckpointError(f"{last} is not a {kind} checkpoint ({ckpt.kind_of(saved) or 'unknown kind'}); "
+                                   f"use another output_dir")
+    return resolve_device(cfg.gpus), saved
+
+
+@contextmanager
+def process_group(device: torch.device):
+    """Join the process group when torchrun (or the launcher) started this process; yields (rank, world)."""
+    owns = dist_.launched_by_torchrun() and not dist_.is_distributed()
+    if owns:
+        dist_.init_process_group(use_cuda=device.type == "cuda")
+    try:
+        yield dist_.rank(), dist_.world_size()
+    finally:
+        if owns:
+            torch.distributed.destroy_process_group()
+
+
+def code_version() -> str:
+    """mocolab's git SHA (with "+dirty" for uncommitted changes), or "unknown" outside a clone."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    """rows as a CSV (the union of their keys as columns), replaced atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+class RunFolder:
+    """A job's output directory. Only rank 0 writes (main=True); on other ranks every method is a no-op."""
+
+    def __init__(self, path: str | Path, main: bool = True, echo: bool = True):
+        self.path, self.main, self.echo = Path(path), main, echo
+
+    def write_config(self, cfg, device, world: int, **extra) -> None:
+        """config.json: the config, mocolab's git SHA, torch version, device, processes, and `extra`."""
+        if self.main:
+            self.path.mkdir(parents=True, exist_ok=True)
+            meta = {"config": cfg.to_dict(), "code_version": code_version(), "torch": torch.__version__,
+                    "device": str(device), "processes": world, **extra}
+            (self.path / "config.json").write_text(json.dumps(meta, indent=2))
+
+    def log(self, line: str) -> None:
+        """Append a line to log.txt (the launcher relays it into the notebook); print it when echoing."""
+        if self.main:
+            if self.echo:
+                print(line, flush=True)
+            with open(self.path / "log.txt", "a") as f:
+                f.write(line + "\n")
+
+    def save(self, state: dict, name: str = "checkpoint_last.pt") -> None:
+        if self.main:
+            ckpt.atomic_save(state, self.path / name)
+
+    def write_csv(self, rows: list[dict], name: str) -> None:
+        if self.main:
+            write_csv(rows, self.path / name)
