@@ -115,7 +115,8 @@ def jpeg(args):
         synthetic_jpegs(Path(tmp), args.images)
         print(f"{args.images} synthetic 500x375 JPEGs written in {time.perf_counter() - tic:.1f} s", flush=True)
         cfg = make_config("imagenet_mocov2", dataset="imagefolder", data_root=tmp, workers=args.workers,
-                          batch_size=args.batch_size, K=args.batch_size * 4, gpus=1 if device.type == "cuda" else 0,
+                          batch_size=args.batch_size, lr=0.03 * args.batch_size / 256, K=args.batch_size * 4,
+                          gpus=1 if device.type == "cuda" else 0,
                           bn_splits=8 if args.batch_size % 8 == 0 else 1, output_dir=str(Path(tmp) / "run"))
         paths = {"reference (PIL + torchvision in workers)": "cpu",
                  f"jpeg path (bytes from workers, decode + augment on {device})": "jpeg"}
