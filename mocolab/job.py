@@ -49,10 +49,10 @@ def run(cfg, worker, preflight, read_back, progress: bool = True):
 
 
 @record  # a worker's exception reaches the launching process with its traceback
-def entry(job: tuple) -> None:
+def entry(payload: tuple) -> None:
     """What each launched process runs, given (worker function, config class, config dict): rebuild the
     config, share the CPU cores, run the worker quietly. (The functions travel pickled by name.)"""
-    worker, config_type, config = job
+    worker, config_type, config = payload
     cfg = settings.from_dict(config_type, config)
     if cfg.gpus == 0:
         launch.cpu_threads(cfg.world_size)
