@@ -81,7 +81,7 @@ def cifar(args):
             cache_s = cache_seconds(cfg, device) if cfg.data_path == "device" else None
             data_only = data_rate(pretrain_batches(cfg, device))
             run = pretrain(cfg, progress=False)
-        h = run.history
+        h = [e for e in run.history if e["epoch"] > 0]  # epoch 0: the random network's kNN, no training
         later = h[1:] or h  # the first epoch includes warm-up (cuDNN autotuning, worker start)
         results[name] = r = dict(data=data_only, train=np.mean([e["images_per_s"] for e in later]),
                                  train_s=np.mean([e["train_s"] for e in later]), knn_s=np.mean([e["knn_s"] for e in h]),

@@ -10,7 +10,7 @@ starts the processes itself, like the notebook.
 """
 import argparse
 
-from .config import PRESETS, make_config
+from .config import AUTO, PRESETS, make_config
 from .settings import parse_override
 from .train import pretrain
 
@@ -18,7 +18,7 @@ from .train import pretrain
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mocolab", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="cifar10_demo", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="cifar10_demo", choices=sorted(PRESETS) + [AUTO])
     parser.add_argument("overrides", nargs="*", help="config fields as key=value")
     args = parser.parse_args(argv)
     cfg = make_config(args.preset, **dict(parse_override(o) for o in args.overrides))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from . import settings
+from .models import ARCHS
 from .settings import ConfigError, need
 
 __all__ = ["PRESETS", "Config", "ConfigError", "make_config", "config_from_dict", "need"]
@@ -38,7 +39,7 @@ class Config:
     data_path: Literal["auto", "cpu", "device", "jpeg"] = "auto"
 
     # --- encoder ------------------------------------------------------------
-    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    arch: Literal[ARCHS] = "resnet18"  # resnet10_w16, ...: narrow ResNets, the CPU teaching approximation
     cifar_stem: bool = True  # conv1 3x3 stride 1 and no max-pool, for 32 px images
     head: Literal["linear", "mlp"] = "linear"  # demo: Linear 512->128; v2: Linear-ReLU-Linear
     dim: int = 128  # dimension of q and k
@@ -137,17 +138,48 @@ PRESETS: dict[str, dict] = {
         knn_feature="avgpool",
         workers=16,
     ),
+    # The CPU teaching recipe: MoCo v2 exactly (two views, momentum encoder, queue, InfoNCE, split BN with
+    # shuffling), with a narrow ResNet-10 and a schedule sized to learn visibly in ~5 minutes on a 2-core
+    # CPU. A teaching approximation, not a published recipe (benchmarks/cpu_recipe_sweep.py; docs/protocols.md).
+    "cifar10_cpu": dict(
+        arch="resnet10_w16",  # one BasicBlock per stage, widths 16-128: ~600 images/s on 2 CPU cores
+        batch_size=256,
+        lr=0.06,
+        epochs=3,
+        data_path="device",  # augmented in batches in the training process: no loader workers competing
+        knn_feature="avgpool",  # the kNN protocol's feature; it shows the gain more clearly than the head
+        knn_bank_size=5000,
+        knn_test_size=2000,
+    ),
+    # The CIFAR-10 demo recipe unchanged but for its length, sized for a workshop hour on one GPU.
+    "cifar10_workshop": dict(epochs=60),
 }
+AUTO = "auto"  # the preset for the machine at hand: cifar10_cpu without a GPU, cifar10_workshop with one
+
+
+def resolve_preset(preset: str, gpus: int = -1) -> tuple[str, str]:
+    """(preset name, why): "auto" becomes cifar10_cpu or cifar10_workshop for this machine and `gpus`."""
+    if preset != AUTO:
+        return preset, "as asked"
+    import torch  # here, not at the top: the config module is light to import
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus != 0 and visible:
+        return "cifar10_workshop", (f"{visible} GPU(s) visible: the CIFAR-10 demo recipe (ResNet-18, batch 512, "
+                                    f"K 4096) for {PRESETS['cifar10_workshop']['epochs']} epochs")
+    why = "gpus=0 asks for the CPU although a GPU is visible" if visible else "no GPU visible"
+    return "cifar10_cpu", (f"{why}: the CPU teaching recipe (a narrow ResNet-10, {PRESETS['cifar10_cpu']['epochs']} "
+                           f"epochs of all CIFAR-10 images), which learns visibly in about five minutes")
 
 
 def make_config(preset: str = "cifar10_demo", **overrides) -> Config:
-    """The preset's recipe with `overrides` applied.
+    """The preset's recipe with `overrides` applied ("auto": see resolve_preset).
 
     An override of None keeps the preset's value (so a notebook parameter can
     say "preset default" with None); any other value is validated.
     """
+    preset, _ = resolve_preset(preset, overrides.get("gpus") if overrides.get("gpus") is not None else -1)
     if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS) + [AUTO]}")
     return settings.build(Config, {**PRESETS[preset], "preset": preset}, overrides)
 
 
@@ -201,6 +233,9 @@ def _check_values(cfg: Config) -> None:
          f"batch_size={cfg.batch_size} must be divisible by bn_splits={cfg.bn_splits}")
     check_processes(cfg.gpus, cfg.processes)
     check_world(cfg, cfg.world_size)
+    need(not (cfg.preset == "cifar10_cpu" and cfg.gpus > 0),
+         f"preset cifar10_cpu is the CPU teaching recipe, but gpus={cfg.gpus}: on GPUs choose one of "
+         f"{[p for p in PRESETS if p != 'cifar10_cpu']} (or preset='auto'), or set gpus=0")
 
 
 def check_world(cfg: Config, world: int) -> None:

@@ -14,7 +14,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-ARCHS = ("resnet18", "resnet34", "resnet50")
+# Narrow ResNets of BasicBlocks, a teaching approximation for CPUs: (blocks per stage, widths per stage).
+NARROW = {"resnet10_w16": ((1, 1, 1, 1), (16, 32, 64, 128)), "resnet10_w32": ((1, 1, 1, 1), (32, 64, 128, 256))}
+ARCHS = ("resnet18", "resnet34", "resnet50", *NARROW)
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 
 
@@ -55,6 +57,36 @@ class SplitBatchNorm(nn.BatchNorm2d):
         return super().extra_repr() + f", num_splits={self.num_splits}"
 
 
+class NarrowResNet(torchvision.models.ResNet):
+    """torchvision's ResNet of BasicBlocks at other depths and widths (`NARROW`), same attribute names.
+
+    Not a published architecture: the CPU teaching preset's way to make MoCo
+    visibly learn in minutes (docs/protocols.md section 4). Initialised as
+    torchvision initialises its ResNets.
+    """
+
+    def __init__(self, blocks=(1, 1, 1, 1), widths=(16, 32, 64, 128), norm_layer=nn.BatchNorm2d):
+        nn.Module.__init__(self)
+        # What torchvision's _make_layer reads: BasicBlock supports only groups 1 and base width 64.
+        self._norm_layer, self.dilation, self.groups, self.base_width = norm_layer, 1, 1, 64
+        self.inplanes = widths[0]
+        self.conv1 = nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = norm_layer(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        for i, (n, width) in enumerate(zip(blocks, widths)):
+            setattr(self, f"layer{i + 1}", self._make_layer(torchvision.models.resnet.BasicBlock, width, n,
+                                                            stride=1 if i == 0 else 2))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(widths[-1], 1000)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
 def resnet(arch: str = "resnet50", cifar_stem: bool = False, bn_splits: int = 1) -> nn.Module:
     """A randomly initialised torchvision ResNet without its classifier (`fc` is Identity).
 
@@ -64,10 +96,13 @@ def resnet(arch: str = "resnet50", cifar_stem: bool = False, bn_splits: int = 1)
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {list(ARCHS)}")
     norm_layer = partial(SplitBatchNorm, num_splits=bn_splits) if bn_splits > 1 else nn.BatchNorm2d
-    net = getattr(torchvision.models, arch)(weights=None, norm_layer=norm_layer)
+    if arch in NARROW:
+        net = NarrowResNet(*NARROW[arch], norm_layer=norm_layer)
+    else:
+        net = getattr(torchvision.models, arch)(weights=None, norm_layer=norm_layer)
     if cifar_stem:
         # Like the demo, the new conv keeps PyTorch's default initialisation.
-        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.conv1 = nn.Conv2d(3, net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
     net.out_dim = net.fc.in_features  # 512 for ResNet-18/34, 2048 for ResNet-50
     net.fc = nn.Identity()

@@ -13,6 +13,7 @@ log.txt, atomic writes) is the job lifecycle's `job.RunFolder`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,3 +65,21 @@ def epoch_line(row: dict, cfg: Config) -> str:
     knn = f"  kNN {row['knn_top1']:.2f}%" if row["knn_top1"] is not None else ""
     return (f"epoch {row['epoch']}/{cfg.epochs}  loss {row['loss']:.4f}  acc {100 * row['acc']:.1f}%  "
             f"lr {row['lr']:.4g}{knn}  {row['train_s']:.1f} s ({row['images_per_s']:.0f} img/s)")
+
+
+def summary(run: Run) -> str:
+    """One line on a run: its last epoch's loss (against chance), instance accuracy, and kNN top-1 as
+    points above the random network's (epoch 0), the only reading of kNN that says what training added."""
+    trained = [r for r in run.history if r["epoch"] > 0]
+    if not trained:
+        return "no epoch trained yet"
+    last, cfg = trained[-1], run.config
+    line = (f"after {last['epoch']} epochs: loss {last['loss']:.3f} (chance ln(K+1) = {math.log(cfg.K + 1):.2f}), "
+            f"instance accuracy {100 * last['acc']:.1f}%")
+    random = next((r["knn_top1"] for r in run.history if r["epoch"] == 0), None)
+    knn = next((r["knn_top1"] for r in reversed(trained) if r["knn_top1"] is not None), None)
+    if knn is not None and random is not None:
+        line += f", kNN top-1 {knn:.1f}%: {knn - random:+.1f} points above the random network ({random:.1f}%)"
+    elif knn is not None:
+        line += f", kNN top-1 {knn:.1f}%"
+    return line

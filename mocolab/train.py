@@ -235,6 +235,9 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True) -> Run:
         start_epoch = _restore(saved, trainer, run, cfg) if saved is not None else 0
         writer = start_outputs(folder, cfg, device, trainer.autocast_dtype, num_steps, world, start_epoch,
                                batches.path) if main else None
+        if monitor and start_epoch == 0:  # the random network's kNN: the baseline every curve is read against
+            run.history.append(_random_network_row(trainer, monitor, cfg, device, writer, folder, progress))
+        dist_.barrier()
         for epoch in tqdm(range(start_epoch, cfg.epochs), desc="pretrain", initial=start_epoch,
                           total=cfg.epochs, disable=not progress):
             tic = time.perf_counter()
@@ -256,6 +259,17 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True) -> Run:
         if writer is not None:
             writer.close()
     return run
+
+
+def _random_network_row(trainer: Trainer, monitor, cfg: Config, device, writer, folder, progress: bool) -> dict:
+    """metrics.csv's epoch 0: the kNN monitor on the encoder before its first step (same bank and test set)."""
+    tic = time.perf_counter()
+    top1 = knn_monitor(trainer.model.encoder_q, monitor, cfg, device, progress)
+    row = {"epoch": 0, "step": 0, "lr": None, "loss": None, "acc": None, "pos_sim": None, "neg_sim": None,
+           "knn_top1": top1, "train_s": None, "knn_s": round(time.perf_counter() - tic, 3), "images_per_s": None}
+    writer.add_scalar("epoch/knn_top1", top1, 0)
+    folder.log(f"epoch 0/{cfg.epochs}  kNN {top1:.2f}% (the random network, before any step)")
+    return row
 
 
 def _restore(saved: dict, trainer: Trainer, run: Run, cfg: Config) -> int:

@@ -2,9 +2,10 @@
 import dataclasses
 
 import pytest
+import torch
 
 from mocolab import Config, ConfigError, make_config
-from mocolab.config import config_from_dict
+from mocolab.config import config_from_dict, resolve_preset
 
 
 def test_cifar10_demo_preset_is_the_official_demo_recipe():
@@ -50,8 +51,33 @@ def test_wrong_type_or_choice_names_the_key(key, value, message):
 
 
 def test_unknown_preset():
-    with pytest.raises(ConfigError, match="unknown preset 'imagenet'.*cifar10_demo"):
+    with pytest.raises(ConfigError, match="unknown preset 'imagenet'.*cifar10_cpu.*cifar10_demo.*'auto'"):
         make_config("imagenet")
+
+
+def test_auto_picks_the_cpu_recipe_without_a_gpu_and_says_why(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    name, why = resolve_preset("auto", -1)
+    assert name == "cifar10_cpu" and why.startswith("no GPU visible: the CPU teaching recipe")
+    assert make_config("auto").preset == "cifar10_cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    name, why = resolve_preset("auto", -1)
+    assert name == "cifar10_workshop" and why.startswith("2 GPU(s) visible: the CIFAR-10 demo recipe")
+    assert resolve_preset("auto", 0) == ("cifar10_cpu", resolve_preset("auto", 0)[1])
+    assert resolve_preset("auto", 0)[1].startswith("gpus=0 asks for the CPU although a GPU is visible")
+    assert resolve_preset("imagenet_mocov2", 1) == ("imagenet_mocov2", "as asked")
+
+
+def test_the_cpu_and_workshop_presets_keep_moco_v2_and_size_the_rest():
+    cpu, demo, workshop = make_config("cifar10_cpu", gpus=0), make_config("cifar10_demo"), make_config("cifar10_workshop")
+    for field in ("K", "m", "T", "symmetric", "shuffle_bn", "bn_splits", "augmentation", "head", "cifar_stem"):
+        assert getattr(cpu, field) == getattr(demo, field) == getattr(workshop, field), field
+    assert (cpu.arch, cpu.epochs, cpu.batch_size, cpu.knn_feature) == ("resnet10_w16", 3, 256, "avgpool")
+    assert dataclasses.replace(workshop, epochs=200, preset="cifar10_demo") == demo
+    with pytest.raises(ConfigError, match=r"preset cifar10_cpu is the CPU teaching recipe, but gpus=1: on GPUs "
+                                          r"choose one of \['cifar10_demo', 'imagenet_mocov2', 'cifar10_workshop'\]"):
+        make_config("cifar10_cpu", gpus=1)
 
 
 def test_K_must_be_divisible_by_keys_per_step():

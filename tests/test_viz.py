@@ -69,6 +69,16 @@ def test_knn_curve_plots_only_the_epochs_with_a_kNN_pass(run):
     assert line.get_xdata().tolist() == [2.0] and line.get_ydata().tolist() == [31.5]
 
 
+def test_knn_curve_draws_epoch_0_as_the_random_networks_dashed_baseline(run):
+    run.history.insert(0, {"epoch": 0, "loss": None, "acc": None, "knn_top1": 25.9})
+    (ax,) = viz.plot_knn_curve(run).axes
+    curve, baseline = lines(ax)["MoCo encoder"], lines(ax)["random network (epoch 0): 25.9%"]
+    assert curve.get_xdata().tolist() == [0.0, 2.0] and curve.get_ydata().tolist() == [25.9, 31.5]
+    assert baseline.get_linestyle() == "--" and list(baseline.get_ydata()) == [25.9, 25.9]
+    (loss_ax,) = viz.plot_loss(run).axes
+    assert np.isnan(lines(loss_ax)["epoch mean"].get_ydata()[0])  # no loss before the first step
+
+
 def test_training_curves_page_has_every_diagnostic(run):
     fig = viz.plot_training_curves(run)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]

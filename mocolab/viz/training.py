@@ -113,15 +113,24 @@ def plot_queue_age(run, ax=None, save=True):
 
 
 def plot_knn_curve(run, ax=None, save=True):
-    """kNN top-1 of the test split against epochs: the labelled check of a label-free training."""
+    """kNN top-1 of the test split against epochs: the labelled check of a label-free training.
+
+    Epoch 0 is the random network before any step (same bank and test set): a dashed
+    baseline, since a random encoder's features already classify well above chance;
+    what training adds is the distance above that line.
+    """
     fig, ax, owned = axes(ax)
     epochs, top1 = _column(run.history, "epoch"), _column(run.history, "knn_top1")
     measured = ~np.isnan(top1)
     if measured.any():
-        ax.plot(epochs[measured], top1[measured], "o-")
+        ax.plot(epochs[measured], top1[measured], "o-", label="MoCo encoder")
+        if (epochs[measured] == 0).any():
+            baseline = top1[measured][epochs[measured] == 0][0]
+            ax.axhline(baseline, color="gray", ls="--", label=f"random network (epoch 0): {baseline:.1f}%")
     else:
         ax.text(0.5, 0.5, "no kNN pass yet (knn_every)", ha="center", va="center", transform=ax.transAxes)
-    ax.set(xlabel="epoch", ylabel="top-1 %", title=f"kNN monitor (k={run.config.knn_k}, T={run.config.knn_t})")
+    cfg = run.config
+    ax.set(xlabel="epoch", ylabel="top-1 %", title=f"kNN monitor ({cfg.knn_feature}, k={cfg.knn_k}, T={cfg.knn_t})")
     return _done(run, fig, ax, owned, "knn", save)
 
 
