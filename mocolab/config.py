@@ -17,6 +17,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+
 from . import settings
 from .models import ARCHS
 from .settings import ConfigError, need
@@ -161,7 +163,6 @@ def resolve_preset(preset: str, gpus: int = -1) -> tuple[str, str]:
     """(preset name, why): "auto" becomes cifar10_cpu or cifar10_workshop for this machine and `gpus`."""
     if preset != AUTO:
         return preset, "as asked"
-    import torch  # here, not at the top: the config module is light to import
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpus != 0 and visible:
         return "cifar10_workshop", (f"{visible} GPU(s) visible: the CIFAR-10 demo recipe (ResNet-18, batch 512, "
