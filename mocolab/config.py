@@ -17,9 +17,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
 from . import settings
+from .device import visible_gpus
 from .models import ARCHS
 from .settings import ConfigError, need
 
@@ -163,7 +162,7 @@ def resolve_preset(preset: str, gpus: int = -1) -> tuple[str, str]:
     """(preset name, why): "auto" becomes cifar10_cpu or cifar10_workshop for this machine and `gpus`."""
     if preset != AUTO:
         return preset, "as asked"
-    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    visible = visible_gpus()
     if gpus != 0 and visible:
         return "cifar10_workshop", (f"{visible} GPU(s) visible: the CIFAR-10 demo recipe (ResNet-18, batch 512, "
                                     f"K 4096) for {PRESETS['cifar10_workshop']['epochs']} epochs")
