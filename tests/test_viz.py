@@ -69,6 +69,19 @@ def test_knn_curve_plots_only_the_epochs_with_a_kNN_pass(run):
     assert line.get_xdata().tolist() == [2.0] and line.get_ydata().tolist() == [31.5]
 
 
+def test_knn_curve_spans_at_least_ten_points_and_epochs_are_whole(run):
+    """A 0.1-point wobble must not fill the panel (it would look like a crash), and ticks are whole epochs."""
+    run.history.insert(0, {"epoch": 0, "loss": None, "acc": None, "knn_top1": 31.45})
+    (ax,) = viz.plot_knn_curve(run).axes
+    low, high = ax.get_ylim()
+    assert high - low >= viz.training.KNN_MIN_SPAN and low <= 31.45 and high >= 31.5
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    run.history.append({"epoch": 3, "loss": 3.0, "acc": 0.4, "knn_top1": 80.0})  # a real rise keeps its own scale
+    (ax,) = viz.plot_knn_curve(run).axes
+    assert ax.get_ylim()[0] < 31.45 and ax.get_ylim()[1] > 80
+
+
 def test_knn_curve_draws_epoch_0_as_the_random_networks_dashed_baseline(run):
     run.history.insert(0, {"epoch": 0, "loss": None, "acc": None, "knn_top1": 25.9})
     (ax,) = viz.plot_knn_curve(run).axes
@@ -158,7 +171,20 @@ def test_views_pairs_and_recipe_figures_lay_out_images_as_documented():
     assert not np.array_equal(shown(pairs.axes[0]), shown(pairs.axes[3]))  # q and k are different crops
     recipes = {"v1": augment.aug_v1(32, normalize=False), "v2 aug+": augment.aug_plus(32, normalize=False)}
     fig = viz.plot_recipes(images[0], recipes, draws=5)
-    assert len(fig.axes) == 10 and fig.axes[5].get_ylabel() == "v2 aug+"
+    assert len(fig.axes) == 10 and fig.axes[5].get_ylabel().startswith("v2 aug+\n")
+    for row, name in ((0, "v1"), (1, "v2 aug+")):  # the grey views are captioned, and counted in the row title
+        cells = fig.axes[5 * row:5 * row + 5]
+        grey = [bool(np.ptp(shown(ax), axis=-1).max() < 1e-3) for ax in cells]
+        assert [ax.get_xlabel() == "grey" for ax in cells] == grey
+        assert fig.axes[5 * row].get_ylabel() == f"{name}\n({sum(grey)} of 5 grey)"
+
+
+def test_blur_is_shown_at_each_size_with_its_sigma():
+    fig = viz.plot_blur_scales(small_images(1)[0], sigmas=(1.0, 2.0), sizes=(32, 64))
+    assert len(fig.axes) == 6 and fig.axes[4].get_xlabel() == "sigma 1 px"
+    original, blurred = shown(fig.axes[0]), shown(fig.axes[2])
+    assert original.shape[:2] == (32, 32) and shown(fig.axes[3]).shape[:2] == (64, 64)
+    assert np.abs(np.diff(blurred, axis=1)).mean() < np.abs(np.diff(original, axis=1)).mean()  # smoother
 
 
 def test_embedding_maps_have_a_panel_per_map_and_one_legend_of_classes(tmp_path):

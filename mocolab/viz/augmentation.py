@@ -28,8 +28,9 @@ def seeded_draws(transform, image, n: int, seed: int) -> list:
         return [transform(image) for _ in range(n)]
 
 
-def image_grid(rows: list[list], row_titles=None, col_titles=None, cell: float = 1.6, save_to=None):
-    """A grid of images, one list per row; row titles on the left, column titles on top."""
+def image_grid(rows: list[list], row_titles=None, col_titles=None, cell: float = 1.6, save_to=None,
+               captions=None):
+    """A grid of images, one list per row; row titles on the left, column titles on top, captions under cells."""
     ncols = max(len(r) for r in rows)
     fig, grid = plt.subplots(len(rows), ncols, figsize=(cell * ncols + (1.5 if row_titles else 0), cell * len(rows)),
                              squeeze=False)
@@ -44,6 +45,8 @@ def image_grid(rows: list[list], row_titles=None, col_titles=None, cell: float =
                 ax.imshow(to_array(row[j]), interpolation="nearest")
             if i == 0 and col_titles and j < len(col_titles):
                 ax.set_title(col_titles[j], fontsize=8)
+            if captions and j < len(captions[i]) and captions[i][j]:
+                ax.set_xlabel(captions[i][j], fontsize=7)
         if row_titles:
             grid[i, 0].set_ylabel(row_titles[i], fontsize=8, rotation=0, ha="right", va="center")
     return finish(fig, save_to)
@@ -73,7 +76,46 @@ def plot_positive_pairs(images: list, transform, seed: int = 0, save_to=None):
                       save_to=save_to)
 
 
+def is_gray(view) -> bool:
+    """Whether a view came out grey (its three channels equal): grayscale fired, or jitter took all saturation."""
+    array = to_array(view)
+    return bool(np.allclose(array[..., 0], array[..., 1], atol=1e-3) and
+                np.allclose(array[..., 1], array[..., 2], atol=1e-3))
+
+
 def plot_recipes(image, recipes: dict, draws: int = 5, seed: int = 0, save_to=None):
-    """One row per recipe (e.g. MoCo v1 against v2 aug+), the same image and seeds in every row."""
+    """One row per recipe (e.g. MoCo v1 against v2 aug+), the same image and seeds in every row.
+
+    Grey views are captioned and counted in the row's title: with a handful of draws
+    the share of grey views can be far from the recipe's rate (0.2), and a reader
+    should see that it is chance, not the recipe.
+    """
     rows = [seeded_draws(transform, image, draws, seed) for transform in recipes.values()]
-    return image_grid(rows, row_titles=list(recipes), save_to=save_to)
+    grey = [[is_gray(view) for view in row] for row in rows]
+    titles = [f"{name}\n({sum(g)} of {draws} grey)" for name, g in zip(recipes, grey)]
+    return image_grid(rows, row_titles=titles, captions=[["grey" if g else "" for g in row] for row in grey],
+                      save_to=save_to)
+
+
+def plot_blur_scales(image, sigmas=(0.1, 1.0, 2.0), sizes=(32, 224), save_to=None):
+    """The same Gaussian blurs (sigma in pixels) at each image size: one row per size.
+
+    At 224 pixels, an upscaled 32-pixel image is already smooth and sigma 2 is a
+    fraction of one original pixel, so aug+'s blur barely shows; at 32 pixels the
+    same sigma wipes detail out.
+    """
+    from torchvision.transforms import v2
+
+    rows, captions = [], []
+    for size in sizes:
+        resized = v2.functional.to_image(image.convert("RGB").resize((size, size)))
+        rows.append([resized.float() / 255] + [v2.functional.gaussian_blur(resized, _kernel(sigma), [sigma]).float() / 255
+                                               for sigma in sigmas])
+        captions.append(["original"] + [f"sigma {sigma:g} px" for sigma in sigmas])
+    return image_grid(rows, row_titles=[f"{size} x {size}" for size in sizes], captions=captions, cell=2.0,
+                      save_to=save_to)
+
+
+def _kernel(sigma: float) -> int:
+    """An odd kernel covering +-3 sigma, at least 3 wide."""
+    return max(3, 2 * int(3 * sigma + 0.5) + 1)

@@ -25,8 +25,11 @@ def plot_embeddings(maps: dict, labels, classes: list, ncols: int = 2, save_to=N
     for ax in list(grid.flat)[len(maps):]:
         ax.axis("off")
     handles, names = grid.flat[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="center right", markerscale=3, fontsize=8)
-    return finish(fig, save_to, rect=(0, 0, 0.87, 1))  # the right strip holds the legend
+    # One row of classes under the maps: beside a wide grid a legend would float far from the last column.
+    rows = -(-len(names) // 10)
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 10), markerscale=3, fontsize=8,
+               frameon=False)
+    return finish(fig, save_to, rect=(0, 0.3 * rows / fig.get_figheight(), 1, 1))
 
 
 def plot_thumbnails(xy, images: list, labels=None, classes=None, max_images: int = 300, zoom: float = 0.6,

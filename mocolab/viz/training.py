@@ -12,6 +12,7 @@ import math
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from .figure import axes, finish, run_png
 
@@ -35,6 +36,8 @@ def _style(rows) -> dict:
 
 
 def _done(run, fig, ax, owned, name, save):
+    if ax.get_xlabel() == "epoch":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, not 0.5, 1.5, ...
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
@@ -112,6 +115,18 @@ def plot_queue_age(run, ax=None, save=True):
     return _done(run, fig, ax, owned, "queue_age", save)
 
 
+KNN_MIN_SPAN = 10.0  # percentage points: an autoscaled 0.1-point range makes a wobble look like a crash
+
+
+def _at_least_a_span(ax, values, span: float, low: float = 0.0, high: float = 100.0):
+    """Widen the y range to `span` around the values (within [low, high]) when they vary less than that."""
+    centre = (np.nanmin(values) + np.nanmax(values)) / 2
+    bottom = min(max(low, centre - span / 2), high - span)
+    ymin, ymax = ax.get_ylim()
+    if ymax - ymin < span:
+        ax.set_ylim(bottom, bottom + span)
+
+
 def plot_knn_curve(run, ax=None, save=True):
     """kNN top-1 of the test split against epochs: the labelled check of a label-free training.
 
@@ -127,6 +142,7 @@ def plot_knn_curve(run, ax=None, save=True):
         if (epochs[measured] == 0).any():
             baseline = top1[measured][epochs[measured] == 0][0]
             ax.axhline(baseline, color="gray", ls="--", label=f"random network (epoch 0): {baseline:.1f}%")
+        _at_least_a_span(ax, top1[measured], KNN_MIN_SPAN)
     else:
         ax.text(0.5, 0.5, "no kNN pass yet (knn_every)", ha="center", va="center", transform=ax.transAxes)
     cfg = run.config
