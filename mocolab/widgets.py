@@ -19,8 +19,10 @@ import matplotlib.pyplot as plt
 from .augment import RECIPES, Recipe, pipeline
 from .viz.augmentation import plot_views
 
-_RANGE = dict(step=0.05, continuous_update=False, style={"description_width": "11em"},
-              layout=W.Layout(width="30em"))
+# Sliders sit in a two-column grid above the image, each as wide as its column: beside the image, at a fixed
+# width, their readouts ("0.20 – 1.00") were cut off and the output scrolled sideways.
+_RANGE = dict(step=0.05, continuous_update=False, readout_format=".2f", style={"description_width": "12em"},
+              layout=W.Layout(width="auto", min_width="28em"))
 
 
 def _sliders(r: Recipe) -> dict:
@@ -59,11 +61,14 @@ class AugmentationExplorer:
         self.recipe = RECIPES[recipe].at(size)
         self.controls = _sliders(self.recipe)
         self.button = W.Button(description="new views", icon="refresh")
-        self.image = W.Image(format="png")
+        self.image = W.Image(format="png", layout=W.Layout(width="100%", max_width="60em", height="auto"))
         for control in self.controls.values():
             control.observe(lambda _: self.redraw(), names="value")
         self.button.on_click(self.new_views)
-        self.widget = W.HBox([W.VBox([*self.controls.values(), self.button]), self.image])
+        grid = W.GridBox(list(self.controls.values()),
+                         layout=W.Layout(grid_template_columns="repeat(auto-fit, minmax(28em, 1fr))",
+                                         grid_gap="0 1.5em", width="100%"))
+        self.widget = W.VBox([grid, self.button, self.image], layout=W.Layout(width="100%", overflow="hidden"))
         self.redraw()
 
     def params(self) -> dict:
