@@ -11,30 +11,44 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DATASET ?= cifar10
 DATA_ROOT ?= data
 DEMO_OUT ?= runs/demo
-# More papermill options, e.g. DEMO_PARAMS="-p epochs 20"; the notebook's defaults are the short demo.
+# More notebook parameters, e.g. DEMO_PARAMS="-p epochs 20"; the notebook's defaults are the short demo.
 DEMO_PARAMS ?=
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test wheel clean
 
+# Quiet pip, but every step says what it does and how long it took on a 2-core machine.
 $(VENV)/.installed: pyproject.toml Makefile
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet $(TORCH_PINS)
-	$(PY) -m pip install --quiet -e '.[notebooks,dev,transfer]'
-	touch $@
+	@test -x $(PY) || { echo "creating $(VENV) ..."; $(PYTHON) -m venv $(VENV); }
+	@echo "installing $(TORCH_PINS) into $(VENV) (about 1 minute from a local cache, a few more when pip downloads several GB) ..."
+	@$(PY) -m pip install --quiet $(TORCH_PINS)
+	@echo "installing mocolab with its notebook, test and transfer dependencies (about 1-2 minutes) ..."
+	@$(PY) -m pip install --quiet -e '.[notebooks,dev,transfer]'
+	@touch $@
+	@echo "$(VENV) is ready"
 
 venv: $(VENV)/.installed
 
-# The demo's output folder is scratch: it is cleared so that `make demo` can be run again.
+# runs/demo is also notebook 02's default output_dir and notebooks 03/04's default checkpoint. A run already
+# there (from an earlier `make demo` or from 02 in JupyterLab) is moved aside, never deleted.
 demo: venv
-	rm -rf $(DEMO_OUT)
-	mkdir -p $(DEMO_OUT)
-	$(VENV)/bin/papermill notebooks/02_pretrain.ipynb $(DEMO_OUT)/02_pretrain.ipynb \
-	    -p dataset $(DATASET) -p data_root $(DATA_ROOT) -p output_dir $(DEMO_OUT) $(DEMO_PARAMS)
-	@echo "Executed notebook, metrics, curves and checkpoints: $(DEMO_OUT)/"
+	@if [ -e $(DEMO_OUT) ]; then old=$(DEMO_OUT).$$(date +%Y%m%d-%H%M%S); mv $(DEMO_OUT) $$old; \
+	    echo "the run that was in $(DEMO_OUT) is now in $$old"; fi
+	@echo "running notebooks/02_pretrain.ipynb headless into $(DEMO_OUT)/; without a GPU, the cifar10_cpu recipe" \
+	    "takes about 5 minutes on 2 cores. One line per epoch:"
+	@$(PY) -m mocolab.headless notebooks/02_pretrain.ipynb $(DEMO_OUT)/02_pretrain.ipynb --log $(DEMO_OUT)/log.txt \
+	    -p dataset $(DATASET) -p data_root $(DATA_ROOT) -p output_dir $(DEMO_OUT) $(DEMO_PARAMS) \
+	    --hint "DatasetError=No network, or CIFAR-10 already on disk? make demo DATASET=imagefolder DATA_ROOT=/path/to/cifar10 (a folder with train/ and test/)"
+	@echo "metrics, curves and checkpoints: $(DEMO_OUT)/; next: open notebooks/03_evaluate.ipynb or 04_embeddings.ipynb"
 
 # Real-data tests read CIFAR-10 as an ImageFolder from $$MOCOLAB_CIFAR10 (default ../shared/data/cifar10).
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# A wheel of the package (dist/mocolab-*.whl): the notebooks' set-up cell installs it where there is no clone
+# (upload it beside the notebook on Colab).
+wheel: venv
+	$(PY) -m pip wheel --quiet --no-deps --wheel-dir dist .
+	@ls dist/mocolab-*.whl
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -36,7 +36,7 @@ def start_processes(fn, arg, world_size: int, use_cuda: bool, log: str | Path, p
     backend = "NCCL on GPUs" if use_cuda else "gloo on the CPU"
     print(f"starting {world_size} processes ({backend}); progress is relayed from {log}", flush=True)
     stop = threading.Event()
-    relay = threading.Thread(target=_relay, args=(log, start, stop, progress), daemon=True)
+    relay = threading.Thread(target=relay_log, args=(log, start, stop, progress), daemon=True)
     relay.start()
     try:
         elastic_launch(launch_config, fn)(arg)
@@ -50,7 +50,7 @@ def cpu_threads(world_size: int) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
 
 
-def _relay(path: Path, start: int, stop: threading.Event, echo: bool) -> None:
+def relay_log(path: Path, start: int, stop: threading.Event, echo: bool) -> None:
     """Print the lines appended to `path` after byte `start` until `stop` is set (then drain the rest)."""
     position = start
     while True:
