@@ -9,7 +9,9 @@ runs this and joins the process group; launched by hand with gpus > 1 it
 starts the processes itself, like the notebook.
 """
 import argparse
+import sys
 
+from . import cli
 from .config import AUTO, PRESETS, make_config
 from .settings import parse_override
 from .train import pretrain
@@ -26,4 +28,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main, prog="python -m mocolab"))

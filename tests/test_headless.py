@@ -1,5 +1,6 @@
 """`make demo`'s terminal: the job's log relayed live, a failed cell's error as one line first and last."""
 import nbformat
+import pytest
 
 from mocolab import headless
 
@@ -24,3 +25,16 @@ def test_headless_relays_the_log_and_puts_a_failure_first_and_last(tmp_path, cap
     assert any("Traceback" in line or "---" in line for line in err[2:-3])
     assert "FAILED: FileNotFoundError: no CIFAR-10 in data" in err[-3]
     assert [headless.parse_value(v) for v in ("None", "True", "3", "0.5", "runs/x")] == [None, True, 3, 0.5, "runs/x"]
+
+
+def test_a_command_line_error_is_one_line_first_and_last_with_the_traceback_between(tmp_path, capsys):
+    from mocolab import cli
+    from mocolab.__main__ import main
+    missing = tmp_path / "nowhere"
+    assert cli.run(main, ["--preset", "cifar10_cpu", "dataset=imagefolder", f"data_root={missing}",
+                          f"output_dir={tmp_path / 'run'}", "gpus=0"], prog="python -m mocolab") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith(f"python -m mocolab: DatasetError: data_root {missing} does not exist")
+    assert err[1].startswith("Traceback") and err[-1] == err[0]
+    with pytest.raises(ZeroDivisionError):  # a bug is not a user error: it propagates as Python reports it
+        cli.run(lambda argv: 1 / 0)

@@ -11,7 +11,9 @@ joins the group. `python -m mocolab.transfer.export` writes the backbone for
 detectron2 or MMDetection instead.
 """
 import argparse
+import sys
 
+from .. import cli
 from ..settings import parse_override
 from .job import fine_tune, make_transfer_config
 
@@ -25,4 +27,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main, prog="python -m mocolab.transfer"))

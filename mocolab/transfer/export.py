@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import sys
 from pathlib import Path
 
 import torch
 
 from .. import checkpoint as ckpt
+from .. import cli
 from ..config import config_from_dict
 
 FORMATS = ("torchvision", "detectron2", "mmdet")
@@ -104,4 +106,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main, prog="python -m mocolab.transfer.export"))
