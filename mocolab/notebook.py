@@ -1,14 +1,17 @@
-"""What the notebooks need beyond the package's jobs: the validated settings of 01 and 04, checkpoint summaries.
+"""What the notebooks need beyond the package's jobs: settings of 01 and 04, paths, checkpoints.
 
 Every notebook turns its `parameters` cell into a frozen, validated config
 (mocolab.settings): 01_augmentations an `AugmentationsConfig`, 02_pretrain a
 `Config`, 03_evaluate an `EvalConfig`, 04_embeddings an `EmbeddingsConfig`,
 05_transfer a `TransferConfig`. A wrong key or type fails in that cell, by name.
+Relative paths in the parameters are resolved against the project folder
+(mocolab.project) first, wherever the kernel was started.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from . import checkpoint as ckpt
@@ -16,6 +19,7 @@ from . import settings
 from .config import config_from_dict
 from .data import DATASETS
 from .evaluate.layers import LAYERS
+from .project import DEMO_CHECKPOINT, project_path
 
 
 @dataclass(frozen=True)
@@ -43,9 +47,9 @@ class AugmentationsConfig:
 class EmbeddingsConfig:
     """Notebook 04: the checkpoint to look at, the data, and how much of it to embed."""
 
-    checkpoint: str = "runs/demo/checkpoint_last.pt"
-    dataset: Literal[DATASETS] = "imagefolder"
-    data_root: str = "data/cifar10"
+    checkpoint: str = DEMO_CHECKPOINT
+    dataset: Literal[DATASETS] = "cifar10"
+    data_root: str = "data"
     image_size: int = 32
     n_points: int = 2000  # test images to embed
     methods: tuple[Literal["umap", "tsne"], ...] = ("umap", "tsne")
@@ -72,5 +76,41 @@ def checkpoint_summary(path) -> str:
     """One line on a pretraining checkpoint: architecture, epochs trained, recipe and data."""
     state = ckpt.load_pretraining(path)
     cfg = config_from_dict(state["config"])
-    return (f"{cfg.arch}, {len(state['history'])} of {cfg.epochs} epochs of {cfg.preset} on {cfg.dataset} "
+    trained = max((int(row["epoch"]) for row in state["history"]), default=0)  # history starts at epoch 0
+    return (f"{cfg.arch}, {trained} of {cfg.epochs} epochs of {cfg.preset} on {cfg.dataset} "
             f"({cfg.augmentation} augmentation, K={cfg.K}, m={cfg.m}, T={cfg.T})")
+
+
+def in_project(cfg, fields=("data_root", "output_dir")):
+    """A copy of a frozen config with its relative paths taken from the project folder (mocolab.project).
+
+    Applied after the presets fill in their defaults, so a preset's "data" lands in the
+    project folder too, not in the folder the kernel happens to start in.
+    """
+    return dataclasses.replace(cfg, **{name: project_path(getattr(cfg, name)) for name in fields})
+
+
+def find_checkpoint(path, how: str | None = None) -> str:
+    """The absolute path of a checkpoint that exists, or an error that says where it looked and how to make one.
+
+    how: the way to train one; by default notebook 02 or `make demo`, which write the default checkpoint.
+    """
+    found = project_path(path)
+    if not found or not Path(found).is_file():
+        how = how or (f"run notebook 02 or `make demo` (both write {project_path(DEMO_CHECKPOINT)}), or set "
+                      f"`checkpoint` to the checkpoint_last.pt of a pretraining run")
+        raise ckpt.CheckpointError(f"no checkpoint at {found}: train one first: {how}")
+    return found
+
+
+def training_data(checkpoint, dataset: str | None = None, data_root: str | None = None) -> tuple[str, str]:
+    """(dataset, data_root): the ones given, else the data `checkpoint` was pretrained on.
+
+    Evaluating on the pretraining data's labelled splits is what notebooks 03/04 do by
+    default, so that they follow whatever `make demo` or notebook 02 was pointed at.
+    """
+    if dataset is None or data_root is None:
+        trained = config_from_dict(ckpt.load_pretraining(checkpoint)["config"])
+        dataset = trained.dataset if dataset is None else dataset
+        data_root = trained.data_root if data_root is None else data_root
+    return dataset, project_path(data_root)

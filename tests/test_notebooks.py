@@ -14,6 +14,7 @@ def test_notebooks_are_committed_clean_with_a_parameters_cell():
         nb = nbformat.read(path, as_version=4)
         assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells), path
         assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path} has outputs"
+        assert all("id" in c for c in nb.cells), f"{path}: a cell without an id (nbformat 4.5 needs one)"
 
 
 def run_02_pretrain(cifar10_root, tmp_path, **extra):

@@ -6,6 +6,7 @@ from PIL import Image
 
 from mocolab.checkpoint import CheckpointError
 from mocolab.data import DatasetError
+from mocolab.settings import ConfigError
 from mocolab.transfer import finetune
 from mocolab.transfer.datasets import VOCDetection, VOCSegmentation
 from mocolab.transfer.models import faster_rcnn_c4, faster_rcnn_fpn, fcn_r50_d8, load_backbone, mask_rcnn_fpn
@@ -214,7 +215,8 @@ def test_05_transfer_runs_headless(task, tmp_path):
     out = tmp_path / "run"
     papermill.execute_notebook(
         str(NOTEBOOKS / "05_transfer.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path), progress_bar=False,
-        parameters=dict(checkpoint=str(checkpoint), task=task, voc_root=str(root), train_sets="2007/trainval",
+        parameters=dict(data="real", init="moco", checkpoint=str(checkpoint), task=task, voc_root=str(root),
+                        train_sets="2007/trainval",
                         coco_root=str(write_coco(tmp_path / "coco")), lr=0.0005 if task == "coco" else None,
                         preset="tiny", iterations=4, crop=64, gpus=0, processes=processes,
                         sync_bn=processes == 1, workers=0, output_dir=str(out)))
@@ -230,6 +232,42 @@ def test_05_transfer_runs_headless(task, tmp_path):
     measured = json.loads((out / "metrics.json").read_text())["metrics"][metric]
     reference = {"voc_detection": "81.06 (official 82.4)", "voc_segmentation": "67.55", "coco": "36.1"}[task]
     assert f"| {metric} | {measured:.2f} | {reference} |" in tables[0]  # the job's metric beside the reference
+
+
+@pytest.mark.parametrize("task", ["voc_detection", "voc_segmentation"])
+def test_05_transfer_runs_on_generated_scenes_by_default(task, tmp_path, monkeypatch):
+    """No VOC, no checkpoint, no GPU: the notebook's defaults generate VOC-layout scenes under the project folder."""
+    import json
+
+    import papermill
+
+    from test_notebooks import NOTEBOOKS
+    monkeypatch.setenv("MOCOLAB_HOME", str(tmp_path))
+    papermill.execute_notebook(
+        str(NOTEBOOKS / "05_transfer.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(NOTEBOOKS), progress_bar=False,
+        parameters=dict(task=task, iterations=2, gpus=0, workers=0, output_dir="runs/05"))
+    out = tmp_path / "runs" / "05"  # relative paths land in the project folder, not the kernel's notebooks/
+    assert (out / "predictions.png").stat().st_size > 10_000
+    assert json.loads((out / "config.json").read_text())["config"]["weights"] == "none"
+    generated = tmp_path / "runs" / "05_synthetic_voc"
+    assert len(list((generated / "VOC2007" / "JPEGImages").glob("*.jpg"))) == 24
+
+
+def test_generated_scenes_read_as_voc_with_boxes_around_their_masks(tmp_path):
+    from mocolab.transfer import synthetic
+    root = synthetic.write_voc(tmp_path, n_images=6, test_images=2, seed=3)
+    train = VOCDetection(root, sets=(("2007", "trainval"),))
+    test, segmentation = VOCDetection(root, sets=(("2007", "test"),)), VOCSegmentation(root, "val")
+    assert (len(train), len(test), len(segmentation)) == (4, 2, 2)
+    for i in range(2):  # the same scene in both layouts: each box holds pixels of its class in the mask
+        image, target = test[i]
+        _, mask = segmentation[i]
+        assert image.shape[-2:] == mask.shape == (120, 160)
+        for (x1, y1, x2, y2), label in zip(target["boxes"].round().int().tolist(), target["labels"].tolist()):
+            assert (mask[y1:y2, x1:x2] == label).any()
+        assert set(mask.unique().tolist()) <= {0, 255, *target["labels"].tolist()}
+    with pytest.raises(ConfigError, match="voc_detection"):
+        synthetic.dataset_for("coco", tmp_path / "c")
 
 
 # ----------------------------------------------------------------------------
