@@ -33,6 +33,11 @@ def test_folder_is_decoded_once_into_a_cache_keyed_by_its_files(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "train" / "dog" / "new.jpg")
     images, _ = cached_split("imagefolder", root, "train", cache_dir=tmp_path / "cache")
     assert len(images) == 7  # a new file is a new key, not a stale cache
+    (root / "train" / "cat").rename(root / "train" / "tmp")  # swap the classes' images in place: same count,
+    (root / "train" / "dog").rename(root / "train" / "cat")  # same file names in both folders
+    (root / "train" / "tmp").rename(root / "train" / "dog")
+    swapped, labels = cached_split("imagefolder", root, "train", cache_dir=tmp_path / "cache")
+    assert labels.tolist() == [0, 0, 0, 0, 1, 1, 1] and torch.equal(swapped[:4], images[3:])  # decoded anew
 
 
 def test_images_of_different_sizes_are_refused_naming_the_file(tmp_path):

@@ -114,3 +114,43 @@ def test_feature_cache_reuses_only_identical_inputs(cifar10_root, tmp_path, monk
     cached_features(encoder, identity, ds, "cifar10:test", ("avgpool", "feat5"), tmp_path, workers=0,
                     progress=False)
     assert calls == [["avgpool"], ["avgpool"], ["feat5"]]  # other subset, other encoder, new layer only
+
+
+def test_feature_cache_sees_files_changed_in_place(cifar10_root, tmp_path, monkeypatch):
+    """Swapping two class folders (same file count) or rewriting a file with its old size and time
+    must not return the cached features of the images that were there before."""
+    import os
+    import shutil
+    root = tmp_path / "data"
+    for name in ("cat", "dog"):
+        (root / "test" / name).mkdir(parents=True)
+        for path in sorted((cifar10_root / "test" / name).iterdir())[:6]:
+            shutil.copy2(path, root / "test" / name / path.name)
+    encoder, identity = baseline_encoder("random", "resnet18", cifar_stem=True)
+    transform = augment.eval_transform(32, *augment.normalisation("cifar"))
+
+    def features():
+        ds = load_split("imagefolder", root, "test", transform)
+        return cached_features(encoder, identity, ds, f"imagefolder:{root}:test", ("avgpool",), tmp_path / "cache",
+                               workers=0, progress=False)
+
+    first, labels = features()
+    (root / "test" / "cat").rename(root / "test" / "tmp")
+    (root / "test" / "dog").rename(root / "test" / "cat")
+    (root / "test" / "tmp").rename(root / "test" / "dog")
+    swapped, swapped_labels = features()
+    assert not torch.equal(swapped["avgpool"], first["avgpool"])  # extracted again: the images moved
+    assert torch.equal(swapped_labels, labels)  # (same class names in the same order, other images in them)
+    target = sorted((root / "test" / "cat").iterdir())[0]
+    donor = sorted((root / "test" / "dog").iterdir())[0]
+    info = target.stat()
+    data = donor.read_bytes()[:info.st_size].ljust(info.st_size, b"\0")
+    target.write_bytes(data)
+    os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))  # same size, same modification time
+    calls = []
+    monkeypatch.setattr("mocolab.evaluate.features.extract_layers",
+                        lambda *a, **k: calls.append(a[2]) or extract_layers(*a, **k))
+    features()
+    assert calls == [["avgpool"]]
+    features()
+    assert calls == [["avgpool"]]  # unchanged files: the cache is used

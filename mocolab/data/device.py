@@ -27,6 +27,7 @@ from ..augment import batched, recipe
 from ..checkpoint import atomic_save
 from ..config import Config
 from .datasets import DatasetError, classes_of, load_split, subset_indices
+from .fingerprint import files_digest
 from .loader import check_enough_images, epoch_order, pretrain_split
 
 
@@ -66,13 +67,10 @@ def decode_split(dataset: str, root, split: str, download: bool = True) -> tuple
 
 def cached_split(dataset: str, root, split: str, download: bool = True, cache_dir=None):
     """decode_split, cached in cache_dir (default: cache_folder()) under a key of the dataset, its
-    absolute root, the split and (for a folder) its file names and sizes."""
+    absolute root, the split and a fingerprint of its images and labels (data.fingerprint)."""
     root = Path(root)
-    key = {"dataset": dataset, "root": str(root.resolve()), "split": split}
-    if dataset == "imagefolder":  # a changed file list or size invalidates the cache
-        ds = load_split(dataset, root, split, transform=None)
-        listing = "\n".join(f"{p}:{Path(p).stat().st_size}" for p, _ in ds.samples)
-        key["files"] = hashlib.sha256(listing.encode()).hexdigest()
+    ds = load_split(dataset, root, split, transform=None, download=download)
+    key = {"dataset": dataset, "root": str(root.resolve()), "split": split, "files": files_digest(ds)}
     path = Path(cache_dir or cache_folder()) / (
         hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".pt")
     if path.exists():

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .. import checkpoint as ckpt
+from ..data.fingerprint import files_digest
 from ..config import config_from_dict
 from ..models import Encoder, build_encoder
 from .layers import layer_features
@@ -132,12 +133,14 @@ def cached_features(encoder: nn.Module, encoder_id: str, dataset: Dataset, datas
     """extract_layers with a disk cache per layer.
 
     dataset_id names the data (e.g. "cifar10:/data/cifar10:test"); the key adds the
-    transform, the subset indices and the layer, and the cached file stores its
-    key, which is compared on load.
+    transform, the subset indices, a fingerprint of what the images are (files_digest)
+    and the layer, and the cached file stores its key, which is compared on load. A
+    file changed, swapped or relabelled in place changes the fingerprint, so the cache
+    never returns features of images that are no longer there.
     """
     cache_dir = Path(cache_dir)
     base = {"encoder": encoder_id, "dataset": dataset_id, "transform": repr(_transform_of(dataset)),
-            "subset": _subset_digest(dataset), "size": len(dataset)}
+            "subset": _subset_digest(dataset), "size": len(dataset), "files": files_digest(dataset)}
     keys = {name: {**base, "layer": name} for name in layers}
     paths = {name: cache_dir / (hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:24] + ".pt")
              for name, k in keys.items()}
