@@ -137,6 +137,23 @@ class RunFolder:
             with open(self.path / "log.txt", "a") as f:
                 f.write(line + "\n")
 
+    def remove_stale_temporaries(self) -> list[str]:
+        """Delete the *.tmp files of writes a crash interrupted (atomic_save renames only finished files)."""
+        if not self.main or not self.path.is_dir():
+            return []
+        stale = sorted(self.path.glob("*.tmp"))
+        for path in stale:
+            path.unlink()
+        if stale:
+            self.log(f"removed {len(stale)} unfinished file(s) that a crash left behind: "
+                     f"{', '.join(p.name for p in stale)}")
+        return [p.name for p in stale]
+
+    def logged_lines(self) -> list[str]:
+        """The lines of log.txt so far (empty when there is none)."""
+        log = self.path / "log.txt"
+        return log.read_text().splitlines() if log.exists() else []
+
     def save(self, state: dict, name: str = "checkpoint_last.pt") -> None:
         if self.main:
             ckpt.atomic_save(state, self.path / name)

@@ -14,6 +14,7 @@ log.txt, atomic writes) is the job lifecycle's `job.RunFolder`.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +62,33 @@ def end_of_epoch(run: Run, row: dict, optimizer, scaler, writer, folder: RunFold
     folder.log(epoch_line(row, cfg))
 
 
+def restore_outputs(run: Run, saved: dict, folder: RunFolder) -> None:
+    """After a resume, make the folder agree with the checkpoint, wherever the crash hit the epoch's end.
+
+    end_of_epoch writes checkpoint_last.pt, then the kept checkpoint_NNNN.pt, then the
+    CSVs, then the log line; a crash between two of these leaves the later ones behind.
+    The checkpoint is the truth: metrics.csv and steps.csv are rewritten from its
+    history, the epoch lines missing from log.txt are appended (marked as restored),
+    and a kept checkpoint of its epoch that was never written is written from it (it
+    is the same state).
+    """
+    cfg, epoch = run.config, saved["epoch"]
+    kept = f"checkpoint_{epoch:04d}.pt"
+    if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and not (folder.path / kept).exists():
+        folder.save(saved, kept)
+        folder.log(f"wrote {kept}, which a crash prevented, from checkpoint_last.pt (the same state)")
+    folder.write_csv(run.history, "metrics.csv")
+    folder.write_csv(run.steps, "steps.csv")
+    logged = {int(m.group(1)) for line in folder.logged_lines() if (m := re.match(r"epoch (\d+)/", line))}
+    for row in run.history:
+        if row["epoch"] not in logged:
+            folder.log(epoch_line(row, cfg) + "  (restored from the checkpoint after a crash)")
+
+
 def epoch_line(row: dict, cfg: Config) -> str:
+    """log.txt's line for an epoch; epoch 0 is the random network's kNN, before any step."""
+    if row["epoch"] == 0:
+        return f"epoch 0/{cfg.epochs}  kNN {row['knn_top1']:.2f}% (the random network, before any step)"
     knn = f"  kNN {row['knn_top1']:.2f}%" if row["knn_top1"] is not None else ""
     return (f"epoch {row['epoch']}/{cfg.epochs}  loss {row['loss']:.4f}  acc {100 * row['acc']:.1f}%  "
             f"lr {row['lr']:.4g}{knn}  {row['train_s']:.1f} s ({row['images_per_s']:.0f} img/s)")

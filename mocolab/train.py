@@ -31,7 +31,7 @@ from .device import resolve_precision
 from .evaluate import extract_features, knn_accuracy
 from .models import build_encoder
 from .moco import MoCo
-from .runlog import Run, end_of_epoch, start_outputs
+from .runlog import Run, end_of_epoch, epoch_line, restore_outputs, start_outputs
 from .schedule import lr_schedule as schedule_array
 
 
@@ -221,6 +221,7 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True) -> Run:
         main = rank == 0
         progress = progress and main
         folder = job.RunFolder(cfg.output_dir, main, echo)
+        folder.remove_stale_temporaries()
 
         # Data first: a missing dataset should fail before minutes of model set-up.
         torch.manual_seed(cfg.seed)  # seeds the CPU and every GPU: the same initial weights on every rank
@@ -235,6 +236,8 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True) -> Run:
         start_epoch = _restore(saved, trainer, run, cfg) if saved is not None else 0
         writer = start_outputs(folder, cfg, device, trainer.autocast_dtype, num_steps, world, start_epoch,
                                batches.path) if main else None
+        if main and saved is not None:
+            restore_outputs(run, saved, folder)
         if monitor and start_epoch == 0:  # the random network's kNN: the baseline every curve is read against
             run.history.append(_random_network_row(trainer, monitor, cfg, device, writer, folder, progress))
         dist_.barrier()
@@ -268,7 +271,7 @@ def _random_network_row(trainer: Trainer, monitor, cfg: Config, device, writer, 
     row = {"epoch": 0, "step": 0, "lr": None, "loss": None, "acc": None, "pos_sim": None, "neg_sim": None,
            "knn_top1": top1, "train_s": None, "knn_s": round(time.perf_counter() - tic, 3), "images_per_s": None}
     writer.add_scalar("epoch/knn_top1", top1, 0)
-    folder.log(f"epoch 0/{cfg.epochs}  kNN {top1:.2f}% (the random network, before any step)")
+    folder.log(epoch_line(row, cfg))
     return row
 
 

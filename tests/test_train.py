@@ -212,3 +212,47 @@ def test_the_cpu_recipe_learns_a_representation_above_the_random_network(cifar10
     # Measured on the 2-core CI machine: 27.8, 32.0, 33.5 (+5.7 points). A 3-point margin is three standard
     # errors of an accuracy near 30% on 2,000 test images.
     assert knn[2] > knn[1] > knn[0] and knn[2] > knn[0] + 3, f"kNN did not rise above the random network: {knn}"
+
+
+@pytest.mark.parametrize("crash_at", ["checkpoint_0002.pt", "metrics.csv", "log line"])
+def test_a_crash_between_the_epoch_end_writes_is_repaired_on_resume(cifar10_root, tmp_path, monkeypatch, crash_at):
+    """end_of_epoch writes checkpoint_last.pt, the kept checkpoint, the CSVs, then the log line; a crash after
+    checkpoint_last.pt at any later point must leave, after resume, a folder that agrees with the checkpoint."""
+    from mocolab.job import RunFolder
+    straight = pretrain(tiny(cifar10_root, tmp_path / "a", epochs=2, checkpoint_every=2), progress=False)
+    real_save, real_csv, real_log = RunFolder.save, RunFolder.write_csv, RunFolder.log
+
+    def save(self, state, name="checkpoint_last.pt"):
+        if name == crash_at:  # only written at epoch 2
+            raise KeyboardInterrupt(f"killed before {name}")
+        return real_save(self, state, name)
+
+    def write_csv(self, rows, name):
+        if name == crash_at and rows[-1]["epoch"] == 2:
+            raise KeyboardInterrupt(f"killed before {name}")
+        return real_csv(self, rows, name)
+
+    def log(self, line):
+        if crash_at == "log line" and line.startswith("epoch 2/"):
+            raise KeyboardInterrupt("killed before the log line")
+        return real_log(self, line)
+    monkeypatch.setattr(RunFolder, "save", save)
+    monkeypatch.setattr(RunFolder, "write_csv", write_csv)
+    monkeypatch.setattr(RunFolder, "log", log)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tiny(cifar10_root, tmp_path / "b", epochs=2, checkpoint_every=2), progress=False)
+    monkeypatch.undo()
+    out = tmp_path / "b" / "run"
+    (out / "checkpoint_last.pt.tmp").write_bytes(b"half a checkpoint")  # as a kill during a save leaves it
+    resumed = pretrain(tiny(cifar10_root, tmp_path / "b", epochs=2, checkpoint_every=2, resume=True),
+                       progress=False)
+    assert not list(out.glob("*.tmp"))
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert [float(r["loss"]) for r in rows[1:]] == pytest.approx([r["loss"] for r in straight.history[1:]])
+    assert len(list(csv.DictReader(open(out / "steps.csv")))) == len(straight.steps)
+    log = (out / "log.txt").read_text()
+    assert [line.split("/")[0] for line in log.splitlines() if line.startswith("epoch ")] == \
+        ["epoch 0", "epoch 1", "epoch 2"]  # each epoch once
+    kept = load_checkpoint(out / "checkpoint_0002.pt")
+    assert kept["epoch"] == 2 and all(torch.equal(v, resumed.model.state_dict()[k]) for k, v in kept["model"].items())

@@ -220,6 +220,7 @@ def transfer_worker(cfg: TransferConfig, progress: bool = True, echo: bool = Tru
     with job.process_group(device) as (rank, world):
         main = rank == 0
         folder = job.RunFolder(cfg.output_dir, main, echo and progress)
+        folder.remove_stale_temporaries()
         schedule = cfg.schedule
         need(schedule.batch_size % world == 0,  # under torchrun the world comes from the launcher
              f"batch_size={schedule.batch_size} does not split over {world} processes; use a multiple of {world}")
