@@ -256,3 +256,20 @@ def test_a_crash_between_the_epoch_end_writes_is_repaired_on_resume(cifar10_root
         ["epoch 0", "epoch 1", "epoch 2"]  # each epoch once
     kept = load_checkpoint(out / "checkpoint_0002.pt")
     assert kept["epoch"] == 2 and all(torch.equal(v, resumed.model.state_dict()[k]) for k, v in kept["model"].items())
+
+
+def test_a_single_class_and_a_bank_smaller_than_k_each_get_one_clear_warning(tmp_path):
+    from mocolab.data import warn_if_uninformative
+    root = write_image_folder(tmp_path / "data", classes=("only",), per_class=20, size=16, splits=("train", "test"))
+    cfg = make_config("cifar10_demo", dataset="imagefolder", data_root=str(root), gpus=0, image_size=16,
+                      knn_bank_size=8, knn_test_size=4, workers=0)
+    with pytest.warns(UserWarning) as caught:
+        knn_sets(cfg, torch.device("cpu"))
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2
+    assert "has 1 class: every kNN or SVM accuracy on it is 100% by construction" in messages[0]
+    assert "the kNN bank holds 8 images, fewer than k=200" in messages[1] and "raise knn_bank_size" in messages[1]
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_uninformative(10, 5000, 200, "cifar10")  # an informative set: silent

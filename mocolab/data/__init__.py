@@ -17,6 +17,7 @@ exactly. datasets.py loads one split of a dataset.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Iterator, NamedTuple, Protocol
 
 import torch
@@ -74,11 +75,28 @@ def pretrain_batches(cfg: Config, device: torch.device, rank: int = 0, world: in
 def knn_sets(cfg: Config, device: torch.device) -> KnnSets:
     """The kNN monitor's bank and test set: kept on the device on the device path when the images are
     already image_size pixels (no resizing needed), else loader batches under the test transform."""
-    if resolve_path(cfg, device) == "device":
-        on_device = device_knn_sets(cfg, device)
-        if on_device is not None:
-            return KnnSets(*on_device)
-    bank, test = knn_datasets(cfg)
-    pin = device.type == "cuda"
-    return KnnSets(eval_loader(bank, workers=cfg.workers, pin_memory=pin),
-                   eval_loader(test, workers=cfg.workers, pin_memory=pin), len(classes_of(bank)))
+    sets = device_knn_sets(cfg, device) if resolve_path(cfg, device) == "device" else None
+    if sets is None:
+        bank, test = knn_datasets(cfg)
+        pin = device.type == "cuda"
+        sets = (eval_loader(bank, workers=cfg.workers, pin_memory=pin),
+                eval_loader(test, workers=cfg.workers, pin_memory=pin), len(classes_of(bank)))
+    sets = KnnSets(*sets)
+    warn_if_uninformative(sets.num_classes, _images_in(sets.bank), cfg.knn_k, f"{cfg.dataset} at {cfg.data_root}")
+    return sets
+
+
+def _images_in(batches) -> int:
+    """How many images a loader or a DeviceEvalBatches holds."""
+    return len(batches.dataset) if hasattr(batches, "dataset") else len(batches.labels)
+
+
+def warn_if_uninformative(num_classes: int, bank_size: int, k: int, what: str) -> None:
+    """One warning when a kNN accuracy cannot mean what it seems: one class, or fewer bank images than k."""
+    if num_classes < 2:
+        warnings.warn(f"{what} has {num_classes} class: every kNN or SVM accuracy on it is 100% by construction, "
+                      f"so it says nothing about the features; use a labelled dataset with several classes "
+                      f"(train/<class>/ folders) to measure them", stacklevel=3)
+    if bank_size < k:
+        warnings.warn(f"the kNN bank holds {bank_size} images, fewer than k={k}: every test image votes with the "
+                      f"whole bank (k={bank_size}); raise knn_bank_size or lower knn_k", stacklevel=3)

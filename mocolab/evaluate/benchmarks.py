@@ -8,6 +8,7 @@ composes them into results.json. The protocols are docs/protocols.md section 2.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import torch
@@ -49,6 +50,9 @@ def knn_benchmark(features: Features, bank: Dataset, test: Dataset, data_id: str
     layers = tuple(name for name in layers if name != "head" or getattr(features.encoder, "head", None) is not None)
     bank_f, bank_y = features(bank, data_id + ":train", layers)
     test_f, test_y = features(test, data_id + ":test", layers)
+    if any(k > len(bank_y) for k in ks):
+        warnings.warn(f"the kNN bank holds {len(bank_y)} images: k = {[k for k in ks if k > len(bank_y)]} left out "
+                      f"(raise train_size to measure them)", stacklevel=2)
     ks = tuple(k for k in ks if k <= len(bank_y))
     device = features.device
     by_layer = {name: {str(k): v for k, v in knn_accuracy(

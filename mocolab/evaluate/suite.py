@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from .. import augment, settings
 from ..config import config_from_dict
 from ..checkpoint import load_pretraining
-from ..data import DATASETS, classes_of, load_split, seeded_subset
+from ..data import DATASETS, classes_of, load_split, seeded_subset, warn_if_uninformative
 from ..job import code_version
 from ..reference import EVALUATION as REFERENCE
 from ..reference import LOW_SHOT_KS
@@ -102,6 +102,7 @@ def evaluate(cfg: EvalConfig | None = None, progress: bool = True, **overrides) 
 
     train_set, test_set = split("train", cfg.train_size), split("test", cfg.test_size)
     classes = classes_of(train_set)
+    warn_if_uninformative(len(classes), len(train_set), 1, f"{cfg.dataset} at {cfg.data_root}")
     encoder, identity = _encoder(cfg, train_set, device)
     features = Features(encoder, identity, cfg.cache_dir or out / "feature_cache", device, cfg.workers,
                         progress)
