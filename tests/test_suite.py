@@ -98,3 +98,43 @@ def test_03_evaluate_runs_headless(checkpoint, cifar10_root, tmp_path):
     moco = json.loads((tmp_path / "eval" / "moco" / "results.json").read_text())
     assert any(m.startswith("### MoCo") and tables(moco) in m for m in markdown)  # the tables, as tables() lays them
     assert any(m.startswith("### random") and "**Linear SVM per layer" in m for m in markdown)
+
+
+def test_a_failing_benchmark_is_recorded_the_others_saved_and_a_rerun_computes_only_what_is_missing(
+        checkpoint, tmp_path, monkeypatch):
+    """Images of two sizes (the CIFAR probe recipe now resizes them), an SVM that fails: kNN and the probes
+    are still saved; the rerun reuses them and computes the SVM alone."""
+    import mocolab.evaluate.suite as suite
+    from PIL import Image
+
+    from conftest import write_image_folder
+    root = write_image_folder(tmp_path / "data", per_class=12, size=32, splits=("train", "test"))
+    for i in range(3):
+        Image.new("RGB", (48, 40), (i * 60, 90, 30)).save(root / "train" / "dog" / f"big{i}.jpg")
+        Image.new("RGB", (48, 40), (i * 60, 30, 90)).save(root / "test" / "cat" / f"big{i}.jpg")
+    settings = dict(checkpoint=str(checkpoint), dataset="imagefolder", data_root=str(root),
+                    benchmarks=("knn", "svm", "linear"), svm_layers=("avgpool",), probe_epochs=1, probe_lr=0.01,
+                    knn_ks=(10,), output_dir=str(tmp_path / "eval"), workers=0, progress=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the solver exploded")
+    monkeypatch.setattr(suite, "svm_benchmark", broken)
+    with pytest.warns(UserWarning, match="benchmark 'svm' failed \\(RuntimeError: the solver exploded\\)"):
+        evaluate(**settings)
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert saved["errors"] == {"svm": "RuntimeError: the solver exploded"} and "svm" not in saved
+    assert "knn" in saved and np.isfinite(saved["linear"]["protocols"]["avgpool"]["top1"]["avgpool"])
+
+    monkeypatch.undo()
+    calls = []
+    for name in ("knn_benchmark", "svm_benchmark", "linear_benchmark"):
+        real = getattr(suite, name)
+        monkeypatch.setattr(suite, name, lambda *a, real=real, name=name, **k: calls.append(name) or real(*a, **k))
+    again = evaluate(**settings)
+    assert calls == ["svm_benchmark"]  # only the missing benchmark ran
+    assert again["errors"] == {} and again["knn"] == saved["knn"] and again["linear"] == saved["linear"]
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["svm"]["layers"]["avgpool"]["ap"]
+    (root / "test" / "cat" / "big0.jpg").unlink()  # the data changed: nothing is reused
+    calls.clear()
+    evaluate(**settings)
+    assert calls == ["knn_benchmark", "svm_benchmark", "linear_benchmark"]

@@ -13,15 +13,24 @@ multi-head probes). results.json holds, per benchmark, its settings and data
 sizes, and for the whole run the encoder (the checkpoint's content hash),
 mocolab's git SHA, torch's version and the device. `tables(results)` lays them
 out like the reference page, with its numbers beside when the data is the reference's.
+
+results.json is written after each benchmark, so a crash or a failing benchmark
+never loses the finished ones: a failure is recorded under "errors" (with a
+warning) and the remaining benchmarks still run. Run again into the same
+output_dir, evaluate() reuses the benchmarks already there for the same encoder,
+data sizes and settings, and computes only the missing or failed ones.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +40,7 @@ from .. import augment, settings
 from ..config import config_from_dict
 from ..checkpoint import load_pretraining
 from ..data import DATASETS, classes_of, load_split, seeded_subset, warn_if_uninformative
+from ..data.fingerprint import files_digest
 from ..job import code_version
 from ..reference import EVALUATION as REFERENCE
 from ..reference import LOW_SHOT_KS
@@ -109,30 +119,84 @@ def evaluate(cfg: EvalConfig | None = None, progress: bool = True, **overrides) 
     results = {"encoder": identity, "checkpoint": cfg.checkpoint or None, "model": cfg.model,
                "code_version": code_version(), "torch": torch.__version__, "device": str(device),
                "config": cfg.to_dict(), "dataset": cfg.dataset, "data_root": cfg.data_root,
-               "train_size": len(train_set), "test_size": len(test_set), "seconds": {}}
+               "train_size": len(train_set), "test_size": len(test_set),
+               "data_fingerprint": {"train": files_digest(train_set), "test": files_digest(test_set)},
+               "seconds": {}, "errors": {}}
     data_id = f"{cfg.dataset}:{cfg.data_root}"
+    out.mkdir(parents=True, exist_ok=True)
+    done = _finished(out / "results.json", results)
+    svm_inputs = functools.cache(lambda: _svm_inputs(cfg, features, train_set, test_set, classes))
 
-    if "knn" in cfg.benchmarks:
+    def run(name: str, compute) -> None:
+        """One benchmark: reused from an earlier results.json of the same encoder and settings, or computed;
+        a failure is recorded with its error and the others go on; results.json is written after each."""
+        if name in done:
+            results[name], results["seconds"][name] = done[name]
+            return
         tic = time.perf_counter()
-        results["knn"] = knn_benchmark(features, train_set, test_set, data_id, len(classes), ks=cfg.knn_ks, T=cfg.knn_t)
-        results["seconds"]["knn"] = time.perf_counter() - tic
-    if "svm" in cfg.benchmarks or "lowshot" in cfg.benchmarks:
-        _svms(cfg, features, train_set, test_set, classes, results, device)
-    if "linear" in cfg.benchmarks:
-        tic = time.perf_counter()
+        try:
+            results[name] = compute()
+        except Exception as error:  # recorded, not lost: the finished benchmarks stay in results.json
+            results["errors"][name] = f"{type(error).__name__}: {error}"
+            warnings.warn(f"benchmark {name!r} failed ({results['errors'][name]}); the others go on and "
+                          f"{out / 'results.json'} records the error", stacklevel=3)
+        else:
+            results["seconds"][name] = time.perf_counter() - tic
+        _write_json(results, out / "results.json")
+
+    def probes():
         protocols = ("avgpool", "multihead")
         transforms = {p: probe_transforms("cifar" if cfg.image_size <= 64 else p, cfg.image_size, mean, std)
                       for p in protocols}
-        results["linear"] = linear_benchmark(
+        return linear_benchmark(
             encoder.backbone, {p: split("train", cfg.train_size, transforms[p][0]) for p in protocols},
             {p: split("test", cfg.test_size, transforms[p][1]) for p in protocols}, len(classes),
             protocols=protocols, epochs=cfg.probe_epochs, lr=cfg.probe_lr, device=device, workers=cfg.workers,
             progress=progress)
-        results["seconds"]["linear"] = time.perf_counter() - tic
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    def lowshot():
+        inputs = svm_inputs()
+        layer = results["svm"]["best_layer"] if "svm" in results else inputs.layers[-1]
+        return lowshot_benchmark(inputs.train_f[layer], inputs.train_t, inputs.test_f[layer], inputs.test_t,
+                                 layer=layer, class_names=inputs.names, ks=cfg.lowshot_ks,
+                                 samples=cfg.lowshot_samples, seed=cfg.seed, device=device)
+
+    if "knn" in cfg.benchmarks:
+        run("knn", lambda: knn_benchmark(features, train_set, test_set, data_id, len(classes), ks=cfg.knn_ks,
+                                         T=cfg.knn_t))
+    if "svm" in cfg.benchmarks or "lowshot" in cfg.benchmarks:
+        results["svm_data"] = "voc07" if cfg.voc_root else cfg.dataset
+    if "svm" in cfg.benchmarks:
+        run("svm", lambda: svm_benchmark(svm_inputs().train_f, svm_inputs().train_t, svm_inputs().test_f,
+                                         svm_inputs().test_t, class_names=svm_inputs().names, device=device))
+    if "lowshot" in cfg.benchmarks:
+        run("lowshot", lowshot)
+    if "linear" in cfg.benchmarks:
+        run("linear", probes)
+    _write_json(results, out / "results.json")
     return results
+
+
+def _finished(path: Path, results: dict) -> dict:
+    """{benchmark: (result, seconds)} from an earlier results.json of the same encoder, settings and images
+    (data.fingerprint: a changed file means new results)."""
+    if not path.exists():
+        return {}
+    try:
+        earlier = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+    now = json.loads(json.dumps({k: results[k] for k in ("encoder", "config", "data_fingerprint")}))
+    same = all(earlier.get(k) == v for k, v in now.items())  # compared as JSON: tuples were saved as lists
+    return {name: (earlier[name], earlier.get("seconds", {}).get(name)) for name in BENCHMARKS
+            if same and name in earlier and name not in earlier.get("errors", {})}
+
+
+def _write_json(results: dict, path: Path) -> None:
+    """results.json, replaced atomically: a crash leaves the previous version, never half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, path)
 
 
 def _encoder(cfg: EvalConfig, train_set, device):
@@ -154,9 +218,19 @@ def _encoder(cfg: EvalConfig, train_set, device):
     return encoder, identity
 
 
-def _svms(cfg: EvalConfig, features: Features, train_set, test_set, classes, results: dict, device) -> None:
-    """The SVM and low-shot benchmarks: on VOC07 when cfg.voc_root, else one-vs-rest on the dataset."""
-    tic = time.perf_counter()
+class SvmInputs(NamedTuple):
+    """Per-layer features and {1, 0, -1} targets of the SVM benchmarks' train and test sets."""
+
+    train_f: dict
+    train_t: torch.Tensor
+    test_f: dict
+    test_t: torch.Tensor
+    names: list
+    layers: tuple
+
+
+def _svm_inputs(cfg: EvalConfig, features: Features, train_set, test_set, classes) -> SvmInputs:
+    """The SVM and low-shot data: VOC07 when cfg.voc_root, else one-vs-rest on the dataset."""
     if cfg.voc_root:
         voc_t = voc_svm_transform(max(cfg.image_size, 224) if cfg.image_size > 64 else cfg.image_size)
         svm_train, svm_test = VOC07Classification(cfg.voc_root, "trainval", voc_t), VOC07Classification(
@@ -171,18 +245,7 @@ def _svms(cfg: EvalConfig, features: Features, train_set, test_set, classes, res
         train_t, test_t = svm_train.targets, svm_test.targets
     else:
         train_t, test_t = F.one_hot(tr_y, len(classes)), F.one_hot(te_y, len(classes))
-    results["svm_data"] = svm_id
-    layer = layers[-1]
-    if "svm" in cfg.benchmarks:
-        results["svm"] = svm_benchmark(tr_f, train_t, te_f, test_t, class_names=names, device=device)
-        results["seconds"]["svm"] = time.perf_counter() - tic
-        layer = results["svm"]["best_layer"]
-    if "lowshot" in cfg.benchmarks:
-        tic = time.perf_counter()
-        results["lowshot"] = lowshot_benchmark(tr_f[layer], train_t, te_f[layer], test_t, layer=layer,
-                                               class_names=names, ks=cfg.lowshot_ks, samples=cfg.lowshot_samples,
-                                               seed=cfg.seed, device=device)
-        results["seconds"]["lowshot"] = time.perf_counter() - tic
+    return SvmInputs(tr_f, train_t, te_f, test_t, names, layers)
 
 
 # ----------------------------------------------------------------------------
