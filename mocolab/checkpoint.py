@@ -77,13 +77,28 @@ def kind_of(state: dict) -> str | None:
     return "fine-tuning" if "task" in config else "pretraining" if "K" in config else None
 
 
+def describe(state) -> str:
+    """What a loaded torch file is, in words, for an error about a file of the wrong kind."""
+    kind = kind_of(state)
+    if kind == "fine-tuning":
+        task = state.get("config", {}).get("task", "?")
+        return f"a mocolab fine-tuning checkpoint (task {task})"
+    if kind is not None:
+        return f"a mocolab {kind} checkpoint"
+    if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        return (f"a bare state dict of {len(state)} tensors (weights only, such as torchvision's "
+                f"model.state_dict()), without the config mocolab needs")
+    if isinstance(state, dict):
+        keys = ", ".join(sorted(map(str, state))[:6])
+        return f"not a mocolab checkpoint (a dict with keys {keys}{', ...' if len(state) > 6 else ''})"
+    return f"not a mocolab checkpoint (a {type(state).__name__})"
+
+
 def load_pretraining(path: str | Path) -> dict:
     """A pretraining checkpoint, or a CheckpointError that says what the file is instead."""
     state = load_checkpoint(path)
-    kind = kind_of(state)
-    if kind != "pretraining":
-        what = f"a {kind} checkpoint" if kind else "not a mocolab checkpoint (no model, config and epoch)"
-        raise CheckpointError(f"{path} is {what}; pass the checkpoint_last.pt of a pretraining run "
+    if kind_of(state) != "pretraining":
+        raise CheckpointError(f"{path} is {describe(state)}; pass the checkpoint_last.pt of a pretraining run "
                               f"(notebook 02 or `python -m mocolab`)")
     return state
 

@@ -73,8 +73,8 @@ def open_run(cfg, kind: str) -> tuple[torch.device, dict | None]:
                                    f"resume=False, or point output_dir at the run to continue.")
     saved = ckpt.load_checkpoint(last) if cfg.resume else None
     if saved is not None and ckpt.kind_of(saved) != kind:
-        raise ckpt.CheckpointError(f"{last} is not a {kind} checkpoint ({ckpt.kind_of(saved) or 'unknown kind'}); "
-                                   f"use another output_dir")
+        raise ckpt.CheckpointError(f"{last} is {ckpt.describe(saved)}, not a {kind} checkpoint: it cannot be "
+                                   f"resumed as one; use another output_dir")
     return resolve_device(cfg.gpus), saved
 
 

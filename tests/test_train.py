@@ -273,3 +273,24 @@ def test_a_single_class_and_a_bank_smaller_than_k_each_get_one_clear_warning(tmp
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_if_uninformative(10, 5000, 200, "cifar10")  # an informative set: silent
+
+
+def test_a_file_of_another_kind_is_named_as_such(tmp_path):
+    """Evaluating, exporting or resuming from the wrong file says what the file is, not KeyError: 'config'."""
+    import torchvision
+
+    from mocolab.checkpoint import load_pretraining
+    files = {
+        "finetune.pt": ({"kind": "fine-tuning", "model": {}, "config": {"task": "voc_detection"}},
+                        "a mocolab fine-tuning checkpoint (task voc_detection)"),
+        "resnet.pth": (torchvision.models.resnet18().state_dict(),
+                       "a bare state dict of 122 tensors (weights only, such as torchvision's model.state_dict())"),
+        "no_config.pt": ({"model": {}, "epoch": 3}, "not a mocolab checkpoint (a dict with keys epoch, model)"),
+        "list.pt": ([1, 2, 3], "not a mocolab checkpoint (a list)"),
+    }
+    for name, (content, what) in files.items():
+        torch.save(content, tmp_path / name)
+        with pytest.raises(CheckpointError) as error:
+            load_pretraining(tmp_path / name)
+        assert str(error.value).startswith(f"{tmp_path / name} is {what}"), str(error.value)
+        assert "pass the checkpoint_last.pt of a pretraining run" in str(error.value)

@@ -35,9 +35,7 @@ PREFIX = "encoder_q.backbone."
 
 def backbone_state(path: str | Path, allow_cifar_stem: bool = False) -> dict[str, torch.Tensor]:
     """The query backbone of a mocolab checkpoint as a torchvision ResNet state_dict (no `fc`)."""
-    state = ckpt.load_checkpoint(path)
-    if "model" not in state or "config" not in state:
-        raise ckpt.CheckpointError(f"{path} is not a mocolab pretraining checkpoint (no model/config)")
+    state = ckpt.load_pretraining(path)  # another kind of file is named as such
     cfg = config_from_dict(state["config"])
     weights = {k[len(PREFIX):]: v for k, v in state["model"].items() if k.startswith(PREFIX)}
     if not weights:
