@@ -71,11 +71,23 @@ def open_run(cfg, kind: str) -> tuple[torch.device, dict | None]:
     if cfg.resume and not last.exists():
         raise ckpt.CheckpointError(f"no checkpoint at {last.resolve()}: nothing to resume. Start the run with "
                                    f"resume=False, or point output_dir at the run to continue.")
+    writable_folder(Path(cfg.output_dir))
     saved = ckpt.load_checkpoint(last) if cfg.resume else None
     if saved is not None and ckpt.kind_of(saved) != kind:
         raise ckpt.CheckpointError(f"{last} is {ckpt.describe(saved)}, not a {kind} checkpoint: it cannot be "
                                    f"resumed as one; use another output_dir")
     return resolve_device(cfg.gpus), saved
+
+
+def writable_folder(path: Path) -> None:
+    """Create the output folder (and its parents) now, or fail naming it: before minutes of data and model set-up."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"output_dir {path} cannot be created ({err.strerror}: {err.filename}); choose a folder "
+                          f"you can write to") from err
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir {path} is not writable; choose a folder you can write to")
 
 
 @contextmanager

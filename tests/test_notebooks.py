@@ -5,6 +5,7 @@ from pathlib import Path
 
 import nbformat
 import papermill
+import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -31,6 +32,10 @@ def run_02_pretrain(cifar10_root, tmp_path, **extra):
 
 def test_02_pretrain_runs_headless(cifar10_root, tmp_path):
     out_dir, outputs = run_02_pretrain(cifar10_root, tmp_path)
+    written = (out_dir / "lr_schedule.png").stat().st_mtime_ns
+    with pytest.raises(papermill.PapermillExecutionError, match="already holds a pretraining run"):
+        run_02_pretrain(cifar10_root, tmp_path)  # run again into the same folder: refused before any write
+    assert (out_dir / "lr_schedule.png").stat().st_mtime_ns == written
     rows = list(csv.DictReader(open(out_dir / "metrics.csv")))
     assert [r["epoch"] for r in rows] == ["0", "1"] and rows[0]["knn_top1"] != "" and rows[1]["knn_top1"] != ""
     for name in ("lr_schedule", "loss", "instance_accuracy", "similarities", "queue_age", "knn", "curves"):

@@ -294,3 +294,11 @@ def test_a_file_of_another_kind_is_named_as_such(tmp_path):
             load_pretraining(tmp_path / name)
         assert str(error.value).startswith(f"{tmp_path / name} is {what}"), str(error.value)
         assert "pass the checkpoint_last.pt of a pretraining run" in str(error.value)
+
+
+def test_an_output_dir_that_cannot_be_created_is_named_before_the_data_is_read(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    cfg = make_config("cifar10_demo", dataset="imagefolder", data_root=str(tmp_path / "no_data_here"), gpus=0,
+                      output_dir=str(tmp_path / "a_file" / "run"))
+    with pytest.raises(ConfigError, match=r"output_dir .*a_file/run cannot be created \(Not a directory"):
+        pretrain(cfg, progress=False)  # not the DatasetError of the missing data: the folder is checked first
