@@ -150,3 +150,43 @@ def test_compiled_encoders_keep_the_checkpoint_keys_of_the_plain_model(cifar10_r
     from mocolab import load_run
     again = load_run(tmp_path / "run")  # an uncompiled model: the keys must match exactly
     assert torch.equal(again.model.queue.keys, run.model.queue.keys.cpu())
+
+
+def messy_folder(root):
+    """40 good 32 px JPEGs in two classes, and in the train split a truncated JPEG, an empty .jpg and a text
+    file named .png: the bad files a hand-gathered folder holds."""
+    write_image_folder(root, per_class=20, size=32, splits=("train", "test"))
+    good = (root / "train" / "cat" / "000.jpg").read_bytes()
+    bad = {root / "train" / "cat" / "truncated.jpg": good[:len(good) // 2],
+           root / "train" / "dog" / "empty.jpg": b"",
+           root / "train" / "dog" / "notes.png": b"these are my notes, not a picture"}
+    for path, data in bad.items():
+        path.write_bytes(data)
+    return root, sorted(str(p) for p in bad)
+
+
+@pytest.mark.parametrize("path", ["cpu", "device", "jpeg"])
+def test_every_data_path_skips_and_reports_each_unreadable_file_once(path, tmp_path, monkeypatch):
+    from mocolab.data import unreadable
+    monkeypatch.setattr(unreadable, "_reported", set())
+    monkeypatch.setattr(unreadable, "MAX_UNREADABLE", 0.1)  # 3 of 43 files
+    root, bad = messy_folder(tmp_path / "data")
+    cfg = cfg_for(root, tmp_path, data_path=path, train_subset=0, batch_size=8, K=32)
+    monkeypatch.setenv("MOCOLAB_CACHE", str(tmp_path / "cache"))
+    with pytest.warns(UserWarning) as caught:
+        batches = pretrain_batches(cfg, torch.device("cpu"))
+        for epoch in range(2):  # two epochs: still one report per file
+            for (x_q, x_k), y in batches.epoch(epoch):
+                assert x_q.shape == (8, 3, 32, 32) and torch.isfinite(x_q).all()
+    reports = [str(w.message) for w in caught if "skipping unreadable image" in str(w.message)]
+    named = sorted(m.split("skipping unreadable image ")[1].split(":")[0] for m in reports)
+    assert named == bad  # each bad file, once, over two epochs
+
+
+def test_a_folder_with_too_many_unreadable_files_is_refused_naming_them(tmp_path, monkeypatch):
+    from mocolab.data import unreadable
+    monkeypatch.setattr(unreadable, "_reported", set())
+    root, bad = messy_folder(tmp_path / "data")  # 3 of 43: more than the default 1%
+    with pytest.warns(UserWarning), pytest.raises(DatasetError, match=r"3 of 43 images in .*train cannot be read "
+                                                                       r"\(more than 1%\), e\.g\. .*is data_root"):
+        cached_split("imagefolder", root, "train", cache_dir=tmp_path / "cache")

@@ -11,7 +11,6 @@ in a folder are reported by path and skipped rather than crashing a long run.
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ import torchvision
 from torch.utils.data import Dataset, Subset
 
 from .. import seeding
+from . import unreadable
 
 DATASETS = ("cifar10", "cifar100", "stl10", "imagefolder")
 _SOURCES = {
@@ -34,8 +34,18 @@ class DatasetError(RuntimeError):
     """A dataset is missing, empty, malformed or cannot be downloaded; the message says what to do."""
 
 
+def check_unreadable_share(bad: list, total: int, where, limit: float | None = None) -> None:
+    """Refuse a split with more than `limit` (unreadable.MAX_UNREADABLE) of its files unreadable."""
+    limit = unreadable.MAX_UNREADABLE if limit is None else limit
+    if total and len(bad) / total > limit:
+        first = ", ".join(str(p) for p in bad[:5])
+        raise DatasetError(f"{len(bad)} of {total} images in {where} cannot be read (more than {limit:.0%}), "
+                           f"e.g. {first}: is data_root the right folder? Remove or replace the broken files, "
+                           f"or raise mocolab.data.unreadable.MAX_UNREADABLE")
+
+
 class SkipCorruptImageFolder(torchvision.datasets.ImageFolder):
-    """ImageFolder that warns about an unreadable image (naming its path) and serves the next one."""
+    """ImageFolder that reports an unreadable image once (unreadable.report) and serves the next one."""
 
     max_consecutive_failures = 100
 
@@ -45,7 +55,7 @@ class SkipCorruptImageFolder(torchvision.datasets.ImageFolder):
             try:
                 return super().__getitem__(i)
             except (OSError, ValueError, SyntaxError) as err:  # what PIL raises on a broken file
-                warnings.warn(f"skipping unreadable image {self.samples[i][0]}: {err}", stacklevel=2)
+                unreadable.report(self.samples[i][0], err)
         raise DatasetError(f"{self.max_consecutive_failures} consecutive unreadable images from "
                            f"{self.samples[index][0]} on in {self.root}: is the folder corrupt?")
 

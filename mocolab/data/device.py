@@ -26,7 +26,8 @@ from .. import seeding
 from ..augment import batched, recipe
 from ..checkpoint import atomic_save
 from ..config import Config
-from .datasets import DatasetError, classes_of, load_split, subset_indices
+from . import unreadable
+from .datasets import DatasetError, check_unreadable_share, classes_of, load_split, subset_indices
 from .fingerprint import files_digest
 from .loader import check_enough_images, epoch_order, pretrain_split
 
@@ -50,19 +51,27 @@ def decode_split(dataset: str, root, split: str, download: bool = True) -> tuple
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets)
     if dataset == "stl10":
         return torch.from_numpy(ds.data).contiguous(), torch.as_tensor(ds.labels).long()
-    first_size = None
-    images = []
-    for path, _ in ds.samples:
-        with Image.open(path) as image:
-            array = np.array(image.convert("RGB"))
-        if first_size is None:
-            first_size = array.shape
-        elif array.shape != first_size:
-            raise DatasetError(f"{path} is {array.shape[1]}x{array.shape[0]} px but {ds.samples[0][0]} is "
-                               f"{first_size[1]}x{first_size[0]}: the device data path holds images of one "
+    first, images, labels, bad = None, [], [], []
+    for path, label in ds.samples:
+        try:
+            with Image.open(path) as image:
+                array = np.array(image.convert("RGB"))
+        except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for an empty, truncated or foreign file
+            unreadable.report(path, err)
+            bad.append(path)
+            continue
+        if first is None:
+            first = (path, array.shape)
+        elif array.shape != first[1]:
+            raise DatasetError(f"{path} is {array.shape[1]}x{array.shape[0]} px but {first[0]} is "
+                               f"{first[1][1]}x{first[1][0]}: the device data path holds images of one "
                                f"size; use data_path='cpu' for this folder")
         images.append(torch.from_numpy(array).permute(2, 0, 1))
-    return torch.stack(images), torch.as_tensor(ds.targets)
+        labels.append(label)
+    check_unreadable_share(bad, len(ds.samples), Path(root) / split)
+    if not images:
+        raise DatasetError(f"no readable image in {Path(root) / split}")
+    return torch.stack(images), torch.as_tensor(labels)
 
 
 def cached_split(dataset: str, root, split: str, download: bool = True, cache_dir=None):

@@ -11,20 +11,33 @@ Order and draws follow the other paths: the shared epoch order
 """
 from __future__ import annotations
 
+import io
+import os
+
+import numpy as np
 import torch
 import torchvision
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode
 
 from .. import seeding
 from ..augment import Recipe, batched, recipe
 from ..config import Config
+from . import unreadable
 from .datasets import DatasetError, load_split, subset_indices
 from .loader import check_enough_images, epoch_order
 
 
 class FileBytes(Dataset):
-    """(file bytes as a uint8 tensor, label) of every image of an ImageFolder-like dataset."""
+    """(file bytes as a uint8 tensor, label, index) of every image of an ImageFolder-like dataset.
+
+    An empty file or one that is not an image (no image signature: a cheap check, no
+    decoding) is reported once (unreadable.report) and the next file is served instead,
+    as the `cpu` path's SkipCorruptImageFolder does.
+    """
+
+    max_consecutive_failures = 100
 
     def __init__(self, samples: list[tuple[str, int]]):
         self.samples = samples
@@ -32,16 +45,25 @@ class FileBytes(Dataset):
     def __len__(self):
         return len(self.samples)
 
-    def __getitem__(self, i):
-        path, label = self.samples[i]
-        return torchvision.io.read_file(path), label
+    def __getitem__(self, index):
+        for attempt in range(self.max_consecutive_failures):
+            i = (index + attempt) % len(self.samples)
+            path, label = self.samples[i]
+            data = torchvision.io.read_file(path) if os.path.getsize(path) else torch.empty(0, dtype=torch.uint8)
+            why = unreadable.looks_like_an_image(data[:16].numpy().tobytes())
+            if why is None:
+                return data, label, i
+            unreadable.report(path, why)
+        raise DatasetError(f"{self.max_consecutive_failures} consecutive unreadable images from "
+                           f"{self.samples[index][0]} on: is the folder corrupt?")
 
 
 def _collate(batch):
     """One byte buffer and the files' offsets in it: a single tensor crosses from the worker (many small
     ones would each need a file descriptor) and is pinned in one piece."""
-    lengths = torch.tensor([0] + [len(data) for data, _ in batch])
-    return torch.cat([data for data, _ in batch]), lengths.cumsum(0), torch.as_tensor([y for _, y in batch])
+    lengths = torch.tensor([0] + [len(data) for data, _, _ in batch])
+    return (torch.cat([data for data, _, _ in batch]), lengths.cumsum(0), torch.as_tensor([y for _, y, _ in batch]),
+            torch.as_tensor([i for _, _, i in batch]))
 
 
 def split_buffer(buffer: torch.Tensor, offsets: torch.Tensor) -> list[torch.Tensor]:
@@ -53,19 +75,50 @@ def is_jpeg(data: torch.Tensor) -> bool:
     return len(data) > 2 and data[0].item() == 0xFF and data[1].item() == 0xD8
 
 
-def decode(data: list[torch.Tensor], device) -> list[torch.Tensor]:
-    """RGB uint8 images (3 x H x W each, on `device`) from encoded files; JPEGs decoded on the device."""
+def decode(data: list[torch.Tensor], device, paths=None) -> list[torch.Tensor]:
+    """RGB uint8 images (3 x H x W each, on `device`) from encoded files; JPEGs decoded on the device.
+
+    When the batch decoder refuses the batch (a truncated JPEG, say), each file is
+    decoded alone: by decode_jpeg, else by PIL on the CPU (which reads some files
+    nvJPEG refuses); a file neither can read is reported (by its path in `paths`) and
+    replaced by the batch's previous readable image, so the batch keeps its size.
+    """
     device = torch.device(device)
     jpegs = [i for i, d in enumerate(data) if is_jpeg(d)]
     out = [None] * len(data)
-    if jpegs:
-        decoded = torchvision.io.decode_jpeg([data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
-        for i, image in zip(jpegs, decoded):
-            out[i] = image
-    for i, d in enumerate(data):
-        if out[i] is None:
-            out[i] = torchvision.io.decode_image(d, mode=ImageReadMode.RGB).to(device)
+    try:
+        if jpegs:
+            for i, image in zip(jpegs, torchvision.io.decode_jpeg([data[i] for i in jpegs], mode=ImageReadMode.RGB,
+                                                                   device=device)):
+                out[i] = image
+        for i, d in enumerate(data):
+            if out[i] is None:
+                out[i] = torchvision.io.decode_image(d, mode=ImageReadMode.RGB).to(device)
+    except RuntimeError:
+        out = [_decode_one(d, device, paths[i] if paths else f"image {i} of the batch") for i, d in enumerate(data)]
+    readable = [image for image in out if image is not None]
+    if not readable:
+        raise DatasetError(f"no image of a batch could be decoded, e.g. {paths[0] if paths else 'the first'}")
+    last = readable[0]
+    for i, image in enumerate(out):
+        out[i] = last = image if image is not None else last
     return out
+
+
+def _decode_one(data: torch.Tensor, device, path) -> torch.Tensor | None:
+    """One file: torchvision's decoder, else PIL's on the CPU, else None (reported once)."""
+    try:
+        if is_jpeg(data):
+            return torchvision.io.decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        return torchvision.io.decode_image(data, mode=ImageReadMode.RGB).to(device)
+    except RuntimeError as torch_error:
+        try:
+            with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
+                array = np.array(image.convert("RGB"))
+            return torch.from_numpy(array).permute(2, 0, 1).contiguous().to(device)
+        except (OSError, ValueError, SyntaxError) as pil_error:
+            unreadable.report(path, f"{torch_error}; PIL: {pil_error}")
+            return None
 
 
 def resized_crop_list(images: list[torch.Tensor], box: torch.Tensor, size: int) -> torch.Tensor:
@@ -108,8 +161,9 @@ class JpegBatches:
         sampler = epoch_order(len(self.files), cfg, epoch, self.rank, self.world)  # the reference's order
         loader = DataLoader(self.files, batch_size=cfg.batch_size // self.world, sampler=sampler, drop_last=True,
                             num_workers=cfg.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda")
-        for step, (buffer, offsets, labels) in enumerate(loader):
-            images = decode(split_buffer(buffer, offsets), self.device)
+        for step, (buffer, offsets, labels, indices) in enumerate(loader):
+            paths = [self.files.samples[i][0] for i in indices.tolist()]
+            images = decode(split_buffer(buffer, offsets), self.device, paths)
             generator = seeding.generator(cfg.seed, "device views", epoch, step, self.rank, device=self.device)
             yield (views(images, self.recipe, generator), views(images, self.recipe, generator)), \
                 labels.to(self.device)
