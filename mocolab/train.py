@@ -168,8 +168,11 @@ def _log_step(trainer: Trainer, stats: torch.Tensor, step: int, epoch: float, wr
     loss, acc, pos, neg, age, oldest, random_keys = dist_.all_reduce_mean(
         torch.cat([stats, trainer.model.queue.age_stats()])).tolist()
     if not math.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss} at step {step + 1}: lower lr, or use precision='fp32'; "
-                                 f"checkpoint_last.pt holds the last good epoch")
+        fix = "lower lr" if trainer.autocast_dtype is None else \
+            f"lower lr, or use precision='fp32' (this run computes in {trainer.autocast_dtype})"
+        back = (f"checkpoint_last.pt holds the last finished epoch ({int(epoch)}): resume=True continues from it"
+                if epoch >= 1 else "no epoch has finished yet, so there is no checkpoint to go back to")
+        raise FloatingPointError(f"loss is {loss} at step {step + 1}: {fix}; {back}")
     row = {"step": step + 1, "epoch": round(epoch, 4), "lr": float(trainer.lrs[step]), "loss": loss, "acc": acc,
            "pos_sim": pos, "neg_sim": neg, "key_age": age, "key_age_max": oldest, "random_keys": random_keys}
     if writer is not None:

@@ -302,3 +302,20 @@ def test_an_output_dir_that_cannot_be_created_is_named_before_the_data_is_read(t
                       output_dir=str(tmp_path / "a_file" / "run"))
     with pytest.raises(ConfigError, match=r"output_dir .*a_file/run cannot be created \(Not a directory"):
         pretrain(cfg, progress=False)  # not the DatasetError of the missing data: the folder is checked first
+
+
+def test_a_nan_loss_says_what_to_change_for_this_run_and_whether_a_checkpoint_exists(cifar10_root, tmp_path):
+    """On an fp32 CPU run the message does not suggest fp32; before the first epoch ends it cites no checkpoint."""
+    from mocolab.train import _log_step
+    trainer = build_trainer(tiny(cifar10_root, tmp_path), torch.device("cpu"), world=1, num_steps=4)
+    stats = torch.tensor([float("nan"), 0.0, 0.0, 0.0])
+    with pytest.raises(FloatingPointError) as early:
+        _log_step(trainer, stats, step=2, epoch=0.75, writer=None)
+    assert str(early.value) == ("loss is nan at step 3: lower lr; no epoch has finished yet, so there is no "
+                                "checkpoint to go back to")
+    trainer.autocast_dtype = torch.bfloat16
+    with pytest.raises(FloatingPointError) as later:
+        _log_step(trainer, stats, step=9, epoch=2.5, writer=None)
+    assert str(later.value) == ("loss is nan at step 10: lower lr, or use precision='fp32' (this run computes in "
+                                "torch.bfloat16); checkpoint_last.pt holds the last finished epoch (2): "
+                                "resume=True continues from it")
