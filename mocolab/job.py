@@ -80,14 +80,17 @@ def open_run(cfg, kind: str) -> tuple[torch.device, dict | None]:
 
 
 def writable_folder(path: Path) -> None:
-    """Create the output folder (and its parents) now, or fail naming it: before minutes of data and model set-up."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"output_dir {path} cannot be created ({err.strerror}: {err.filename}); choose a folder "
-                          f"you can write to") from err
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError(f"output_dir {path} is not writable; choose a folder you can write to")
+    """Fail, naming the folder, when output_dir cannot be created or written: before minutes of data and model
+    set-up, and without creating anything (a run refused later leaves no empty folder behind)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"output_dir {path} cannot be created: {existing} is a file, not a folder; choose "
+                          f"another output_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir {path} cannot be written: {existing} is not writable by this user; choose "
+                          f"a folder you can write to")
 
 
 @contextmanager
