@@ -75,12 +75,12 @@ def is_jpeg(data: torch.Tensor) -> bool:
     return len(data) > 2 and data[0].item() == 0xFF and data[1].item() == 0xD8
 
 
-def decode(data: list[torch.Tensor], device, paths=None) -> list[torch.Tensor]:
+def decode(data: list[torch.Tensor], device, name=None) -> list[torch.Tensor]:
     """RGB uint8 images (3 x H x W each, on `device`) from encoded files; JPEGs decoded on the device.
 
     When the batch decoder refuses the batch (a truncated JPEG, say), each file is
     decoded alone: by decode_jpeg, else by PIL on the CPU (which reads some files
-    nvJPEG refuses); a file neither can read is reported (by its path in `paths`) and
+    nvJPEG refuses); a file neither can read is reported (by its path, name(i)) and
     replaced by the batch's previous readable image, so the batch keeps its size.
     """
     device = torch.device(device)
@@ -95,10 +95,10 @@ def decode(data: list[torch.Tensor], device, paths=None) -> list[torch.Tensor]:
             if out[i] is None:
                 out[i] = torchvision.io.decode_image(d, mode=ImageReadMode.RGB).to(device)
     except RuntimeError:
-        out = [_decode_one(d, device, paths[i] if paths else f"image {i} of the batch") for i, d in enumerate(data)]
+        out = [_decode_one(d, device, name(i) if name else f"image {i} of the batch") for i, d in enumerate(data)]
     readable = [image for image in out if image is not None]
     if not readable:
-        raise DatasetError(f"no image of a batch could be decoded, e.g. {paths[0] if paths else 'the first'}")
+        raise DatasetError(f"no image of a batch could be decoded, e.g. {name(0) if name else 'the first'}")
     last = readable[0]
     for i, image in enumerate(out):
         out[i] = last = image if image is not None else last
@@ -162,8 +162,9 @@ class JpegBatches:
         loader = DataLoader(self.files, batch_size=cfg.batch_size // self.world, sampler=sampler, drop_last=True,
                             num_workers=cfg.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda")
         for step, (buffer, offsets, labels, indices) in enumerate(loader):
-            paths = [self.files.samples[i][0] for i in indices.tolist()]
-            images = decode(split_buffer(buffer, offsets), self.device, paths)
+            # Paths are looked up only when a file fails to decode: no per-step work on the fast path.
+            images = decode(split_buffer(buffer, offsets), self.device,
+                            lambda i, indices=indices: self.files.samples[int(indices[i])][0])
             generator = seeding.generator(cfg.seed, "device views", epoch, step, self.rank, device=self.device)
             yield (views(images, self.recipe, generator), views(images, self.recipe, generator)), \
                 labels.to(self.device)
