@@ -142,7 +142,22 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
             meta = {"config": cfg.to_dict(), "code_version": code_version(), "torch": torch.__version__,
                     "device": str(device), "processes": world, **extra}
-            (self.path / "config.json").write_text(json.dumps(meta, indent=2))
+            self._write_json(meta)
+
+    def read_config(self) -> dict:
+        """config.json as written so far (empty when there is none)."""
+        path = self.path / "config.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def update_config(self, **entries) -> None:
+        """Add or replace top-level entries of config.json (what a run learns as it goes)."""
+        if self.main:
+            self._write_json({**self.read_config(), **entries})
+
+    def _write_json(self, meta: dict) -> None:
+        tmp = self.path / "config.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, self.path / "config.json")
 
     def log(self, line: str) -> None:
         """Append a line to log.txt (the launcher relays it into the notebook); print it when echoing."""

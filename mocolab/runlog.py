@@ -4,6 +4,8 @@
     metrics.csv           one row per epoch: loss, lr, instance acc, similarities, kNN top-1, seconds
     steps.csv             one row per `log_every` steps: loss, acc, similarities, lr, queue key ages
     log.txt               one line per epoch (relayed into the notebook by the launcher)
+    unreadable.txt        the image files the run skipped, one "path<TAB>reason" line each (only when
+                          there are any); log.txt and config.json's "unreadable_files" repeat them
     checkpoint_last.pt    written every epoch (atomically); `resume=True` continues from it
     checkpoint_NNNN.pt    kept every `checkpoint_every` epochs
     tb/                   TensorBoard logs
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from . import checkpoint as ckpt
 from .config import Config
+from .data import unreadable
 from .job import RunFolder
 from .moco import MoCo
 
@@ -38,8 +41,9 @@ class Run:
 def start_outputs(folder: RunFolder, cfg: Config, device, autocast_dtype, num_steps: int, world: int,
                   start_epoch: int, data_path: str = "cpu"):
     """config.json, and the TensorBoard writer (rank 0 only)."""
+    skipped = folder.read_config().get("unreadable_files", {})  # a resumed run keeps what it skipped before
     folder.write_config(cfg, device, world, precision=str(autocast_dtype or "fp32"), steps_per_epoch=num_steps,
-                        data_path=data_path)
+                        data_path=data_path, unreadable_files=skipped)
     from torch.utils.tensorboard import SummaryWriter  # imported late: tensorboard is slow to import
     return SummaryWriter(str(folder.path / "tb"), purge_step=start_epoch * num_steps + 1)
 
@@ -59,7 +63,27 @@ def end_of_epoch(run: Run, row: dict, optimizer, scaler, writer, folder: RunFold
         folder.save(state, f"checkpoint_{epoch:04d}.pt")
     folder.write_csv(run.history, "metrics.csv")
     folder.write_csv(run.steps, "steps.csv")
+    note_unreadable(folder)
     folder.log(epoch_line(row, cfg))
+
+
+def record_path(folder: RunFolder) -> Path:
+    """The run's record of skipped files (unreadable.recording writes it; the loader workers append to it)."""
+    return folder.path / "unreadable.txt"
+
+
+def note_unreadable(folder: RunFolder) -> None:
+    """Copy the files skipped since the last call from the record into log.txt and config.json."""
+    if not folder.main:
+        return
+    skipped = unreadable.recorded(record_path(folder))
+    known = folder.read_config().get("unreadable_files", {})
+    new = {path: why for path, why in skipped.items() if path not in known}
+    if new:
+        listed = "; ".join(f"{path} ({why})" for path, why in list(new.items())[:20])
+        more = f"; and {len(new) - 20} more" if len(new) > 20 else ""
+        folder.log(f"skipped {len(new)} unreadable image file(s), all listed in unreadable.txt: {listed}{more}")
+        folder.update_config(unreadable_files=skipped)
 
 
 def restore_outputs(run: Run, saved: dict, folder: RunFolder) -> None:

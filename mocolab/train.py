@@ -25,8 +25,9 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from . import data
 from . import distributed as dist_
-from . import job
+from . import job, runlog
 from .config import Config, ConfigError, check_world, config_from_dict
+from .data import unreadable
 from .device import resolve_precision
 from .evaluate import extract_features, knn_accuracy
 from .models import build_encoder
@@ -219,7 +220,8 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True) -> Run:
     echo: print a line per epoch (rank 0); the launcher relays log.txt instead.
     """
     device, saved = preflight(cfg)
-    with job.process_group(device) as (rank, world):
+    record = runlog.record_path(job.RunFolder(cfg.output_dir))
+    with job.process_group(device) as (rank, world), unreadable.recording(record):
         check_world(cfg, world)
         main = rank == 0
         progress = progress and main
@@ -241,6 +243,7 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True) -> Run:
                                batches.path) if main else None
         if main and saved is not None:
             restore_outputs(run, saved, folder)
+        runlog.note_unreadable(folder)  # what the data set-up skipped (the device cache, the jpeg path's check)
         if monitor and start_epoch == 0:  # the random network's kNN: the baseline every curve is read against
             run.history.append(_random_network_row(trainer, monitor, cfg, device, writer, folder, progress))
         dist_.barrier()

@@ -11,6 +11,7 @@ in a folder are reported by path and skipped rather than crashing a long run.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -35,27 +36,50 @@ class DatasetError(RuntimeError):
 
 
 def check_unreadable_share(bad: list, total: int, where, limit: float | None = None) -> None:
-    """Refuse a split with more than `limit` (unreadable.MAX_UNREADABLE) of its files unreadable."""
-    limit = unreadable.MAX_UNREADABLE if limit is None else limit
+    """Refuse a split with more than `limit` (unreadable.max_share()) of its files unreadable."""
+    limit = unreadable.max_share() if limit is None else limit
     if total and len(bad) / total > limit:
         first = ", ".join(str(p) for p in bad[:5])
         raise DatasetError(f"{len(bad)} of {total} images in {where} cannot be read (more than {limit:.0%}), "
                            f"e.g. {first}: is data_root the right folder? Remove or replace the broken files, "
-                           f"or raise mocolab.data.unreadable.MAX_UNREADABLE")
+                           f"or allow more with the environment variable {unreadable.SHARE_ENV}=0.05 (a share)")
+
+
+def check_signatures(paths: list[str], where, threads: int = 16) -> None:
+    """Before training: report every empty or non-image file (a read of 16 bytes each, in threads: the files
+    are opened, not decoded) and refuse the split when too many are. A truncated JPEG passes here and is
+    found when it is decoded."""
+    with ThreadPoolExecutor(threads) as pool:
+        problems = list(pool.map(unreadable.signature_problem, paths))
+    bad = [(path, why) for path, why in zip(paths, problems) if why is not None]
+    for path, why in bad:
+        unreadable.report(path, why)
+    check_unreadable_share([path for path, _ in bad], len(paths), where)
 
 
 class SkipCorruptImageFolder(torchvision.datasets.ImageFolder):
-    """ImageFolder that reports an unreadable image once (unreadable.report) and serves the next one."""
+    """ImageFolder that reports an unreadable image once (unreadable.report) and serves the next one.
+
+    Only reading the file is guarded: an error of the transform (a crop larger than a
+    tiny image, say) is a bug to see, not a broken file to skip.
+    """
 
     max_consecutive_failures = 100
 
     def __getitem__(self, index: int):
         for attempt in range(self.max_consecutive_failures):
             i = (index + attempt) % len(self.samples)
+            path, target = self.samples[i]
             try:
-                return super().__getitem__(i)
+                image = self.loader(path)  # PIL's open + convert("RGB"): decodes the whole file
             except (OSError, ValueError, SyntaxError) as err:  # what PIL raises on a broken file
-                unreadable.report(self.samples[i][0], err)
+                unreadable.report(path, unreadable.reason(path, err))
+                continue
+            if self.transform is not None:
+                image = self.transform(image)
+            if self.target_transform is not None:
+                target = self.target_transform(target)
+            return image, target
         raise DatasetError(f"{self.max_consecutive_failures} consecutive unreadable images from "
                            f"{self.samples[index][0]} on in {self.root}: is the folder corrupt?")
 

@@ -44,21 +44,21 @@ def cache_folder() -> Path:
 # Decoding once, to a uint8 tensor cache
 # ----------------------------------------------------------------------------
 
-def decode_split(dataset: str, root, split: str, download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images N x 3 x H x W uint8, labels N long) of one split, decoded in full."""
+def decode_split(dataset: str, root, split: str, download: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(images N x 3 x H x W uint8, labels N long, {unreadable path: reason}) of one split, decoded in full."""
     ds = load_split(dataset, root, split, transform=None, download=download)
     if dataset in ("cifar10", "cifar100"):
-        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets)
+        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets), {}
     if dataset == "stl10":
-        return torch.from_numpy(ds.data).contiguous(), torch.as_tensor(ds.labels).long()
-    first, images, labels, bad = None, [], [], []
+        return torch.from_numpy(ds.data).contiguous(), torch.as_tensor(ds.labels).long(), {}
+    first, images, labels, bad = None, [], [], {}
     for path, label in ds.samples:
         try:
             with Image.open(path) as image:
                 array = np.array(image.convert("RGB"))
         except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for an empty, truncated or foreign file
-            unreadable.report(path, err)
-            bad.append(path)
+            bad[path] = unreadable.reason(path, err)
+            unreadable.report(path, bad[path])
             continue
         if first is None:
             first = (path, array.shape)
@@ -68,15 +68,19 @@ def decode_split(dataset: str, root, split: str, download: bool = True) -> tuple
                                f"size; use data_path='cpu' for this folder")
         images.append(torch.from_numpy(array).permute(2, 0, 1))
         labels.append(label)
-    check_unreadable_share(bad, len(ds.samples), Path(root) / split)
+    check_unreadable_share(list(bad), len(ds.samples), Path(root) / split)
     if not images:
         raise DatasetError(f"no readable image in {Path(root) / split}")
-    return torch.stack(images), torch.as_tensor(labels)
+    return torch.stack(images), torch.as_tensor(labels), bad
 
 
 def cached_split(dataset: str, root, split: str, download: bool = True, cache_dir=None):
     """decode_split, cached in cache_dir (default: cache_folder()) under a key of the dataset, its
-    absolute root, the split and a fingerprint of its images and labels (data.fingerprint)."""
+    absolute root, the split and a fingerprint of its images and labels (data.fingerprint).
+
+    The cache also keeps the files decoding skipped: a run that reads the cache
+    reports (and records) them as the run that built it did.
+    """
     root = Path(root)
     ds = load_split(dataset, root, split, transform=None, download=download)
     key = {"dataset": dataset, "root": str(root.resolve()), "split": split, "files": files_digest(ds)}
@@ -85,10 +89,12 @@ def cached_split(dataset: str, root, split: str, download: bool = True, cache_di
     if path.exists():
         stored = torch.load(path, weights_only=True)
         if stored["key"] == key:
+            for bad, reason in stored.get("unreadable", {}).items():
+                unreadable.report(bad, reason)
             return stored["images"], stored["labels"]
-    images, labels = decode_split(dataset, root, split, download)
+    images, labels, bad = decode_split(dataset, root, split, download)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save({"key": key, "images": images, "labels": labels}, path)
+    atomic_save({"key": key, "images": images, "labels": labels, "unreadable": bad}, path)
     return images, labels
 
 

@@ -25,7 +25,7 @@ from .. import seeding
 from ..augment import Recipe, batched, recipe
 from ..config import Config
 from . import unreadable
-from .datasets import DatasetError, load_split, subset_indices
+from .datasets import DatasetError, check_signatures, load_split, subset_indices
 from .loader import check_enough_images, epoch_order
 
 
@@ -177,4 +177,7 @@ def jpeg_batches(cfg: Config, device, rank: int = 0, world: int = 1) -> JpegBatc
                            f"use data_path='device'")
     folder = load_split("imagefolder", cfg.data_root, "train", transform=None)
     idx = subset_indices(len(folder.samples), cfg.train_subset, cfg.seed, "train subset")  # the reference's subset
-    return JpegBatches(FileBytes([folder.samples[i] for i in idx]), cfg, device, rank, world)
+    samples = [folder.samples[i] for i in idx]
+    check_signatures([path for path, _ in samples], folder.root)
+    return JpegBatches(FileBytes(samples), cfg, device, rank, world)
+

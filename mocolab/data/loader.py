@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from .. import seeding
 from ..augment import TwoViews, eval_transform, pretrain_transform, recipe
 from ..config import Config
-from .datasets import DatasetError, load_split, seeded_subset
+from .datasets import DatasetError, check_signatures, load_split, seeded_subset
 
 
 def epoch_order(size: int, cfg: Config, epoch: int, rank: int = 0, world: int = 1) -> DistributedSampler:
@@ -60,7 +60,11 @@ def pretrain_dataset(cfg: Config) -> EpochSeeded:
     dataset = load_split(cfg.dataset, cfg.data_root, split, transform, cfg.download)
     if len(dataset) == 0:
         raise DatasetError(f"the {split} split of {cfg.dataset} in {cfg.data_root} is empty")
-    return EpochSeeded(seeded_subset(dataset, cfg.train_subset, cfg.seed, "train subset"), cfg.seed)
+    subset = seeded_subset(dataset, cfg.train_subset, cfg.seed, "train subset")
+    if cfg.dataset == "imagefolder":  # empty and non-image files: reported, and refused if too many, up front
+        samples = dataset.samples if subset is dataset else [dataset.samples[i] for i in subset.indices]
+        check_signatures([path for path, _ in samples], dataset.root)
+    return EpochSeeded(subset, cfg.seed)
 
 
 class LoaderBatches:

@@ -2,31 +2,77 @@
 
 A photo folder gathered by hand holds empty files, truncated JPEGs and files that
 are not images at all. Every path (the `cpu` loader, the `device` cache, the
-`jpeg` reader) treats them alike: the first time a process meets such a file it
-warns once, naming the path and the reason, and goes on without it. Where a path
-reads the whole split up front (the device cache), more than MAX_UNREADABLE of
-unreadable files stops the run before training, with the count and the first paths
+`jpeg` reader, the evaluation loaders) treats them alike: the first time a run
+meets such a file it warns once, naming the path and the reason, and goes on
+without it. A run records what it skipped (`recording`): loader workers and
+processes append to one record file, which also makes "once" hold across
+workers and epochs, and the run copies it into log.txt and config.json.
+
+Where a path can see the whole split up front (the device cache decodes it, the
+jpeg path checks every file's signature), more than max_share() of unreadable
+files stops the run before training, with the count and the first paths
 (datasets.check_unreadable_share): a folder that broken is more likely the wrong
 folder than a few bad photos.
 """
 from __future__ import annotations
 
+import os
 import warnings
+from contextlib import contextmanager
+from pathlib import Path
 
 MAX_UNREADABLE = 0.01  # the share of a split's files that may be unreadable before a run refuses it
+SHARE_ENV = "MOCOLAB_MAX_UNREADABLE"  # overrides MAX_UNREADABLE, in this process and the ones it starts
+RECORD_ENV = "MOCOLAB_UNREADABLE_RECORD"  # the record file of the run in progress (workers inherit it)
 
 # Image files start with one of these signatures (JPEG, PNG, GIF, BMP, WebP's RIFF, TIFF both ways).
 SIGNATURES = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM", b"RIFF", b"II*\x00", b"MM\x00*")
 
-_reported: set[str] = set()
+_reported: set[tuple[str | None, str]] = set()
+
+
+def max_share() -> float:
+    """The share of unreadable files a split may hold: $MOCOLAB_MAX_UNREADABLE, else MAX_UNREADABLE."""
+    return float(os.environ.get(SHARE_ENV, MAX_UNREADABLE))
 
 
 def report(path, reason) -> None:
-    """Warn that `path` is skipped and why, once per file and process."""
-    if str(path) in _reported:
+    """Warn that `path` is skipped and why: once per file and process, and once per run when recording."""
+    key, record = str(path), os.environ.get(RECORD_ENV)
+    if (record, key) in _reported:  # per run: a second run in a notebook's kernel reports its files again
         return
-    _reported.add(str(path))
+    _reported.add((record, key))
+    if record:
+        if key in recorded(record):  # another worker, process or epoch of this run reported it already
+            return
+        reason = " ".join(str(reason).split())  # one line per file in the record
+        Path(record).parent.mkdir(parents=True, exist_ok=True)
+        with open(record, "a") as f:  # one short append: whole lines even with several writers
+            f.write(f"{key}\t{reason}\n")
     warnings.warn(f"skipping unreadable image {path}: {reason}", stacklevel=3)
+
+
+def recorded(record) -> dict[str, str]:
+    """{path: reason} of a record file (empty when there is none)."""
+    try:
+        lines = Path(record).read_text().splitlines()
+    except FileNotFoundError:
+        return {}
+    return dict(line.split("\t", 1) for line in lines if "\t" in line)
+
+
+@contextmanager
+def recording(record):
+    """Record every file reported inside the block (and by the workers and processes it starts) in `record`."""
+    before = os.environ.get(RECORD_ENV)
+    os.environ[RECORD_ENV] = str(record)
+    try:
+        yield Path(record)
+    finally:
+        if before is None:
+            os.environ.pop(RECORD_ENV, None)
+        else:
+            os.environ[RECORD_ENV] = before
 
 
 def looks_like_an_image(data: bytes) -> str | None:
@@ -36,3 +82,18 @@ def looks_like_an_image(data: bytes) -> str | None:
     if not data.startswith(SIGNATURES):
         return "not an image file (no JPEG, PNG, GIF, BMP, WebP or TIFF signature)"
     return None
+
+
+def reason(path, error: Exception) -> str:
+    """Why a file failed to decode, in words: its signature's problem when it has one (PIL's own message for an
+    empty or foreign file only repeats the path), else the decoder's error."""
+    return signature_problem(path) or str(error)
+
+
+def signature_problem(path) -> str | None:
+    """looks_like_an_image on a file's first bytes, or why the file cannot be opened."""
+    try:
+        with open(path, "rb") as f:
+            return looks_like_an_image(f.read(16))
+    except OSError as err:
+        return str(err)

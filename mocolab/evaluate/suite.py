@@ -11,7 +11,8 @@ Benchmarks (docs/protocols.md section 2; one function each in benchmarks.py):
 there is no VOC), "lowshot" (on the best SVM layer), "linear" (AvgPool and
 multi-head probes). results.json holds, per benchmark, its settings and data
 sizes, and for the whole run the encoder (the checkpoint's content hash),
-mocolab's git SHA, torch's version and the device. `tables(results)` lays them
+mocolab's git SHA, torch's version, the device and the image files the
+loaders skipped as unreadable ("unreadable_files", also in unreadable.txt). `tables(results)` lays them
 out like the reference page, with its numbers beside when the data is the reference's.
 
 results.json is written after each benchmark, so a crash or a failing benchmark
@@ -39,7 +40,7 @@ from torch.utils.data import DataLoader
 from .. import augment, settings
 from ..config import config_from_dict
 from ..checkpoint import load_pretraining
-from ..data import DATASETS, classes_of, load_split, seeded_subset, warn_if_uninformative
+from ..data import DATASETS, classes_of, load_split, seeded_subset, unreadable, warn_if_uninformative
 from ..data.fingerprint import files_digest
 from ..job import code_version
 from ..reference import EVALUATION as REFERENCE
@@ -101,6 +102,12 @@ class EvalConfig:
 def evaluate(cfg: EvalConfig | None = None, progress: bool = True, **overrides) -> dict:
     """Run cfg's benchmarks (or those of EvalConfig(**overrides)); writes output_dir/results.json."""
     cfg = settings.build(EvalConfig, cfg.to_dict() if cfg else {}, overrides)
+    record = Path(cfg.output_dir) / "unreadable.txt"  # the images the evaluation loaders skip (and their workers)
+    with unreadable.recording(record):
+        return _evaluate(cfg, record, progress)
+
+
+def _evaluate(cfg: EvalConfig, record: Path, progress: bool) -> dict:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     out = Path(cfg.output_dir)
     mean, std = augment.normalisation("cifar" if cfg.image_size <= 64 else "aug_plus")
@@ -121,7 +128,7 @@ def evaluate(cfg: EvalConfig | None = None, progress: bool = True, **overrides) 
                "config": cfg.to_dict(), "dataset": cfg.dataset, "data_root": cfg.data_root,
                "train_size": len(train_set), "test_size": len(test_set),
                "data_fingerprint": {"train": files_digest(train_set), "test": files_digest(test_set)},
-               "seconds": {}, "errors": {}}
+               "seconds": {}, "errors": {}, "unreadable_files": {}}
     data_id = f"{cfg.dataset}:{cfg.data_root}"
     out.mkdir(parents=True, exist_ok=True)
     done = _finished(out / "results.json", results)
@@ -142,6 +149,7 @@ def evaluate(cfg: EvalConfig | None = None, progress: bool = True, **overrides) 
                           f"{out / 'results.json'} records the error", stacklevel=3)
         else:
             results["seconds"][name] = time.perf_counter() - tic
+        results["unreadable_files"] = unreadable.recorded(record)
         _write_json(results, out / "results.json")
 
     def probes():
@@ -173,6 +181,7 @@ def evaluate(cfg: EvalConfig | None = None, progress: bool = True, **overrides) 
         run("lowshot", lowshot)
     if "linear" in cfg.benchmarks:
         run("linear", probes)
+    results["unreadable_files"] = unreadable.recorded(record)
     _write_json(results, out / "results.json")
     return results
 
