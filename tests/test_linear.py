@@ -83,3 +83,20 @@ def test_lighting_noise_shifts_channels_by_pca_directions():
     shift = (out - image)[:, 0, 0]
     assert torch.allclose(out - image, shift.view(3, 1, 1).expand(3, 4, 4))
     assert 0 < shift.abs().max() < 0.2
+
+
+def test_sets_smaller_than_a_batch_are_warned_about(cifar10_root):
+    """40 test images in batches of 64, then 65 training images in batches of 256: one warning each (a last
+    training batch of one image is fine: the heads' BatchNorm2d normalises over its pooled pixels too)."""
+    encoder, _ = baseline_encoder("random", "resnet18", cifar_stem=True)
+    train_set, test_set = cifar_sets(cifar10_root, 65, 40)
+    recipe = dataclasses.replace(probe_recipe("multihead", epochs=1), batch_size=64)
+    with pytest.warns(UserWarning, match=r"test set holds 40 images, fewer than one batch of 64: its accuracy "
+                                         r"moves in steps of 2\.5 points"):
+        result = linear_probe(encoder.backbone, train_set, test_set, 10, "multihead", recipe, workers=0,
+                              progress=False)
+    assert len(result["top1"]) == 5
+    with pytest.warns(UserWarning, match=r"training set holds 65 images, fewer than one batch of 256: each of its 1 "
+                                         r"epochs is a single step"):
+        linear_probe(encoder.backbone, train_set, test_set, 10, "multihead",
+                     dataclasses.replace(recipe, batch_size=256), workers=0, progress=False)

@@ -14,6 +14,7 @@ steps move with them (same fractions of training).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -165,6 +166,7 @@ def linear_probe(backbone: nn.Module, train_set, test_set, num_classes: int, pro
             else MultiHead(shapes, num_classes)).to(device)
     optimizer = torch.optim.SGD(head.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay,
                                 nesterov=r.nesterov)
+    warn_if_small(len(train_set), len(test_set), r)
     loader = DataLoader(train_set, batch_size=r.batch_size, shuffle=True, num_workers=workers, drop_last=False)
     lrs = lr_schedule(r.lr, r.epochs, shape="step", milestones=r.milestones)  # one lr per epoch
     history = []
@@ -186,6 +188,18 @@ def linear_probe(backbone: nn.Module, train_set, test_set, num_classes: int, pro
     verify_unchanged(backbone, before)
     return {"protocol": protocol, "recipe": dataclasses.asdict(r),
             **evaluate_heads(backbone, head, test_set, r.batch_size, device, workers), "history": history}
+
+
+def warn_if_small(train_size: int, test_size: int, r: ProbeRecipe) -> None:
+    """One warning for each set smaller than the probe's batch: the numbers it gives mean less than they seem."""
+    if train_size < r.batch_size:
+        warnings.warn(f"the probe's training set holds {train_size} images, fewer than one batch of "
+                      f"{r.batch_size}: each of its {r.epochs} epochs is a single step, not the protocol's "
+                      f"schedule; use more training images (train_size=0 takes the whole split)", stacklevel=3)
+    if test_size < r.batch_size:
+        warnings.warn(f"the probe's test set holds {test_size} images, fewer than one batch of {r.batch_size}: "
+                      f"its accuracy moves in steps of {100 / max(test_size, 1):.1f} points; use more test "
+                      f"images (test_size=0 takes the whole split)", stacklevel=3)
 
 
 def verify_unchanged(backbone: nn.Module, before: dict) -> None:
