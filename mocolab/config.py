@@ -67,6 +67,7 @@ class Config:
     warmup_epochs: int = 0  # linear warm-up from 0 before the cosine decay
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
     steps_per_epoch: int = 0  # cap on steps per epoch, for demos and tests; 0: the whole dataset
+    stop_after: int = 0  # > 0: stop after this many epochs, on the schedule of `epochs` (resume=True goes on)
 
     # --- hardware -----------------------------------------------------------
     gpus: int = -1  # -1: one GPU if present, else the CPU; 0: CPU; N: N GPUs, one process each (NCCL)
@@ -217,7 +218,7 @@ def _check_values(cfg: Config) -> None:
     for name in ("dim", "K", "epochs", "batch_size", "image_size", "bn_splits", "knn_k", "log_every"):
         need(getattr(cfg, name) > 0, f"{name} must be positive, got {getattr(cfg, name)}")
     for name in ("train_subset", "workers", "warmup_epochs", "steps_per_epoch", "knn_every",
-                 "knn_bank_size", "knn_test_size", "checkpoint_every", "seed"):
+                 "knn_bank_size", "knn_test_size", "checkpoint_every", "seed", "stop_after"):
         need(getattr(cfg, name) >= 0, f"{name} must be >= 0, got {getattr(cfg, name)}")
     need(0.0 <= cfg.m <= 1.0, f"m must lie in [0, 1], got {cfg.m}")
     need(cfg.T > 0 and cfg.knn_t > 0, f"temperatures must be positive, got T={cfg.T}, knn_t={cfg.knn_t}")

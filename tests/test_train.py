@@ -104,6 +104,19 @@ def test_resume_after_a_crash_continues_exactly_like_an_uninterrupted_run(cifar1
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
 
 
+def test_stop_after_runs_the_first_epochs_of_the_longer_schedule_and_resume_goes_on(cifar10_root, tmp_path):
+    """stop_after=1 of epochs=3: epoch 1 at the 3-epoch schedule's lr (per-step cosine, so a 1-epoch schedule
+    would differ within the epoch), with its kNN; resumed to the end, the run equals an uninterrupted one."""
+    straight = pretrain(tiny(cifar10_root, tmp_path / "a", epochs=3, lr_schedule="cosine_step"), progress=False)
+    first = pretrain(tiny(cifar10_root, tmp_path / "b", epochs=3, lr_schedule="cosine_step", stop_after=1),
+                     progress=False)
+    assert [r["epoch"] for r in first.history] == [0, 1] and first.history[1]["knn_top1"] is not None
+    assert [r["lr"] for r in first.steps] == [r["lr"] for r in straight.steps[:len(first.steps)]]
+    resumed = pretrain(tiny(cifar10_root, tmp_path / "b", epochs=3, lr_schedule="cosine_step", resume=True),
+                       progress=False)
+    assert [r["loss"] for r in resumed.steps] == [r["loss"] for r in straight.steps]
+
+
 def test_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint_last.pt"
     atomic_save({"epoch": 1}, path)
