@@ -1,0 +1,140 @@
+"""The papers' ablations at CIFAR-10 scale, as sweeps of one base recipe, each with its claim and a verdict.
+
+    results = run_ablations(["momentum", "shuffle_bn"], "runs/ablations", base={...})
+    claims_table(results)   # the claim, its source, the paper's number, here, the verdict
+
+Every ablation is a `Sweep` (mocolab.sweep) of named variants of one base recipe
+(cifar10_demo shortened, by default), so its runs are resumable, run one after
+another or one per GPU, and read back with `collect`. The kNN read everywhere is
+the monitor's top-1 on the backbone's average pool (knn_feature="avgpool"), the
+feature a linear probe sees, so that a linear and an MLP head are compared on
+the same footing.
+
+Sources (docs/protocols.md cites each): MoCo v1 = He et al., "Momentum Contrast
+for Unsupervised Visual Representation Learning", CVPR 2020; MoCo v2 = Chen et
+al., "Improved Baselines with Momentum Contrastive Learning", 2020; the demo =
+the official CIFAR-10 demo notebook of facebookresearch/moco.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .sweep import Sweep, collect, final
+
+
+@dataclass(frozen=True)
+class Ablation:
+    name: str
+    variants: dict[str, dict]  # variant name -> overrides of the base recipe
+    claim: str
+    source: str
+    paper: str  # the paper's numbers, "" when the source states none
+    holds: Callable[[dict[str, float]], bool]  # given {variant: final kNN top-1}: does the claim's direction hold?
+    test: str  # the verdict's rule, in words
+
+
+def _best(knn: dict, names) -> float:
+    return max(knn[n] for n in names)
+
+
+ABLATIONS = {a.name: a for a in [
+    Ablation("momentum", {"m=0": {"m": 0.0}, "m=0.9": {"m": 0.9}, "m=0.99": {"m": 0.99}, "m=0.999": {"m": 0.999}},
+             "a slowly moving key encoder is essential: m = 0 (the key encoder a copy of the query encoder) "
+             "fails, a large m works best",
+             "MoCo v1, sec. 4.1 (momentum ablation); the demo: 'momentum 0 fails'",
+             "ImageNet linear: m = 0 fails to converge, 0.9: 55.2, 0.99: 57.8, 0.999: 59.0",
+             lambda knn: knn["m=0"] < _best(knn, ["m=0.9", "m=0.99", "m=0.999"]) - 1.0,
+             "m = 0 more than 1 point below the best other m"),
+    Ablation("queue", {"K=256": {"K": 256}, "K=1024": {"K": 1024}, "K=4096": {"K": 4096}, "K=16384": {"K": 16384}},
+             "a larger dictionary of negatives is better, up to a saturation (near K = 4096 on CIFAR-10)",
+             "MoCo v1, fig. 3 (accuracy against K); the demo: the queue saturates near 4096",
+             "ImageNet linear rises with K, to 60.6 at K = 65536",
+             lambda knn: max(knn["K=4096"], knn["K=16384"]) > knn["K=256"],
+             "K = 4096 or 16384 above K = 256"),
+    Ablation("shuffle_bn", {"shuffle BN": {"shuffle_bn": True}, "no shuffle": {"shuffle_bn": False}},
+             "without shuffling BN the model can cheat the pretext task through the batch statistics: "
+             "its features are worse",
+             "MoCo v1, sec. 3.3 and fig. A.1; the demo: no shuffle BN costs about 4 points at 800 epochs",
+             "the demo: about -4 kNN points at 800 epochs",
+             lambda knn: knn["shuffle BN"] > knn["no shuffle"],
+             "shuffle BN above no shuffle"),
+    Ablation("temperature", {"T=0.07": {"T": 0.07}, "T=0.1": {"T": 0.1}, "T=0.2": {"T": 0.2}, "T=0.5": {"T": 0.5}},
+             "with a linear head a low temperature (0.07-0.1) is best; a high one (0.5) is worse",
+             "MoCo v2, sec. 3 (the search over T with and without the MLP head)",
+             "",
+             lambda knn: _best(knn, ["T=0.07", "T=0.1"]) > knn["T=0.5"],
+             "the better of T = 0.07, 0.1 above T = 0.5"),
+    Ablation("head", {"linear head": {"head": "linear", "T": 0.2}, "MLP head": {"head": "mlp", "T": 0.2}},
+             "an MLP projection head (2 layers) improves the backbone's features",
+             "MoCo v2, table 1 (MLP, T = 0.2)",
+             "ImageNet linear: 60.6 (MoCo v1) -> 66.2 with the MLP head",
+             lambda knn: knn["MLP head"] > knn["linear head"],
+             "MLP head above linear head (both T = 0.2)"),
+    Ablation("augmentation", {"v1": {"augmentation": "v1"}, "aug+": {"augmentation": "aug_plus"}},
+             "the stronger aug+ (colour jitter 0.8, blur) beats MoCo v1's augmentation",
+             "MoCo v2, table 1 (aug+)",
+             "ImageNet linear: 60.6 -> 63.4 with aug+",
+             lambda knn: knn["aug+"] > knn["v1"],
+             "aug+ above v1"),
+    Ablation("symmetric", {"asymmetric": {"symmetric": False}, "symmetric": {"symmetric": True}},
+             "the symmetric loss (both crops as query) gives better features for the same epochs",
+             "the demo's results table",
+             "CIFAR-10 kNN at 200 epochs: 82.6 asymmetric, 85.3 symmetric",
+             lambda knn: knn["symmetric"] > knn["asymmetric"],
+             "symmetric above asymmetric"),
+]}
+
+
+def sweep_for(name: str, folder, base: dict, variants: list[str] | None = None) -> Sweep:
+    """The Sweep of one ablation under folder/name (all its variants, or the named ones)."""
+    if name not in ABLATIONS:
+        raise ValueError(f"unknown ablation {name!r}; choose from {list(ABLATIONS)}")
+    chosen = ABLATIONS[name].variants
+    if variants:
+        unknown = [v for v in variants if v not in chosen]
+        if unknown:
+            raise ValueError(f"ablation {name!r} has no variant {unknown}; it has {list(chosen)}")
+        chosen = {v: chosen[v] for v in variants}
+    return Sweep(Path(folder) / name, base, chosen)
+
+
+def verdict(name: str, rows: list[dict]) -> tuple[dict[str, float], str]:
+    """({variant: final kNN top-1}, "holds" / "does not hold here" / why it cannot be read) of an ablation."""
+    last = final(rows)
+    failed = [v for v, row in last.items() if row["state"] != "done"]
+    if failed:
+        return {}, f"cannot tell: {', '.join(failed)} did not finish"
+    knn = {v: row["knn_top1"] for v, row in last.items()}
+    if any(value is None for value in knn.values()):
+        return knn, "cannot tell: a run has no kNN (knn_every=0?)"
+    try:
+        return knn, "holds" if ABLATIONS[name].holds(knn) else "does not hold here"
+    except KeyError as missing:
+        return knn, f"cannot tell: the claim compares {missing}, which was not run"
+
+
+def claims_table(results: dict[str, list[dict]]) -> str:
+    """Markdown: per ablation its claim (with the source), the paper's number, what was measured, the verdict."""
+    lines = ["| ablation | the claim (source) | the paper | here: final kNN top-1 | verdict |", "|---|---|---|---|---|"]
+    for name, rows in results.items():
+        a = ABLATIONS[name]
+        knn, says = verdict(name, rows)
+        here = ", ".join(f"{v} {value:.1f}" for v, value in knn.items() if value is not None) or "-"
+        lines.append(f"| {name} | {a.claim} ({a.source}) | {a.paper or '-'} | {here} | **{says}** ({a.test}) |")
+    return "\n".join(lines)
+
+
+def run_ablations(names: list[str], folder, base: dict, parallel: int = 1, gpus: bool = False,
+                  variants: dict[str, list[str]] | None = None, progress: bool = True) -> dict[str, list[dict]]:
+    """Build every ablation's sweep first (a bad setting fails before any run), then run them in turn."""
+    sweeps = {name: sweep_for(name, folder, base, (variants or {}).get(name)) for name in names}
+    return {name: sweep.run(parallel=parallel, gpus=gpus, progress=progress) for name, sweep in sweeps.items()}
+
+
+def read_ablations(folder, names: list[str] | None = None) -> dict[str, list[dict]]:
+    """The rows of every ablation sweep found under folder (e.g. ones a job array ran)."""
+    folder = Path(folder)
+    names = names or [n for n in ABLATIONS if (folder / n / "sweep.json").exists()]
+    return {name: collect(folder / name) for name in names}

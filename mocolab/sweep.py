@@ -1,0 +1,237 @@
+"""Sweeps: one base recipe and named variants, each a pretraining run in its own folder.
+
+    sweep = Sweep("runs/ablations/momentum", base={"preset": "cifar10_demo", "epochs": 6},
+                  variants={"m=0": {"m": 0.0}, "m=0.99": {"m": 0.99}})
+    sweep.run()                        # one run after another in this process (the CPU or one GPU)
+    sweep.run(parallel=8, gpus=True)   # 8 runs at a time, each its own process with its own GPU
+    print("\\n".join(sweep.commands()))  # one self-contained command per run, for a SLURM array
+    rows = collect("runs/ablations/momentum")   # tidy rows, also written to results.csv
+
+Every variant is validated before any run starts (an unknown key names the
+variant and the key). run() skips finished runs, resumes an interrupted one from
+its checkpoint, and records a failing run's error in its folder's status.json
+while the others go on. A run is finished when its metrics.csv reaches its last
+epoch, however it was started, so `collect` also reads runs a scheduler ran from
+`commands()`.
+"""
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+from .config import Config, ConfigError, make_config
+from .device import visible_gpus
+
+COLUMNS = ("variant", "setting", "state", "epoch", "loss", "acc", "pos_sim", "neg_sim", "knn_top1", "train_s",
+           "knn_s", "error")
+
+
+class Sweep:
+    """A base recipe (a preset name under "preset", and overrides) and named variants of it."""
+
+    def __init__(self, folder: str | Path, base: dict, variants: dict | list[tuple[str, dict]]):
+        pairs = list(variants.items()) if isinstance(variants, dict) else list(variants)
+        names = [name for name, _ in pairs]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ConfigError(f"variant names must differ; {twice} appear more than once")
+        # Absolute: the runs' commands work from any folder, and a resumed run keeps its output_dir.
+        self.folder, self.base, self.variants = Path(folder).resolve(), dict(base), dict(pairs)
+        self.preset = self.base.pop("preset", "cifar10_demo")
+        self.configs = {name: self._config(name, overrides) for name, overrides in self.variants.items()}
+
+    def _config(self, name: str, overrides: dict) -> Config:
+        if not name or "/" in name or name.startswith("."):
+            raise ConfigError(f"variant name {name!r} cannot be a folder name; use letters, digits, '=', '.', '_'")
+        try:
+            return make_config(self.preset, **{**self.base, **overrides, "output_dir": str(self.folder / name)})
+        except ConfigError as error:
+            raise ConfigError(f"variant {name!r}: {error}") from None
+
+    def overrides(self, name: str) -> dict:
+        """The settings of a run on top of its preset: the base's, the variant's, its folder."""
+        return {**self.base, **self.variants[name], "output_dir": str(self.folder / name)}
+
+    def argv(self, name: str, resume: bool) -> list[str]:
+        """`python -m mocolab --preset ... key=value ...` for one variant, as a list of arguments."""
+        args = [_argument(key, value) for key, value in {**self.overrides(name), "resume": resume}.items()]
+        return [sys.executable, "-m", "mocolab", "--preset", self.preset, *args]
+
+    def command(self, name: str) -> str:
+        """The shell command that runs one variant by itself, and resumes it when its folder holds a checkpoint
+        (a job array's retry continues where the run stopped)."""
+        checkpoint = shlex.quote(str(Path(self.configs[name].output_dir).resolve() / "checkpoint_last.pt"))
+        line = shlex.join(self.argv(name, resume=False))
+        return line.replace("resume=False", f"resume=$(test -e {checkpoint} && echo True || echo False)")
+
+    def commands(self) -> list[str]:
+        """One command per variant: hand them to a job array, then `collect` the folder."""
+        self._write_plan()
+        return [self.command(name) for name in self.configs]
+
+    def state(self, name: str) -> str:
+        """"done", "failed", "started" or "new"."""
+        return run_state(self.folder / name, self.configs[name])
+
+    def run(self, parallel: int = 1, gpus: bool = False, progress: bool = True) -> list[dict]:
+        """Run every variant not done yet; returns collect()'s rows.
+
+        parallel=1: one after another in this process. parallel=N: N at a time, each in its own
+        process; with gpus=True each process sees one GPU (CUDA_VISIBLE_DEVICES), else the CPU
+        cores are shared out among them.
+        """
+        if gpus and parallel > visible_gpus():
+            raise ConfigError(f"parallel={parallel} runs on one GPU each, but this machine has "
+                              f"{visible_gpus()} GPU(s); use parallel={max(visible_gpus(), 1)}"
+                              + ("" if visible_gpus() else " without gpus=True"))
+        self._write_plan()
+        todo = [name for name in self.configs if self.state(name) != "done"]
+        if progress:
+            done = len(self.configs) - len(todo)
+            print(f"sweep {self.folder}: {len(self.configs)} runs, {done} already done, {len(todo)} to run"
+                  + (f", {parallel} at a time" if parallel > 1 else ""), flush=True)
+        if parallel == 1:
+            for name in todo:
+                self._run_here(name, progress)
+        else:
+            self._run_processes(todo, parallel, gpus, progress)
+        return collect(self.folder)
+
+    def _run_here(self, name: str, progress: bool) -> None:
+        from .train import pretrain
+        cfg = self.configs[name]
+        resume = (Path(cfg.output_dir) / "checkpoint_last.pt").exists()
+        tic = time.perf_counter()
+        try:
+            pretrain(make_config(self.preset, **self.overrides(name), resume=resume), progress=progress)
+        except Exception as error:  # recorded; the other variants still run
+            _write_status(self.folder / name, "failed", f"{type(error).__name__}: {error}",
+                          traceback.format_exc())
+            warnings.warn(f"variant {name!r} failed ({type(error).__name__}: {error}); the sweep goes on and "
+                          f"{self.folder / name / 'status.json'} records the error", stacklevel=3)
+        else:
+            _write_status(self.folder / name, "done")
+            if progress:
+                print(f"{name}: done in {time.perf_counter() - tic:.0f} s", flush=True)
+
+    def _run_processes(self, todo: list[str], parallel: int, gpus: bool, progress: bool) -> None:
+        threads = max(1, (os.cpu_count() or 1) // parallel)
+        free, running = list(range(parallel)), {}
+        while todo or running:
+            while todo and free:
+                name, slot = todo.pop(0), free.pop(0)
+                env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+                if gpus:
+                    env["CUDA_VISIBLE_DEVICES"] = str(slot)
+                (self.folder / name).mkdir(parents=True, exist_ok=True)
+                out = open(self.folder / name / "output.txt", "w")
+                resume = (self.folder / name / "checkpoint_last.pt").exists()
+                process = subprocess.Popen(self.argv(name, resume), stdout=out, stderr=subprocess.STDOUT, env=env)
+                running[name] = (process, slot, out, time.perf_counter())
+                if progress:
+                    print(f"{name}: started" + (f" on GPU {slot}" if gpus else ""), flush=True)
+            time.sleep(0.5)
+            for name, (process, slot, out, tic) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                out.close()
+                del running[name]
+                free.append(slot)
+                if process.returncode == 0:
+                    _write_status(self.folder / name, "done")
+                    message = f"done in {time.perf_counter() - tic:.0f} s"
+                else:
+                    tail = (self.folder / name / "output.txt").read_text().strip().splitlines()[-1:] or ["?"]
+                    _write_status(self.folder / name, "failed", f"exit status {process.returncode}: {tail[0]}")
+                    message = f"FAILED ({tail[0]}); see {self.folder / name / 'output.txt'}"
+                if progress:
+                    print(f"{name}: {message}", flush=True)
+
+    def _write_plan(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        plan = {"preset": self.preset, "base": self.base, "variants": self.variants}
+        (self.folder / "sweep.json").write_text(json.dumps(plan, indent=2))
+
+
+def _argument(key: str, value) -> str:
+    """key=value as `python -m mocolab` reads it back (settings.parse_override): a string bare unless it would
+    read as another type ("1", "True"), everything else as its Python literal."""
+    if isinstance(value, str):
+        try:
+            ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return f"{key}={value}"
+    return f"{key}={value!r}"
+
+
+def run_state(folder: Path, cfg: Config) -> str:
+    """"done" when metrics.csv reaches the run's last epoch; "failed" when its status says so; "started"
+    with a checkpoint; else "new"."""
+    last = min(cfg.stop_after, cfg.epochs) if cfg.stop_after else cfg.epochs
+    metrics = folder / "metrics.csv"
+    if metrics.exists():
+        epochs = [int(row["epoch"]) for row in csv.DictReader(open(metrics))]
+        if epochs and max(epochs) >= last:
+            return "done"
+    status = folder / "status.json"
+    if status.exists() and json.loads(status.read_text()).get("state") == "failed":
+        return "failed"
+    return "started" if (folder / "checkpoint_last.pt").exists() else "new"
+
+
+def _write_status(folder: Path, state: str, error: str = "", trace: str = "") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "status.json").write_text(json.dumps({"state": state, "error": error, "traceback": trace}, indent=2))
+
+
+def setting(overrides: dict) -> str:
+    """A variant's overrides as one readable string: "m=0.9, K=1024"."""
+    return ", ".join(f"{key}={value}" for key, value in overrides.items()) or "(base)"
+
+
+def collect(folder: str | Path) -> list[dict]:
+    """The sweep's runs as tidy rows (one per variant and epoch; a run without epochs, one row with its state
+    and error), written to folder/results.csv too."""
+    folder = Path(folder)
+    plan = json.loads((folder / "sweep.json").read_text())
+    sweep = Sweep(folder, {"preset": plan["preset"], **plan["base"]}, plan["variants"])
+    rows = []
+    for name, cfg in sweep.configs.items():
+        state = sweep.state(name)
+        status = folder / name / "status.json"
+        error = json.loads(status.read_text()).get("error", "") if status.exists() and state == "failed" else ""
+        metrics = folder / name / "metrics.csv"
+        epochs = list(csv.DictReader(open(metrics))) if metrics.exists() else []
+        for row in epochs or [{}]:
+            rows.append({"variant": name, "setting": setting(plan["variants"][name]), "state": state,
+                         **{key: _number(row.get(key)) for key in COLUMNS[3:-1]}, "error": error})
+    with open(folder / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+def _number(text):
+    if text in (None, ""):
+        return None
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text else value
+
+
+def final(rows: list[dict]) -> dict[str, dict]:
+    """{variant: its last epoch's row} (the state alone for a run without epochs)."""
+    last = {}
+    for row in rows:
+        if row["epoch"] is not None or row["variant"] not in last:
+            last[row["variant"]] = row
+    return last

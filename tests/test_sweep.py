@@ -1,0 +1,98 @@
+"""Sweeps: variants validated before any run, finished runs skipped, interrupted ones resumed, failures recorded,
+N processes at a time, commands that reproduce a run, tidy results; the ablations' verdicts."""
+import csv
+import json
+import subprocess
+
+import pytest
+
+import mocolab.sweep
+from mocolab import ConfigError, make_config, pretrain
+from mocolab.ablations import ABLATIONS, claims_table, sweep_for, verdict
+from mocolab.sweep import Sweep, collect
+
+
+def base(root, **kw):
+    return {"preset": "cifar10_cpu", "dataset": "imagefolder", "data_root": str(root), "train_subset": 128,
+            "batch_size": 64, "K": 128, "epochs": 1, "knn_bank_size": 128, "knn_test_size": 64, "knn_k": 20, **kw}
+
+
+def test_bad_variants_fail_before_any_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(mocolab.sweep.Sweep, "_run_here", lambda *a: pytest.fail("a run started"))
+    with pytest.raises(ConfigError, match=r"variant 'fast': unknown config key 'lrr'; did you mean 'lr'\?"):
+        Sweep(tmp_path, {"epochs": 1}, {"ok": {"lr": 0.1}, "fast": {"lrr": 0.1}})
+    with pytest.raises(ConfigError, match=r"variant 'cold': .*T"):
+        Sweep(tmp_path, {}, {"cold": {"T": -1.0}})
+    with pytest.raises(ConfigError, match=r"variant names must differ; \['a'\]"):
+        Sweep(tmp_path, {}, [("a", {"m": 0.9}), ("a", {"m": 0.99})])
+    with pytest.raises(ConfigError, match=r"parallel=2 runs on one GPU each, but this machine has 0 GPU\(s\)"):
+        Sweep(tmp_path, {}, {"a": {}}).run(parallel=2, gpus=True)
+    with pytest.raises(ValueError, match=r"ablation 'momentum' has no variant \['m=0.5'\]"):
+        sweep_for("momentum", tmp_path, {}, ["m=0.5"])
+
+
+def test_a_failing_variant_is_recorded_the_others_run_and_a_rerun_skips_what_is_done(cifar10_root, tmp_path,
+                                                                                     monkeypatch):
+    sweep = Sweep(tmp_path / "sweep", base(cifar10_root),
+                  {"m=0.9": {"m": 0.9}, "broken": {"data_root": str(tmp_path / "nowhere")}, "m=0.99": {"m": 0.99}})
+    with pytest.warns(UserWarning, match=r"variant 'broken' failed \(DatasetError: data_root .*nowhere does not "
+                                         r"exist"):
+        rows = sweep.run(progress=False)
+    states = {row["variant"]: row["state"] for row in rows}
+    assert states == {"m=0.9": "done", "broken": "failed", "m=0.99": "done"}
+    assert "DatasetError" in next(r["error"] for r in rows if r["variant"] == "broken")
+    done = [r for r in rows if r["variant"] == "m=0.9"]
+    assert [r["epoch"] for r in done] == [0, 1] and done[1]["knn_top1"] is not None and done[1]["setting"] == "m=0.9"
+    table = list(csv.DictReader(open(tmp_path / "sweep" / "results.csv")))
+    assert len(table) == len(rows) and set(table[0]) == set(mocolab.sweep.COLUMNS)
+
+    calls = []
+    monkeypatch.setattr(mocolab.sweep.Sweep, "_run_here", lambda self, name, progress: calls.append(name))
+    sweep.run(progress=False)
+    assert calls == ["broken"]  # the finished runs are skipped; the failed one is tried again
+    assert collect(tmp_path / "sweep") == rows  # read back from the folders alone
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(cifar10_root, tmp_path):
+    sweep = Sweep(tmp_path / "sweep", base(cifar10_root, epochs=2), {"a": {}})
+    pretrain(make_config("cifar10_cpu", **{**sweep.overrides("a"), "stop_after": 1}), progress=False)  # "killed"
+    assert sweep.state("a") == "started"
+    with pytest.warns(UserWarning, match="resuming .* with changed settings"):  # stop_after, as the kill left it
+        rows = sweep.run(progress=False)
+    assert [r["epoch"] for r in rows] == [0, 1, 2] and sweep.state("a") == "done"
+    log = (tmp_path / "sweep" / "a" / "log.txt").read_text()
+    assert log.count("epoch 1/2") == 1 and "epoch 2/2" in log  # epoch 1 was not trained again
+
+
+def test_runs_in_parallel_processes_and_a_printed_command_reproduces_a_run(cifar10_root, tmp_path):
+    sweep = Sweep(tmp_path / "parallel", base(cifar10_root), {"m=0.9": {"m": 0.9}, "mlp": {"head": "mlp"}})
+    rows = sweep.run(parallel=2, progress=False)
+    assert {r["variant"]: r["state"] for r in rows} == {"m=0.9": "done", "mlp": "done"}
+    saved = json.loads((tmp_path / "parallel" / "mlp" / "config.json").read_text())["config"]
+    assert saved["head"] == "mlp" and saved["output_dir"] == str(tmp_path / "parallel" / "mlp")
+
+    inline = Sweep(tmp_path / "inline", base(cifar10_root), {"m=0.9": {"m": 0.9}})
+    inline.run(progress=False)
+    again = Sweep(tmp_path / "command", base(cifar10_root), {"m=0.9": {"m": 0.9}})
+    command = again.commands()[0]
+    assert "--preset cifar10_cpu" in command and "m=0.9" in command
+    subprocess.run(["bash", "-c", command], check=True, capture_output=True, timeout=600)
+    here, there = collect(tmp_path / "inline"), collect(tmp_path / "command")
+    assert [r["state"] for r in there] == ["done", "done"]
+    assert [r["loss"] for r in there] == pytest.approx([r["loss"] for r in here], abs=1e-4)
+    assert [r["knn_top1"] for r in there] == pytest.approx([r["knn_top1"] for r in here], abs=1.0)
+    subprocess.run(["bash", "-c", command], check=True, capture_output=True, timeout=600)  # again: it resumes
+    assert collect(tmp_path / "command")[-1]["epoch"] == 1
+
+
+def test_verdicts_read_the_claims_direction_and_say_when_they_cannot():
+    def rows(knn, state="done"):
+        return [{"variant": v, "state": state, "epoch": 3, "knn_top1": value} for v, value in knn.items()]
+    assert verdict("momentum", rows({"m=0": 20.0, "m=0.9": 30.0, "m=0.99": 35.0, "m=0.999": 33.0}))[1] == "holds"
+    assert verdict("shuffle_bn", rows({"shuffle BN": 30.0, "no shuffle": 31.0}))[1] == "does not hold here"
+    assert verdict("shuffle_bn", rows({"shuffle BN": 30.0}))[1] == "cannot tell: the claim compares 'no shuffle', " \
+                                                                     "which was not run"
+    assert verdict("head", rows({"linear head": 1.0, "MLP head": None}, "failed"))[1].startswith("cannot tell")
+    table = claims_table({"momentum": rows({"m=0": 20.0, "m=0.9": 30.0, "m=0.99": 35.0, "m=0.999": 33.0})})
+    assert "| momentum |" in table and "59.0" in table and "m=0 20.0" in table and "**holds**" in table
+    assert set(ABLATIONS) == {"momentum", "queue", "shuffle_bn", "temperature", "head", "augmentation", "symmetric"}
