@@ -1,6 +1,7 @@
 """Every notebook executes headless through papermill with tiny parameters on real data."""
 import csv
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -80,3 +81,26 @@ def test_04_embeddings_runs_headless(tiny_checkpoint, cifar10_root, tmp_path):
     text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/markdown", ""))
                    for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "MoCo: precision@4 over all 120 images" in text and "| random init |" in text
+
+
+def test_06_ablations_runs_two_ablations_and_judges_their_claims(cifar10_root, tmp_path):
+    """Two ablations, two variants each, one tiny epoch on real CIFAR-10 images: curves, verdicts, claims."""
+    out = tmp_path / "ablations"
+    papermill.execute_notebook(
+        str(NOTEBOOKS / "06_ablations.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path), progress_bar=False,
+        parameters=dict(ablations_to_run="momentum,shuffle_bn", variants={"momentum": ["m=0", "m=0.99"]}, preset="cifar10_cpu",
+                        epochs=1, train_subset=128, dataset="imagefolder", data_root=str(cifar10_root),
+                        knn_bank_size=128, knn_test_size=64, extra={"batch_size": 64, "K": 128, "knn_k": 20},
+                        output_dir=str(out)))
+    for name in ("momentum", "shuffle_bn", "verdicts"):
+        assert (out / f"{name}.png").stat().st_size > 10_000, name
+    assert sorted(p.name for p in (out / "momentum").iterdir() if p.is_dir()) == ["m=0", "m=0.99"]
+    rows = list(csv.DictReader(open(out / "shuffle_bn" / "results.csv")))
+    assert {r["variant"] for r in rows} == {"shuffle BN", "no shuffle"} and {r["state"] for r in rows} == {"done"}
+    claims = (out / "claims.md").read_text()
+    assert claims.count("\n| ") == 2 and "| momentum |" in claims and "| shuffle_bn |" in claims
+    verdicts = re.findall(r"\*\*(holds|does not hold here)\*\*", claims)  # both ran: a verdict each, not "cannot tell"
+    assert len(verdicts) == 2
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    text = "".join(str(o.get("text", "")) for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "2 ablations, 4 runs, executor 'inline'" in text
