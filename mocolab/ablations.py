@@ -10,7 +10,7 @@ the monitor's top-1 on the backbone's average pool (knn_feature="avgpool"), the
 feature a linear probe sees, so that a linear and an MLP head are compared on
 the same footing.
 
-Sources (docs/protocols.md cites each): MoCo v1 = He et al., "Momentum Contrast
+Sources (docs/protocols.md, section 1, lists each): MoCo v1 = He et al., "Momentum Contrast
 for Unsupervised Visual Representation Learning", CVPR 2020; MoCo v2 = Chen et
 al., "Improved Baselines with Momentum Contrastive Learning", 2020; the demo =
 the official CIFAR-10 demo notebook of facebookresearch/moco.
