@@ -202,6 +202,9 @@ def collect(folder: str | Path) -> list[dict]:
     """The sweep's runs as tidy rows (one per variant and epoch; a run without epochs, one row with its state
     and error), written to folder/results.csv too."""
     folder = Path(folder)
+    if not (folder / "sweep.json").exists():
+        raise FileNotFoundError(f"{folder} holds no sweep.json, so it is not a sweep's folder (Sweep.run and "
+                                f"Sweep.commands write it); pass the folder given to Sweep")
     plan = json.loads((folder / "sweep.json").read_text())
     sweep = Sweep(folder, {"preset": plan["preset"], **plan["base"]}, plan["variants"])
     rows = []

@@ -29,6 +29,8 @@ def test_bad_variants_fail_before_any_run(tmp_path, monkeypatch):
         Sweep(tmp_path, {}, {"a": {}}).run(parallel=2, gpus=True)
     with pytest.raises(ValueError, match=r"ablation 'momentum' has no variant \['m=0.5'\]"):
         sweep_for("momentum", tmp_path, {}, ["m=0.5"])
+    with pytest.raises(FileNotFoundError, match=r"holds no sweep.json, so it is not a sweep's folder"):
+        collect(tmp_path / "elsewhere")
 
 
 def test_a_failing_variant_is_recorded_the_others_run_and_a_rerun_skips_what_is_done(cifar10_root, tmp_path,
