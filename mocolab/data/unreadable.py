@@ -29,6 +29,7 @@ RECORD_ENV = "MOCOLAB_UNREADABLE_RECORD"  # the record file of the run in progre
 SIGNATURES = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM", b"RIFF", b"II*\x00", b"MM\x00*")
 
 _reported: set[tuple[str | None, str]] = set()
+_record_read: dict[str, tuple[int, set[str]]] = {}  # record file -> (bytes read so far, the paths in them)
 
 
 def max_share() -> float:
@@ -43,19 +44,37 @@ def report(path, reason) -> None:
         return
     _reported.add((record, key))
     if record:
-        if key in recorded(record):  # another worker, process or epoch of this run reported it already
+        if key in _paths_in(record):  # another worker, process or epoch of this run reported it already
             return
         reason = " ".join(str(reason).split())  # one line per file in the record
         Path(record).parent.mkdir(parents=True, exist_ok=True)
-        with open(record, "a") as f:  # one short append: whole lines even with several writers
+        with open(record, "a", encoding="utf-8") as f:  # one short append: whole lines even with several writers
             f.write(f"{key}\t{reason}\n")
     warnings.warn(f"skipping unreadable image {path}: {reason}", stacklevel=3)
+
+
+def _paths_in(record: str) -> set[str]:
+    """The paths a record file lists, reading only what was appended since this process last looked, so that
+    reporting n files costs n short reads, not n readings of a growing file."""
+    offset, paths = _record_read.get(record, (0, set()))
+    try:
+        with open(record, "rb") as f:
+            if os.fstat(f.fileno()).st_size < offset:  # a new record in the same place: start again
+                offset, paths = 0, set()
+            f.seek(offset)
+            new = f.read()
+    except FileNotFoundError:
+        return set()
+    complete = new[:new.rfind(b"\n") + 1]  # a line still being appended is read next time
+    paths |= {line.split(b"\t", 1)[0].decode("utf-8") for line in complete.splitlines() if b"\t" in line}
+    _record_read[record] = (offset + len(complete), paths)
+    return paths
 
 
 def recorded(record) -> dict[str, str]:
     """{path: reason} of a record file (empty when there is none)."""
     try:
-        lines = Path(record).read_text().splitlines()
+        lines = Path(record).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         return {}
     return dict(line.split("\t", 1) for line in lines if "\t" in line)
