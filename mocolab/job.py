@@ -18,6 +18,7 @@ A config is a frozen settings dataclass (mocolab.settings) with `output_dir`,
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -119,15 +120,20 @@ def code_version() -> str:
         return "unknown"
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace path's content at once: a crash leaves the previous version (and a *.tmp), never half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     """rows as a CSV (the union of their keys as columns), replaced atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    names = list(dict.fromkeys(k for row in rows for k in row))
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=names)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 class RunFolder:
@@ -142,7 +148,7 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
             meta = {"config": cfg.to_dict(), "code_version": code_version(), "torch": torch.__version__,
                     "device": str(device), "processes": world, **extra}
-            self._write_json(meta)
+            atomic_write_text(self.path / "config.json", json.dumps(meta, indent=2))
 
     def read_config(self) -> dict:
         """config.json as written so far (empty when there is none)."""
@@ -152,12 +158,7 @@ class RunFolder:
     def update_config(self, **entries) -> None:
         """Add or replace top-level entries of config.json (what a run learns as it goes)."""
         if self.main:
-            self._write_json({**self.read_config(), **entries})
-
-    def _write_json(self, meta: dict) -> None:
-        tmp = self.path / "config.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, self.path / "config.json")
+            atomic_write_text(self.path / "config.json", json.dumps({**self.read_config(), **entries}, indent=2))
 
     def log(self, line: str) -> None:
         """Append a line to log.txt (the launcher relays it into the notebook); print it when echoing."""

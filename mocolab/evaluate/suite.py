@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from ..config import config_from_dict
 from ..checkpoint import load_pretraining
 from ..data import DATASETS, classes_of, load_split, seeded_subset, unreadable, warn_if_uninformative
 from ..data.fingerprint import files_digest
-from ..job import code_version
+from ..job import atomic_write_text, code_version
 from ..reference import EVALUATION as REFERENCE
 from ..reference import LOW_SHOT_KS
 from .benchmarks import KNN_KS, Features, knn_benchmark, linear_benchmark, lowshot_benchmark, svm_benchmark
@@ -134,6 +133,11 @@ def _evaluate(cfg: EvalConfig, record: Path, progress: bool) -> dict:
     done = _finished(out / "results.json", results)
     svm_inputs = functools.cache(lambda: _svm_inputs(cfg, features, train_set, test_set, classes))
 
+    def save() -> None:
+        """results.json as it stands, with the files skipped so far, replaced atomically."""
+        results["unreadable_files"] = unreadable.recorded(record)
+        atomic_write_text(out / "results.json", json.dumps(results, indent=2))
+
     def run(name: str, compute) -> None:
         """One benchmark: reused from an earlier results.json of the same encoder and settings, or computed;
         a failure is recorded with its error and the others go on; results.json is written after each."""
@@ -149,8 +153,7 @@ def _evaluate(cfg: EvalConfig, record: Path, progress: bool) -> dict:
                           f"{out / 'results.json'} records the error", stacklevel=3)
         else:
             results["seconds"][name] = time.perf_counter() - tic
-        results["unreadable_files"] = unreadable.recorded(record)
-        _write_json(results, out / "results.json")
+        save()
 
     def probes():
         protocols = ("avgpool", "multihead")
@@ -181,8 +184,7 @@ def _evaluate(cfg: EvalConfig, record: Path, progress: bool) -> dict:
         run("lowshot", lowshot)
     if "linear" in cfg.benchmarks:
         run("linear", probes)
-    results["unreadable_files"] = unreadable.recorded(record)
-    _write_json(results, out / "results.json")
+    save()
     return results
 
 
@@ -199,13 +201,6 @@ def _finished(path: Path, results: dict) -> dict:
     same = all(earlier.get(k) == v for k, v in now.items())  # compared as JSON: tuples were saved as lists
     return {name: (earlier[name], earlier.get("seconds", {}).get(name)) for name in BENCHMARKS
             if same and name in earlier and name not in earlier.get("errors", {})}
-
-
-def _write_json(results: dict, path: Path) -> None:
-    """results.json, replaced atomically: a crash leaves the previous version, never half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, path)
 
 
 def _encoder(cfg: EvalConfig, train_set, device):
