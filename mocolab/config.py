@@ -110,6 +110,11 @@ class Config:
         return world_size_of(self.gpus, self.processes)
 
     @property
+    def final_epoch(self) -> int:
+        """The epoch this run stops after: stop_after when it cuts the schedule short, else epochs."""
+        return min(self.stop_after, self.epochs) if self.stop_after else self.epochs
+
+    @property
     def views_per_step(self) -> int:
         """Keys enqueued per image: 2 with the symmetric loss (both crops give keys)."""
         return 2 if self.symmetric else 1

@@ -26,6 +26,8 @@ from .data import unreadable
 from .job import RunFolder
 from .moco import MoCo
 
+UNREADABLE = "unreadable.txt"  # the run's record of skipped files (unreadable.recording; loader workers append)
+
 
 @dataclass
 class Run:
@@ -67,16 +69,11 @@ def end_of_epoch(run: Run, row: dict, optimizer, scaler, writer, folder: RunFold
     folder.log(epoch_line(row, cfg))
 
 
-def record_path(folder: RunFolder) -> Path:
-    """The run's record of skipped files (unreadable.recording writes it; the loader workers append to it)."""
-    return folder.path / "unreadable.txt"
-
-
 def note_unreadable(folder: RunFolder) -> None:
     """Copy the files skipped since the last call from the record into log.txt and config.json."""
     if not folder.main:
         return
-    skipped = unreadable.recorded(record_path(folder))
+    skipped = unreadable.recorded(folder.path / UNREADABLE)
     known = folder.read_config().get("unreadable_files", {})
     new = {path: why for path, why in skipped.items() if path not in known}
     if new:

@@ -176,11 +176,10 @@ def _argument(key: str, value) -> str:
 def run_state(folder: Path, cfg: Config) -> str:
     """"done" when metrics.csv reaches the run's last epoch; "failed" when its status says so; "started"
     with a checkpoint; else "new"."""
-    last = min(cfg.stop_after, cfg.epochs) if cfg.stop_after else cfg.epochs
     metrics = folder / "metrics.csv"
     if metrics.exists():
         epochs = [int(row["epoch"]) for row in csv.DictReader(open(metrics))]
-        if epochs and max(epochs) >= last:
+        if epochs and max(epochs) >= cfg.final_epoch:
             return "done"
     status = folder / "status.json"
     if status.exists() and json.loads(status.read_text()).get("state") == "failed":

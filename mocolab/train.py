@@ -220,8 +220,8 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True) -> Run:
     echo: print a line per epoch (rank 0); the launcher relays log.txt instead.
     """
     device, saved = preflight(cfg)
-    record = runlog.record_path(job.RunFolder(cfg.output_dir))
-    with job.process_group(device) as (rank, world), unreadable.recording(record):
+    with job.process_group(device) as (rank, world), \
+            unreadable.recording(Path(cfg.output_dir) / runlog.UNREADABLE):
         check_world(cfg, world)
         main = rank == 0
         progress = progress and main
@@ -247,9 +247,8 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True) -> Run:
         if monitor and start_epoch == 0:  # the random network's kNN: the baseline every curve is read against
             run.history.append(_random_network_row(trainer, monitor, cfg, device, writer, folder, progress))
         dist_.barrier()
-        end = min(cfg.stop_after, cfg.epochs) if cfg.stop_after else cfg.epochs  # the first epochs of a longer run
-        for epoch in tqdm(range(start_epoch, end), desc="pretrain", initial=start_epoch,
-                          total=end, disable=not progress):
+        for epoch in tqdm(range(start_epoch, cfg.final_epoch), desc="pretrain", initial=start_epoch,
+                          total=cfg.final_epoch, disable=not progress):
             tic = time.perf_counter()
             means = train_one_epoch(trainer, batches.epoch(epoch), cfg, epoch, num_steps, run.steps, writer,
                                     progress)
@@ -258,7 +257,7 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True) -> Run:
             row = {"epoch": epoch + 1, "step": last_step, "lr": float(trainer.lrs[last_step - 1]),
                    **means, "knn_top1": None, "train_s": round(train_s, 3), "knn_s": None,
                    "images_per_s": round(num_steps * cfg.batch_size / train_s, 1)}
-            if monitor and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == end):
+            if monitor and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.final_epoch):
                 tic = time.perf_counter()
                 row["knn_top1"] = knn_monitor(trainer.model.encoder_q, monitor, cfg, device, progress)
                 row["knn_s"] = round(time.perf_counter() - tic, 3)

@@ -5,12 +5,14 @@ import argparse
 import dataclasses
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from .. import project
+from ..job import atomic_write_text
 from . import paths, stages
 
 
@@ -29,11 +31,17 @@ def main(argv=None) -> int:
               "or pass --cpu for the tiny CPU version of stages 1-3", file=sys.stderr)
         return 2
     sizes = stages.Sizes.cpu() if args.cpu else stages.Sizes.gpu()
-    dataset, data_root = ("imagefolder", args.data_root) if args.data_root else ("cifar10", str(project.home() / "data"))
+    dataset, data_root = (("imagefolder", args.data_root) if args.data_root
+                          else ("cifar10", str(project.home() / "data")))
     out = Path(args.out) if args.out else project.home() / "runs" / "gpu_check"
     out.mkdir(parents=True, exist_ok=True)
-    work = stages.work_folder()
+    # The runs, checkpoints and generated JPEGs (hundreds of MB with ResNet-50) go once the report is written.
+    with tempfile.TemporaryDirectory(prefix="mocolab-check-") as work:
+        return check(args, sizes, dataset, data_root, out, Path(work))
 
+
+def check(args, sizes: stages.Sizes, dataset: str, data_root: str, out: Path, work: Path) -> int:
+    """Run the stages in order, writing the report after every row; 1 when a row failed."""
     plan = [("1 environment", stages.environment(sizes.device), sizes.budgets["environment"]),
             ("2 paths", [(name, lambda fn=fn: fn(sizes.device)) for name, fn in paths.CHECKS.items()],
              sizes.budgets["paths"])]
@@ -72,9 +80,10 @@ def table(rows: list[stages.Row]) -> str:
 def write_report(rows: list[stages.Row], out: Path, seconds: float, args) -> None:
     meta = {"mode": "cpu" if args.cpu else "gpu", "full": args.full, "seconds": round(seconds, 1),
             "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-    (out / "report.json").write_text(json.dumps({**meta, "rows": [dataclasses.asdict(r) for r in rows]}, indent=2))
+    report = {**meta, "rows": [dataclasses.asdict(r) for r in rows]}
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     title = "# mocolab machine check" + (" (--cpu: tiny sizes, stages 1-3)" if args.cpu else "")
-    (out / "report.md").write_text(f"{title}\n\n{meta['when']}, {seconds / 60:.1f} min\n\n{table(rows)}\n")
+    atomic_write_text(out / "report.md", f"{title}\n\n{meta['when']}, {seconds / 60:.1f} min\n\n{table(rows)}\n")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ of its 200-epoch schedule (asymmetric loss, one GPU), and 82.6 (asymmetric) /
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 import traceback
 import warnings
@@ -304,7 +303,3 @@ def full_run(dataset: str, data_root: str, work: Path, symmetric: bool) -> list[
         return (f"kNN top-1 {history[-1]['knn_top1']:.1f} after 200 epochs ({loss}; the official demo: "
                 f"{DEMO_KNN_200[loss]}), {(time.perf_counter() - tic) / 60:.1f} min")
     return [("cifar10_demo, 200 epochs", run)]
-
-
-def work_folder() -> Path:
-    return Path(tempfile.mkdtemp(prefix="mocolab-check-"))
