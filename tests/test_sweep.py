@@ -87,6 +87,22 @@ def test_runs_in_parallel_processes_and_a_printed_command_reproduces_a_run(cifar
     assert collect(tmp_path / "command")[-1]["epoch"] == 1
 
 
+def test_the_smallest_queue_is_one_batch_since_k_must_be_a_multiple_of_it(tmp_path):
+    assert list(sweep_for("queue", tmp_path, {"preset": "cifar10_cpu"}).configs) == ["K=256", "K=1024", "K=4096",
+                                                                                   "K=16384"]
+    demo = sweep_for("queue", tmp_path, {"preset": "cifar10_demo"})  # batch 512: K=256 would be refused
+    assert [(name, cfg.K, cfg.batch_size) for name, cfg in demo.configs.items()] == [
+        ("K=512", 512, 512), ("K=1024", 1024, 512), ("K=4096", 4096, 512), ("K=16384", 16384, 512)]
+    assert list(sweep_for("queue", tmp_path, {"preset": "cifar10_demo", "batch_size": 2048}).configs) == [
+        "K=2048", "K=4096", "K=16384"]
+
+    def rows(knn):
+        return [{"variant": v, "state": "done", "epoch": 3, "knn_top1": value} for v, value in knn.items()]
+    assert verdict("queue", rows({"K=512": 30.0, "K=1024": 31.0, "K=4096": 33.0, "K=16384": 32.0}))[1] == "holds"
+    assert verdict("queue", rows({"K=256": 35.0, "K=4096": 32.0, "K=16384": 31.0}))[1] == "does not hold here"
+    assert verdict("queue", rows({"K=4096": 32.0, "K=16384": 31.0}))[1].startswith("cannot tell")
+
+
 def test_verdicts_read_the_claims_direction_and_say_when_they_cannot():
     def rows(knn, state="done"):
         return [{"variant": v, "state": state, "epoch": 3, "knn_top1": value} for v, value in knn.items()]
