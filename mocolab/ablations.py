@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import Config, make_config
-from .sweep import Sweep, collect, final
+from .sweep import Sweep, collect, final, run_sweeps
 
 
 @dataclass(frozen=True)
@@ -152,9 +152,10 @@ def claims_table(results: dict[str, list[dict]]) -> str:
 
 def run_ablations(names: list[str], folder, base: dict, parallel: int = 1, gpus: bool = False,
                   variants: dict[str, list[str]] | None = None, progress: bool = True) -> dict[str, list[dict]]:
-    """Build every ablation's sweep first (a bad setting fails before any run), then run them in turn."""
+    """Build every ablation's sweep first (a bad setting fails before any run), then run them in turn, the base
+    recipe (a variant of several ablations) once (sweep.run_sweeps)."""
     sweeps = {name: sweep_for(name, folder, base, (variants or {}).get(name)) for name in names}
-    return {name: sweep.run(parallel=parallel, gpus=gpus, progress=progress) for name, sweep in sweeps.items()}
+    return run_sweeps(sweeps, parallel=parallel, gpus=gpus, progress=progress)
 
 
 def read_ablations(folder, names: list[str] | None = None) -> dict[str, list[dict]]:

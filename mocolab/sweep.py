@@ -8,11 +8,18 @@
     rows = collect("runs/ablations/momentum")   # tidy rows, also written to results.csv
 
 Every variant is validated before any run starts (an unknown key names the
-variant and the key). run() skips finished runs, resumes an interrupted one from
+variant and the key), and so is every folder: one that holds a run of other
+settings (the base changed since) is refused rather than reported or continued
+as the variant's. run() skips finished runs, resumes an interrupted one from
 its checkpoint, and records a failing run's error in its folder's status.json
 while the others go on. A run is finished when its metrics.csv reaches its last
 epoch, however it was started, so `collect` also reads runs a scheduler ran from
 `commands()`.
+
+Several sweeps of one base recipe share runs: the base is a variant of most
+ablations (m = 0.99 in the momentum sweep is T = 0.1 in the temperature sweep).
+`run_sweeps` trains each distinct setting once and links the other variants'
+folders to its run (`share_runs`), so that every sweep still reads as whole.
 """
 from __future__ import annotations
 
@@ -30,6 +37,11 @@ from pathlib import Path
 
 from .config import Config, ConfigError, make_config
 from .device import visible_gpus
+
+# Config fields that say where or how a run executes, not what it computes: a folder that differs from a variant
+# only in these holds that variant's run (and two variants that differ only in these are one run).
+EXECUTION = ("output_dir", "resume", "stop_after", "preset", "data_root", "download", "workers", "data_path",
+             "gpus", "channels_last", "compile", "log_every", "checkpoint_every")
 
 COLUMNS = ("variant", "setting", "state", "epoch", "loss", "acc", "pos_sim", "neg_sim", "knn_top1", "train_s",
            "knn_s", "error")
@@ -76,11 +88,33 @@ class Sweep:
     def commands(self) -> list[str]:
         """One command per variant: hand them to a job array, then `collect` the folder."""
         self._write_plan()
-        return [self.command(name) for name in self.configs]
+        return [self.command(name) for name in self.configs if not self.shared(name)]
 
     def state(self, name: str) -> str:
         """"done", "failed", "started" or "new"."""
         return run_state(self.folder / name, self.configs[name])
+
+    def shared(self, name: str) -> bool:
+        """Whether the variant's folder links to another variant's run (share_runs), which trains it."""
+        return (self.folder / name).is_symlink()
+
+    def differences(self, name: str) -> dict:
+        """{field: (in the folder's config.json, the variant's)} for the fields that change what the run
+        computes; empty when the folder holds no run yet or a run of these settings."""
+        saved = _saved_config(self.folder / name)
+        now = settings(self.configs[name])
+        return {key: (saved[key], now[key]) for key in now if key in saved and saved[key] != now[key]}
+
+    def check_folders(self) -> None:
+        """Refuse, before any run, a variant whose folder holds a run of other settings: skipping it as done or
+        resuming it would report that run as this variant's."""
+        for name in self.configs:
+            changed = self.differences(name)
+            if changed:
+                listed = "; ".join(f"{key}: {was!r} there, {now!r} now" for key, (was, now) in changed.items())
+                raise ConfigError(f"{self.folder / name} holds a run of other settings than variant {name!r} "
+                                  f"({listed}). Delete that folder to run the variant again, or give the sweep "
+                                  f"another folder")
 
     def run(self, parallel: int = 1, gpus: bool = False, progress: bool = True) -> list[dict]:
         """Run every variant not done yet; returns collect()'s rows.
@@ -93,12 +127,15 @@ class Sweep:
             raise ConfigError(f"parallel={parallel} runs on one GPU each, but this machine has "
                               f"{visible_gpus()} GPU(s); use parallel={max(visible_gpus(), 1)}"
                               + ("" if visible_gpus() else " without gpus=True"))
+        self.check_folders()
         self._write_plan()
-        todo = [name for name in self.configs if self.state(name) != "done"]
+        shared = [name for name in self.configs if self.shared(name)]
+        todo = [name for name in self.configs if self.state(name) != "done" and name not in shared]
         if progress:
-            done = len(self.configs) - len(todo)
-            print(f"sweep {self.folder}: {len(self.configs)} runs, {done} already done, {len(todo)} to run"
-                  + (f", {parallel} at a time" if parallel > 1 else ""), flush=True)
+            done = len(self.configs) - len(todo) - len(shared)
+            print(f"sweep {self.folder}: {len(self.configs)} runs, {done} already done, "
+                  + (f"{len(shared)} shared with another sweep ({', '.join(shared)}), " if shared else "")
+                  + f"{len(todo)} to run" + (f", {parallel} at a time" if parallel > 1 else ""), flush=True)
         if parallel == 1:
             for name in todo:
                 self._run_here(name, progress)
@@ -160,6 +197,61 @@ class Sweep:
         self.folder.mkdir(parents=True, exist_ok=True)
         plan = {"preset": self.preset, "base": self.base, "variants": self.variants}
         (self.folder / "sweep.json").write_text(json.dumps(plan, indent=2))
+
+
+def settings(cfg: Config) -> dict:
+    """What a run computes: its config without the EXECUTION fields, as config.json stores it."""
+    return {key: value for key, value in json.loads(json.dumps(cfg.to_dict())).items() if key not in EXECUTION}
+
+
+def _saved_config(folder: Path) -> dict:
+    """The config a run folder's config.json records (empty when there is none yet)."""
+    try:
+        return json.loads((folder / "config.json").read_text()).get("config", {})
+    except FileNotFoundError:
+        return {}
+
+
+def share_runs(sweeps: list[Sweep]) -> dict[Path, Path]:
+    """Link each variant whose settings equal an earlier variant's (in these sweeps, in order) to that variant's
+    folder, so that one run serves both; returns {linked folder: the run's folder}.
+
+    A link is relative (the sweeps' folder can move). A variant folder holding a run of its own is kept, and
+    links from an earlier call are decided afresh. Where links cannot be made (Windows without the right), the
+    variant is simply trained again.
+    """
+    first, links = {}, {}
+    for sweep in sweeps:
+        for name, cfg in sweep.configs.items():
+            folder, key = sweep.folder / name, json.dumps(settings(cfg), sort_keys=True)
+            if folder.is_symlink():
+                folder.unlink()
+            if key not in first:
+                first[key] = folder
+                continue
+            if folder.exists():
+                continue
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.symlink_to(os.path.relpath(first[key], folder.parent), target_is_directory=True)
+            except OSError:
+                continue
+            links[folder] = first[key]
+    return links
+
+
+def run_sweeps(sweeps: dict[str, Sweep], parallel: int = 1, gpus: bool = False,
+               progress: bool = True) -> dict[str, list[dict]]:
+    """Run several sweeps in turn, each distinct setting once (share_runs); every folder is checked first, so a
+    refusal comes before any run. Returns {sweep name: its collect() rows}."""
+    links = share_runs(list(sweeps.values()))
+    for sweep in sweeps.values():
+        sweep.check_folders()
+    if progress and links:
+        print(f"{len(links)} variant(s) have the settings of a run in an earlier sweep and share its folder: "
+              + ", ".join(f"{link.parent.name}/{link.name} -> {run.parent.name}/{run.name}"
+                          for link, run in links.items()), flush=True)
+    return {name: sweep.run(parallel=parallel, gpus=gpus, progress=progress) for name, sweep in sweeps.items()}
 
 
 def _argument(key: str, value) -> str:

@@ -103,4 +103,6 @@ def test_06_ablations_runs_two_ablations_and_judges_their_claims(cifar10_root, t
     assert len(verdicts) == 2
     executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     text = "".join(str(o.get("text", "")) for c in executed.cells if c.cell_type == "code" for o in c.outputs)
-    assert "2 ablations, 4 runs, executor 'inline'" in text
+    # "shuffle BN" has the settings of m=0.99: trained once, its folder a link to that run
+    assert "2 ablations, 4 variants, 3 runs to train, executor 'inline'" in text
+    assert (out / "shuffle_bn" / "shuffle BN").resolve() == (out / "momentum" / "m=0.99").resolve()

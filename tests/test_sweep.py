@@ -9,7 +9,7 @@ import pytest
 import mocolab.sweep
 from mocolab import ConfigError, make_config, pretrain
 from mocolab.ablations import ABLATIONS, claims_table, sweep_for, verdict
-from mocolab.sweep import Sweep, collect
+from mocolab.sweep import Sweep, collect, run_sweeps
 
 
 def base(root, **kw):
@@ -85,6 +85,39 @@ def test_runs_in_parallel_processes_and_a_printed_command_reproduces_a_run(cifar
     assert [r["knn_top1"] for r in there] == pytest.approx([r["knn_top1"] for r in here], abs=1.0)
     subprocess.run(["bash", "-c", command], check=True, capture_output=True, timeout=600)  # again: it resumes
     assert collect(tmp_path / "command")[-1]["epoch"] == 1
+
+
+def test_sweeps_train_a_shared_setting_once_and_refuse_a_folder_of_other_settings(cifar10_root, tmp_path,
+                                                                                  monkeypatch):
+    first = Sweep(tmp_path / "first", base(cifar10_root), {"base": {}, "m=0.9": {"m": 0.9}})
+    second = Sweep(tmp_path / "second", base(cifar10_root), {"T=0.1": {"T": 0.1}, "T=0.2": {"T": 0.2}})
+    assert first.configs["base"].T == 0.1  # so "T=0.1" is the first sweep's "base" run
+    trained = []
+    real = Sweep._run_here
+    monkeypatch.setattr(Sweep, "_run_here", lambda self, name, progress: (trained.append(f"{self.folder.name}/{name}"),
+                                                                         real(self, name, progress)))
+    results = run_sweeps({"first": first, "second": second}, progress=False)
+    assert trained == ["first/base", "first/m=0.9", "second/T=0.2"]
+    link = tmp_path / "second" / "T=0.1"
+    assert link.is_symlink() and link.resolve() == (tmp_path / "first" / "base").resolve()
+    assert not (tmp_path / "second" / "T=0.1").readlink().is_absolute()  # the sweeps' folder can move
+    shared = [{k: v for k, v in r.items() if k not in ("variant", "setting")} for r in results["second"]
+              if r["variant"] == "T=0.1"]
+    assert shared == [{k: v for k, v in r.items() if k not in ("variant", "setting")} for r in results["first"]
+                      if r["variant"] == "base"] and shared[-1]["state"] == "done"
+    assert [c for c in second.commands() if "T=0.1" in c] == []  # a job array trains it once too
+    assert run_sweeps({"first": first, "second": second}, progress=False) == results and len(trained) == 3
+
+    # The base changed (T=0.2 for every run) but the folders hold T=0.1 runs: refused before anything runs.
+    monkeypatch.setattr(Sweep, "_run_here", lambda *a: pytest.fail("a run started"))
+    changed = Sweep(tmp_path / "first", base(cifar10_root, T=0.2), {"base": {}, "m=0.9": {"m": 0.9}})
+    with pytest.raises(ConfigError, match=r"first/base holds a run of other settings than variant 'base' \(T: 0.1 "
+                                          r"there, 0.2 now\)\. Delete that folder"):
+        changed.run(progress=False)
+    with pytest.raises(ConfigError, match="holds a run of other settings"):
+        run_sweeps({"other": Sweep(tmp_path / "other", base(cifar10_root, T=0.2), {"new": {"m": 0.5}}),
+                    "first": changed}, progress=False)
+    assert not (tmp_path / "other" / "new").exists()
 
 
 def test_the_smallest_queue_is_one_batch_since_k_must_be_a_multiple_of_it(tmp_path):
