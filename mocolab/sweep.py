@@ -123,10 +123,17 @@ class Sweep:
         process; with gpus=True each process sees one GPU (CUDA_VISIBLE_DEVICES), else the CPU
         cores are shared out among them.
         """
-        if gpus and parallel > visible_gpus():
-            raise ConfigError(f"parallel={parallel} runs on one GPU each, but this machine has "
-                              f"{visible_gpus()} GPU(s); use parallel={max(visible_gpus(), 1)}"
-                              + ("" if visible_gpus() else " without gpus=True"))
+        todo = self.prepare(parallel, gpus, progress)
+        if parallel == 1:
+            for name in todo:
+                self._run_here(name, progress)
+        else:
+            run_in_processes([(self, name) for name in todo], parallel, gpus, progress)
+        return collect(self.folder)
+
+    def prepare(self, parallel: int = 1, gpus: bool = False, progress: bool = True) -> list[str]:
+        """Check the GPUs asked for and the folders, write sweep.json; returns the variants to run."""
+        _check_gpus(parallel, gpus)
         self.check_folders()
         self._write_plan()
         shared = [name for name in self.configs if self.shared(name)]
@@ -136,12 +143,7 @@ class Sweep:
             print(f"sweep {self.folder}: {len(self.configs)} runs, {done} already done, "
                   + (f"{len(shared)} shared with another sweep ({', '.join(shared)}), " if shared else "")
                   + f"{len(todo)} to run" + (f", {parallel} at a time" if parallel > 1 else ""), flush=True)
-        if parallel == 1:
-            for name in todo:
-                self._run_here(name, progress)
-        else:
-            self._run_processes(todo, parallel, gpus, progress)
-        return collect(self.folder)
+        return todo
 
     def _run_here(self, name: str, progress: bool) -> None:
         from .train import pretrain
@@ -160,43 +162,56 @@ class Sweep:
             if progress:
                 print(f"{name}: done in {time.perf_counter() - tic:.0f} s", flush=True)
 
-    def _run_processes(self, todo: list[str], parallel: int, gpus: bool, progress: bool) -> None:
-        threads = max(1, (os.cpu_count() or 1) // parallel)
-        free, running = list(range(parallel)), {}
-        while todo or running:
-            while todo and free:
-                name, slot = todo.pop(0), free.pop(0)
-                env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-                if gpus:
-                    env["CUDA_VISIBLE_DEVICES"] = str(slot)
-                (self.folder / name).mkdir(parents=True, exist_ok=True)
-                out = open(self.folder / name / "output.txt", "w")
-                resume = (self.folder / name / "checkpoint_last.pt").exists()
-                process = subprocess.Popen(self.argv(name, resume), stdout=out, stderr=subprocess.STDOUT, env=env)
-                running[name] = (process, slot, out, time.perf_counter())
-                if progress:
-                    print(f"{name}: started" + (f" on GPU {slot}" if gpus else ""), flush=True)
-            time.sleep(0.5)
-            for name, (process, slot, out, tic) in list(running.items()):
-                if process.poll() is None:
-                    continue
-                out.close()
-                del running[name]
-                free.append(slot)
-                if process.returncode == 0:
-                    _write_status(self.folder / name, "done")
-                    message = f"done in {time.perf_counter() - tic:.0f} s"
-                else:
-                    tail = (self.folder / name / "output.txt").read_text().strip().splitlines()[-1:] or ["?"]
-                    _write_status(self.folder / name, "failed", f"exit status {process.returncode}: {tail[0]}")
-                    message = f"FAILED ({tail[0]}); see {self.folder / name / 'output.txt'}"
-                if progress:
-                    print(f"{name}: {message}", flush=True)
-
     def _write_plan(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         plan = {"preset": self.preset, "base": self.base, "variants": self.variants}
         (self.folder / "sweep.json").write_text(json.dumps(plan, indent=2))
+
+
+def _check_gpus(parallel: int, gpus: bool) -> None:
+    if gpus and parallel > visible_gpus():
+        raise ConfigError(f"parallel={parallel} runs on one GPU each, but this machine has "
+                          f"{visible_gpus()} GPU(s); use parallel={max(visible_gpus(), 1)}"
+                          + ("" if visible_gpus() else " without gpus=True"))
+
+
+def run_in_processes(jobs: list[tuple[Sweep, str]], parallel: int, gpus: bool, progress: bool) -> None:
+    """Run (sweep, variant) jobs `parallel` at a time, each `python -m mocolab` in its own process (with one GPU
+    each when gpus=True, else a share of the CPU threads), as slots free up; a failure is recorded in status.json."""
+    several = len({id(sweep) for sweep, _ in jobs}) > 1
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    jobs, free, running = list(jobs), list(range(parallel)), {}
+    while jobs or running:
+        while jobs and free:
+            (sweep, name), slot = jobs.pop(0), free.pop(0)
+            folder = sweep.folder / name
+            label = f"{sweep.folder.name}/{name}" if several else name
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = str(slot)
+            folder.mkdir(parents=True, exist_ok=True)
+            out = open(folder / "output.txt", "w")
+            resume = (folder / "checkpoint_last.pt").exists()
+            process = subprocess.Popen(sweep.argv(name, resume), stdout=out, stderr=subprocess.STDOUT, env=env)
+            running[label] = (process, slot, out, folder, time.perf_counter())
+            if progress:
+                print(f"{label}: started" + (f" on GPU {slot}" if gpus else ""), flush=True)
+        time.sleep(0.5)
+        for label, (process, slot, out, folder, tic) in list(running.items()):
+            if process.poll() is None:
+                continue
+            out.close()
+            del running[label]
+            free.append(slot)
+            if process.returncode == 0:
+                _write_status(folder, "done")
+                message = f"done in {time.perf_counter() - tic:.0f} s"
+            else:
+                tail = (folder / "output.txt").read_text().strip().splitlines()[-1:] or ["?"]
+                _write_status(folder, "failed", f"exit status {process.returncode}: {tail[0]}")
+                message = f"FAILED ({tail[0]}); see {folder / 'output.txt'}"
+            if progress:
+                print(f"{label}: {message}", flush=True)
 
 
 def settings(cfg: Config) -> dict:
@@ -242,8 +257,11 @@ def share_runs(sweeps: list[Sweep]) -> dict[Path, Path]:
 
 def run_sweeps(sweeps: dict[str, Sweep], parallel: int = 1, gpus: bool = False,
                progress: bool = True) -> dict[str, list[dict]]:
-    """Run several sweeps in turn, each distinct setting once (share_runs); every folder is checked first, so a
-    refusal comes before any run. Returns {sweep name: its collect() rows}."""
+    """Run several sweeps, each distinct setting once (share_runs); every folder is checked first, so a refusal
+    comes before any run. parallel=1: one sweep after another in this process; parallel=N: one pool of N
+    processes over all the sweeps' runs, so that N GPUs stay busy however few variants each sweep has.
+    Returns {sweep name: its collect() rows}."""
+    _check_gpus(parallel, gpus)
     links = share_runs(list(sweeps.values()))
     for sweep in sweeps.values():
         sweep.check_folders()
@@ -251,7 +269,11 @@ def run_sweeps(sweeps: dict[str, Sweep], parallel: int = 1, gpus: bool = False,
         print(f"{len(links)} variant(s) have the settings of a run in an earlier sweep and share its folder: "
               + ", ".join(f"{link.parent.name}/{link.name} -> {run.parent.name}/{run.name}"
                           for link, run in links.items()), flush=True)
-    return {name: sweep.run(parallel=parallel, gpus=gpus, progress=progress) for name, sweep in sweeps.items()}
+    if parallel == 1:
+        return {name: sweep.run(progress=progress) for name, sweep in sweeps.items()}
+    jobs = [(sweep, variant) for sweep in sweeps.values() for variant in sweep.prepare(parallel, gpus, progress)]
+    run_in_processes(jobs, parallel, gpus, progress)
+    return {name: collect(sweep.folder) for name, sweep in sweeps.items()}
 
 
 def _argument(key: str, value) -> str:

@@ -120,6 +120,20 @@ def test_sweeps_train_a_shared_setting_once_and_refuse_a_folder_of_other_setting
     assert not (tmp_path / "other" / "new").exists()
 
 
+def test_parallel_sweeps_share_one_pool_of_processes(cifar10_root, tmp_path, capsys):
+    """Two sweeps of one variant each with parallel=2: both runs start at once (a pool per sweep would run them
+    one after the other, and 8 GPUs would idle on sweeps of 2-4 variants)."""
+    sweeps = {"a": Sweep(tmp_path / "a", base(cifar10_root), {"m=0.9": {"m": 0.9}}),
+              "b": Sweep(tmp_path / "b", base(cifar10_root), {"mlp": {"head": "mlp"}})}
+    results = run_sweeps(sweeps, parallel=2)
+    assert {name: [(r["variant"], r["state"], r["epoch"]) for r in rows] for name, rows in results.items()} == {
+        "a": [("m=0.9", "done", 0), ("m=0.9", "done", 1)], "b": [("mlp", "done", 0), ("mlp", "done", 1)]}
+    lines = capsys.readouterr().out.splitlines()
+    events = [line.split(" in ")[0] for line in lines if line.startswith(("a/", "b/"))]
+    assert events[:2] == ["a/m=0.9: started", "b/mlp: started"] and sorted(events[2:]) == ["a/m=0.9: done",
+                                                                                          "b/mlp: done"]
+
+
 def test_the_smallest_queue_is_one_batch_since_k_must_be_a_multiple_of_it(tmp_path):
     assert list(sweep_for("queue", tmp_path, {"preset": "cifar10_cpu"}).configs) == ["K=256", "K=1024", "K=4096",
                                                                                    "K=16384"]
