@@ -123,7 +123,13 @@ class Sweep:
         process; with gpus=True each process sees one GPU (CUDA_VISIBLE_DEVICES), else the CPU
         cores are shared out among them.
         """
-        todo = self.prepare(parallel, gpus, progress)
+        _check_gpus(parallel, gpus)
+        self.check_folders()
+        return self._run_checked(parallel, gpus, progress)
+
+    def _run_checked(self, parallel: int, gpus: bool, progress: bool) -> list[dict]:
+        """run() once the GPUs asked for and the folders are checked."""
+        todo = self.plan(parallel, progress)
         if parallel == 1:
             for name in todo:
                 self._run_here(name, progress)
@@ -131,10 +137,8 @@ class Sweep:
             run_in_processes([(self, name) for name in todo], parallel, gpus, progress)
         return collect(self.folder)
 
-    def prepare(self, parallel: int = 1, gpus: bool = False, progress: bool = True) -> list[str]:
-        """Check the GPUs asked for and the folders, write sweep.json; returns the variants to run."""
-        _check_gpus(parallel, gpus)
-        self.check_folders()
+    def plan(self, parallel: int = 1, progress: bool = True) -> list[str]:
+        """Write sweep.json and say what is done, shared and to run; returns the variants to run."""
         self._write_plan()
         shared = [name for name in self.configs if self.shared(name)]
         todo = [name for name in self.configs if self.state(name) != "done" and name not in shared]
@@ -270,8 +274,8 @@ def run_sweeps(sweeps: dict[str, Sweep], parallel: int = 1, gpus: bool = False,
               + ", ".join(f"{link.parent.name}/{link.name} -> {run.parent.name}/{run.name}"
                           for link, run in links.items()), flush=True)
     if parallel == 1:
-        return {name: sweep.run(progress=progress) for name, sweep in sweeps.items()}
-    jobs = [(sweep, variant) for sweep in sweeps.values() for variant in sweep.prepare(parallel, gpus, progress)]
+        return {name: sweep._run_checked(1, False, progress) for name, sweep in sweeps.items()}
+    jobs = [(sweep, variant) for sweep in sweeps.values() for variant in sweep.plan(parallel, progress)]
     run_in_processes(jobs, parallel, gpus, progress)
     return {name: collect(sweep.folder) for name, sweep in sweeps.items()}
 
