@@ -6,11 +6,21 @@ the metric history; a fine-tuning checkpoint the model, optimiser, iteration
 and logged rows. Each records its `kind`. A checkpoint is written to a
 temporary file and renamed into place, so a crash while saving leaves the
 previous checkpoint intact.
+
+Every file is read as data, never as code (`read`): torch files with
+torch.load(weights_only=True), which rebuilds tensors and plain Python values
+only, and plain pickles (detectron2's .pkl) with an unpickler that knows
+nothing but NumPy arrays. A file whose unpickling would call anything else is
+refused before it runs. So the RNG states are saved as tensors and plain values.
 """
 from __future__ import annotations
 
+import codecs
+import collections
 import os
+import pickle
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +47,11 @@ def atomic_save(obj, path: str | Path) -> None:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The RNG states as tensors and plain values, so that the checkpoint loads with weights_only=True."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -45,23 +59,100 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint on the CPU; a clear error when it is absent or unreadable."""
+# ----------------------------------------------------------------------------
+# Reading a file as data
+# ----------------------------------------------------------------------------
+
+# A torch file in the format before torch 1.6 starts with this magic number, pickled (protocol 2, LONG1).
+_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+class UnsafeFileError(CheckpointError):
+    """A file whose unpickling would run code (call a function or build an object that is not data)."""
+
+
+def read(path: str | Path):
+    """The content of a torch file or a plain pickle, read as data only; a CheckpointError names what is wrong.
+
+    Refused: a file whose unpickling would call anything but the constructors of tensors, NumPy arrays and
+    plain Python values (UnsafeFileError; nothing in it has run), a web page saved under a checkpoint's
+    name, a truncated or otherwise unreadable file.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path.resolve()}")
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.lstrip()[:1] == b"<" and re.search(rb"<(!doctype|html|\?xml)", head, re.I):
+        raise CheckpointError(f"{path} is a web page (HTML), not a checkpoint: the download went wrong (a login or "
+                              f"error page). Delete it and download the file again.")
     try:
-        # weights_only=False: the checkpoint holds numpy and Python RNG states, not just tensors.
-        return torch.load(path, map_location="cpu", weights_only=False)
+        if head[:4] == b"PK\x03\x04" or _LEGACY_MAGIC in head[:32]:  # torch's zip format, or the one before
+            with torch.serialization.safe_globals([(obj, name) for name, obj in _numpy_data().items()]):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            return _DataUnpickler(f).load()
+    except pickle.UnpicklingError as err:
+        # torch names the global it refused (and whether its module is blocked); _DataUnpickler likewise.
+        unsafe = re.search(r"(?:unsupported global: GLOBAL|unsupported GLOBAL|refused global) ([\w.]+)", str(err),
+                           re.I)
+        # torch's own rebuild functions are allowed: a cut-off name of one means the file ends mid-pickle.
+        if unsafe and not unsafe.group(1).startswith("torch."):
+            raise UnsafeFileError(
+                f"refused {path}: reading it would run code ({unsafe.group(1)}), and mocolab "
+                f"reads checkpoints as data only (tensors, arrays, numbers, text). Nothing in it has run. If the "
+                f"file is yours, save its weights alone (torch.save(model.state_dict(), path)) with the program "
+                f"that wrote it and load that file.") from None
+        raise _unreadable(path, err) from err
     except Exception as err:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({err}); it may be truncated. "
-                              f"checkpoint_NNNN.pt files beside it are earlier copies.") from err
+        raise _unreadable(path, err) from err
+
+
+def _unreadable(path: Path, err: Exception) -> CheckpointError:
+    # torch's weights-only message is about trusting the file; what matters here is that its pickle is damaged.
+    detail = "its pickle is cut off or damaged" if "Weights only load failed" in str(err) else str(err)[:200]
+    return CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {detail}); it may be "
+                           f"truncated (an interrupted download or write): download or copy it again. For a run's "
+                           f"checkpoint_last.pt, the checkpoint_NNNN.pt files beside it are earlier copies.")
+
+
+def _numpy_data() -> dict[str, object]:
+    """NumPy's array, scalar and dtype constructors, by every name a pickle may give them (NumPy 1 wrote
+    numpy.core.multiarray, NumPy 2 writes numpy._core.multiarray). They build data and call nothing else:
+    foreign checkpoints hold arrays (OpenMMLab's `meta`, detectron2's .pkl)."""
+    core = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    found = {"numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype}
+    for package in ("numpy.core", "numpy._core"):
+        found.update({f"{package}.multiarray.{name}": getattr(core, name) for name in ("_reconstruct", "scalar")})
+    dtypes = getattr(np, "dtypes", None)  # the dtype classes (NumPy >= 1.25), which torch's unpickler rebuilds
+    found.update({f"numpy.dtypes.{n}": getattr(dtypes, n) for n in dir(dtypes or ()) if n.endswith("DType")})
+    return found
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that resolves only NumPy's array constructors (the "Restricting Globals" recipe of
+    Python's pickle documentation): a plain pickle of arrays, as detectron2 writes them, loads; anything
+    that would call other code is refused before it runs."""
+
+    allowed = {**_numpy_data(), "collections.OrderedDict": collections.OrderedDict, "_codecs.encode": codecs.encode}
+
+    def find_class(self, module: str, name: str):
+        if f"{module}.{name}" in self.allowed:
+            return self.allowed[f"{module}.{name}"]
+        raise pickle.UnpicklingError(f"refused global {module}.{name}")
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A mocolab checkpoint read as data on the CPU (`read`); a clear error when it is absent or unreadable."""
+    return read(path)
 
 
 def kind_of(state: dict) -> str | None:

@@ -89,7 +89,7 @@ class Trainer:
     def step(self, x_q: torch.Tensor, x_k: torch.Tensor, step: int):
         """One SGD step at the schedule's lr; returns the MoCoOutput (loss, acc, similarities)."""
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lrs[step]
+            group["lr"] = float(self.lrs[step])  # a Python float: checkpoints hold no NumPy values
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
         x_q, x_k = x_q.contiguous(memory_format=layout), x_k.contiguous(memory_format=layout)
         device_type = x_q.device.type

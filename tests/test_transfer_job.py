@@ -166,7 +166,7 @@ def test_a_crashed_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatc
     cfg = job.make_transfer_config(**seg_config(root, tmp_path / "cut", evaluate=False, checkpoint_every=2))
     with pytest.raises(RuntimeError, match="power cut"):
         job.fine_tune(cfg, progress=False)
-    assert torch.load(tmp_path / "cut" / "checkpoint_last.pt", weights_only=False)["iteration"] == 2
+    assert torch.load(tmp_path / "cut" / "checkpoint_last.pt", weights_only=True)["iteration"] == 2
     with pytest.raises(ConfigError, match="already holds a fine-tuning run"):
         job.fine_tune(cfg, progress=False)
     monkeypatch.setattr(finetune, "segmentation_step", step)

@@ -173,7 +173,7 @@ def linear_probe(backbone: nn.Module, train_set, test_set, num_classes: int, pro
     for epoch in tqdm(range(r.epochs), desc=f"linear probe ({protocol})", disable=not progress):
         head.train()
         for group in optimizer.param_groups:
-            group["lr"] = lrs[epoch]
+            group["lr"] = float(lrs[epoch])  # a Python float: checkpoints hold no NumPy values
         total, seen = 0.0, 0
         for images, labels in loader:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)

@@ -125,7 +125,7 @@ def train(model, step: Callable, dataset, schedule: Schedule, optimizer=None, de
     tic = time.perf_counter()
     for it, batch in enumerate(loader, start=start):
         for group in optimizer.param_groups:
-            group["lr"] = lrs[it]
+            group["lr"] = float(lrs[it])  # a Python float: checkpoints hold no NumPy values
         torch.manual_seed(iteration_seed(seed, it, rank))  # multi-scale size, RPN / RoI sampling
         loss, parts = step(model, batch, device)
         if not math.isfinite(loss.item()):
