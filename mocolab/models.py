@@ -128,9 +128,17 @@ def linear_head(in_dim: int, dim: int = 128) -> nn.Module:
     return nn.Linear(in_dim, dim)
 
 
-def mlp_head(in_dim: int, dim: int = 128) -> nn.Module:
-    """The MoCo v2 head: Linear in_dim -> in_dim, ReLU, Linear in_dim -> dim; no BN."""
-    return nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True), nn.Linear(in_dim, dim))
+def mlp_head(in_dim: int, dim: int = 128, hidden: int | None = None) -> nn.Module:
+    """The MoCo v2 head: Linear in_dim -> hidden (default in_dim), ReLU, Linear hidden -> dim; no BN."""
+    hidden = hidden or in_dim
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+
+
+def mocov3_head(in_dim: int, dim: int = 256, hidden: int = 4096) -> nn.Module:
+    """MoCo v3's ResNet projector (moco-v3 moco/builder.py, _build_mlp(2, ...)), to read its checkpoints:
+    Linear in_dim -> hidden without bias, BN, ReLU, Linear hidden -> dim without bias, BN without affine."""
+    return nn.Sequential(nn.Linear(in_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, dim, bias=False), nn.BatchNorm1d(dim, affine=False))
 
 
 class Encoder(nn.Module):

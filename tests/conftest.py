@@ -56,3 +56,12 @@ def _cache_in_a_temporary_folder(tmp_path_factory):
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_downloads(tmp_path_factory):
+    """Tests never download: published checkpoints are looked for in an empty session folder, and fetch
+    refuses to reach the network (the download tests serve files from 127.0.0.1 and lift this themselves)."""
+    os.environ["MOCOLAB_WEIGHTS"] = str(tmp_path_factory.mktemp("weights_cache"))
+    os.environ["MOCOLAB_OFFLINE"] = "1"
+    yield
