@@ -1,6 +1,12 @@
-"""A MoCo checkpoint's query backbone in the formats detection and segmentation code loads.
+"""A checkpoint's query backbone in the formats detection and segmentation code loads.
 
     python -m mocolab.transfer.export runs/imagenet/checkpoint_last.pt out.pkl --format detectron2
+    python -m mocolab.transfer.export moco_v2_800ep out.pth --format mmdet
+
+The checkpoint is anything mocolab.weights.load reads: a mocolab run, a
+published checkpoint's name or a file of a known format. Every export reads
+back through the same loader (weights.formats: torchvision, openmmlab,
+detectron2) with the same features.
 
 - torchvision: a ResNet state_dict; `torchvision.models.resnet50()` loads it with
   only `fc.weight` and `fc.bias` missing (strict=False).
@@ -26,69 +32,38 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint as ckpt
-from .. import cli
-from ..config import config_from_dict
+from .. import cli, weights
+from ..weights.formats import to_detectron2
 
 FORMATS = ("torchvision", "detectron2", "mmdet")
-PREFIX = "encoder_q.backbone."
 
 
-def backbone_state(path: str | Path, allow_cifar_stem: bool = False) -> dict[str, torch.Tensor]:
-    """The query backbone of a mocolab checkpoint as a torchvision ResNet state_dict (no `fc`)."""
-    state = ckpt.load_pretraining(path)  # another kind of file is named as such
-    cfg = config_from_dict(state["config"])
-    weights = {k[len(PREFIX):]: v for k, v in state["model"].items() if k.startswith(PREFIX)}
-    if not weights:
-        raise ckpt.CheckpointError(f"{path} holds no {PREFIX}* weights: not a MoCo encoder checkpoint")
-    if cfg.cifar_stem and not allow_cifar_stem:
+def backbone_state(source, allow_cifar_stem: bool = False) -> dict[str, torch.Tensor]:
+    """The backbone of a checkpoint (weights.load: a path, a registry name or a Pretrained) as a torchvision
+    ResNet state_dict (no `fc`)."""
+    model = weights.load(source)  # a file of another kind is named as such
+    state = model.encoder.backbone.state_dict()
+    if model.cifar_stem and not allow_cifar_stem:
         raise ckpt.CheckpointError(
-            f"{path}: conv1.weight is {tuple(weights['conv1.weight'].shape)}, the CIFAR stem (3x3, stride 1, no "
+            f"{model.path}: conv1.weight is {tuple(state['conv1.weight'].shape)}, the CIFAR stem (3x3, stride 1, no "
             f"max-pool); detection and segmentation backbones expect the ImageNet stem (7x7, stride 2). "
             f"Pretrain with cifar_stem=False (the imagenet_mocov2 preset) to transfer.")
-    return {k: v.detach().cpu().clone() for k, v in weights.items()}
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
 
 
-def to_detectron2(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """torchvision ResNet keys to detectron2's (the renaming of MoCo's convert-pretrain-to-detectron2.py)."""
-    out = {}
-    for k, v in weights.items():
-        if "layer" not in k:
-            k = "stem." + k  # conv1, bn1 -> stem.conv1, stem.conv1.norm (below)
-        for t in (1, 2, 3, 4):
-            k = k.replace(f"layer{t}", f"res{t + 1}")
-        for t in (1, 2, 3):
-            k = k.replace(f"bn{t}", f"conv{t}.norm")
-        k = k.replace("downsample.0", "shortcut").replace("downsample.1", "shortcut.norm")
-        out[k] = v
-    return out
-
-
-def from_detectron2(weights: dict) -> dict[str, torch.Tensor]:
-    """The inverse renaming (for round trips and for reading detectron2 weights back)."""
-    out = {}
-    for k, v in weights.items():
-        k = k.replace("shortcut.norm", "downsample.1").replace("shortcut", "downsample.0")
-        for t in (1, 2, 3):
-            k = k.replace(f"conv{t}.norm", f"bn{t}")
-        for t in (1, 2, 3, 4):
-            k = k.replace(f"res{t + 1}", f"layer{t}")
-        out[k.removeprefix("stem.")] = torch.as_tensor(v)
-    return out
-
-
-def export(checkpoint: str | Path, out: str | Path, fmt: str = "torchvision") -> Path:
-    """Write the checkpoint's backbone to `out` in format `fmt` (see the module docstring)."""
+def export(checkpoint, out: str | Path, fmt: str = "torchvision") -> Path:
+    """Write the checkpoint's backbone (a path, a registry name or a Pretrained) to `out` in format `fmt`."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {list(FORMATS)}")
-    weights = backbone_state(checkpoint)
+    state = backbone_state(checkpoint)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "torchvision":
-        torch.save(weights, out)
+        torch.save(state, out)
     elif fmt == "mmdet":
-        torch.save({"state_dict": {"backbone." + k: v for k, v in weights.items()}}, out)
+        torch.save({"state_dict": {"backbone." + k: v for k, v in state.items()}}, out)
     else:
-        model = {k: v.numpy() for k, v in to_detectron2(weights).items()}
+        model = {k: v.numpy() for k, v in to_detectron2(state).items()}
         with open(out, "wb") as f:
             pickle.dump({"model": model, "__author__": "mocolab (MoCo v2)", "matching_heuristics": True}, f)
     return out

@@ -56,7 +56,7 @@ class TransferConfig:
     """One transfer row. Validated like pretraining's Config; None means the preset's value."""
 
     task: Literal["voc_detection", "coco", "voc_segmentation"] = "voc_detection"
-    weights: str = "none"  # a mocolab checkpoint (ResNet-50, ImageNet stem), "supervised" or "none"
+    weights: str = "none"  # a checkpoint (a ResNet-50 file or published name, weights.load), "supervised" or "none"
     data_root: str = "data/VOCdevkit"  # VOCdevkit (VOC2007/, VOC2012/) or the COCO folder (train2017/, ...)
     train_sets: str = "2007/trainval,2012/trainval"  # voc_detection: year/split lists to train on
     preset: Literal["voc_c4_24k", "coco_mask_1x", "voc_seg_20k", "tiny"] = "tiny"  # finetune.PRESETS

@@ -32,16 +32,18 @@ from .export import backbone_state
 MIN_SIZES = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)  # multi-scale training, short side
 
 
+# The supervised row of the transfer benchmarks: torchvision's original weights (weights.registry), as in
+# MoCo's detection/README.md and detectron2's R-50 baselines.
+SUPERVISED = "torchvision_r50_v1"
+
+
 def backbone_weights(source: str | None) -> dict | None:
-    """A ResNet-50 state_dict from "supervised" (torchvision's ImageNet weights, downloaded),
-    a mocolab checkpoint path, or None / "none" / "random" (random initialisation)."""
+    """A ResNet-50 state_dict from "supervised" (torchvision's ImageNet weights, downloaded once into the cache),
+    a checkpoint (a mocolab run, a published checkpoint's name or a file of a known format), or
+    None / "none" / "random" (random initialisation)."""
     if source in (None, "", "none", "random"):
         return None
-    if source == "supervised":
-        weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V1
-        state = torchvision.models.resnet50(weights=weights).state_dict()
-        return {k: v for k, v in state.items() if not k.startswith("fc.")}
-    return backbone_state(source)
+    return backbone_state(SUPERVISED if source == "supervised" else source)
 
 
 def load_backbone(module: nn.Module, weights: dict | None, name: str = "backbone") -> None:
