@@ -11,10 +11,10 @@ in a fresh process to see the cold time a notebook's first map pays.
 import argparse
 import time
 
-from mocolab import augment
+from mocolab import augment, weights
 from mocolab.data import load_split, seeded_subset
 from mocolab.evaluate.embedding import project_2d
-from mocolab.evaluate.features import cached_features, load_encoder
+from mocolab.evaluate.features import cached_features
 
 
 def main():
@@ -26,8 +26,9 @@ def main():
     parser.add_argument("--methods", default="umap,tsne")
     parser.add_argument("--cache-dir", default="runs/feature_cache")
     args = parser.parse_args()
-    encoder, identity = load_encoder(args.checkpoint)
-    transform = augment.eval_transform(32, *augment.normalisation("cifar"))
+    model = weights.load(args.checkpoint)  # a mocolab run, a published name or a file of a known format
+    encoder, identity = model.encoder, model.identity
+    transform = augment.eval_transform(model.image_size, model.mean, model.std)
     ds = seeded_subset(load_split("imagefolder", args.data_root, "test", transform), args.points, 0)
     tic = time.perf_counter()
     feats, _ = cached_features(encoder, identity, ds, f"cifar10:{args.data_root}:test", (args.layer,),

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mocolab import augment
+from mocolab import augment, weights
 from mocolab.data import load_split, seeded_subset
-from mocolab.evaluate.features import cached_features, load_encoder
+from mocolab.evaluate.features import cached_features
 from mocolab.evaluate.svm import svm_protocol
 
 
@@ -31,8 +31,9 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the batched solver runs")
     args = parser.parse_args()
-    encoder, identity = load_encoder(args.checkpoint)
-    transform = augment.eval_transform(32, *augment.normalisation("cifar"))
+    model = weights.load(args.checkpoint)  # a mocolab run, a published name or a file of a known format
+    encoder, identity = model.encoder, model.identity
+    transform = augment.eval_transform(model.image_size, model.mean, model.std)
     layers = tuple(args.layers.split(","))
     data = {}
     for split, n in (("train", args.train_size), ("test", args.test_size)):

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from . import checkpoint as ckpt
-from . import settings
-from .config import config_from_dict
+from . import settings, weights
 from .data import DATASETS
 from .evaluate.layers import LAYERS
 from .project import DEMO_CHECKPOINT, project_path
@@ -48,9 +47,10 @@ class EmbeddingsConfig:
     """Notebook 04: the checkpoint to look at, the data, and how much of it to embed."""
 
     checkpoint: str = DEMO_CHECKPOINT
+    compare: tuple[str, ...] = ()  # more checkpoints (registry names or files) shown beside it
     dataset: Literal[DATASETS] = "cifar10"
     data_root: str = "data"
-    image_size: int = 32
+    image_size: int | None = None  # None: the checkpoint's training crop
     n_points: int = 2000  # test images to embed
     methods: tuple[Literal["umap", "tsne"], ...] = ("umap", "tsne")
     layers: tuple[Literal[LAYERS], ...] = LAYERS
@@ -63,22 +63,15 @@ class EmbeddingsConfig:
 
     def __post_init__(self):
         settings.check_fields(self)
-        for name in ("image_size", "n_points", "n_queries", "top_k", "n_pairs"):
+        for name in ("n_points", "n_queries", "top_k", "n_pairs"):
             settings.need(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        settings.need(self.image_size is None or self.image_size > 0, f"image_size must be positive or None, "
+                                                                      f"got {self.image_size}")
         settings.need(self.top_k < self.n_points and self.n_pairs <= self.n_points,
                       f"top_k ({self.top_k}) and n_pairs ({self.n_pairs}) must fit in n_points ({self.n_points})")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def checkpoint_summary(path) -> str:
-    """One line on a pretraining checkpoint: architecture, epochs trained, recipe and data."""
-    state = ckpt.load_pretraining(path)
-    cfg = config_from_dict(state["config"])
-    trained = max((int(row["epoch"]) for row in state["history"]), default=0)  # history starts at epoch 0
-    return (f"{cfg.arch}, {trained} of {cfg.epochs} epochs of {cfg.preset} on {cfg.dataset} "
-            f"({cfg.augmentation} augmentation, K={cfg.K}, m={cfg.m}, T={cfg.T})")
 
 
 def in_project(cfg, fields=("data_root", "output_dir")):
@@ -91,26 +84,34 @@ def in_project(cfg, fields=("data_root", "output_dir")):
 
 
 def find_checkpoint(path, how: str | None = None) -> str:
-    """The absolute path of a checkpoint that exists, or an error that says where it looked and how to make one.
+    """A published checkpoint's name as it is, or the absolute path of a checkpoint that exists, or an error that
+    says where it looked and how to make one.
 
     how: the way to train one; by default notebook 02 or `make demo`, which write the default checkpoint.
     """
+    if str(path) in weights.REGISTRY:
+        return str(path)
     found = project_path(path)
     if not found or not Path(found).is_file():
         how = how or (f"run notebook 02 or `make demo` (both write {project_path(DEMO_CHECKPOINT)}), or set "
                       f"`checkpoint` to the checkpoint_last.pt of a pretraining run")
-        raise ckpt.CheckpointError(f"no checkpoint at {found}: train one first: {how}")
+        raise ckpt.CheckpointError(f"no checkpoint at {found}: train one first: {how}; or name a published "
+                                   f"checkpoint ({', '.join(weights.REGISTRY)})")
     return found
 
 
-def training_data(checkpoint, dataset: str | None = None, data_root: str | None = None) -> tuple[str, str]:
-    """(dataset, data_root): the ones given, else the data `checkpoint` was pretrained on.
+def training_data(model: weights.Pretrained, dataset: str | None = None,
+                  data_root: str | None = None) -> tuple[str, str]:
+    """(dataset, data_root): the ones given, else the data the mocolab run `model` was pretrained on.
 
     Evaluating on the pretraining data's labelled splits is what notebooks 03/04 do by
-    default, so that they follow whatever `make demo` or notebook 02 was pointed at.
+    default, so that they follow whatever `make demo` or notebook 02 was pointed at. A
+    published model was pretrained on ImageNet, which mocolab cannot find by itself.
     """
-    if dataset is None or data_root is None:
-        trained = config_from_dict(ckpt.load_pretraining(checkpoint)["config"])
-        dataset = trained.dataset if dataset is None else dataset
-        data_root = trained.data_root if data_root is None else data_root
+    if (dataset is None or data_root is None) and model.config is None:
+        raise ckpt.CheckpointError(f"{model.name} was pretrained on {model.pretrained_on}: set `dataset` and "
+                                   f"`data_root` to the labelled data to evaluate it on (e.g. dataset='imagefolder', "
+                                   f"data_root='/data/imagenet', or 'cifar10' and a download folder)")
+    dataset = model.dataset if dataset is None else dataset
+    data_root = model.data_root if data_root is None else data_root
     return dataset, project_path(data_root)

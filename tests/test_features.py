@@ -8,7 +8,8 @@ from torch.utils.data import DataLoader
 from mocolab import augment, make_config
 from mocolab.checkpoint import CheckpointError, atomic_save
 from mocolab.data import DatasetError, load_split, seeded_subset
-from mocolab.evaluate.features import baseline_encoder, cached_features, extract_layers, load_encoder
+from mocolab import weights
+from mocolab.evaluate.features import baseline_encoder, cached_features, extract_layers
 from mocolab.evaluate.layers import layer_features, layer_pool
 from mocolab.evaluate.voc import VOC_CLASSES, VOC07Classification, voc_svm_transform
 from mocolab.train import build_model
@@ -84,14 +85,19 @@ def test_encoder_from_checkpoint_and_mismatch(tmp_path):
     cfg = make_config("cifar10_demo", dim=16, K=512)
     model = build_model(cfg)
     atomic_save({"model": model.state_dict(), "config": cfg.to_dict()}, tmp_path / "c.pt")
-    encoder, identity = load_encoder(tmp_path / "c.pt")
-    assert torch.equal(encoder.head.weight, model.encoder_q.head.weight) and identity.startswith("moco-")
+    loaded = weights.load(tmp_path / "c.pt")
+    assert torch.equal(loaded.encoder.head.weight, model.encoder_q.head.weight)
+    assert loaded.identity.startswith("moco-") and loaded.format == "mocolab" and loaded.arch == "resnet18"
     state = model.state_dict()
     state["encoder_q.backbone.fc_extra"] = torch.zeros(1)
+    atomic_save({"model": state, "config": cfg.to_dict()}, tmp_path / "extra.pt")
+    with pytest.raises(CheckpointError, match="missing none; unexpected fc_extra"):
+        weights.load(tmp_path / "extra.pt")
+    state = model.state_dict()
     del state["encoder_q.head.bias"]
-    atomic_save({"model": state, "config": cfg.to_dict()}, tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match="missing head.bias; unexpected backbone.fc_extra"):
-        load_encoder(tmp_path / "bad.pt")
+    atomic_save({"model": state, "config": cfg.to_dict()}, tmp_path / "no_bias.pt")
+    with pytest.raises(CheckpointError, match="missing bias; unexpected none"):
+        weights.load(tmp_path / "no_bias.pt")
 
 
 def test_feature_cache_reuses_only_identical_inputs(cifar10_root, tmp_path, monkeypatch):

@@ -80,7 +80,7 @@ def test_04_embeddings_runs_headless(tiny_checkpoint, cifar10_root, tmp_path):
     executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/markdown", ""))
                    for c in executed.cells if c.cell_type == "code" for o in c.outputs)
-    assert "MoCo: precision@4 over all 120 images" in text and "| random init |" in text
+    assert "MoCo: precision@4 over all 120 images" in text and "| random init | head |" in text
 
 
 def test_06_ablations_runs_two_ablations_and_judges_their_claims(cifar10_root, tmp_path):
@@ -106,3 +106,61 @@ def test_06_ablations_runs_two_ablations_and_judges_their_claims(cifar10_root, t
     # "shuffle BN" has the settings of m=0.99: trained once, its folder a link to that run
     assert "2 ablations, 4 variants, 3 runs to train, executor 'inline'" in text
     assert (out / "shuffle_bn" / "shuffle BN").resolve() == (out / "momentum" / "m=0.99").resolve()
+
+
+@pytest.fixture(scope="module")
+def mmselfsup_file(tmp_path_factory):
+    """A file in MMSelfSup 0.x's exact layout (the reference page's checkpoint format), of a seeded ResNet-50."""
+    from layouts import mlp_v2, resnet50, write_mmselfsup_0x
+    return write_mmselfsup_0x(tmp_path_factory.mktemp("published") / "mocov2_mmselfsup.pth", resnet50(0),
+                              resnet50(1), mlp_v2())
+
+
+def test_03_evaluate_puts_the_published_numbers_beside_the_measurement(mmselfsup_file, cifar10_root, tmp_path):
+    """A foreign file compared with the numbers published for mmselfsup_mocov2_200ep: every table has the
+    published column and the difference, and says that CIFAR-10 subsets at 32 px are not the published setting."""
+    papermill.execute_notebook(
+        str(NOTEBOOKS / "03_evaluate.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path), progress_bar=False,
+        parameters=dict(checkpoint=str(mmselfsup_file), published="mmselfsup_mocov2_200ep", baseline="",
+                        dataset="imagefolder", data_root=str(cifar10_root), image_size=32, train_size=200,
+                        test_size=100, lowshot_ks="1,2", lowshot_samples=2, probe_epochs=1, probe_lr=0.01,
+                        workers=0, output_dir=str(tmp_path / "eval")))
+    results = json.loads((tmp_path / "eval" / "moco" / "results.json").read_text())
+    assert results["published"]["name"] == "mmselfsup_mocov2_200ep" and results["published"]["this_file"] is False
+    assert results["checkpoint_summary"].startswith("resnet50 with its projection head, from a file in the "
+                                                    "openmmlab format that is no published one mocolab knows")
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    shown = "".join(str(o.get("data", {}).get("text/markdown", "")) + str(o.get("text", ""))
+                    for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "| layer | mAP | published (mmselfsup_mocov2_200ep) | difference |" in shown
+    feat5 = results["svm"]["layers"]["feat5"]["mAP"]
+    assert f"| feat5 | {feat5:.2f} | 84.04 | {feat5 - 84.04:+.2f} |" in shown
+    assert "| published (mmselfsup_mocov2_200ep) | 43.14 | 53.29 |" in shown  # low-shot k = 1, 2
+    top1 = results["linear"]["protocols"]["avgpool"]["top1"]["avgpool"]
+    assert f"| avgpool: avgpool | {top1:.2f} | 67.58 | {top1 - 67.58:+.2f} |" in shown
+    assert "| published (mmselfsup_mocov2_200ep) | 55.60 | 55.70 |" in shown  # kNN k = 10, 20
+    caption = "; not the setting of mmselfsup_mocov2_200ep's numbers: pretrained on ImageNet-1k train"
+    assert shown.count(caption) == 4 and "200 training, 100 test images, seeded subsets), 32 px" in shown
+
+
+def test_04_embeddings_shows_published_models_side_by_side(mmselfsup_file, cifar10_root, tmp_path):
+    """The MMSelfSup-layout file beside a backbone-only torchvision-layout file: every map, retrieval and pair
+    statistic for both, the backbone-only one measured on its pooled features."""
+    import torch
+    backbone_only = tmp_path / "backbone_only.pth"
+    from layouts import resnet50
+    torch.save({k: v for k, v in resnet50(2).state_dict().items() if not k.startswith("fc.")}, backbone_only)
+    papermill.execute_notebook(
+        str(NOTEBOOKS / "04_embeddings.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path), progress_bar=False,
+        parameters=dict(checkpoint=str(mmselfsup_file), compare=str(backbone_only), dataset="imagefolder",
+                        data_root=str(cifar10_root), image_size=32, n_points=100, methods="umap",
+                        layers="feat5", n_queries=2, top_k=4, n_pairs=30, output_dir=str(tmp_path / "figs")))
+    for name in ("maps", "layers", "thumbnails", "retrieval_mocov2_mmselfsup.pth", "retrieval_backbone_only.pth",
+                 "retrieval_random_init", "similarities", "alignment_uniformity"):
+        assert (tmp_path / "figs" / f"{name}.png").stat().st_size > 10_000, name
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/markdown", ""))
+                   for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "through: random init, mocov2_mmselfsup.pth, backbone_only.pth" in text
+    assert "| mocov2_mmselfsup.pth | head |" in text and "| backbone_only.pth | avgpool |" in text
+    assert "backbone only (no projection head), from a file in the torchvision format" in text

@@ -39,10 +39,13 @@ def test_a_missing_checkpoint_says_where_it_looked_and_how_to_make_one(tmp_path,
 def test_evaluation_defaults_to_the_data_the_checkpoint_was_trained_on(tiny_checkpoint, tmp_path, monkeypatch):
     import torch
     monkeypatch.setenv("MOCOLAB_HOME", str(tmp_path))
-    saved = torch.load(tiny_checkpoint, weights_only=False)["config"]
+    from mocolab import weights
+    saved = torch.load(tiny_checkpoint, weights_only=True)["config"]
     assert find_checkpoint(tiny_checkpoint) == str(tiny_checkpoint)
-    assert training_data(tiny_checkpoint) == (saved["dataset"], project_path(saved["data_root"]))
-    assert training_data(tiny_checkpoint, "cifar10", "data") == ("cifar10", str(tmp_path / "data"))
+    model = weights.load(tiny_checkpoint)
+    assert training_data(model) == (saved["dataset"], project_path(saved["data_root"]))
+    assert training_data(model, "cifar10", "data") == ("cifar10", str(tmp_path / "data"))
+    assert find_checkpoint("moco_v2_800ep") == "moco_v2_800ep"  # a published name passes as it is
 
 
 def test_02_started_in_notebooks_writes_into_the_project_folder(cifar10_root, tmp_path, monkeypatch):
@@ -106,11 +109,12 @@ def test_the_set_up_cell_installs_mocolab_from_the_clone_when_it_is_missing(tmp_
 def test_the_checkpoint_summary_counts_trained_epochs_not_the_epoch_0_row(tiny_checkpoint, tmp_path):
     import torch
 
-    from mocolab.notebook import checkpoint_summary
-    state = torch.load(tiny_checkpoint, weights_only=False)
+    from mocolab import weights
+    state = torch.load(tiny_checkpoint, weights_only=True)
     state["history"] = [{"epoch": 0, "knn_top1": 10.0}, *state["history"]]  # a run with the random-network row
     torch.save(state, tmp_path / "checkpoint_last.pt")
-    assert checkpoint_summary(tmp_path / "checkpoint_last.pt").startswith("resnet18, 1 of 1 epochs of cifar10_demo")
+    summary = weights.load(tmp_path / "checkpoint_last.pt").summary()
+    assert summary.startswith("resnet18, 1 of 1 epochs of cifar10_demo") and "(mocolab format" in summary
 
 
 def test_a_presets_relative_data_root_lands_in_the_project_folder(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import numpy as np
 import papermill
 import pytest
 
-from mocolab.evaluate.features import load_encoder
+from mocolab import weights
 from mocolab.evaluate.suite import EvalConfig, evaluate, tables
 from mocolab.evaluate.voc import VOC_CLASSES
 from test_features import write_voc
@@ -48,7 +48,7 @@ def test_evaluate_on_voc_layout_writes_results_and_reference_tables(checkpoint, 
     assert set(knn["features"]) == {"avgpool", "head"} and set(knn["features"]["avgpool"]) == {"10", "20", "100", "200"}
     assert knn["settings"]["T"] == 0.07 and knn["data"] == {"bank": 200, "test": 100, "classes": 10}
     # What the run is: the checkpoint's content hash, the code version, torch, the device.
-    assert saved["encoder"] == load_encoder(checkpoint)[1] and saved["code_version"] and saved["torch"]
+    assert saved["encoder"] == weights.load(checkpoint).identity and saved["code_version"] and saved["torch"]
     assert saved["device"] == "cpu" and saved["config"]["train_size"] == 200
     text = tables(results)
     assert "VOC07" in text and "| feat5 |" in text and "84.04" in text  # the reference beside feat5

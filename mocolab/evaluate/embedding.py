@@ -12,18 +12,19 @@ loss only sees directions.
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .. import checkpoint as ckpt
-from ..config import Config, config_from_dict
-from ..models import build_encoder
+from ..augment import eval_transform, pipeline, recipe
 from ..seeding import seeded
-from .features import calibrate_bn, extract_layers, load_encoder
+from ..weights import Pretrained
+from .features import baseline_encoder, calibrate_bn, extract_layers
 
 
 def alignment(z1: torch.Tensor, z2: torch.Tensor, alpha: float = 2) -> float:
@@ -135,16 +136,68 @@ def view_pairs(encoder, images: Dataset, transform, layer: str = "head", seed: i
     return torch.cat(z1), torch.cat(z2)
 
 
-def models_to_compare(checkpoint: str, calibration: Dataset, seed: int = 0) -> tuple[dict, Config]:
-    """{"random init": ..., "MoCo": ...} and the checkpoint's config.
+class Shown(NamedTuple):
+    """One encoder of a side-by-side comparison, and the normalisation its images need."""
 
-    The random-init encoder has the checkpoint's architecture and its BN statistics
-    calibrated on a few batches of `calibration` (see features.calibrate_bn).
+    encoder: torch.nn.Module
+    mean: tuple
+    std: tuple
+
+    @property
+    def pair_layer(self) -> str:
+        """Where positive pairs are compared: the projection head's output, where the loss acts, if it has one."""
+        return "head" if self.encoder.head is not None else "avgpool"
+
+
+class _Transformed(Dataset):
+    """A dataset of PIL images with labels, seen through `transform`."""
+
+    def __init__(self, images: Dataset, transform):
+        self.images, self.transform = images, transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        image, label = self.images[i]
+        return self.transform(image), label
+
+
+def label_of(model: Pretrained) -> str:
+    """The name a comparison shows a model under: "MoCo" for a mocolab run, else its registry or file name."""
+    return "MoCo" if model.format == "mocolab" else model.name
+
+
+def models_to_compare(model: Pretrained, images: Dataset, image_size: int, others=(), seed: int = 0,
+                      workers: int = 0) -> dict[str, Shown]:
+    """{"random init": ..., label_of(model): model, label_of(o): o for o in others}, each with its normalisation.
+
+    The random-init encoder has `model`'s architecture and its BN statistics calibrated on a few batches
+    of `images` (PIL images; see features.calibrate_bn), seen as `model` sees them.
     """
-    cfg = config_from_dict(ckpt.load_pretraining(checkpoint)["config"])
-    moco, _ = load_encoder(checkpoint)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        random_init = build_encoder(cfg.arch, cifar_stem=cfg.cifar_stem, head=cfg.head, dim=cfg.dim)
-    loader = DataLoader(calibration, batch_size=256, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    return {"random init": calibrate_bn(random_init, loader, batches=10), "MoCo": moco}, cfg
+    random_init, _ = baseline_encoder("random", model.arch, model.cifar_stem, seed)
+    calibration = _Transformed(images, eval_transform(image_size, model.mean, model.std))
+    loader = DataLoader(calibration, batch_size=256, shuffle=True, generator=torch.Generator().manual_seed(seed),
+                        num_workers=workers)
+    shown = {"random init": Shown(calibrate_bn(random_init, loader, batches=10), model.mean, model.std)}
+    for m in (model, *others):
+        shown[label_of(m)] = Shown(m.encoder, m.mean, m.std)
+    return shown
+
+
+def embed(shown: dict[str, Shown], images: Dataset, image_size: int, layers, batch_size: int = 256,
+          workers: int = 0) -> tuple[dict[str, dict[str, torch.Tensor]], torch.Tensor]:
+    """({name: {layer: N x D}}, labels): the same images through every encoder, each normalised its own way;
+    "head" only for the encoders that have one."""
+    features, labels = {}, None
+    for name, s in shown.items():
+        loader = DataLoader(_Transformed(images, eval_transform(image_size, s.mean, s.std)), batch_size=batch_size,
+                            num_workers=workers)
+        wanted = [layer for layer in layers if layer != "head" or s.encoder.head is not None]
+        features[name], labels = extract_layers(s.encoder, loader, wanted, progress=False)
+    return features, labels
+
+
+def pair_transform(recipe_name: str, image_size: int, s: Shown):
+    """The views of recipe `recipe_name` normalised for encoder `s`: every encoder sees the same crops."""
+    return pipeline(dataclasses.replace(recipe(recipe_name, image_size), mean=s.mean, std=s.std))

@@ -1,11 +1,12 @@
 """Encoders to evaluate and their features, with a disk cache that cannot go stale.
 
-An encoder comes from a MoCo checkpoint (its query encoder), or is a baseline:
-a random initialisation or torchvision's supervised ImageNet ResNet. Features
-are the pooled feat1..feat5 (evaluate.layers), "avgpool" (the global average
-pool of the backbone) and "head" (the projection). A cached feature file is
-keyed by the encoder's identity (the checkpoint's content hash), the dataset,
-split, subset, transform and layer, so a changed input never reuses it.
+An encoder comes from a checkpoint (mocolab.weights.load: a mocolab run, a
+published checkpoint or a file of a known format), or is a baseline: a random
+initialisation or a supervised ImageNet ResNet. Features are the pooled
+feat1..feat5 (evaluate.layers), "avgpool" (the global average pool of the
+backbone) and "head" (the projection). A cached feature file is keyed by the
+encoder's identity (the checkpoint's content hash), the dataset, split, subset,
+transform and layer, so a changed input never reuses it.
 """
 from __future__ import annotations
 
@@ -21,35 +22,18 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .. import checkpoint as ckpt
+from .. import weights
 from ..data.fingerprint import files_digest
-from ..config import config_from_dict
 from ..models import Encoder, build_encoder
 from .layers import layer_features
+
+# The supervised baseline of a ResNet-50: torchvision's current default weights (weights.registry).
+SUPERVISED_RESNET50 = "torchvision_r50_v2"
 
 
 # ----------------------------------------------------------------------------
 # Encoders
 # ----------------------------------------------------------------------------
-
-def file_hash(path: str | Path) -> str:
-    """SHA-256 of a file's content (streamed: checkpoints can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def load_encoder(path: str | Path) -> tuple[Encoder, str]:
-    """The query encoder of a mocolab checkpoint, in eval mode, and its identity (content hash)."""
-    state = ckpt.load_pretraining(path)
-    cfg = config_from_dict(state["config"])
-    encoder = build_encoder(cfg.arch, cifar_stem=cfg.cifar_stem, head=cfg.head, dim=cfg.dim)
-    prefix = "encoder_q."
-    weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
-    ckpt.load_state(encoder, weights, path)
-    return encoder.eval(), f"moco-{file_hash(path)[:16]}"
-
 
 def baseline_encoder(kind: str = "random", arch: str = "resnet50", cifar_stem: bool = False,
                      seed: int = 0) -> tuple[nn.Module, str]:
@@ -61,10 +45,13 @@ def baseline_encoder(kind: str = "random", arch: str = "resnet50", cifar_stem: b
             encoder = build_encoder(arch, cifar_stem=cifar_stem, head="mlp" if arch == "resnet50" else "linear")
         return encoder.eval(), f"random-{arch}-{'cifar' if cifar_stem else 'imagenet'}stem-seed{seed}"
     if kind == "supervised":
-        weights = torchvision.models.get_model_weights(arch).DEFAULT
-        backbone = getattr(torchvision.models, arch)(weights=weights)
+        if arch == "resnet50":  # the registry's torchvision entry: downloaded with a checksum, read as data
+            model = weights.load(SUPERVISED_RESNET50)
+            return model.encoder, model.identity
+        tv_weights = torchvision.models.get_model_weights(arch).DEFAULT
+        backbone = getattr(torchvision.models, arch)(weights=tv_weights)
         backbone.fc = nn.Identity()
-        return Encoder(backbone, head=None).eval(), f"supervised-{arch}-{weights.name}"
+        return Encoder(backbone, head=None).eval(), f"supervised-{arch}-{tv_weights.name}"
     raise ValueError(f"unknown baseline {kind!r}; choose 'random' or 'supervised'")
 
 
@@ -106,7 +93,9 @@ def extract_layers(encoder: nn.Module, loader, layers=("avgpool",), device="cpu"
         out = layer_features(encoder.backbone, images, backbone_layers) if backbone_layers else {}
         if "head" in layers:
             if encoder.head is None:
-                raise ValueError("this encoder has no projection head (a supervised baseline)")
+                raise ValueError(f"{getattr(encoder, 'source', 'this encoder')} has no projection head (a backbone-only "
+                                 f"checkpoint, such as a supervised, DINO or Barlow Twins ResNet): ask for 'avgpool' "
+                                 f"features instead of 'head'")
             out["head"] = encoder(images)
         for name in layers:
             # To the CPU for the cache; the kNN monitor keeps them on the GPU (no sync per batch).

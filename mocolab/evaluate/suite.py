@@ -5,6 +5,12 @@
     results = evaluate(cfg)          # or evaluate(checkpoint=..., ...)
     print(tables(results))
 
+`checkpoint` is anything mocolab.weights.load reads: a mocolab run's checkpoint,
+a published checkpoint's name ("moco_v2_800ep") or a file of a known format.
+A `Pretrained` already loaded (notebook 03 loads it once) is passed as
+evaluate(cfg, pretrained=model). The image size and normalisation are the
+model's (its training crop and statistics) unless image_size is given.
+
 Benchmarks (docs/protocols.md section 2; one function each in benchmarks.py):
 "knn" (k = 10, 20, 100, 200, T = 0.07, on the pooled backbone and the head),
 "svm" (the VOC07 protocol per layer; one-vs-rest on a single-label dataset when
@@ -36,18 +42,18 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .. import augment, settings
-from ..config import config_from_dict
-from ..checkpoint import load_pretraining
+from .. import settings, weights
+from ..augment import normalisation
 from ..data import DATASETS, classes_of, load_split, seeded_subset, unreadable, warn_if_uninformative
 from ..data.fingerprint import files_digest
 from ..job import atomic_write_text, code_version
-from ..reference import EVALUATION as REFERENCE
 from ..reference import LOW_SHOT_KS
 from .benchmarks import KNN_KS, Features, knn_benchmark, linear_benchmark, lowshot_benchmark, svm_benchmark
-from .features import baseline_encoder, calibrate_bn, load_encoder
+from ..augment import eval_transform
+from .features import baseline_encoder, calibrate_bn
 from .layers import LAYERS
 from .linear import probe_transforms
+from .tables import tables
 from .voc import VOC07Classification, voc_svm_transform
 
 BENCHMARKS = ("knn", "svm", "lowshot", "linear")
@@ -57,15 +63,16 @@ BENCHMARKS = ("knn", "svm", "lowshot", "linear")
 class EvalConfig:
     """What to evaluate, on which data, with which benchmarks. Defaults: the protocols' full settings."""
 
-    checkpoint: str = ""  # a mocolab pretraining checkpoint: its encoder, or its architecture for a baseline
+    checkpoint: str = ""  # a checkpoint file or a published checkpoint's name: its encoder, or its arch for a baseline
     model: Literal["moco", "random", "supervised"] = "moco"  # the checkpoint's encoder, or a baseline
+    published: str = ""  # a registry name whose published numbers the tables show; "": the checkpoint's own entry
     arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"  # a baseline's, when there is no checkpoint
     cifar_stem: bool = True  # likewise
     dataset: Literal[DATASETS] = "cifar10"  # labelled data for kNN, the probes and (without VOC) the SVMs
     data_root: str = "data"
     voc_root: str = ""  # a VOCdevkit for the VOC07 SVMs; "": one-vs-rest on `dataset`
     benchmarks: tuple[str, ...] = BENCHMARKS
-    image_size: int = 32  # 32 for CIFAR-size data, 224 for ImageNet-size
+    image_size: int | None = None  # None: the checkpoint's training crop (32 for the CIFAR recipes, 224 for ImageNet)
     train_size: int = 0  # seeded subset of the training split (0: all)
     test_size: int = 0  # seeded subset of the test split (0: all)
     knn_ks: tuple[int, ...] = KNN_KS
@@ -89,6 +96,8 @@ class EvalConfig:
         settings.need(not unknown, f"unknown benchmarks {unknown}; choose from {list(BENCHMARKS)}")
         settings.need(self.model != "moco" or self.checkpoint,
                       "model='moco' evaluates a checkpoint: pass checkpoint=..., or model='random' / 'supervised'")
+        settings.need(not self.published or self.published in weights.REGISTRY,
+                      f"published={self.published!r} is no registry name; choose from {list(weights.REGISTRY)}")
         bad = [name for name in self.svm_layers if name not in LAYERS + ("avgpool",)]
         settings.need(not bad, f"unknown svm_layers {bad}; choose from {list(LAYERS) + ['avgpool']}")
         for name in ("train_size", "test_size", "workers", "seed"):
@@ -98,19 +107,39 @@ class EvalConfig:
         return dataclasses.asdict(self)
 
 
-def evaluate(cfg: EvalConfig | None = None, progress: bool = True, **overrides) -> dict:
-    """Run cfg's benchmarks (or those of EvalConfig(**overrides)); writes output_dir/results.json."""
+def evaluate(cfg: EvalConfig | None = None, progress: bool = True, pretrained: weights.Pretrained | None = None,
+             **overrides) -> dict:
+    """Run cfg's benchmarks (or those of EvalConfig(**overrides)); writes output_dir/results.json.
+
+    pretrained: the checkpoint already loaded (weights.load), so that it is read once; cfg.checkpoint, when
+    set, must name the same source.
+    """
     cfg = settings.build(EvalConfig, cfg.to_dict() if cfg else {}, overrides)
+    if pretrained is not None:
+        settings.need(cfg.checkpoint in ("", pretrained.source),
+                      f"checkpoint={cfg.checkpoint!r} is not the model passed ({pretrained.source}); pass one of them")
+        cfg = dataclasses.replace(cfg, checkpoint=pretrained.source)
+    model = weights.load(pretrained or cfg.checkpoint) if cfg.checkpoint else None
     record = Path(cfg.output_dir) / "unreadable.txt"  # the images the evaluation loaders skip (and their workers)
     with unreadable.recording(record):
-        return _evaluate(cfg, record, progress)
+        return _evaluate(cfg, model, record, progress)
 
 
-def _evaluate(cfg: EvalConfig, record: Path, progress: bool) -> dict:
+class Evaluated(NamedTuple):
+    """How the images of an evaluation are prepared."""
+
+    mean: tuple
+    std: tuple
+    image_size: int
+    small_images: bool  # trained on CIFAR-size images: the probes use the CIFAR recipe (docs/protocols.md)
+
+
+def _evaluate(cfg: EvalConfig, model: weights.Pretrained | None, record: Path, progress: bool) -> dict:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     out = Path(cfg.output_dir)
-    mean, std = augment.normalisation("cifar" if cfg.image_size <= 64 else "aug_plus")
-    test_transform = augment.eval_transform(cfg.image_size, mean, std)
+    what = _what(cfg, model)
+    mean, std = what.mean, what.std
+    test_transform = eval_transform(what.image_size, mean, std)
 
     def split(name, n, transform=test_transform):
         return seeded_subset(load_split(cfg.dataset, cfg.data_root, name, transform, download=True), n, cfg.seed,
@@ -119,10 +148,12 @@ def _evaluate(cfg: EvalConfig, record: Path, progress: bool) -> dict:
     train_set, test_set = split("train", cfg.train_size), split("test", cfg.test_size)
     classes = classes_of(train_set)
     warn_if_uninformative(len(classes), len(train_set), 1, f"{cfg.dataset} at {cfg.data_root}")
-    encoder, identity = _encoder(cfg, train_set, device)
+    encoder, identity = _encoder(cfg, model, train_set, device)
     features = Features(encoder, identity, cfg.cache_dir or out / "feature_cache", device, cfg.workers,
                         progress)
     results = {"encoder": identity, "checkpoint": cfg.checkpoint or None, "model": cfg.model,
+               "checkpoint_summary": model.summary() if model else None, "published": _published(cfg, model),
+               "image_size": what.image_size, "normalisation": {"mean": list(mean), "std": list(std)},
                "code_version": code_version(), "torch": torch.__version__, "device": str(device),
                "config": cfg.to_dict(), "dataset": cfg.dataset, "data_root": cfg.data_root,
                "train_size": len(train_set), "test_size": len(test_set),
@@ -131,7 +162,7 @@ def _evaluate(cfg: EvalConfig, record: Path, progress: bool) -> dict:
     data_id = f"{cfg.dataset}:{cfg.data_root}"
     out.mkdir(parents=True, exist_ok=True)
     done = _finished(out / "results.json", results)
-    svm_inputs = functools.cache(lambda: _svm_inputs(cfg, features, train_set, test_set, classes))
+    svm_inputs = functools.cache(lambda: _svm_inputs(cfg, what, features, train_set, test_set, classes))
 
     def save() -> None:
         """results.json as it stands, with the files skipped so far, replaced atomically."""
@@ -157,7 +188,7 @@ def _evaluate(cfg: EvalConfig, record: Path, progress: bool) -> dict:
 
     def probes():
         protocols = ("avgpool", "multihead")
-        transforms = {p: probe_transforms("cifar" if cfg.image_size <= 64 else p, cfg.image_size, mean, std)
+        transforms = {p: probe_transforms("cifar" if what.small_images else p, what.image_size, mean, std)
                       for p in protocols}
         return linear_benchmark(
             encoder.backbone, {p: split("train", cfg.train_size, transforms[p][0]) for p in protocols},
@@ -203,15 +234,24 @@ def _finished(path: Path, results: dict) -> dict:
             if same and name in earlier and name not in earlier.get("errors", {})}
 
 
-def _encoder(cfg: EvalConfig, train_set, device):
+def _what(cfg: EvalConfig, model: weights.Pretrained | None) -> Evaluated:
+    """Image size and normalisation of the evaluation: the checkpoint's (a baseline sees the same images),
+    a supervised baseline's own normalisation; without a checkpoint, the conventions of cfg's stem."""
+    if model is not None:
+        mean, std, size, small = model.mean, model.std, model.image_size, model.augmentation == "cifar"
+    else:
+        small = cfg.cifar_stem
+        (mean, std), size = normalisation("cifar" if small else "aug_plus"), 32 if small else 224
+    if cfg.model == "supervised":  # torchvision's weights expect ImageNet's statistics
+        mean, std = normalisation("aug_plus")
+    return Evaluated(mean, std, cfg.image_size or size, small)
+
+
+def _encoder(cfg: EvalConfig, model: weights.Pretrained | None, train_set, device):
     """(encoder on `device`, identity): the checkpoint's, or a baseline of the checkpoint's (or cfg's) architecture."""
     if cfg.model == "moco":
-        encoder, identity = load_encoder(cfg.checkpoint)
-        return encoder.to(device), identity
-    arch, cifar_stem = cfg.arch, cfg.cifar_stem
-    if cfg.checkpoint:
-        saved = config_from_dict(load_pretraining(cfg.checkpoint)["config"])
-        arch, cifar_stem = saved.arch, saved.cifar_stem
+        return model.encoder.to(device), model.identity
+    arch, cifar_stem = (model.arch, model.cifar_stem) if model is not None else (cfg.arch, cfg.cifar_stem)
     encoder, identity = baseline_encoder(cfg.model, arch, cifar_stem, cfg.seed)
     encoder = encoder.to(device)
     if cfg.model == "random":
@@ -220,6 +260,19 @@ def _encoder(cfg: EvalConfig, train_set, device):
                                          generator=torch.Generator().manual_seed(cfg.seed)), device=device)
         identity += f"-bn-calibrated-on:{cfg.dataset}:{cfg.data_root}:{len(train_set)}:{cfg.seed}"
     return encoder, identity
+
+
+def _published(cfg: EvalConfig, model: weights.Pretrained | None) -> dict | None:
+    """The published numbers the tables compare with: cfg.published's, else the checkpoint's own entry's."""
+    if cfg.model != "moco":
+        return None
+    entry = weights.entry(cfg.published) if cfg.published else (model.published if model else None)
+    if entry is None:
+        return None
+    is_file = model is not None and model.published is not None and model.published.name == entry.name
+    return {"name": entry.name, "title": entry.title, "numbers": json.loads(json.dumps(entry.numbers)),
+            "source": entry.source_link(entry.numbers_source.split(" ")[0]), "pretrained_on": entry.pretrained_on,
+            "this_file": is_file}
 
 
 class SvmInputs(NamedTuple):
@@ -233,10 +286,10 @@ class SvmInputs(NamedTuple):
     layers: tuple
 
 
-def _svm_inputs(cfg: EvalConfig, features: Features, train_set, test_set, classes) -> SvmInputs:
+def _svm_inputs(cfg: EvalConfig, what: Evaluated, features: Features, train_set, test_set, classes) -> SvmInputs:
     """The SVM and low-shot data: VOC07 when cfg.voc_root, else one-vs-rest on the dataset."""
     if cfg.voc_root:
-        voc_t = voc_svm_transform(max(cfg.image_size, 224) if cfg.image_size > 64 else cfg.image_size)
+        voc_t = voc_svm_transform(what.image_size, what.mean, what.std)
         svm_train, svm_test = VOC07Classification(cfg.voc_root, "trainval", voc_t), VOC07Classification(
             cfg.voc_root, "test", voc_t)
         names, svm_id = list(svm_train.classes), "voc07"
@@ -252,51 +305,4 @@ def _svm_inputs(cfg: EvalConfig, features: Features, train_set, test_set, classe
     return SvmInputs(tr_f, train_t, te_f, test_t, names, layers)
 
 
-# ----------------------------------------------------------------------------
-# Tables in the reference page's shapes
-# ----------------------------------------------------------------------------
-
-def tables(results: dict) -> str:
-    """Markdown tables in the reference page's shapes; reference numbers where the data matches."""
-    imagenet = results.get("dataset") == "imagefolder" and "imagenet" in results.get("data_root", "").lower()
-    voc = results.get("svm_data") == "voc07"
-    lines = []
-    if "svm" in results:
-        lines += [f"**Linear SVM per layer ({'VOC07' if voc else results['svm_data']} mAP)**", "",
-                  "| layer | mAP | reference |", "|---|---|---|"]
-        for name, r in results["svm"]["layers"].items():
-            ref = REFERENCE["svm_voc07"].get(name, "") if voc else ""
-            lines.append(f"| {name} | {r['mAP']:.2f} | {ref} |")
-        lines.append("")
-    if "lowshot" in results:
-        lines += _lowshot_table(results["lowshot"], voc)
-    if "linear" in results:
-        lines += ["**Linear classification top-1**", "", "| head | top-1 | reference |", "|---|---|---|"]
-        for protocol, r in results["linear"]["protocols"].items():
-            for name, top1 in r["top1"].items():
-                ref = REFERENCE["linear_imagenet"].get(name, "") if imagenet else ""
-                lines.append(f"| {protocol}: {name} | {top1:.2f} | {ref} |")
-        lines.append("")
-    if "knn" in results:
-        lines += [f"**kNN top-1 (T = {results['knn']['settings']['T']})**", ""]
-        for feature, by_k in results["knn"]["features"].items():
-            ks = list(by_k)
-            lines += [f"| {feature} | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|",
-                      "| measured | " + " | ".join(f"{by_k[k]['top1']:.2f}" for k in ks) + " |"]
-            if imagenet and feature == "avgpool":
-                lines.append("| reference | " + " | ".join(str(REFERENCE["knn_imagenet"].get(int(k), ""))
-                                                           for k in ks) + " |")
-            lines.append("")
-    return "\n".join(lines)
-
-
-def _lowshot_table(low: dict, voc: bool) -> list[str]:
-    ks = list(low["by_k"])
-    lines = [f"**Low-shot linear SVM ({low['layer']}), mAP mean over samples**", "",
-             "| cost picked | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
-    for how, label in (("cost_picked_on_test", "on test (reference)"), ("cost_picked_by_cv", "by CV in sample")):
-        row = [f"{low['by_k'][k][how]['mean']:.2f}" if how in low["by_k"][k] else "n/a" for k in ks]
-        lines.append(f"| {label} | " + " | ".join(row) + " |")
-    if voc:
-        lines.append("| reference | " + " | ".join(str(REFERENCE["lowshot_voc07"].get(int(k), "")) for k in ks) + " |")
-    return lines + [""]
+__all__ = ["BENCHMARKS", "EvalConfig", "evaluate", "tables"]

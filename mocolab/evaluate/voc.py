@@ -25,10 +25,10 @@ VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
 _FILE_VALUE_TO_TARGET = {1: 1, -1: 0, 0: -1}
 
 
-def voc_svm_transform(size: int = 224) -> v2.Compose:
-    """Short side to 256, then squashed to 224 x 224 (no crop), ImageNet normalisation."""
+def voc_svm_transform(size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
+    """Short side to 256, then squashed to 224 x 224 (no crop); the encoder's normalisation (ImageNet's)."""
     return v2.Compose([v2.Resize(round(size * 256 / 224)), v2.Resize((size, size)), v2.ToImage(),
-                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
 
 class VOC07Classification(Dataset):
