@@ -344,6 +344,9 @@ def test_unreachable_or_offline_says_which_url_to_fetch_and_where_to_put_it(serv
         weights.fetch(entry, tmp_path / "cache", progress=False, timeout=5)
     assert str(error.value).startswith(f"cannot reach 127.0.0.1:{port} (") and "\n" not in str(error.value)
     assert str(error.value).endswith(f"download {entry.url} by hand and put it at {tmp_path / 'cache' / 'r50_test.pth'}")
+    with pytest.raises(weights.DownloadError, match=r"dino_r50 is not in the cache \(.*dino_resnet50_pretrain\.pth\): "
+                                                    r"run `python -m mocolab\.weights fetch dino_r50`"):
+        weights.load("dino_r50", download_missing=False)
     monkeypatch.setenv("MOCOLAB_OFFLINE", "1")
     with pytest.raises(weights.DownloadError, match=r"moco_v2_800ep is not in the cache and MOCOLAB_OFFLINE=1 forbids "
                                                     r"downloads: download https://dl\.fbaipublicfiles\.com/moco/.* by "

@@ -92,8 +92,12 @@ def load(source: str | Path | Pretrained, folder: str | Path | None = None, down
     tic = time.perf_counter()
     published = REGISTRY.get(str(source))
     if published is not None:
-        path = (download.fetch(published, folder, progress) if download_missing
-                else download.cached_path(published, folder))
+        path = download.cached_path(published, folder)
+        if download_missing:
+            path = download.fetch(published, folder, progress)
+        elif not path.is_file():
+            raise download.DownloadError(f"{published.name} is not in the cache ({path}): run `python -m "
+                                         f"mocolab.weights fetch {published.name}`, or download {published.url} there")
     else:
         path = Path(source)
         if not path.is_file():
