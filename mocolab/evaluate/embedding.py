@@ -168,8 +168,8 @@ def label_of(model: Pretrained) -> str:
     return "MoCo" if model.format == "mocolab" else model.name
 
 
-def models_to_compare(model: Pretrained, images: Dataset, image_size: int, others=(), seed: int = 0,
-                      workers: int = 0) -> dict[str, Shown]:
+def models_to_compare(model: Pretrained, images: Dataset, image_size: int, others=(),
+                      seed: int = 0) -> dict[str, Shown]:
     """{"random init": ..., label_of(model): model, label_of(o): o for o in others}, each with its normalisation.
 
     The random-init encoder has `model`'s architecture and its BN statistics calibrated on a few batches
@@ -177,8 +177,9 @@ def models_to_compare(model: Pretrained, images: Dataset, image_size: int, other
     """
     random_init, _ = baseline_encoder("random", model.arch, model.cifar_stem, seed)
     calibration = _Transformed(images, eval_transform(image_size, model.mean, model.std))
-    loader = DataLoader(calibration, batch_size=256, shuffle=True, generator=torch.Generator().manual_seed(seed),
-                        num_workers=workers)
+    # No worker processes: calibrate_bn stops after a few batches, and an unfinished iterator's workers would
+    # linger into the next loader's fork.
+    loader = DataLoader(calibration, batch_size=256, shuffle=True, generator=torch.Generator().manual_seed(seed))
     shown = {"random init": Shown(calibrate_bn(random_init, loader, batches=10), model.mean, model.std)}
     for m in (model, *others):
         shown[label_of(m)] = Shown(m.encoder, m.mean, m.std)
