@@ -76,7 +76,8 @@ def test_official_moco_layout(version, tmp_path):
     assert (model.format, model.arch, model.cifar_stem, model.image_size) == ("moco_official", "resnet50", False, 224)
     assert_same(model, q, head)
     assert any(s.startswith("encoder_k.*") for s in model.set_aside) and model.published is None
-    assert model.identity == f"moco_official-{hashlib.sha256((tmp_path / 'moco.pth.tar').read_bytes()).hexdigest()[:16]}"
+    digest = hashlib.sha256((tmp_path / "moco.pth.tar").read_bytes()).hexdigest()
+    assert model.identity == f"moco_official-{digest[:16]}"
 
 
 def test_official_mocov3_layout(tmp_path):
@@ -343,7 +344,8 @@ def test_unreachable_or_offline_says_which_url_to_fetch_and_where_to_put_it(serv
     with pytest.raises(weights.DownloadError) as error:
         weights.fetch(entry, tmp_path / "cache", progress=False, timeout=5)
     assert str(error.value).startswith(f"cannot reach 127.0.0.1:{port} (") and "\n" not in str(error.value)
-    assert str(error.value).endswith(f"download {entry.url} by hand and put it at {tmp_path / 'cache' / 'r50_test.pth'}")
+    where = tmp_path / "cache" / "r50_test.pth"
+    assert str(error.value).endswith(f"download {entry.url} by hand and put it at {where}")
     with pytest.raises(weights.DownloadError, match=r"dino_r50 is not in the cache \(.*dino_resnet50_pretrain\.pth\): "
                                                     r"run `python -m mocolab\.weights fetch dino_r50`"):
         weights.load("dino_r50", download_missing=False)

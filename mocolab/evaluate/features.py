@@ -93,9 +93,9 @@ def extract_layers(encoder: nn.Module, loader, layers=("avgpool",), device="cpu"
         out = layer_features(encoder.backbone, images, backbone_layers) if backbone_layers else {}
         if "head" in layers:
             if encoder.head is None:
-                raise ValueError(f"{getattr(encoder, 'source', 'this encoder')} has no projection head (a backbone-only "
-                                 f"checkpoint, such as a supervised, DINO or Barlow Twins ResNet): ask for 'avgpool' "
-                                 f"features instead of 'head'")
+                name = getattr(encoder, "source", "this encoder")
+                raise ValueError(f"{name} has no projection head (a backbone-only checkpoint, such as a supervised, "
+                                 f"DINO or Barlow Twins ResNet): ask for 'avgpool' features instead of 'head'")
             out["head"] = encoder(images)
         for name in layers:
             # To the CPU for the cache; the kNN monitor keeps them on the GPU (no sync per batch).
