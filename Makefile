@@ -14,7 +14,7 @@ DEMO_OUT ?= runs/demo
 # More notebook parameters, e.g. DEMO_PARAMS="-p epochs 20"; the notebook's defaults are the short demo.
 DEMO_PARAMS ?=
 
-.PHONY: venv demo test gpu-check wheel clean
+.PHONY: venv demo test lint gpu-check wheel clean
 
 # Quiet pip, but every step says what it does and how long it took on a 2-core machine.
 $(VENV)/.installed: pyproject.toml Makefile
@@ -43,6 +43,10 @@ demo: venv
 # Real-data tests read CIFAR-10 as an ImageFolder from $$MOCOLAB_CIFAR10 (default ../shared/data/cifar10).
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff check (pyflakes and pycodestyle at 120 columns, configured in pyproject.toml); CI fails on a violation.
+lint: venv
+	$(PY) -m ruff check mocolab tests benchmarks
 
 # The machine check (python -m mocolab.check): does this GPU machine run every mocolab path, and how fast?
 # Stages 1-4 in under 9 minutes on one H100/H200; the table is printed and written to runs/gpu_check/.

@@ -24,7 +24,8 @@ def start_processes(fn, arg, world_size: int, use_cuda: bool, log: str | Path, p
     """Run `fn(arg)` in `world_size` local processes (NCCL on GPUs, else gloo) and wait for them.
 
     fn must be a module-level function and `arg` picklable, since the processes are spawned;
-    decorate fn with torch's `record` so that its errors reach this process with their traceback. Lines appended to `log` are printed while the processes run.
+    decorate fn with torch's `record` so that its errors reach this process with their traceback. Lines
+    appended to `log` are printed while the processes run.
     """
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)

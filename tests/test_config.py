@@ -70,7 +70,8 @@ def test_auto_picks_the_cpu_recipe_without_a_gpu_and_says_why(monkeypatch):
 
 
 def test_the_cpu_and_workshop_presets_keep_moco_v2_and_size_the_rest():
-    cpu, demo, workshop = make_config("cifar10_cpu", gpus=0), make_config("cifar10_demo"), make_config("cifar10_workshop")
+    cpu, demo = make_config("cifar10_cpu", gpus=0), make_config("cifar10_demo")
+    workshop = make_config("cifar10_workshop")
     for field in ("K", "m", "T", "symmetric", "shuffle_bn", "bn_splits", "augmentation", "head", "cifar_stem"):
         assert getattr(cpu, field) == getattr(demo, field) == getattr(workshop, field), field
     assert (cpu.arch, cpu.epochs, cpu.batch_size, cpu.knn_feature) == ("resnet10_w16", 3, 256, "avgpool")

@@ -88,10 +88,10 @@ def test_06_ablations_runs_two_ablations_and_judges_their_claims(cifar10_root, t
     out = tmp_path / "ablations"
     papermill.execute_notebook(
         str(NOTEBOOKS / "06_ablations.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path), progress_bar=False,
-        parameters=dict(ablations_to_run="momentum,shuffle_bn", variants={"momentum": ["m=0", "m=0.99"]}, preset="cifar10_cpu",
-                        epochs=1, train_subset=128, dataset="imagefolder", data_root=str(cifar10_root),
-                        knn_bank_size=128, knn_test_size=64, extra={"batch_size": 64, "K": 128, "knn_k": 20},
-                        output_dir=str(out)))
+        parameters=dict(ablations_to_run="momentum,shuffle_bn", variants={"momentum": ["m=0", "m=0.99"]},
+                        preset="cifar10_cpu", epochs=1, train_subset=128, dataset="imagefolder",
+                        data_root=str(cifar10_root), knn_bank_size=128, knn_test_size=64,
+                        extra={"batch_size": 64, "K": 128, "knn_k": 20}, output_dir=str(out)))
     for name in ("momentum", "shuffle_bn", "verdicts"):
         assert (out / f"{name}.png").stat().st_size > 10_000, name
     assert sorted(p.name for p in (out / "momentum").iterdir() if p.is_dir()) == ["m=0", "m=0.99"]

@@ -9,6 +9,7 @@ import nbformat
 import papermill
 import pytest
 
+import mocolab
 from mocolab.checkpoint import CheckpointError
 from mocolab.notebook import find_checkpoint, training_data
 from mocolab.project import home, project_path
@@ -97,7 +98,8 @@ def test_the_set_up_cell_installs_mocolab_from_the_clone_when_it_is_missing(tmp_
     done = subprocess.run([python, script], cwd=NOTEBOOKS, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"installing mocolab from {REPOSITORY} with pip" in done.stdout
-    assert f"mocolab 0.1.0 from {REPOSITORY / 'mocolab'}" in done.stdout and f"project folder {REPOSITORY}" in done.stdout
+    assert f"mocolab {mocolab.__version__} from {REPOSITORY / 'mocolab'}" in done.stdout
+    assert f"project folder {REPOSITORY}" in done.stdout
     again = subprocess.run([python, script], cwd=NOTEBOOKS, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and "installing" not in again.stdout  # installed for good: a new kernel finds it
     elsewhere = tmp_path / "elsewhere"

@@ -14,6 +14,7 @@ from .training import (DIAGNOSTICS, plot_instance_accuracy, plot_knn_curve, plot
 
 __all__ = ["DIAGNOSTICS", "image_grid", "plot_alignment_uniformity", "plot_embeddings", "plot_instance_accuracy",
            "plot_knn", "plot_knn_curve", "plot_loss", "plot_low_shot", "plot_lr_applied", "plot_lr_schedule",
-           "plot_blur_scales", "plot_operations", "plot_positive_pairs", "plot_queue_age", "plot_recipes", "plot_retrieval",
-           "plot_similarities", "plot_similarity_histograms", "plot_svm_layers", "plot_sweep", "plot_thumbnails",
-           "plot_training_curves", "plot_verdicts", "plot_views", "plot_detections", "plot_finetune_loss", "plot_segmentations"]
+           "plot_blur_scales", "plot_operations", "plot_positive_pairs", "plot_queue_age", "plot_recipes",
+           "plot_retrieval", "plot_similarities", "plot_similarity_histograms", "plot_svm_layers", "plot_sweep",
+           "plot_thumbnails", "plot_training_curves", "plot_verdicts", "plot_views", "plot_detections",
+           "plot_finetune_loss", "plot_segmentations"]

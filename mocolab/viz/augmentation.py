@@ -109,8 +109,8 @@ def plot_blur_scales(image, sigmas=(0.1, 1.0, 2.0), sizes=(32, 224), save_to=Non
     rows, captions = [], []
     for size in sizes:
         resized = v2.functional.to_image(image.convert("RGB").resize((size, size)))
-        rows.append([resized.float() / 255] + [v2.functional.gaussian_blur(resized, _kernel(sigma), [sigma]).float() / 255
-                                               for sigma in sigmas])
+        blurred = [v2.functional.gaussian_blur(resized, _kernel(sigma), [sigma]).float() / 255 for sigma in sigmas]
+        rows.append([resized.float() / 255] + blurred)
         captions.append(["original"] + [f"sigma {sigma:g} px" for sigma in sigmas])
     return image_grid(rows, row_titles=[f"{size} x {size}" for size in sizes], captions=captions, cell=2.0,
                       save_to=save_to)
