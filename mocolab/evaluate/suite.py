@@ -36,7 +36,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Callable, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -53,10 +53,63 @@ from ..augment import eval_transform
 from .features import baseline_encoder, calibrate_bn
 from .layers import LAYERS
 from .linear import probe_transforms
-from .tables import tables
+from .tables import knn_table, linear_table, lowshot_table, svm_table
 from .voc import VOC07Classification, voc_svm_transform
 
-BENCHMARKS = ("knn", "svm", "lowshot", "linear")
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark: how it runs on an Evaluation (evaluate.benchmarks holds the protocols) and its table.
+
+    Adding one is adding a row to BENCHMARKS: EvalConfig accepts its name, evaluate() runs it (after the
+    rows above it), results.json holds what it returns under its name and tables() prints its table.
+    """
+
+    name: str
+    run: Callable[["Evaluation"], dict]
+    table: Callable[[dict], list[str]]
+
+
+def _svm(e: Evaluation) -> dict:
+    i = e.svm_inputs
+    return svm_benchmark(i.train_f, i.train_t, i.test_f, i.test_t, class_names=i.names, device=e.device)
+
+
+def _lowshot(e: Evaluation) -> dict:
+    i = e.svm_inputs
+    layer = e.results["svm"]["best_layer"] if "svm" in e.results else i.layers[-1]
+    return lowshot_benchmark(i.train_f[layer], i.train_t, i.test_f[layer], i.test_t, layer=layer, class_names=i.names,
+                             ks=e.cfg.lowshot_ks, samples=e.cfg.lowshot_samples, seed=e.cfg.seed, device=e.device)
+
+
+def _linear(e: Evaluation) -> dict:
+    protocols = ("avgpool", "multihead")
+    transforms = {p: probe_transforms("cifar" if e.what.small_images else p, e.what.image_size, e.what.mean,
+                                      e.what.std) for p in protocols}
+    cfg = e.cfg
+    return linear_benchmark(
+        e.encoder.backbone, {p: _split(cfg, e.what, "train", cfg.train_size, transforms[p][0]) for p in protocols},
+        {p: _split(cfg, e.what, "test", cfg.test_size, transforms[p][1]) for p in protocols}, len(e.classes),
+        protocols=protocols, epochs=cfg.probe_epochs, lr=cfg.probe_lr, device=e.device, workers=cfg.workers,
+        progress=e.progress)
+
+
+def _knn(e: Evaluation) -> dict:
+    return knn_benchmark(e.features, e.train_set, e.test_set, e.data_id, len(e.classes), ks=e.cfg.knn_ks,
+                         T=e.cfg.knn_t)
+
+
+# In the reference page's order (the tables' order too); a benchmark runs after those above it.
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
+    Benchmark("svm", _svm, svm_table),
+    Benchmark("lowshot", _lowshot, lowshot_table),
+    Benchmark("linear", _linear, linear_table),
+    Benchmark("knn", _knn, knn_table),
+)}
+
+
+def tables(results: dict) -> str:
+    """Markdown tables in the reference page's shapes, beside the published numbers (evaluate.tables)."""
+    return "\n".join(line for name, b in BENCHMARKS.items() if name in results for line in b.table(results))
 
 
 @dataclass(frozen=True)
@@ -71,7 +124,7 @@ class EvalConfig:
     dataset: Literal[DATASETS] = "cifar10"  # labelled data for kNN, the probes and (without VOC) the SVMs
     data_root: str = "data"
     voc_root: str = ""  # a VOCdevkit for the VOC07 SVMs; "": one-vs-rest on `dataset`
-    benchmarks: tuple[str, ...] = BENCHMARKS
+    benchmarks: tuple[str, ...] = tuple(BENCHMARKS)
     image_size: int | None = None  # None: the checkpoint's training crop (32 for the CIFAR recipes, 224 for ImageNet)
     train_size: int = 0  # seeded subset of the training split (0: all)
     test_size: int = 0  # seeded subset of the test split (0: all)
@@ -138,14 +191,7 @@ def _evaluate(cfg: EvalConfig, model: weights.Pretrained | None, record: Path, p
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     out = Path(cfg.output_dir)
     what = _what(cfg, model)
-    mean, std = what.mean, what.std
-    test_transform = eval_transform(what.image_size, mean, std)
-
-    def split(name, n, transform=test_transform):
-        return seeded_subset(load_split(cfg.dataset, cfg.data_root, name, transform, download=True), n, cfg.seed,
-                             f"eval {name}")
-
-    train_set, test_set = split("train", cfg.train_size), split("test", cfg.test_size)
+    train_set, test_set = _split(cfg, what, "train", cfg.train_size), _split(cfg, what, "test", cfg.test_size)
     classes = classes_of(train_set)
     warn_if_uninformative(len(classes), len(train_set), 1, f"{cfg.dataset} at {cfg.data_root}")
     encoder, identity = _encoder(cfg, model, train_set, device)
@@ -153,31 +199,34 @@ def _evaluate(cfg: EvalConfig, model: weights.Pretrained | None, record: Path, p
                         progress)
     results = {"encoder": identity, "checkpoint": cfg.checkpoint or None, "model": cfg.model,
                "checkpoint_summary": model.summary() if model else None, "published": _published(cfg, model),
-               "image_size": what.image_size, "normalisation": {"mean": list(mean), "std": list(std)},
+               "image_size": what.image_size, "normalisation": {"mean": list(what.mean), "std": list(what.std)},
                "code_version": code_version(), "torch": torch.__version__, "device": str(device),
                "config": cfg.to_dict(), "dataset": cfg.dataset, "data_root": cfg.data_root,
                "train_size": len(train_set), "test_size": len(test_set),
                "data_fingerprint": {"train": files_digest(train_set), "test": files_digest(test_set)},
                "seconds": {}, "errors": {}, "unreadable_files": {}}
-    data_id = f"{cfg.dataset}:{cfg.data_root}"
+    if "svm" in cfg.benchmarks or "lowshot" in cfg.benchmarks:
+        results["svm_data"] = "voc07" if cfg.voc_root else cfg.dataset
     out.mkdir(parents=True, exist_ok=True)
     done = _finished(out / "results.json", results)
-    svm_inputs = functools.cache(lambda: _svm_inputs(cfg, what, features, train_set, test_set, classes))
+    run = Evaluation(cfg, what, encoder, features, train_set, test_set, classes, device, progress, results)
 
     def save() -> None:
         """results.json as it stands, with the files skipped so far, replaced atomically."""
         results["unreadable_files"] = unreadable.recorded(record)
         atomic_write_text(out / "results.json", json.dumps(results, indent=2))
 
-    def run(name: str, compute) -> None:
-        """One benchmark: reused from an earlier results.json of the same encoder and settings, or computed;
-        a failure is recorded with its error and the others go on; results.json is written after each."""
+    for name, benchmark in BENCHMARKS.items():
+        # One benchmark: reused from an earlier results.json of the same encoder and settings, or computed;
+        # a failure is recorded with its error and the others go on; results.json is written after each.
+        if name not in cfg.benchmarks:
+            continue
         if name in done:
             results[name], results["seconds"][name] = done[name]
-            return
+            continue
         tic = time.perf_counter()
         try:
-            results[name] = compute()
+            results[name] = benchmark.run(run)
         except Exception as error:  # recorded, not lost: the finished benchmarks stay in results.json
             results["errors"][name] = f"{type(error).__name__}: {error}"
             warnings.warn(f"benchmark {name!r} failed ({results['errors'][name]}); the others go on and "
@@ -185,38 +234,39 @@ def _evaluate(cfg: EvalConfig, model: weights.Pretrained | None, record: Path, p
         else:
             results["seconds"][name] = time.perf_counter() - tic
         save()
-
-    def probes():
-        protocols = ("avgpool", "multihead")
-        transforms = {p: probe_transforms("cifar" if what.small_images else p, what.image_size, mean, std)
-                      for p in protocols}
-        return linear_benchmark(
-            encoder.backbone, {p: split("train", cfg.train_size, transforms[p][0]) for p in protocols},
-            {p: split("test", cfg.test_size, transforms[p][1]) for p in protocols}, len(classes),
-            protocols=protocols, epochs=cfg.probe_epochs, lr=cfg.probe_lr, device=device, workers=cfg.workers,
-            progress=progress)
-
-    def lowshot():
-        inputs = svm_inputs()
-        layer = results["svm"]["best_layer"] if "svm" in results else inputs.layers[-1]
-        return lowshot_benchmark(inputs.train_f[layer], inputs.train_t, inputs.test_f[layer], inputs.test_t,
-                                 layer=layer, class_names=inputs.names, ks=cfg.lowshot_ks,
-                                 samples=cfg.lowshot_samples, seed=cfg.seed, device=device)
-
-    if "knn" in cfg.benchmarks:
-        run("knn", lambda: knn_benchmark(features, train_set, test_set, data_id, len(classes), ks=cfg.knn_ks,
-                                         T=cfg.knn_t))
-    if "svm" in cfg.benchmarks or "lowshot" in cfg.benchmarks:
-        results["svm_data"] = "voc07" if cfg.voc_root else cfg.dataset
-    if "svm" in cfg.benchmarks:
-        run("svm", lambda: svm_benchmark(svm_inputs().train_f, svm_inputs().train_t, svm_inputs().test_f,
-                                         svm_inputs().test_t, class_names=svm_inputs().names, device=device))
-    if "lowshot" in cfg.benchmarks:
-        run("lowshot", lowshot)
-    if "linear" in cfg.benchmarks:
-        run("linear", probes)
     save()
     return results
+
+
+def _split(cfg: EvalConfig, what: Evaluated, name: str, n: int, transform=None):
+    """A seeded subset of one split, under the test transform unless another is given."""
+    transform = transform or eval_transform(what.image_size, what.mean, what.std)
+    return seeded_subset(load_split(cfg.dataset, cfg.data_root, name, transform, download=True), n, cfg.seed,
+                         f"eval {name}")
+
+
+@dataclass
+class Evaluation:
+    """What the benchmarks of one evaluate() call read: the config, the data and the encoder's features."""
+
+    cfg: EvalConfig
+    what: Evaluated
+    encoder: torch.nn.Module
+    features: Features
+    train_set: object
+    test_set: object
+    classes: list
+    device: str
+    progress: bool
+    results: dict  # the benchmarks finished so far (low-shot reads the SVMs' best layer)
+
+    @property
+    def data_id(self) -> str:
+        return f"{self.cfg.dataset}:{self.cfg.data_root}"
+
+    @functools.cached_property
+    def svm_inputs(self) -> SvmInputs:
+        return _svm_inputs(self.cfg, self.what, self.features, self.train_set, self.test_set, self.classes)
 
 
 def _finished(path: Path, results: dict) -> dict:

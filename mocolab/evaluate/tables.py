@@ -1,5 +1,7 @@
 """results.json laid out like the reference page, beside the numbers published for the model evaluated.
 
+One function per benchmark (its row in evaluate.suite.BENCHMARKS names it); suite.tables joins them.
+
 For a published checkpoint (mocolab.weights.registry, or `published=` in
 EvalConfig) every table shows the numbers its page publishes for that very
 file, mocolab's measurement and the difference. For a mocolab run it shows
@@ -15,20 +17,6 @@ import json
 from ..reference import EVALUATION
 
 REFERENCE_PAGE = "the MoCo v2 reference page (MMSelfSup, 200 epochs)"
-
-
-def tables(results: dict) -> str:
-    """Markdown tables in the reference page's shapes, with the published numbers and the differences."""
-    lines = []
-    if "svm" in results:
-        lines += _svm_table(results)
-    if "lowshot" in results:
-        lines += _lowshot_table(results)
-    if "linear" in results:
-        lines += _linear_table(results)
-    if "knn" in results:
-        lines += _knn_table(results)
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------
@@ -110,7 +98,7 @@ def _header(first: str, measured: str, reference) -> list[str]:
 # The tables
 # ----------------------------------------------------------------------------
 
-def _svm_table(results: dict) -> list[str]:
+def svm_table(results: dict) -> list[str]:
     svm, same = results["svm"], _voc(results) and _at_224(results)
     reference = _reference(results, "svm_voc07", _voc(results))
     name = "VOC07" if results.get("svm_data") == "voc07" else results["svm_data"]
@@ -122,7 +110,7 @@ def _svm_table(results: dict) -> list[str]:
     return lines + [""]
 
 
-def _lowshot_table(results: dict) -> list[str]:
+def lowshot_table(results: dict) -> list[str]:
     low, same = results["lowshot"], _voc(results) and _at_224(results)
     reference = _reference(results, "lowshot_voc07", _voc(results))
     ks = list(low["by_k"])
@@ -142,7 +130,7 @@ def _lowshot_table(results: dict) -> list[str]:
     return lines + [""]
 
 
-def _linear_table(results: dict) -> list[str]:
+def linear_table(results: dict) -> list[str]:
     same = _imagenet(results) and _full(results) and _at_224(results)
     reference = _reference(results, "linear_imagenet", _imagenet(results))
     lines = ["**Linear classification top-1**", ""]
@@ -155,7 +143,7 @@ def _linear_table(results: dict) -> list[str]:
     return lines + [""]
 
 
-def _knn_table(results: dict) -> list[str]:
+def knn_table(results: dict) -> list[str]:
     same = _imagenet(results) and _full(results) and _at_224(results)
     reference = _reference(results, "knn_imagenet", _imagenet(results))
     lines = [f"**kNN top-1 (T = {results['knn']['settings']['T']})**", ""]
@@ -175,3 +163,4 @@ def _knn_table(results: dict) -> list[str]:
 
 def _number(value) -> str:
     return "" if value is None else f"{value:.2f}"
+
