@@ -94,3 +94,17 @@ def test_view_pairs_encode_two_augmentations_of_each_image():
     a1, a2 = E.view_pairs(encoder, images, flip_or_crop, layer="avgpool")
     b1, _ = E.view_pairs(encoder, images, flip_or_crop, layer="avgpool")
     assert not torch.allclose(a1, a2) and torch.equal(a1, b1)  # independent views, reproducible from the seed
+
+
+def test_rank_me_is_the_exponential_entropy_of_the_normalised_singular_values():
+    """Against the definition (Garrido et al. 2023, eq. 1) computed from NumPy's singular values, and its
+    two anchors: r orthonormal directions of equal weight count r, a collapse onto one direction counts 1."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(300, 40)) @ np.diag(np.linspace(0.1, 3.0, 40))
+    s = np.linalg.svd(z, compute_uv=False)
+    p = s / s.sum() + 1e-7
+    assert E.rank_me(torch.from_numpy(z)) == pytest.approx(np.exp(-np.sum(p * np.log(p))), rel=1e-12)
+    q, _ = np.linalg.qr(rng.normal(size=(100, 8)))  # 100 x 8, orthonormal columns: singular values all 1
+    assert E.rank_me(torch.from_numpy(q)) == pytest.approx(8, rel=1e-5)
+    line = np.outer(rng.normal(size=100), rng.normal(size=40))  # every row on one direction
+    assert E.rank_me(torch.from_numpy(line)) == pytest.approx(1, abs=1e-3)

@@ -6,8 +6,10 @@ import nbformat
 import numpy as np
 import papermill
 import pytest
+import torch
 
 from mocolab import weights
+from mocolab.evaluate.embedding import rank_me
 from mocolab.evaluate.suite import EvalConfig, evaluate, tables
 from mocolab.evaluate.voc import VOC_CLASSES
 from test_features import write_voc
@@ -57,8 +59,9 @@ def test_evaluate_on_voc_layout_writes_results_and_reference_tables(checkpoint, 
 
 def test_evaluate_one_vs_rest_on_cifar10_with_linear_probes(checkpoint, cifar10_root, tmp_path):
     results = evaluate(checkpoint=str(checkpoint), dataset="imagefolder", data_root=str(cifar10_root),
-                       benchmarks=("svm", "linear"), svm_layers=("avgpool",), train_size=150, test_size=60,
-                       probe_epochs=1, probe_lr=0.01, output_dir=str(tmp_path), workers=0, progress=False)
+                       benchmarks=("svm", "linear", "rankme"), svm_layers=("avgpool",), train_size=150,
+                       test_size=60, probe_epochs=1, probe_lr=0.01, output_dir=str(tmp_path), workers=0,
+                       progress=False)
     svm = results["svm"]["layers"]["avgpool"]
     assert results["svm_data"] == "imagefolder" and svm["ap"] and svm["mAP"] == pytest.approx(np.mean(svm["ap"]))
     linear = results["linear"]["protocols"]
@@ -66,7 +69,14 @@ def test_evaluate_one_vs_rest_on_cifar10_with_linear_probes(checkpoint, cifar10_
     assert np.isfinite(linear["avgpool"]["top1"]["avgpool"])
     assert results["linear"]["settings"]["recipes"]["avgpool"]["lr"] == 0.01  # probe_lr replaced the protocol's 30
     assert results["linear"]["settings"]["recipes"]["multihead"]["lr"] == 0.01  # the protocol's own
+    # RankMe: the effective rank of the training images' avgpool features, as cached (kNN's bank would share them).
+    stored = [torch.load(p, weights_only=True) for p in (tmp_path / "feature_cache").iterdir()]
+    cached = next(c for c in stored if c["key"]["dataset"].endswith(":train") and c["key"]["layer"] == "avgpool")
+    assert results["rankme"]["data"] == {"images": 150, "dims": 512}
+    assert results["rankme"]["rankme"] == pytest.approx(rank_me(cached["features"]))
+    assert 1 < results["rankme"]["rankme"] < 150
     text = tables(results)
+    assert f"| avgpool of the training images | 150 | 512 | {results['rankme']['rankme']:.1f} | 150 |" in text
     assert "67.58" not in text  # CIFAR-10 is not the reference's data: no reference column values
     assert f"| avgpool | {svm['mAP']:.2f} |" in text and "**Linear SVM per layer (imagefolder mAP)**" in text
 

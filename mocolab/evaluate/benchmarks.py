@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..reference import LOW_SHOT_KS
+from .embedding import rank_me
 from .features import cached_features
 from .knn import knn_accuracy
 from .linear import linear_probe, probe_recipe
@@ -113,3 +114,13 @@ def linear_benchmark(backbone, train_sets: dict, test_sets: dict, num_classes: i
     return {"settings": {"protocols": list(protocols), "recipes": recipes},
             "data": {"train": len(train_sets[first]), "test": len(test_sets[first]), "classes": num_classes},
             "protocols": results}
+
+
+def rankme_benchmark(features: Features, dataset: Dataset, data_id: str, *, layer: str = "avgpool",
+                     eps: float = 1e-7) -> dict:
+    """RankMe of the backbone's pooled features of `dataset` (the training split), label-free: the effective
+    rank of the N x D feature matrix (evaluate.embedding.rank_me; Garrido et al. 2023, eq. 1)."""
+    feats, _ = features(dataset, data_id + ":train", (layer,))
+    z = feats[layer]
+    return {"settings": {"layer": layer, "eps": eps, "split": "train"},
+            "data": {"images": z.shape[0], "dims": z.shape[1]}, "rankme": rank_me(z, eps)}

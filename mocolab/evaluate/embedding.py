@@ -8,7 +8,10 @@ loss only sees directions.
   Representation Learning through Alignment and Uniformity on the Hypersphere";
 - the spread of normalised features as a collapse indicator: the per-dimension
   standard deviation, which is ~1/sqrt(D) for directions spread evenly and 0
-  when every image maps to one point (SimSiam, Chen and He 2021, section 4.1).
+  when every image maps to one point (SimSiam, Chen and He 2021, section 4.1);
+- RankMe, the effective rank of the raw features: Garrido et al. 2023, "RankMe:
+  Assessing the Downstream Performance of Pretrained Self-Supervised
+  Representations by Their Rank" (ICML).
 """
 from __future__ import annotations
 
@@ -43,6 +46,15 @@ def spread(z: torch.Tensor) -> float:
     """sqrt(D) x the mean per-dimension std of normalised features: ~1 spread out, -> 0 collapsed."""
     z = F.normalize(z.float(), dim=1)
     return (z.std(dim=0).mean() * z.shape[1] ** 0.5).item()
+
+
+def rank_me(z: torch.Tensor, eps: float = 1e-7) -> float:
+    """RankMe (Garrido, Balestriero, Najman, LeCun 2023, eq. 1): exp of the entropy of the singular values of the
+    N x D embedding matrix, normalised to sum to 1 (each plus eps): a smooth count of the directions the features
+    use, from 1 (collapse to a line) to min(N, D). Label-free; computed on the raw, unnormalised features."""
+    s = torch.linalg.svdvals(z.double())
+    p = s / s.sum() + eps
+    return torch.exp(-(p * p.log()).sum()).item()
 
 
 def pair_similarities(z1: torch.Tensor, z2: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -48,12 +48,13 @@ from ..data import DATASETS, classes_of, load_split, seeded_subset, unreadable, 
 from ..data.fingerprint import files_digest
 from ..job import atomic_write_text, code_version
 from ..reference import LOW_SHOT_KS
-from .benchmarks import KNN_KS, Features, knn_benchmark, linear_benchmark, lowshot_benchmark, svm_benchmark
+from .benchmarks import (KNN_KS, Features, knn_benchmark, linear_benchmark, lowshot_benchmark, rankme_benchmark,
+                         svm_benchmark)
 from ..augment import eval_transform
 from .features import baseline_encoder, calibrate_bn
 from .layers import LAYERS
 from .linear import probe_transforms
-from .tables import knn_table, linear_table, lowshot_table, svm_table
+from .tables import knn_table, linear_table, lowshot_table, rankme_table, svm_table
 from .voc import VOC07Classification, voc_svm_transform
 
 @dataclass(frozen=True)
@@ -98,12 +99,17 @@ def _knn(e: Evaluation) -> dict:
                          T=e.cfg.knn_t)
 
 
+def _rankme(e: Evaluation) -> dict:
+    return rankme_benchmark(e.features, e.train_set, e.data_id)
+
+
 # In the reference page's order (the tables' order too); a benchmark runs after those above it.
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("svm", _svm, svm_table),
     Benchmark("lowshot", _lowshot, lowshot_table),
     Benchmark("linear", _linear, linear_table),
     Benchmark("knn", _knn, knn_table),
+    Benchmark("rankme", _rankme, rankme_table),
 )}
 
 

@@ -164,3 +164,12 @@ def knn_table(results: dict) -> list[str]:
 def _number(value) -> str:
     return "" if value is None else f"{value:.2f}"
 
+
+def rankme_table(results: dict) -> list[str]:
+    r = results["rankme"]
+    lines = ["**RankMe (effective rank of the avgpool features, label-free)**", ""]
+    lines += _caption(results, _split_data(results), False, None, IMAGENET_SETTING)
+    lines += ["| features | images | dims | RankMe | at most |", "|---|---|---|---|---|",
+              f"| {r['settings']['layer']} of the training images | {r['data']['images']:,} | {r['data']['dims']:,} | "
+              f"{r['rankme']:.1f} | {min(r['data']['images'], r['data']['dims']):,} |"]
+    return lines + [""]
