@@ -9,7 +9,8 @@ from mocolab import augment, make_config
 from mocolab.checkpoint import CheckpointError, atomic_save
 from mocolab.data import DatasetError, load_split, seeded_subset
 from mocolab import weights
-from mocolab.evaluate.features import baseline_encoder, cached_features, extract_layers
+from mocolab.evaluate.baselines import baseline_encoder
+from mocolab.evaluate.features import cached_features, extract_layers
 from mocolab.evaluate.layers import layer_features, layer_pool
 from mocolab.evaluate.voc import VOC_CLASSES, VOC07Classification, voc_svm_transform
 from mocolab.train import build_model

@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 
 from mocolab import augment
 from mocolab.data import load_split, seeded_subset
-from mocolab.evaluate.features import baseline_encoder, calibrate_bn
+from mocolab.evaluate.baselines import baseline_encoder, calibrate_bn
 from mocolab.evaluate.linear import (PROBES, Lighting, MultiHead, ProbeRecipe, linear_probe, probe_recipe,
                                      probe_transforms, scaled_milestones, verify_unchanged)
 from mocolab.models import stage_outputs

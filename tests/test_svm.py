@@ -7,7 +7,8 @@ from torch.utils.data import DataLoader
 
 from mocolab import augment
 from mocolab.data import load_split, seeded_subset
-from mocolab.evaluate.features import baseline_encoder, extract_layers
+from mocolab.evaluate.baselines import baseline_encoder
+from mocolab.evaluate.features import extract_layers
 from mocolab.evaluate.lowshot import low_shot_protocol, low_shot_sample
 from mocolab.evaluate.svm import COSTS, sample_costs, fit_svms, normalize_rows, svm_protocol, voc_ap
 

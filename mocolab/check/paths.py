@@ -218,7 +218,7 @@ def transfer_models(device) -> str:
 def linear_probe_steps(device) -> str:
     """Two epochs of the AvgPool probe on a frozen ResNet-18 on `device` (the probe checks the backbone
     stayed frozen); its loss against the same probe on the CPU, within 1e-3."""
-    from ..evaluate.features import baseline_encoder
+    from ..evaluate.baselines import baseline_encoder
     from ..evaluate.linear import linear_probe, probe_recipe
     g = torch.Generator().manual_seed(0)
     images, labels = torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 4, (64,), generator=g)

@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 from ..augment import eval_transform, pipeline, recipe
 from ..seeding import seeded
 from ..weights import Pretrained
-from .features import baseline_encoder, calibrate_bn, extract_layers
+from .baselines import baseline_encoder, calibrate_bn
+from .features import extract_layers
 
 
 def alignment(z1: torch.Tensor, z2: torch.Tensor, alpha: float = 2) -> float:
@@ -185,7 +186,7 @@ def models_to_compare(model: Pretrained, images: Dataset, image_size: int, other
     """{"random init": ..., label_of(model): model, label_of(o): o for o in others}, each with its normalisation.
 
     The random-init encoder has `model`'s architecture and its BN statistics calibrated on a few batches
-    of `images` (PIL images; see features.calibrate_bn), seen as `model` sees them.
+    of `images` (PIL images; see baselines.calibrate_bn), seen as `model` sees them.
     """
     random_init, _ = baseline_encoder("random", model.arch, model.cifar_stem, seed)
     calibration = _Transformed(images, eval_transform(image_size, model.mean, model.std))

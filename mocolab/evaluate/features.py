@@ -1,12 +1,10 @@
-"""Encoders to evaluate and their features, with a disk cache that cannot go stale.
+"""An encoder's features, with a disk cache that cannot go stale.
 
-An encoder comes from a checkpoint (mocolab.weights.load: a mocolab run, a
-published checkpoint or a file of a known format), or is a baseline: a random
-initialisation or a supervised ImageNet ResNet. Features are the pooled
-feat1..feat5 (evaluate.layers), "avgpool" (the global average pool of the
-backbone) and "head" (the projection). A cached feature file is keyed by the
-encoder's identity (the checkpoint's content hash), the dataset, split, subset,
-transform and layer, so a changed input never reuses it.
+Features are the pooled feat1..feat5 (evaluate.layers), "avgpool" (the global
+average pool of the backbone) and "head" (the projection) of an encoder from a
+checkpoint (mocolab.weights.load) or a baseline (evaluate.baselines). A cached
+feature file is keyed by the encoder's identity (the checkpoint's content hash),
+the dataset, split, subset, transform and layer, so a changed input never reuses it.
 """
 from __future__ import annotations
 
@@ -16,63 +14,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .. import checkpoint as ckpt
-from .. import weights
 from ..data.fingerprint import files_digest
-from ..models import Encoder, build_encoder
 from .layers import layer_features
-
-# The supervised baseline of a ResNet-50: torchvision's current default weights (weights.registry).
-SUPERVISED_RESNET50 = "torchvision_r50_v2"
-
-
-# ----------------------------------------------------------------------------
-# Encoders
-# ----------------------------------------------------------------------------
-
-def baseline_encoder(kind: str = "random", arch: str = "resnet50", cifar_stem: bool = False,
-                     seed: int = 0) -> tuple[nn.Module, str]:
-    """A baseline: "random" (seeded initialisation, MoCo-shaped) or "supervised"
-    (torchvision's ImageNet weights, downloaded on first use; no projection head)."""
-    if kind == "random":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            encoder = build_encoder(arch, cifar_stem=cifar_stem, head="mlp" if arch == "resnet50" else "linear")
-        return encoder.eval(), f"random-{arch}-{'cifar' if cifar_stem else 'imagenet'}stem-seed{seed}"
-    if kind == "supervised":
-        if arch == "resnet50":  # the registry's torchvision entry: downloaded with a checksum, read as data
-            model = weights.load(SUPERVISED_RESNET50)
-            return model.encoder, model.identity
-        tv_weights = torchvision.models.get_model_weights(arch).DEFAULT
-        backbone = getattr(torchvision.models, arch)(weights=tv_weights)
-        backbone.fc = nn.Identity()
-        return Encoder(backbone, head=None).eval(), f"supervised-{arch}-{tv_weights.name}"
-    raise ValueError(f"unknown baseline {kind!r}; choose 'random' or 'supervised'")
-
-
-@torch.no_grad()
-def calibrate_bn(encoder: nn.Module, loader: DataLoader, batches: int = 20, device="cpu") -> nn.Module:
-    """Set the BN running statistics of an (untrained) encoder from a few batches of data.
-
-    A random initialisation keeps BN's initial statistics (mean 0, var 1), so in eval
-    mode its activations grow layer after layer; the random-init baseline is only a
-    fair baseline for scale-sensitive evaluations (linear probes) after this.
-    """
-    encoder.train()
-    for module in encoder.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # a cumulative average over the batches seen
-    for i, (images, _) in enumerate(loader):
-        if i == batches:
-            break
-        encoder.backbone(images.to(device))
-    return encoder.eval()
 
 
 # ----------------------------------------------------------------------------

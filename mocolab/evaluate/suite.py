@@ -51,7 +51,7 @@ from ..reference import LOW_SHOT_KS
 from .benchmarks import (KNN_KS, Features, knn_benchmark, linear_benchmark, lowshot_benchmark, rankme_benchmark,
                          svm_benchmark)
 from ..augment import eval_transform
-from .features import baseline_encoder, calibrate_bn
+from .baselines import baseline_encoder, calibrate_bn
 from .layers import LAYERS
 from .linear import probe_transforms
 from .tables import knn_table, linear_table, lowshot_table, rankme_table, svm_table
