@@ -43,19 +43,19 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .. import settings, weights
-from ..augment import normalisation
+from ..augment import eval_transform, normalisation
 from ..data import DATASETS, classes_of, load_split, seeded_subset, unreadable, warn_if_uninformative
 from ..data.fingerprint import files_digest
 from ..job import atomic_write_text, code_version
 from ..reference import LOW_SHOT_KS
 from .benchmarks import (KNN_KS, Features, knn_benchmark, linear_benchmark, lowshot_benchmark, rankme_benchmark,
                          svm_benchmark)
-from ..augment import eval_transform
 from .baselines import baseline_encoder, calibrate_bn
 from .layers import LAYERS
 from .linear import probe_transforms
 from .tables import knn_table, linear_table, lowshot_table, rankme_table, svm_table
 from .voc import VOC07Classification, voc_svm_transform
+
 
 @dataclass(frozen=True)
 class Benchmark:
