@@ -160,6 +160,22 @@ PRESETS: dict[str, dict] = {
     ),
     # The CIFAR-10 demo recipe unchanged but for its length, sized for a workshop hour on one GPU.
     "cifar10_workshop": dict(epochs=60),
+    # The smallest real run, for tests and smoke checks: the demo recipe's model and loss on 64 images at 16 px,
+    # a queue of 4 batches, 2 epochs with a kNN pass on 64 / 32 images: seconds on a CPU. It learns nothing.
+    "tiny": dict(
+        image_size=16,
+        batch_size=16,
+        K=64,
+        bn_splits=2,
+        train_subset=64,
+        epochs=2,
+        lr=0.01,
+        knn_bank_size=64,
+        knn_test_size=32,
+        knn_k=10,
+        log_every=2,
+        workers=0,
+    ),
 }
 AUTO = "auto"  # the preset for the machine at hand: cifar10_cpu without a GPU, cifar10_workshop with one
 

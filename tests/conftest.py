@@ -25,8 +25,7 @@ def tiny_checkpoint(cifar10_root, tmp_path_factory) -> Path:
     """A checkpoint of one quick epoch on 64 real images (ResNet-18, CIFAR stem), for the evaluation tests."""
     from mocolab import make_config, pretrain
     out = tmp_path_factory.mktemp("pretrain")
-    cfg = make_config("cifar10_demo", dataset="imagefolder", data_root=str(cifar10_root), gpus=0, image_size=16,
-                      batch_size=16, K=64, bn_splits=2, train_subset=64, knn_every=0, workers=0, epochs=1,
+    cfg = make_config("tiny", dataset="imagefolder", data_root=str(cifar10_root), gpus=0, knn_every=0, epochs=1,
                       output_dir=str(out))
     pretrain(cfg, progress=False)
     return out / "checkpoint_last.pt"

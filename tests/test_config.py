@@ -77,8 +77,16 @@ def test_the_cpu_and_workshop_presets_keep_moco_v2_and_size_the_rest():
     assert (cpu.arch, cpu.epochs, cpu.batch_size, cpu.knn_feature) == ("resnet10_w16", 3, 256, "avgpool")
     assert dataclasses.replace(workshop, epochs=200, preset="cifar10_demo") == demo
     with pytest.raises(ConfigError, match=r"preset cifar10_cpu is the CPU teaching recipe, but gpus=1: on GPUs "
-                                          r"choose one of \['cifar10_demo', 'imagenet_mocov2', 'cifar10_workshop'\]"):
+                                          r"choose one of \['cifar10_demo', 'imagenet_mocov2', 'cifar10_workshop', 'tiny'\]"):
         make_config("cifar10_cpu", gpus=1)
+
+
+def test_the_tiny_preset_is_the_demo_recipe_at_smoke_size():
+    tiny, demo = make_config("tiny"), make_config("cifar10_demo")
+    for field in ("arch", "cifar_stem", "head", "m", "T", "symmetric", "shuffle_bn", "augmentation", "knn_t"):
+        assert getattr(tiny, field) == getattr(demo, field), field
+    assert (tiny.image_size, tiny.batch_size, tiny.K, tiny.train_subset, tiny.epochs) == (16, 16, 64, 64, 2)
+    assert tiny.K % tiny.batch_size == 0 and tiny.knn_bank_size >= tiny.knn_k  # valid as it stands
 
 
 def test_K_must_be_divisible_by_keys_per_step():

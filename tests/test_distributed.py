@@ -16,8 +16,8 @@ from mocolab import ConfigError, make_config, pretrain
 from mocolab.device import resolve_device
 from mocolab.launch import start_processes
 
-TINY = dict(dataset="imagefolder", gpus=0, image_size=16, batch_size=16, K=64, bn_splits=2, train_subset=64,
-            knn_every=0, workers=0, epochs=2, log_every=1, lr=0.002, m=0.9)
+# The tiny preset (16 px, batch 16, K 64, 64 images, 2 epochs) without its kNN pass, at lr 0.002 and m 0.9.
+TINY = dict(dataset="imagefolder", gpus=0, knn_every=0, log_every=1, lr=0.002, m=0.9)
 
 
 def free_port() -> int:
@@ -27,13 +27,15 @@ def free_port() -> int:
 
 
 def tiny(cifar10_root, out, **kw):
-    return make_config("cifar10_demo", **{**TINY, "data_root": str(cifar10_root), "output_dir": str(out), **kw})
+    return make_config("tiny", **{**TINY, "data_root": str(cifar10_root), "output_dir": str(out), **kw})
 
 
+@pytest.mark.slow
 def test_shuffle_across_processes_and_global_queue():
     mp.spawn(dist_workers.check_shuffle_and_queue, args=(2, free_port()), nprocs=2, join=True)
 
 
+@pytest.mark.slow
 def test_two_processes_follow_one_process_with_twice_the_batch(cifar10_root, tmp_path):
     """2 x batch 8 with plain BN each == 1 x batch 16 with 2-way split BN: the same samples, views,
     BN groups and averaged gradients. Shuffle BN is off: its permutation differs between the two layouts
@@ -64,6 +66,7 @@ def test_two_processes_follow_one_process_with_twice_the_batch(cifar10_root, tmp
     assert unmatched.mean() < 0.9, unmatched
 
 
+@pytest.mark.slow
 def test_checkpoint_from_two_processes_resumes_in_one(cifar10_root, tmp_path):
     two = pretrain(tiny(cifar10_root, tmp_path, processes=2, epochs=1), progress=False)
     assert (tmp_path / "log.txt").read_text().startswith("epoch 1/1")
@@ -75,6 +78,7 @@ def test_checkpoint_from_two_processes_resumes_in_one(cifar10_root, tmp_path):
     assert torch.isfinite(torch.tensor(resumed.history[1]["loss"]))
 
 
+@pytest.mark.slow
 def test_a_failing_worker_ends_the_run_with_its_error_and_no_hang(cifar10_root, tmp_path):
     cfg = tiny(cifar10_root, tmp_path, processes=2)
     tic = time.monotonic()
@@ -101,11 +105,12 @@ def test_impossible_process_layouts_fail_before_starting(cifar10_root, tmp_path)
             resolve_device(torch.cuda.device_count() + 1)
 
 
+@pytest.mark.slow
 def test_the_command_line_entry_point_runs_under_torchrun(cifar10_root, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     overrides = {**TINY, "data_root": str(cifar10_root), "output_dir": str(tmp_path), "epochs": 1}
     result = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "mocolab",
-                             "--preset", "cifar10_demo", *(f"{k}={v}" for k, v in overrides.items())],
+                             "--preset", "tiny", *(f"{k}={v}" for k, v in overrides.items())],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     meta = json.loads((tmp_path / "config.json").read_text())

@@ -49,6 +49,7 @@ def test_evaluation_defaults_to_the_data_the_checkpoint_was_trained_on(tiny_chec
     assert find_checkpoint("moco_v2_800ep") == "moco_v2_800ep"  # a published name passes as it is
 
 
+@pytest.mark.slow
 def test_02_started_in_notebooks_writes_into_the_project_folder(cifar10_root, tmp_path, monkeypatch):
     """The kernel runs in notebooks/ (as in JupyterLab); the relative output_dir still lands in the project."""
     monkeypatch.setenv("MOCOLAB_HOME", str(tmp_path))
@@ -86,6 +87,7 @@ def bare_python(tmp_path) -> Path:
     return python
 
 
+@pytest.mark.slow
 def test_the_set_up_cell_installs_mocolab_from_the_clone_when_it_is_missing(tmp_path):
     python = bare_python(tmp_path)
     env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0", "PYTHONNOUSERSITE": "1"}
@@ -116,7 +118,7 @@ def test_the_checkpoint_summary_counts_trained_epochs_not_the_epoch_0_row(tiny_c
     state["history"] = [{"epoch": 0, "knn_top1": 10.0}, *state["history"]]  # a run with the random-network row
     torch.save(state, tmp_path / "checkpoint_last.pt")
     summary = weights.load(tmp_path / "checkpoint_last.pt").summary()
-    assert summary.startswith("resnet18, 1 of 1 epochs of cifar10_demo") and "(mocolab format" in summary
+    assert summary.startswith("resnet18, 1 of 1 epochs of tiny") and "(mocolab format" in summary
 
 
 def test_a_presets_relative_data_root_lands_in_the_project_folder(tmp_path, monkeypatch):

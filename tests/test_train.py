@@ -15,17 +15,13 @@ from mocolab.data import DatasetError, knn_sets
 from mocolab.device import resolve_device, resolve_precision
 from mocolab.train import _restore, build_trainer, knn_monitor
 
-# A tiny but real run: CIFAR-10 images at 16 px, ResNet-18, batch 16, K 64.
-TINY = dict(dataset="imagefolder", gpus=0, image_size=16, batch_size=16, K=64, bn_splits=2,
-            train_subset=64, knn_bank_size=64, knn_test_size=32, knn_k=10, workers=0, epochs=2,
-            log_every=2, lr=0.01)
-
-
 def tiny(cifar10_root, tmp_path, **kw):
-    return make_config("cifar10_demo", **{**TINY, "data_root": str(cifar10_root),
-                                          "output_dir": str(tmp_path / "run"), **kw})
+    """The tiny preset (CIFAR-10 images at 16 px, ResNet-18, batch 16, K 64) on the CPU, in tmp_path/run."""
+    return make_config("tiny", **{"dataset": "imagefolder", "gpus": 0, "data_root": str(cifar10_root),
+                                  "output_dir": str(tmp_path / "run"), **kw})
 
 
+@pytest.mark.slow
 def test_run_writes_config_metrics_and_checkpoints(cifar10_root, tmp_path):
     cfg = tiny(cifar10_root, tmp_path, checkpoint_every=1)
     run = pretrain(cfg, progress=False)
@@ -82,6 +78,7 @@ def test_checkpoint_round_trip_through_the_code_that_restores_a_run(cifar10_root
     assert trainer.model(x_q, x_k).loss.item() == expected
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_continues_exactly_like_an_uninterrupted_run(cifar10_root, tmp_path, monkeypatch):
     straight = pretrain(tiny(cifar10_root, tmp_path / "a", epochs=3), progress=False)
 
@@ -104,6 +101,7 @@ def test_resume_after_a_crash_continues_exactly_like_an_uninterrupted_run(cifar1
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
 
 
+@pytest.mark.slow
 def test_stop_after_runs_the_first_epochs_of_the_longer_schedule_and_resume_goes_on(cifar10_root, tmp_path):
     """stop_after=1 of epochs=3: epoch 1 at the 3-epoch schedule's lr (per-step cosine, so a 1-epoch schedule
     would differ within the epoch), with its kNN; resumed to the end, the run equals an uninterrupted one."""
@@ -145,6 +143,7 @@ def test_resume_with_another_architecture_names_the_difference(cifar10_root, tmp
         pretrain(tiny(cifar10_root, tmp_path, epochs=2), progress=False)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_an_earlier_version_loads_and_resumes(cifar10_root, tmp_path):
     """Checkpoints written before this layout had no "kind" and named the pooled feature "backbone"."""
     from mocolab import load_run
@@ -197,13 +196,14 @@ def test_gpu_requests_without_a_gpu_fail_clearly():
     assert resolve_precision("auto", torch.device("cpu")) is None
 
 
-@pytest.mark.parametrize("data_path", ["cpu", "device"])
-def test_short_run_on_real_cifar10_learns(cifar10_root, tmp_path, data_path):
+@pytest.mark.slow
+def test_short_run_on_real_cifar10_learns(cifar10_root, tmp_path):
     """Once the queue holds real keys (after K/B = 8 steps) the loss falls clearly and
     instance discrimination improves: 1,024 CIFAR-10 images, ResNet-18 at 32 px, 6 epochs,
-    with torchvision's pipeline in loader workers and with the batched augmentations."""
+    with torchvision's pipeline in loader workers. The device path learns in the next test (it is the
+    cifar10_cpu recipe's), and its views are tied to these by the replay test in test_batched_augment.py."""
     cfg = tiny(cifar10_root, tmp_path, image_size=32, batch_size=64, K=512, bn_splits=8, train_subset=1024,
-               lr=0.0075, epochs=6, knn_every=0, workers=2, log_every=4, data_path=data_path)
+               lr=0.0075, epochs=6, knn_every=0, workers=2, log_every=4, data_path="cpu")
     run = pretrain(cfg, progress=False)
     loss = [r["loss"] for r in run.history]
     acc = [r["acc"] for r in run.history]
@@ -213,6 +213,7 @@ def test_short_run_on_real_cifar10_learns(cifar10_root, tmp_path, data_path):
     assert acc[-1] > 1.5 * acc[peak] and acc[-1] > 10 / (cfg.K + 1), f"instance accuracy did not rise: {acc}"
 
 
+@pytest.mark.slow
 def test_the_cpu_recipe_learns_a_representation_above_the_random_network(cifar10_root, tmp_path):
     """Representation learning, not only the pretext loss: a short run of the cifar10_cpu recipe on real
     CIFAR-10 images ends with kNN top-1 (pooled backbone, 5,000-image bank, 2,000 test images) clearly above
@@ -227,12 +228,21 @@ def test_the_cpu_recipe_learns_a_representation_above_the_random_network(cifar10
     assert knn[2] > knn[1] > knn[0] and knn[2] > knn[0] + 3, f"kNN did not rise above the random network: {knn}"
 
 
+@pytest.fixture(scope="module")
+def straight_two_epochs(cifar10_root, tmp_path_factory):
+    """The uninterrupted run that each crash below is compared with (deterministic: trained once)."""
+    return pretrain(tiny(cifar10_root, tmp_path_factory.mktemp("straight"), epochs=2, checkpoint_every=2),
+                    progress=False)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("crash_at", ["checkpoint_0002.pt", "metrics.csv", "log line"])
-def test_a_crash_between_the_epoch_end_writes_is_repaired_on_resume(cifar10_root, tmp_path, monkeypatch, crash_at):
+def test_a_crash_between_the_epoch_end_writes_is_repaired_on_resume(cifar10_root, tmp_path, monkeypatch, crash_at,
+                                                                     straight_two_epochs):
     """end_of_epoch writes checkpoint_last.pt, the kept checkpoint, the CSVs, then the log line; a crash after
     checkpoint_last.pt at any later point must leave, after resume, a folder that agrees with the checkpoint."""
     from mocolab.job import RunFolder
-    straight = pretrain(tiny(cifar10_root, tmp_path / "a", epochs=2, checkpoint_every=2), progress=False)
+    straight = straight_two_epochs
     real_save, real_csv, real_log = RunFolder.save, RunFolder.write_csv, RunFolder.log
 
     def save(self, state, name="checkpoint_last.pt"):
