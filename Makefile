@@ -14,7 +14,7 @@ DEMO_OUT ?= runs/demo
 # More notebook parameters, e.g. DEMO_PARAMS="-p epochs 20"; the notebook's defaults are the short demo.
 DEMO_PARAMS ?=
 
-.PHONY: venv demo test lint gpu-check wheel clean
+.PHONY: venv demo test test-fast lint gpu-check wheel clean
 
 # Quiet pip, but every step says what it does and how long it took on a 2-core machine.
 $(VENV)/.installed: pyproject.toml Makefile
@@ -43,6 +43,10 @@ demo: venv
 # Real-data tests read CIFAR-10 as an ImageFolder from $$MOCOLAB_CIFAR10 (default ../shared/data/cifar10).
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The fast tier: every module's reference tests, no notebook, no multi-epoch or multi-process run (-m "not slow").
+test-fast: venv
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # ruff check (pyflakes and pycodestyle at 120 columns, configured in pyproject.toml); CI fails on a violation.
 lint: venv

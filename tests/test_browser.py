@@ -109,6 +109,7 @@ def wait_for(predicate, timeout: float, what: str, driver=None, screenshot=None)
                 (f" (screenshot: {screenshot})" if screenshot else ""))
 
 
+@pytest.mark.slow
 def test_the_explorer_renders_in_jupyterlab_and_a_slider_redraws_the_views(jupyterlab, browser, cifar10_root,
                                                                            tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains

@@ -85,6 +85,7 @@ def test_knn_sets_on_the_device_match_the_reference_subsets(cifar10_root, tmp_pa
     assert len(loaders.bank.dataset) == 50  # the loader path stands in
 
 
+@pytest.mark.slow
 def test_pretraining_on_the_device_path_monitors_the_reference_knn(cifar10_root, tmp_path):
     """The kNN monitor on the device path (bank and test set held on the device) gives the value the
     reference loaders give for the same encoder."""
@@ -125,6 +126,7 @@ def test_jpeg_views_equal_torchvisions_ops_on_the_decoded_images(tmp_path):
         assert torch.allclose(crops[i], ref, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_pretraining_from_an_image_folder_on_the_jpeg_path(tmp_path):
     root = write_image_folder(tmp_path / "data", per_class=16, size=40)
     cfg = make_config("imagenet_mocov2", dataset="imagefolder", data_root=str(root), gpus=0, data_path="jpeg",
@@ -139,6 +141,7 @@ def test_pretraining_from_an_image_folder_on_the_jpeg_path(tmp_path):
     assert labels == reference  # the reference path's order
 
 
+@pytest.mark.slow
 def test_compiled_encoders_keep_the_checkpoint_keys_of_the_plain_model(cifar10_root, tmp_path, monkeypatch):
     """compile=True compiles both encoders in place; a checkpoint still loads into an uncompiled model.
     (torch.compile's eager backend stands in for inductor, whose C++ build takes minutes on this CPU.)"""

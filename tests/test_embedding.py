@@ -65,7 +65,8 @@ def test_exact_knn_graph_matches_a_full_sort_across_chunks():
     assert np.allclose(dists, full.sort(dim=1).values[:, :5].numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["umap", "tsne"])
+# umap: 30 s here, mostly numba compiling
+@pytest.mark.parametrize("method", [pytest.param("umap", marks=pytest.mark.slow), "tsne"])
 def test_2d_maps_keep_well_separated_clusters_apart(method):
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(3, 100)) * 4

@@ -20,6 +20,7 @@ def test_accelerated_path_agrees_with_its_reference_on_the_gpu(name):
     assert paths.CHECKS[name]("cuda")
 
 
+@pytest.mark.slow
 def test_the_cpu_check_runs_every_stage_and_writes_its_report(cifar10_root, tmp_path):
     """Stages 1-3 at tiny sizes, as CI runs them: every row passes, the report lists them all."""
     done = subprocess.run([sys.executable, "-m", "mocolab.check", "--cpu", "--data-root", str(cifar10_root),

@@ -26,6 +26,7 @@ def test_milestones_scale_with_epochs():
     assert scaled_milestones(28, 28, (7, 14, 21)) == [7, 14, 21]
 
 
+@pytest.mark.slow
 def test_avgpool_probe_on_real_cifar10_keeps_backbone_frozen(cifar10_root):
     encoder, _ = baseline_encoder("random", "resnet18", cifar_stem=True)
     train_set, test_set = cifar_sets(cifar10_root)
@@ -40,6 +41,7 @@ def test_avgpool_probe_on_real_cifar10_keeps_backbone_frozen(cifar10_root):
     assert 15 < result["top1"]["avgpool"] <= 100 and result["top5"]["avgpool"] >= result["top1"]["avgpool"]
 
 
+@pytest.mark.slow
 def test_multihead_probe_trains_five_heads(cifar10_root):
     encoder, _ = baseline_encoder("random", "resnet18", cifar_stem=True)
     train_set, test_set = cifar_sets(cifar10_root, 128, 100)

@@ -72,6 +72,7 @@ def pretrain_in_a_process(settings: dict) -> str:
     return done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["cpu", "jpeg", "device"])
 def test_a_messy_folder_pretrains_on_every_path_and_evaluates_in_full(path, tmp_path, monkeypatch):
     monkeypatch.setenv(unreadable.SHARE_ENV, "0.1")  # 3 bad files of 39 per split: allowed for this test
@@ -110,6 +111,7 @@ def test_a_messy_folder_pretrains_on_every_path_and_evaluates_in_full(path, tmp_
     assert np.isfinite(results["linear"]["protocols"]["avgpool"]["top1"]["avgpool"])
 
 
+@pytest.mark.slow
 def test_resumed_runs_keep_the_record_of_skipped_files(tmp_path, monkeypatch):
     monkeypatch.setenv(unreadable.SHARE_ENV, "0.1")
     root, bad = messy_folder(tmp_path / "photos", one_size=True)

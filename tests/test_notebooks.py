@@ -31,6 +31,7 @@ def run_02_pretrain(cifar10_root, tmp_path, **extra):
     return out_dir, [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
 
 
+@pytest.mark.slow
 def test_02_pretrain_runs_headless(cifar10_root, tmp_path):
     out_dir, outputs = run_02_pretrain(cifar10_root, tmp_path)
     written = (out_dir / "lr_schedule.png").stat().st_mtime_ns
@@ -49,6 +50,7 @@ def test_02_pretrain_runs_headless(cifar10_root, tmp_path):
     assert float(steps[-1]["key_age_max"]) == 1 and float(steps[-1]["random_keys"]) == 0.5
 
 
+@pytest.mark.slow
 def test_02_pretrain_runs_headless_with_two_cpu_processes(cifar10_root, tmp_path):
     out_dir, outputs = run_02_pretrain(cifar10_root, tmp_path, processes=2)
     assert json.loads((out_dir / "config.json").read_text())["processes"] == 2
@@ -57,6 +59,7 @@ def test_02_pretrain_runs_headless_with_two_cpu_processes(cifar10_root, tmp_path
     assert (out_dir / "curves.png").exists()
 
 
+@pytest.mark.slow
 def test_01_augmentations_runs_headless_and_shows_the_explorer_as_a_png(cifar10_root, tmp_path):
     papermill.execute_notebook(
         str(NOTEBOOKS / "01_augmentations.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path),
@@ -69,6 +72,7 @@ def test_01_augmentations_runs_headless_and_shows_the_explorer_as_a_png(cifar10_
     assert "application/vnd.jupyter.widget-view+json" in explorer and len(explorer["image/png"]) > 10_000
 
 
+@pytest.mark.slow
 def test_04_embeddings_runs_headless(tiny_checkpoint, cifar10_root, tmp_path):
     papermill.execute_notebook(
         str(NOTEBOOKS / "04_embeddings.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path), progress_bar=False,
@@ -83,6 +87,7 @@ def test_04_embeddings_runs_headless(tiny_checkpoint, cifar10_root, tmp_path):
     assert "MoCo: precision@4 over all 120 images" in text and "| random init | head |" in text
 
 
+@pytest.mark.slow
 def test_06_ablations_runs_two_ablations_and_judges_their_claims(cifar10_root, tmp_path):
     """Two ablations, two variants each, one tiny epoch on real CIFAR-10 images: curves, verdicts, claims."""
     out = tmp_path / "ablations"
@@ -116,6 +121,7 @@ def mmselfsup_file(tmp_path_factory):
                               resnet50(1), mlp_v2())
 
 
+@pytest.mark.slow
 def test_03_evaluate_puts_the_published_numbers_beside_the_measurement(mmselfsup_file, cifar10_root, tmp_path):
     """A foreign file compared with the numbers published for mmselfsup_mocov2_200ep: every table has the
     published column and the difference, and says that CIFAR-10 subsets at 32 px are not the published setting."""
@@ -143,6 +149,7 @@ def test_03_evaluate_puts_the_published_numbers_beside_the_measurement(mmselfsup
     assert shown.count(caption) == 4 and "200 training, 100 test images, seeded subsets), 32 px" in shown
 
 
+@pytest.mark.slow
 def test_04_embeddings_shows_published_models_side_by_side(mmselfsup_file, cifar10_root, tmp_path):
     """The MMSelfSup-layout file beside a backbone-only torchvision-layout file: every map, retrieval and pair
     statistic for both, the backbone-only one measured on its pooled features."""

@@ -32,6 +32,7 @@ def small_voc(root):
     return root
 
 
+@pytest.mark.slow
 def test_evaluate_on_voc_layout_writes_results_and_reference_tables(checkpoint, cifar10_root, tmp_path):
     results = evaluate(checkpoint=str(checkpoint), dataset="imagefolder", data_root=str(cifar10_root),
                        voc_root=str(small_voc(tmp_path / "VOCdevkit")), benchmarks=("knn", "svm", "lowshot"),
@@ -57,6 +58,7 @@ def test_evaluate_on_voc_layout_writes_results_and_reference_tables(checkpoint, 
     assert "on test (reference)" in text and "by CV in sample" in text and "43.14" in text
 
 
+@pytest.mark.slow
 def test_evaluate_one_vs_rest_on_cifar10_with_linear_probes(checkpoint, cifar10_root, tmp_path):
     results = evaluate(checkpoint=str(checkpoint), dataset="imagefolder", data_root=str(cifar10_root),
                        benchmarks=("svm", "linear", "rankme"), svm_layers=("avgpool",), train_size=150,
@@ -92,6 +94,7 @@ def test_unknown_settings_are_named_before_any_work(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_03_evaluate_runs_headless(checkpoint, cifar10_root, tmp_path):
     papermill.execute_notebook(
         str(NOTEBOOKS / "03_evaluate.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path), progress_bar=False,
@@ -110,6 +113,7 @@ def test_03_evaluate_runs_headless(checkpoint, cifar10_root, tmp_path):
     assert any(m.startswith("### random") and "**Linear SVM per layer" in m for m in markdown)
 
 
+@pytest.mark.slow
 def test_a_failing_benchmark_is_recorded_the_others_saved_and_a_rerun_computes_only_what_is_missing(
         checkpoint, tmp_path, monkeypatch):
     """Images of two sizes (the CIFAR probe recipe now resizes them), an SVM that fails: kNN and the probes

@@ -33,6 +33,7 @@ def test_bad_variants_fail_before_any_run(tmp_path, monkeypatch):
         collect(tmp_path / "elsewhere")
 
 
+@pytest.mark.slow
 def test_a_failing_variant_is_recorded_the_others_run_and_a_rerun_skips_what_is_done(cifar10_root, tmp_path,
                                                                                      monkeypatch):
     sweep = Sweep(tmp_path / "sweep", base(cifar10_root),
@@ -55,6 +56,7 @@ def test_a_failing_variant_is_recorded_the_others_run_and_a_rerun_skips_what_is_
     assert collect(tmp_path / "sweep") == rows  # read back from the folders alone
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_from_its_checkpoint(cifar10_root, tmp_path):
     sweep = Sweep(tmp_path / "sweep", base(cifar10_root, epochs=2), {"a": {}})
     pretrain(make_config("cifar10_cpu", **{**sweep.overrides("a"), "stop_after": 1}), progress=False)  # "killed"
@@ -66,6 +68,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(cifar10_root, tmp_path):
     assert log.count("epoch 1/2") == 1 and "epoch 2/2" in log  # epoch 1 was not trained again
 
 
+@pytest.mark.slow
 def test_runs_in_parallel_processes_and_a_printed_command_reproduces_a_run(cifar10_root, tmp_path):
     sweep = Sweep(tmp_path / "parallel", base(cifar10_root), {"m=0.9": {"m": 0.9}, "mlp": {"head": "mlp"}})
     rows = sweep.run(parallel=2, progress=False)
@@ -87,6 +90,7 @@ def test_runs_in_parallel_processes_and_a_printed_command_reproduces_a_run(cifar
     assert collect(tmp_path / "command")[-1]["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_sweeps_train_a_shared_setting_once_and_refuse_a_folder_of_other_settings(cifar10_root, tmp_path,
                                                                                   monkeypatch):
     first = Sweep(tmp_path / "first", base(cifar10_root), {"base": {}, "m=0.9": {"m": 0.9}})
@@ -120,6 +124,7 @@ def test_sweeps_train_a_shared_setting_once_and_refuse_a_folder_of_other_setting
     assert not (tmp_path / "other" / "new").exists()
 
 
+@pytest.mark.slow
 def test_parallel_sweeps_share_one_pool_of_processes(cifar10_root, tmp_path, capsys):
     """Two sweeps of one variant each with parallel=2: both runs start at once (a pool per sweep would run them
     one after the other, and 8 GPUs would idle on sweeps of 2-4 variants)."""

@@ -147,6 +147,7 @@ def test_schedules_follow_the_presets():
 # A few iterations, and the evaluations end to end
 # ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_few_detection_iterations_lower_the_loss(tmp_path):
     root = write_voc_detection(tmp_path, n=4)
     ds = VOCDetection(root, sets=(("2007", "trainval"),))
@@ -174,6 +175,7 @@ def test_voc_evaluation_of_perfect_detections_is_100(tmp_path):
     assert metrics["AP"] == pytest.approx(100) and metrics["AP50"] == pytest.approx(100)
 
 
+@pytest.mark.slow
 def test_a_few_segmentation_iterations_lower_the_loss_and_miou_is_computed(tmp_path):
     root = write_voc_segmentation(tmp_path)
     train = VOCSegmentation(root, "train", augmented=True, crop=64, scale=(0.75, 1.25), flip=True)
@@ -197,6 +199,7 @@ def test_a_few_segmentation_iterations_lower_the_loss_and_miou_is_computed(tmp_p
     assert np.allclose(m["IoU"], ious, equal_nan=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["voc_detection", "voc_segmentation", "coco"])
 def test_05_transfer_runs_headless(task, tmp_path):
     """Each row on 4 generated images; segmentation through the launcher, as 2 CPU processes."""
@@ -234,9 +237,11 @@ def test_05_transfer_runs_headless(task, tmp_path):
     assert f"| {metric} | {measured:.2f} | {reference} |" in tables[0]  # the job's metric beside the reference
 
 
-@pytest.mark.parametrize("task", ["voc_detection", "voc_segmentation"])
-def test_05_transfer_runs_on_generated_scenes_by_default(task, tmp_path, monkeypatch):
-    """No VOC, no checkpoint, no GPU: the notebook's defaults generate VOC-layout scenes under the project folder."""
+@pytest.mark.slow
+def test_05_transfer_runs_on_generated_scenes_by_default(tmp_path, monkeypatch):
+    """No VOC, no checkpoint, no GPU: the notebook's defaults generate VOC-layout scenes under the project folder.
+    One task suffices (segmentation, the quicker): the scenes are the same for both, detection reads them in
+    test_generated_scenes_read_as_voc_with_boxes_around_their_masks and trains in test_05_transfer_runs_headless."""
     import json
 
     import papermill
@@ -245,7 +250,7 @@ def test_05_transfer_runs_on_generated_scenes_by_default(task, tmp_path, monkeyp
     monkeypatch.setenv("MOCOLAB_HOME", str(tmp_path))
     papermill.execute_notebook(
         str(NOTEBOOKS / "05_transfer.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(NOTEBOOKS), progress_bar=False,
-        parameters=dict(task=task, iterations=2, gpus=0, workers=0, output_dir="runs/05"))
+        parameters=dict(task="voc_segmentation", iterations=2, gpus=0, workers=0, output_dir="runs/05"))
     out = tmp_path / "runs" / "05"  # relative paths land in the project folder, not the kernel's notebooks/
     assert (out / "predictions.png").stat().st_size > 10_000
     assert json.loads((out / "config.json").read_text())["config"]["weights"] == "none"
@@ -315,6 +320,7 @@ def test_coco_dataset_maps_categories_and_leaves_out_crowds(tmp_path):
         COCODetection(root / "train2017", root / "annotations" / "instances_nope.json")
 
 
+@pytest.mark.slow
 def test_coco_evaluation_of_perfect_boxes_and_masks_is_100_and_mask_rcnn_learns(tmp_path):
     from mocolab.transfer.datasets import COCODetection
     root = write_coco(tmp_path)

@@ -76,6 +76,7 @@ def seg_config(root, out, **kw):
                 workers=0, log_every=1, output_dir=str(out), **kw)
 
 
+@pytest.mark.slow
 def test_two_processes_take_the_step_of_one_averaging_their_halves(tmp_path):
     """torchrun, 2 gloo processes, 1 image each: the weights after 4 SGD steps equal one process's,
     computing each half of the global batch with its own BN statistics (per-process BN: SyncBatchNorm
@@ -137,6 +138,7 @@ def test_sync_bn_replaces_every_batchnorm_and_keeps_the_checkpoint_keys():
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), model.state_dict().values()))
 
 
+@pytest.mark.slow
 def test_sharded_voc_evaluation_equals_one_process(tmp_path):
     root = write_voc_detection(tmp_path, n=5)
     dataset = VOCDetection(root, sets=(("2007", "test"),), keep_difficult=True)
@@ -150,6 +152,7 @@ def test_sharded_voc_evaluation_equals_one_process(tmp_path):
 # Resume and bad configs
 # ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_crashed_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
     root = write_voc_segmentation(tmp_path / "VOCdevkit")
     whole = job.fine_tune(job.make_transfer_config(**seg_config(root, tmp_path / "whole", evaluate=False)),
