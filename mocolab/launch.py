@@ -7,7 +7,7 @@ WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT for each; if one raises
 or dies, it stops the others and raises here with that process's error.
 Meanwhile a thread relays the lines rank 0 appends to a log file, so a
 notebook cell shows progress while it waits. For several machines, use
-torchrun itself (see the README).
+torchrun itself (docs/pretraining.md, "One GPU, N GPUs, several machines").
 """
 from __future__ import annotations
 
