@@ -77,7 +77,8 @@ def test_the_cpu_and_workshop_presets_keep_moco_v2_and_size_the_rest():
     assert (cpu.arch, cpu.epochs, cpu.batch_size, cpu.knn_feature) == ("resnet10_w16", 3, 256, "avgpool")
     assert dataclasses.replace(workshop, epochs=200, preset="cifar10_demo") == demo
     with pytest.raises(ConfigError, match=r"preset cifar10_cpu is the CPU teaching recipe, but gpus=1: on GPUs "
-                                          r"choose one of \['cifar10_demo', 'imagenet_mocov2', 'cifar10_workshop', 'tiny'\]"):
+                                          r"choose one of \['cifar10_demo', 'imagenet_mocov2', 'cifar10_workshop', "
+                                          r"'tiny'\]"):
         make_config("cifar10_cpu", gpus=1)
 
 

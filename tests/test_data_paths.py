@@ -2,6 +2,7 @@
 a uint8 cache that cannot go stale, exact resumes, kNN sets equal to the reference's."""
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,6 +39,23 @@ def test_folder_is_decoded_once_into_a_cache_keyed_by_its_files(tmp_path):
     (root / "train" / "tmp").rename(root / "train" / "dog")
     swapped, labels = cached_split("imagefolder", root, "train", cache_dir=tmp_path / "cache")
     assert labels.tolist() == [0, 0, 0, 0, 1, 1, 1] and torch.equal(swapped[:4], images[3:])  # decoded anew
+
+
+def test_a_run_fingerprints_each_split_once_and_the_next_run_looks_again(tmp_path, monkeypatch):
+    from mocolab.data import device, one_read_per_split
+    root = write_image_folder(tmp_path / "d", per_class=8, size=16, splits=("train", "test"))
+    read = []
+    real_digest = device.files_digest
+    monkeypatch.setattr(device, "files_digest", lambda ds: read.append(ds.root) or real_digest(ds))
+    cfg = cfg_for(root, tmp_path, image_size=16, knn_every=1, batch_size=8, K=16, train_subset=0)
+    with one_read_per_split():
+        batches = device_batches(cfg, "cpu")
+        bank, test, classes = device_knn_sets(cfg, "cpu")
+    assert sorted(Path(r).name for r in read) == ["test", "train"]  # the train split once, not twice
+    assert len(bank.images) == len(batches) == 16 and len(test.images) == 16 and classes == 2
+    (root / "train" / "cat" / "000.jpg").unlink()  # changed between two runs: the next one sees it
+    with one_read_per_split():
+        assert len(device_batches(cfg, "cpu")) == 15
 
 
 def test_images_of_different_sizes_are_refused_naming_the_file(tmp_path):

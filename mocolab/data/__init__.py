@@ -24,13 +24,13 @@ import torch
 
 from ..config import Config
 from .datasets import DATASETS, DatasetError, classes_of, load_split, seeded_subset, subset_indices
-from .device import cached_split, device_batches, device_knn_sets
+from .device import cached_split, device_batches, device_knn_sets, one_read_per_split
 from .jpeg import jpeg_batches
 from .loader import LoaderBatches, eval_loader, knn_datasets, pretrain_dataset
 
 __all__ = ["DATASETS", "DatasetError", "KnnSets", "PretrainBatches", "cached_split", "classes_of", "eval_loader",
-           "knn_datasets", "knn_sets", "load_split", "pretrain_batches", "pretrain_dataset", "resolve_path",
-           "seeded_subset", "subset_indices"]
+           "knn_datasets", "knn_sets", "load_split", "one_read_per_split", "pretrain_batches", "pretrain_dataset",
+           "resolve_path", "seeded_subset", "subset_indices"]
 
 
 class PretrainBatches(Protocol):

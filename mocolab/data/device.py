@@ -13,6 +13,7 @@ exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -74,6 +75,23 @@ def decode_split(dataset: str, root, split: str, download: bool = True) -> tuple
     return torch.stack(images), torch.as_tensor(labels), bad
 
 
+_run_splits: dict | None = None  # while one_read_per_split() is open: what _read_split read, by its arguments
+
+
+@contextlib.contextmanager
+def one_read_per_split():
+    """Within this block (one run's data set-up), each split is listed, fingerprinted and loaded once:
+    the device path reads the train split for its batches and again for the kNN bank and its classes.
+    Outside it every call looks again, so that a file changed between two runs is seen."""
+    global _run_splits
+    outer = _run_splits
+    _run_splits = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _run_splits = outer
+
+
 def cached_split(dataset: str, root, split: str, download: bool = True, cache_dir=None):
     """decode_split, cached in cache_dir (default: cache_folder()) under a key of the dataset, its
     absolute root, the split and a fingerprint of its images and labels (data.fingerprint).
@@ -81,21 +99,32 @@ def cached_split(dataset: str, root, split: str, download: bool = True, cache_di
     The cache also keeps the files decoding skipped: a run that reads the cache
     reports (and records) them as the run that built it did.
     """
+    images, labels, _ = _read_split(dataset, root, split, download, cache_dir)
+    return images, labels
+
+
+def _read_split(dataset: str, root, split: str, download: bool, cache_dir=None):
+    """(images, labels, the split's dataset object) through the cache; once per one_read_per_split block."""
     root = Path(root)
+    seen = (dataset, str(root.resolve()), split, download, str(cache_dir))
+    if _run_splits is not None and seen in _run_splits:
+        return _run_splits[seen]
     ds = load_split(dataset, root, split, transform=None, download=download)
     key = {"dataset": dataset, "root": str(root.resolve()), "split": split, "files": files_digest(ds)}
     path = Path(cache_dir or cache_folder()) / (
         hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".pt")
-    if path.exists():
-        stored = torch.load(path, weights_only=True)
-        if stored["key"] == key:
-            for bad, reason in stored.get("unreadable", {}).items():
-                unreadable.report(bad, reason)
-            return stored["images"], stored["labels"]
-    images, labels, bad = decode_split(dataset, root, split, download)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save({"key": key, "images": images, "labels": labels, "unreadable": bad}, path)
-    return images, labels
+    stored = torch.load(path, weights_only=True) if path.exists() else None
+    if stored is not None and stored["key"] == key:
+        for bad, reason in stored.get("unreadable", {}).items():
+            unreadable.report(bad, reason)
+        images, labels = stored["images"], stored["labels"]
+    else:
+        images, labels, bad = decode_split(dataset, root, split, download)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save({"key": key, "images": images, "labels": labels, "unreadable": bad}, path)
+    if _run_splits is not None:
+        _run_splits[seen] = (images, labels, ds)
+    return images, labels, ds
 
 
 # ----------------------------------------------------------------------------
@@ -163,11 +192,12 @@ def device_knn_sets(cfg: Config, device, batch_size: int = 1024):
     are not already image_size pixels (the eval transform would resize; the CPU loaders do that)."""
     r = recipe(cfg.augmentation)
     sets = []
+    classes = None
     for split, n, name in (("train", cfg.knn_bank_size, "knn bank"), ("test", cfg.knn_test_size, "knn test")):
-        images, labels = cached_split(cfg.dataset, cfg.data_root, split, cfg.download)
+        images, labels, ds = _read_split(cfg.dataset, cfg.data_root, split, cfg.download)
         if images.shape[-1] != cfg.image_size or images.shape[-2] != cfg.image_size:
             return None
+        classes = classes_of(ds) if classes is None else classes  # the train split's
         idx = torch.as_tensor(subset_indices(len(images), n, cfg.seed, name))  # the reference path's subsets
         sets.append(DeviceEvalBatches(images[idx].to(device), labels[idx].to(device), r.mean, r.std, batch_size))
-    classes = classes_of(load_split(cfg.dataset, cfg.data_root, "train", None, cfg.download))
     return sets[0], sets[1], len(classes)
