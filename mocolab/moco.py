@@ -66,6 +66,22 @@ class MoCo(nn.Module):
         self.encoder_k.requires_grad_(False)  # updated only by momentum, never by gradients
         self.queue = KeyQueue(K, dim)
 
+    @property
+    def query_encoder(self) -> nn.Module:
+        """f_q, the encoder that learns: the one the optimiser updates, the kNN monitor and the evaluation
+        read, and the export writes."""
+        return self.encoder_q
+
+    @property
+    def key_encoder(self) -> nn.Module:
+        """f_k, the momentum copy of f_q that encodes the keys."""
+        return self.encoder_k
+
+    def queue_stats(self) -> torch.Tensor:
+        """The queue's diagnostics as one tensor: mean key age, oldest key, share of keys still random
+        (KeyQueue.age_stats). A few kernels each time: the training loop reads it at log steps only."""
+        return self.queue.age_stats()
+
     @torch.no_grad()
     def momentum_update(self) -> None:
         """theta_k = m * theta_k + (1 - m) * theta_q over parameters; BN buffers are not averaged."""

@@ -59,7 +59,7 @@ def build_optimizer(model: MoCo, cfg: Config) -> torch.optim.SGD:
     On a GPU the fused kernel updates all parameters at once (the same arithmetic, fewer launches).
     """
     on_gpu = next(model.parameters()).is_cuda
-    return torch.optim.SGD(model.encoder_q.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+    return torch.optim.SGD(model.query_encoder.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                            weight_decay=cfg.weight_decay, fused=True if on_gpu else None)
 
 
@@ -108,8 +108,8 @@ def build_trainer(cfg: Config, device: torch.device, world: int, num_steps: int)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.compile:  # in place, so state_dict keys (and checkpoints) stay those of the plain model
-        model.encoder_q.compile()
-        model.encoder_k.compile()
+        model.query_encoder.compile()
+        model.key_encoder.compile()
     autocast_dtype = resolve_precision(cfg.precision, device)
     return Trainer(model=model, step_model=_ddp(model, device) if world > 1 else model,
                    optimizer=build_optimizer(model, cfg),
@@ -167,7 +167,7 @@ def _log_step(trainer: Trainer, stats: torch.Tensor, step: int, epoch: float, wr
     """A steps.csv row: the global batch's means; the queue (and its key ages, read only here) is the same
     on every rank. The one host sync of log_every steps."""
     loss, acc, pos, neg, age, oldest, random_keys = dist_.all_reduce_mean(
-        torch.cat([stats, trainer.model.queue.age_stats()])).tolist()
+        torch.cat([stats, trainer.model.queue_stats()])).tolist()
     if not math.isfinite(loss):
         fix = "lower lr" if trainer.autocast_dtype is None else \
             f"lower lr, or use precision='fp32' (this run computes in {trainer.autocast_dtype})"
@@ -260,7 +260,7 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True) -> Run:
                    "images_per_s": round(num_steps * cfg.batch_size / train_s, 1)}
             if monitor and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.final_epoch):
                 tic = time.perf_counter()
-                row["knn_top1"] = knn_monitor(trainer.model.encoder_q, monitor, cfg, device, progress)
+                row["knn_top1"] = knn_monitor(trainer.model.query_encoder, monitor, cfg, device, progress)
                 row["knn_s"] = round(time.perf_counter() - tic, 3)
             run.history.append(row)
             if main:
@@ -274,7 +274,7 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True) -> Run:
 def _random_network_row(trainer: Trainer, monitor, cfg: Config, device, writer, folder, progress: bool) -> dict:
     """metrics.csv's epoch 0: the kNN monitor on the encoder before its first step (same bank and test set)."""
     tic = time.perf_counter()
-    top1 = knn_monitor(trainer.model.encoder_q, monitor, cfg, device, progress)
+    top1 = knn_monitor(trainer.model.query_encoder, monitor, cfg, device, progress)
     row = {"epoch": 0, "step": 0, "lr": None, "loss": None, "acc": None, "pos_sim": None, "neg_sim": None,
            "knn_top1": top1, "train_s": None, "knn_s": round(time.perf_counter() - tic, 3), "images_per_s": None}
     writer.add_scalar("epoch/knn_top1", top1, 0)

@@ -109,8 +109,10 @@ def test_momentum_update_matches_formula_and_key_encoder_gets_no_gradient():
 
 def test_key_encoder_starts_as_exact_copy():
     model = small_moco()
-    for pq, pk in zip(model.encoder_q.parameters(), model.encoder_k.parameters()):
+    for pq, pk in zip(model.query_encoder.parameters(), model.key_encoder.parameters()):
         assert torch.equal(pq, pk) and pq.data_ptr() != pk.data_ptr()
+    assert not any(p.requires_grad for p in model.key_encoder.parameters())  # moved by momentum only
+    assert torch.equal(model.queue_stats(), model.queue.age_stats())
 
 
 def test_step_enqueues_the_new_keys_and_reports_statistics():

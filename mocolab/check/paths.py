@@ -42,7 +42,7 @@ def _views(n: int = 16, size: int = 32, seed: int = 1) -> tuple[torch.Tensor, to
 def _steps(model: MoCo, device, dtype, steps: int = 3, scaler=None, size: int = 32) -> list[float]:
     """Losses of `steps` SGD steps of `model` on fixed views, under autocast(dtype) (None: fp32)."""
     model = model.to(device)
-    optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=0.03, momentum=0.9, weight_decay=1e-4)
+    optimizer = torch.optim.SGD(model.query_encoder.parameters(), lr=0.03, momentum=0.9, weight_decay=1e-4)
     losses = []
     for step in range(steps):
         x_q, x_k = (x.to(device) for x in _views(size=size, seed=step))
@@ -137,8 +137,8 @@ def compiled_steps(device) -> str:
     eager = _steps(_moco(), device, None)
     model = _moco()
     backend = "inductor" if torch.device(device).type == "cuda" else "eager"
-    model.encoder_q.compile(backend=backend)
-    model.encoder_k.compile(backend=backend)
+    model.query_encoder.compile(backend=backend)
+    model.key_encoder.compile(backend=backend)
     compiled = _steps(model, device, None)
     diff = max(abs(a - b) for a, b in zip(eager, compiled))
     assert diff <= 1e-3, f"compiled losses {compiled} vs eager {eager}"
