@@ -156,16 +156,8 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def kind_of(state: dict) -> str | None:
-    """"pretraining" or "fine-tuning" (checkpoints written before `kind` was saved are recognised by
-    their config: a fine-tuning config names a task, a pretraining one a queue size K), or None."""
-    if not isinstance(state, dict):
-        return None
-    if state.get("kind") in KINDS:
-        return state["kind"]
-    config = state.get("config")
-    if "model" not in state or not isinstance(config, dict):
-        return None
-    return "fine-tuning" if "task" in config else "pretraining" if "K" in config else None
+    """"pretraining" or "fine-tuning", as the checkpoint's `kind` says, or None for any other file."""
+    return state["kind"] if isinstance(state, dict) and state.get("kind") in KINDS else None
 
 
 def describe(state) -> str:

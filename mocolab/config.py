@@ -205,16 +205,9 @@ def make_config(preset: str = "cifar10_demo", **overrides) -> Config:
     return settings.build(Config, {**PRESETS[preset], "preset": preset}, overrides)
 
 
-# Values that older mocolab versions saved and that now have another name: (field, old) -> new.
-RENAMED_VALUES = {("knn_feature", "backbone"): "avgpool"}
-
-
 def config_from_dict(values: dict) -> Config:
-    """Rebuild a Config saved by `Config.to_dict` (in config.json or a checkpoint).
-
-    Values renamed since (RENAMED_VALUES) are translated, so older checkpoints still load.
-    """
-    values = {k: RENAMED_VALUES.get((k, v), v) if isinstance(v, str) else v for k, v in values.items()}
+    """Rebuild a Config saved by `Config.to_dict` (in config.json or a checkpoint); a key this version
+    does not know is named (settings.from_dict)."""
     return settings.from_dict(Config, values)
 
 

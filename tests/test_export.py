@@ -19,7 +19,7 @@ def save_checkpoint(path, **overrides):
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-1, 1)
             module.running_var.uniform_(0.5, 2)
-    atomic_save({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 1}, path)
+    atomic_save({"kind": "pretraining", "model": model.state_dict(), "config": cfg.to_dict(), "epoch": 1}, path)
     return model.encoder_q.backbone.eval()
 
 

@@ -85,18 +85,18 @@ def test_layer_pools_of_other_backbones_bring_each_stage_near_9216_dims():
 def test_encoder_from_checkpoint_and_mismatch(tmp_path):
     cfg = make_config("cifar10_demo", dim=16, K=512)
     model = build_model(cfg)
-    atomic_save({"model": model.state_dict(), "config": cfg.to_dict()}, tmp_path / "c.pt")
+    atomic_save({"kind": "pretraining", "model": model.state_dict(), "config": cfg.to_dict()}, tmp_path / "c.pt")
     loaded = weights.load(tmp_path / "c.pt")
     assert torch.equal(loaded.encoder.head.weight, model.encoder_q.head.weight)
     assert loaded.identity.startswith("moco-") and loaded.format == "mocolab" and loaded.arch == "resnet18"
     state = model.state_dict()
     state["encoder_q.backbone.fc_extra"] = torch.zeros(1)
-    atomic_save({"model": state, "config": cfg.to_dict()}, tmp_path / "extra.pt")
+    atomic_save({"kind": "pretraining", "model": state, "config": cfg.to_dict()}, tmp_path / "extra.pt")
     with pytest.raises(CheckpointError, match="missing none; unexpected fc_extra"):
         weights.load(tmp_path / "extra.pt")
     state = model.state_dict()
     del state["encoder_q.head.bias"]
-    atomic_save({"model": state, "config": cfg.to_dict()}, tmp_path / "no_bias.pt")
+    atomic_save({"kind": "pretraining", "model": state, "config": cfg.to_dict()}, tmp_path / "no_bias.pt")
     with pytest.raises(CheckpointError, match="missing bias; unexpected none"):
         weights.load(tmp_path / "no_bias.pt")
 
