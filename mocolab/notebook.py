@@ -3,7 +3,8 @@
 Every notebook turns its `parameters` cell into a frozen, validated config
 (mocolab.settings): 01_augmentations an `AugmentationsConfig`, 02_pretrain a
 `Config`, 03_evaluate an `EvalConfig`, 04_embeddings an `EmbeddingsConfig`,
-05_transfer a `TransferConfig`. A wrong key or type fails in that cell, by name.
+05_transfer a `TransferConfig`, 06_ablations a `LabConfig` (mocolab.ablation_lab). A wrong key or type
+fails in that cell, by name.
 Relative paths in the parameters are resolved against the project folder
 (mocolab.project) first, wherever the kernel was started.
 """

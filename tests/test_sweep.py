@@ -166,3 +166,22 @@ def test_verdicts_read_the_claims_direction_and_say_when_they_cannot():
     table = claims_table({"momentum": rows({"m=0": 20.0, "m=0.9": 30.0, "m=0.99": 35.0, "m=0.999": 33.0})})
     assert "| momentum |" in table and "59.0" in table and "m=0 20.0" in table and "**holds**" in table
     assert set(ABLATIONS) == {"momentum", "queue", "shuffle_bn", "temperature", "head", "augmentation", "symmetric"}
+
+
+def test_the_lab_plans_every_sweep_before_any_run_and_refuses_bad_parameters(cifar10_root, tmp_path):
+    """Notebook 06's parameters as a LabConfig: a wrong name fails there; the plan counts the shared run once,
+    and the commands executor writes one command per run without training."""
+    from mocolab.ablation_lab import AblationLab, LabConfig
+    lab = AblationLab(LabConfig(ablations_to_run="momentum,shuffle_bn", variants={"momentum": ["m=0", "m=0.99"]},
+                                preset="cifar10_cpu", epochs=1, train_subset=128, dataset="imagefolder",
+                                data_root=str(cifar10_root), executor="commands", output_dir=str(tmp_path / "lab")))
+    assert lab.summary().endswith("2 ablations, 4 variants, 3 runs to train, executor 'commands'")
+    assert lab.base["train_subset"] == 128 and lab.base["knn_feature"] == "avgpool" and lab.parallel == 1
+    assert list(lab.run()) == ["momentum", "shuffle_bn"]
+    commands = (tmp_path / "lab" / "commands.sh").read_text().splitlines()
+    assert len(commands) == 3 and not list((tmp_path / "lab").rglob("checkpoint_last.pt"))  # nothing trained
+    for bad, message in ((dict(ablations_to_run="momentum,nope"), "ablations_to_run\\[1\\]='nope' is not one of"),
+                         (dict(ablations_to_run="momentum", variants={"queue": ["K=256"]}), "not in ablations_to_run"),
+                         (dict(executor="slurm"), "executor='slurm'")):
+        with pytest.raises(ConfigError, match=message):
+            LabConfig(**bad)
