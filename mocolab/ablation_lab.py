@@ -3,7 +3,7 @@
     lab = AblationLab(LabConfig(ablations_to_run="momentum,shuffle_bn", preset="auto"))
     print(lab.summary())   # the base recipe, how many variants and how many runs to train
     results = lab.run()    # or, with executor="commands", one shell command per run in commands.sh
-    lab.figure("momentum") # kNN and loss curves of one ablation's variants
+    lab.figure(results, "momentum")  # kNN and loss curves of one ablation's variants
 
 Every sweep is built, and every variant validated as a Config, when the lab is
 made, before any run starts. The base recipe is a variant of several ablations
