@@ -1,7 +1,9 @@
 """The papers' ablations at CIFAR-10 scale, as sweeps of one base recipe, each with its claim and a verdict.
 
-    results = run_ablations(["momentum", "shuffle_bn"], "runs/ablations", base={...})
-    claims_table(results)   # the claim, its source, the paper's number, here, the verdict
+    sweep = sweep_for("momentum", "runs/ablations", base={...})   # one ablation's variants as a Sweep
+    claims_table(read_ablations("runs/ablations"))   # the claim, its source, the paper's number, here, the verdict
+
+Notebook 06 plans and runs them through mocolab.ablation_lab.
 
 Every ablation is a `Sweep` (mocolab.sweep) of named variants of one base recipe
 (cifar10_demo shortened, by default), so its runs are resumable, run one after
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import Config, make_config
-from .sweep import Sweep, collect, final, run_sweeps
+from .sweep import Sweep, collect, final
 
 
 @dataclass(frozen=True)
@@ -148,14 +150,6 @@ def claims_table(results: dict[str, list[dict]]) -> str:
         here = ", ".join(f"{v} {value:.1f}" for v, value in knn.items() if value is not None) or "-"
         lines.append(f"| {name} | {a.claim} ({a.source}) | {a.paper or '-'} | {here} | **{says}** ({a.test}) |")
     return "\n".join(lines)
-
-
-def run_ablations(names: list[str], folder, base: dict, parallel: int = 1, gpus: bool = False,
-                  variants: dict[str, list[str]] | None = None, progress: bool = True) -> dict[str, list[dict]]:
-    """Build every ablation's sweep first (a bad setting fails before any run), then run them in turn, the base
-    recipe (a variant of several ablations) once (sweep.run_sweeps)."""
-    sweeps = {name: sweep_for(name, folder, base, (variants or {}).get(name)) for name in names}
-    return run_sweeps(sweeps, parallel=parallel, gpus=gpus, progress=progress)
 
 
 def read_ablations(folder, names: list[str] | None = None) -> dict[str, list[dict]]:

@@ -9,6 +9,7 @@ It needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them). Wh
 they are missing it is skipped with that reason, except under
 MOCOLAB_REQUIRE_BROWSER=1 (set by CI), where it fails instead.
 """
+import json
 import os
 import shutil
 import socket
@@ -111,7 +112,6 @@ def wait_for(predicate, timeout: float, what: str, driver=None, screenshot=None)
 
 def kernel_idle(url: str, notebook: str) -> bool:
     """Whether the server has a kernel session for `notebook` and that kernel is idle (the REST API)."""
-    import json
     try:
         sessions = json.load(urllib.request.urlopen(f"{url}/api/sessions?token={TOKEN}", timeout=5))
     except OSError:
@@ -153,7 +153,7 @@ def test_the_explorer_renders_in_jupyterlab_and_a_slider_redraws_the_views(jupyt
     # lost (seen on a loaded machine: the sliders never came). So: ask the server that the notebook's kernel
     # exists and is idle, then check that the cells started (an execution prompt [*] or [n]), else click again.
     wait_for(lambda: kernel_idle(url, "01.ipynb"), 180, "the notebook's kernel to start", browser, shot)
-    for attempt in range(3):
+    for _ in range(3):
         find(By.XPATH, "//li[contains(@class, 'lm-MenuBar-item')][normalize-space()='Run']")[0].click()
         wait_for(lambda: find(By.XPATH, "//li[contains(@class, 'lm-Menu-item')][normalize-space()='Run All Cells']"),
                  10, "the Run menu", browser, shot)[0].click()

@@ -106,11 +106,12 @@ def cached_split(dataset: str, root, split: str, download: bool = True, cache_di
 def _read_split(dataset: str, root, split: str, download: bool, cache_dir=None):
     """(images, labels, the split's dataset object) through the cache; once per one_read_per_split block."""
     root = Path(root)
-    seen = (dataset, str(root.resolve()), split, download, str(cache_dir))
+    where = str(root.resolve())
+    seen = (dataset, where, split, download, str(cache_dir))
     if _run_splits is not None and seen in _run_splits:
         return _run_splits[seen]
     ds = load_split(dataset, root, split, transform=None, download=download)
-    key = {"dataset": dataset, "root": str(root.resolve()), "split": split, "files": files_digest(ds)}
+    key = {"dataset": dataset, "root": where, "split": split, "files": files_digest(ds)}
     path = Path(cache_dir or cache_folder()) / (
         hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".pt")
     stored = torch.load(path, weights_only=True) if path.exists() else None
