@@ -26,8 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# Config fields that define the shapes of the saved tensors: a resume must match them.
-MODEL_FIELDS = ("arch", "cifar_stem", "head", "dim", "K")
 KINDS = ("pretraining", "fine-tuning")
 
 
@@ -186,10 +184,11 @@ def load_pretraining(path: str | Path) -> dict:
     return state
 
 
-def check_compatible(saved_config: dict, config: dict, path) -> None:
-    """Fail, listing the differences, if the checkpoint's model differs from the config's."""
+def check_compatible(saved_config: dict, config: dict, fields, path) -> None:
+    """Fail, listing the differences, if the checkpoint's model differs from the config's in one of `fields`
+    (the config's model-defining fields, config.MODEL_FIELDS)."""
     diffs = [f"{name}: checkpoint {saved_config.get(name)!r}, config {config[name]!r}"
-             for name in MODEL_FIELDS if saved_config.get(name) != config[name]]
+             for name in fields if saved_config.get(name) != config[name]]
     if diffs:
         raise CheckpointError(f"checkpoint {path} is of another model ({'; '.join(diffs)}); "
                               f"use the same settings, or another output_dir for a new run.")

@@ -22,31 +22,47 @@ from .device import visible_gpus
 from .models import ARCHS
 from .settings import ConfigError, need
 
-__all__ = ["PRESETS", "Config", "ConfigError", "make_config", "config_from_dict", "need"]
+__all__ = ["EXECUTION_FIELDS", "MODEL_FIELDS", "PRESETS", "Config", "ConfigError", "make_config",
+           "config_from_dict", "need"]
+
+
+# Every field has one of three roles, marked where the field is declared so that a new field cannot be forgotten:
+#   model      defines the shapes of the saved tensors: a resumed checkpoint must match it (checkpoint.py)
+#   execution  says where or how a run executes, not what it computes: two configs that differ only in these
+#              fields compute the same run (the sweeps' folder check and run sharing)
+#   recipe     (unmarked) everything else: what the run computes
+def model(default):
+    """A field that defines the model's tensors (role "model")."""
+    return dataclasses.field(default=default, metadata={"role": "model"})
+
+
+def execution(default):
+    """A field that says where or how a run executes, not what it computes (role "execution")."""
+    return dataclasses.field(default=default, metadata={"role": "execution"})
 
 
 @dataclass(frozen=True)
 class Config:
     # --- data ---------------------------------------------------------------
     dataset: Literal["cifar10", "cifar100", "stl10", "imagefolder"] = "cifar10"
-    data_root: str = "data"  # torchvision downloads land here; imagefolder: the folder holding train/
-    download: bool = True  # let torchvision fetch CIFAR / STL-10 when missing
+    data_root: str = execution("data")  # torchvision downloads land here; imagefolder: the folder holding train/
+    download: bool = execution(True)  # let torchvision fetch CIFAR / STL-10 when missing
     train_subset: int = 0  # pretrain on a seeded random subset of this many images; 0: all
-    workers: int = 4  # DataLoader worker processes; 0 loads in the main process
+    workers: int = execution(4)  # DataLoader worker processes; 0 loads in the main process
     # cpu: torchvision transforms in loader workers (the reference); device: images decoded once into
     # a uint8 tensor on the training device, augmented there in batches (small datasets of one size);
     # jpeg: workers read the files of an image folder, the device decodes and augments them;
     # auto: cpu on the CPU; on a GPU, jpeg for image folders at image_size > 96, else device
-    data_path: Literal["auto", "cpu", "device", "jpeg"] = "auto"
+    data_path: Literal["auto", "cpu", "device", "jpeg"] = execution("auto")
 
     # --- encoder ------------------------------------------------------------
-    arch: Literal[ARCHS] = "resnet18"  # resnet10_w16, ...: narrow ResNets, the CPU teaching approximation
-    cifar_stem: bool = True  # conv1 3x3 stride 1 and no max-pool, for 32 px images
-    head: Literal["linear", "mlp"] = "linear"  # demo: Linear 512->128; v2: Linear-ReLU-Linear
-    dim: int = 128  # dimension of q and k
+    arch: Literal[ARCHS] = model("resnet18")  # resnet10_w16, ...: narrow ResNets, the CPU teaching approximation
+    cifar_stem: bool = model(True)  # conv1 3x3 stride 1 and no max-pool, for 32 px images
+    head: Literal["linear", "mlp"] = model("linear")  # demo: Linear 512->128; v2: Linear-ReLU-Linear
+    dim: int = model(128)  # dimension of q and k
 
     # --- MoCo ---------------------------------------------------------------
-    K: int = 4096  # queue size: number of negative keys
+    K: int = model(4096)  # queue size: number of negative keys
     m: float = 0.99  # momentum of the key encoder: k = m*k + (1-m)*q
     T: float = 0.1  # softmax temperature of the InfoNCE logits
     symmetric: bool = False  # both crops serve as query (two losses, summed), as in the demo
@@ -67,14 +83,14 @@ class Config:
     warmup_epochs: int = 0  # linear warm-up from 0 before the cosine decay
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
     steps_per_epoch: int = 0  # cap on steps per epoch, for demos and tests; 0: the whole dataset
-    stop_after: int = 0  # > 0: stop after this many epochs, on the schedule of `epochs` (resume=True goes on)
+    stop_after: int = execution(0)  # > 0: stop after this many epochs of `epochs`' schedule (resume=True goes on)
 
     # --- hardware -----------------------------------------------------------
-    gpus: int = -1  # -1: one GPU if present, else the CPU; 0: CPU; N: N GPUs, one process each (NCCL)
+    gpus: int = execution(-1)  # -1: one GPU if present, else the CPU; 0: CPU; N: N GPUs, one process each (NCCL)
     processes: int = 1  # with gpus=0: CPU processes (gloo), to try the distributed path on a laptop
     sync_bn: bool = False  # SyncBatchNorm over all GPUs instead of shuffle BN's per-GPU statistics (ablation)
-    channels_last: bool = False  # NHWC memory layout: faster convolutions under bf16 on recent GPUs
-    compile: bool = False  # torch.compile both encoders (minutes of warm-up for ~10% per step)
+    channels_last: bool = execution(False)  # NHWC memory layout: faster convolutions under bf16 on recent GPUs
+    compile: bool = execution(False)  # torch.compile both encoders (minutes of warm-up for ~10% per step)
 
     # --- kNN monitor (the demo's: k=200, T=0.1 on the head output) ----------
     knn_every: int = 1  # epochs between kNN passes; 0: never
@@ -85,12 +101,12 @@ class Config:
     knn_test_size: int = 0  # seeded subset of the test split; 0: all
 
     # --- run ----------------------------------------------------------------
-    output_dir: str = "runs/moco"  # config.json, metrics.csv, checkpoints, TensorBoard logs
-    checkpoint_every: int = 10  # epochs between kept checkpoints (checkpoint_last.pt is every epoch)
-    log_every: int = 10  # steps between progress/TensorBoard updates (each forces a GPU sync)
+    output_dir: str = execution("runs/moco")  # config.json, metrics.csv, checkpoints, TensorBoard logs
+    checkpoint_every: int = execution(10)  # epochs between kept checkpoints (checkpoint_last.pt is every epoch)
+    log_every: int = execution(10)  # steps between progress/TensorBoard updates (each forces a GPU sync)
     seed: int = 0
-    resume: bool = False  # continue from output_dir/checkpoint_last.pt
-    preset: str = "cifar10_demo"  # recorded for reference; set by make_config
+    resume: bool = execution(False)  # continue from output_dir/checkpoint_last.pt
+    preset: str = execution("cifar10_demo")  # recorded for reference; set by make_config
 
     label = "config"  # in error messages: "unknown config key ..."
 
@@ -118,6 +134,15 @@ class Config:
     def views_per_step(self) -> int:
         """Keys enqueued per image: 2 with the symmetric loss (both crops give keys)."""
         return 2 if self.symmetric else 1
+
+
+def fields_of_role(role: str) -> tuple[str, ...]:
+    """The Config fields of one role ("model", "execution" or "recipe"), in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(Config) if f.metadata.get("role", "recipe") == role)
+
+
+MODEL_FIELDS = fields_of_role("model")
+EXECUTION_FIELDS = fields_of_role("execution")
 
 
 # Every field in which the ImageNet recipe differs from the demo defaults

@@ -18,18 +18,7 @@ import time
 from pathlib import Path
 
 from .launch import relay_log
-
-
-def parse_value(text: str):
-    """A -p value as papermill reads it: None, True/False, an int, a float, or the string itself."""
-    if text in ("None", "True", "False"):
-        return {"None": None, "True": True, "False": False}[text]
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+from .settings import parse_value
 
 
 def failure_line(error, hints: dict[str, str]) -> str:

@@ -66,16 +66,38 @@ def from_dict(cls, values: dict):
     return cls(**values)
 
 
+def parse_value(text: str):
+    """A value typed as text (a command-line key=value, a notebook's -p NAME VALUE): numbers, True/False,
+    None, quoted strings, lists and tuples as Python literals; anything else (a bare word, a path) as the
+    string itself. The one parser of typed values; `format_value` is its inverse."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def format_value(value) -> str:
+    """value as text that parse_value reads back to an equal value: a string bare unless it would read as
+    another type ("1", "True", "None"), everything else as its Python literal."""
+    if isinstance(value, str) and not _is_literal(value):
+        return value
+    return repr(value)
+
+
+def _is_literal(text: str) -> bool:
+    try:
+        ast.literal_eval(text)
+        return True
+    except (ValueError, SyntaxError):
+        return False
+
+
 def parse_override(text: str) -> tuple[str, object]:
-    """A command-line `key=value`: numbers, True/False, None and quoted strings as Python values,
-    anything else (a bare word, a path) as a string."""
+    """A command-line `key=value` as (key, parse_value(value))."""
     if "=" not in text:
         raise SystemExit(f"override {text!r} is not of the form key=value")
     key, value = text.split("=", 1)
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value
+    return key, parse_value(value)
 
 
 # ----------------------------------------------------------------------------

@@ -23,7 +23,6 @@ folders to its run (`share_runs`), so that every sweep still reads as whole.
 """
 from __future__ import annotations
 
-import ast
 import csv
 import json
 import os
@@ -35,13 +34,9 @@ import traceback
 import warnings
 from pathlib import Path
 
-from .config import Config, ConfigError, make_config
+from .config import EXECUTION_FIELDS, Config, ConfigError, make_config
 from .device import visible_gpus
-
-# Config fields that say where or how a run executes, not what it computes: a folder that differs from a variant
-# only in these holds that variant's run (and two variants that differ only in these are one run).
-EXECUTION = ("output_dir", "resume", "stop_after", "preset", "data_root", "download", "workers", "data_path",
-             "gpus", "channels_last", "compile", "log_every", "checkpoint_every")
+from .settings import format_value
 
 COLUMNS = ("variant", "setting", "state", "epoch", "loss", "acc", "pos_sim", "neg_sim", "knn_top1", "train_s",
            "knn_s", "error")
@@ -75,7 +70,7 @@ class Sweep:
 
     def argv(self, name: str, resume: bool) -> list[str]:
         """`python -m mocolab --preset ... key=value ...` for one variant, as a list of arguments."""
-        args = [_argument(key, value) for key, value in {**self.overrides(name), "resume": resume}.items()]
+        args = [f"{key}={format_value(value)}" for key, value in {**self.overrides(name), "resume": resume}.items()]
         return [sys.executable, "-m", "mocolab", "--preset", self.preset, *args]
 
     def command(self, name: str) -> str:
@@ -219,8 +214,11 @@ def run_in_processes(jobs: list[tuple[Sweep, str]], parallel: int, gpus: bool, p
 
 
 def settings(cfg: Config) -> dict:
-    """What a run computes: its config without the EXECUTION fields, as config.json stores it."""
-    return {key: value for key, value in json.loads(json.dumps(cfg.to_dict())).items() if key not in EXECUTION}
+    """What a run computes: its config without the execution fields (config.EXECUTION_FIELDS), as config.json
+    stores it. A folder that differs from a variant only in those holds that variant's run, and two variants
+    that differ only in those are one run."""
+    return {key: value for key, value in json.loads(json.dumps(cfg.to_dict())).items()
+            if key not in EXECUTION_FIELDS}
 
 
 def _saved_config(folder: Path) -> dict:
@@ -278,17 +276,6 @@ def run_sweeps(sweeps: dict[str, Sweep], parallel: int = 1, gpus: bool = False,
     jobs = [(sweep, variant) for sweep in sweeps.values() for variant in sweep.plan(parallel, progress)]
     run_in_processes(jobs, parallel, gpus, progress)
     return {name: collect(sweep.folder) for name, sweep in sweeps.items()}
-
-
-def _argument(key: str, value) -> str:
-    """key=value as `python -m mocolab` reads it back (settings.parse_override): a string bare unless it would
-    read as another type ("1", "True"), everything else as its Python literal."""
-    if isinstance(value, str):
-        try:
-            ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            return f"{key}={value}"
-    return f"{key}={value!r}"
 
 
 def run_state(folder: Path, cfg: Config) -> str:

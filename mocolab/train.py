@@ -26,7 +26,7 @@ from . import checkpoint as ckpt
 from . import data
 from . import distributed as dist_
 from . import job, runlog
-from .config import Config, ConfigError, check_world, config_from_dict
+from .config import MODEL_FIELDS, Config, ConfigError, check_world, config_from_dict
 from .data import unreadable
 from .device import resolve_precision
 from .evaluate import extract_features, knn_accuracy
@@ -207,7 +207,7 @@ def preflight(cfg: Config) -> tuple[torch.device, dict | None]:
     """Every check that can fail before training: output dir, checkpoint, device, precision."""
     device, saved = job.open_run(cfg, "pretraining")
     if saved is not None:
-        ckpt.check_compatible(saved["config"], cfg.to_dict(), Path(cfg.output_dir) / "checkpoint_last.pt")
+        ckpt.check_compatible(saved["config"], cfg.to_dict(), MODEL_FIELDS, Path(cfg.output_dir) / "checkpoint_last.pt")
     resolve_precision(cfg.precision, device)
     if cfg.sync_bn and device.type != "cuda":
         raise ConfigError("sync_bn=True needs GPUs (SyncBatchNorm runs on CUDA only); use shuffle BN on the CPU")

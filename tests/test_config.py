@@ -114,3 +114,49 @@ def test_impossible_values(overrides, message):
 def test_direct_construction_is_validated_too():
     with pytest.raises(ConfigError, match="dim must be positive"):
         Config(dim=0)
+
+
+def test_the_model_fields_are_exactly_those_that_change_the_saved_tensors():
+    """config.MODEL_FIELDS (the fields a resume must match) against the model itself: changing one of them
+    changes a tensor's shape or the set of tensors; changing any other field changes none."""
+    from mocolab.config import MODEL_FIELDS
+    from mocolab.train import build_model
+
+    def shapes(cfg):
+        return {name: tuple(t.shape) for name, t in build_model(cfg).state_dict().items()}
+
+    base = make_config("tiny", arch="resnet10_w16")
+    other = {"arch": "resnet18", "cifar_stem": False, "head": "mlp", "dim": 64, "K": 128,
+             "bn_splits": 4, "m": 0.9, "T": 0.2, "symmetric": True, "shuffle_bn": False, "image_size": 24,
+             "augmentation": "aug_plus", "batch_size": 32, "knn_feature": "avgpool"}
+    assert set(MODEL_FIELDS) <= set(other)
+    before = shapes(base)
+    changes = {name for name, value in other.items() if shapes(dataclasses.replace(base, **{name: value})) != before}
+    assert changes == set(MODEL_FIELDS)
+
+
+def test_every_field_has_one_role_and_execution_fields_do_not_change_what_a_run_computes():
+    from mocolab.config import EXECUTION_FIELDS, MODEL_FIELDS, fields_of_role
+    from mocolab.sweep import settings
+
+    names = [f.name for f in dataclasses.fields(Config)]
+    recipe = fields_of_role("recipe")
+    assert sorted(MODEL_FIELDS + EXECUTION_FIELDS + recipe) == sorted(names)
+    assert {"output_dir", "resume", "gpus", "workers", "data_path"} <= set(EXECUTION_FIELDS)
+    assert {"m", "T", "epochs", "lr", "seed", "dataset", "augmentation"} <= set(recipe)
+    cfg = make_config("tiny")
+    moved = dataclasses.replace(cfg, output_dir="elsewhere", workers=3, log_every=5, resume=True)
+    assert settings(moved) == settings(cfg)
+    assert settings(dataclasses.replace(cfg, m=0.5)) != settings(cfg)
+
+
+def test_one_parser_for_values_typed_as_text_and_its_inverse():
+    from mocolab.settings import format_value, parse_override, parse_value
+
+    assert [parse_value(v) for v in ("None", "True", "3", "0.5", "1e-3", "runs/x", "'3'", "a b")] == \
+        [None, True, 3, 0.5, 1e-3, "runs/x", "3", "a b"]
+    assert parse_override("data_root=/data/cifar 10") == ("data_root", "/data/cifar 10")
+    for value in (None, False, 0, 7, 0.06, 1e-12, "runs/m=0.9", "3", "True", "None", "", "it's", (1, 2), "[1]"):
+        text = format_value(value)
+        assert parse_value(text) == value and type(parse_value(text)) is type(value), (value, text)
+    assert format_value("runs/x") == "runs/x"  # a plain string stays bare, as a user types it
