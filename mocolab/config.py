@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from . import settings
+from .augment import RECIPES
+from .data.datasets import DATASETS
 from .device import visible_gpus
 from .models import ARCHS
 from .settings import ConfigError, need
@@ -44,7 +46,7 @@ def execution(default):
 @dataclass(frozen=True)
 class Config:
     # --- data ---------------------------------------------------------------
-    dataset: Literal["cifar10", "cifar100", "stl10", "imagefolder"] = "cifar10"
+    dataset: Literal[DATASETS] = "cifar10"  # data.SPECS: CIFAR-10/100, STL-10, an image folder
     data_root: str = execution("data")  # torchvision downloads land here; imagefolder: the folder holding train/
     download: bool = execution(True)  # let torchvision fetch CIFAR / STL-10 when missing
     train_subset: int = 0  # pretrain on a seeded random subset of this many images; 0: all
@@ -70,7 +72,7 @@ class Config:
     bn_splits: int = 8  # BN groups in the global batch: split BN simulates 8 GPUs on one; 1: plain BN
 
     # --- augmentation -------------------------------------------------------
-    augmentation: Literal["cifar", "aug_plus", "v1"] = "cifar"
+    augmentation: Literal[tuple(RECIPES)] = "cifar"  # augment.RECIPES: the demo's, MoCo v2's, MoCo v1's
     image_size: int = 32  # side of the random resized crop, pixels
 
     # --- optimisation -------------------------------------------------------

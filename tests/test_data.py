@@ -76,3 +76,42 @@ def test_failed_download_says_where_to_put_the_files(tmp_path, monkeypatch):
         load_split("cifar10", tmp_path, "train", download=True)
     with pytest.raises(DatasetError, match="was not found \\(download=False\\)"):
         load_split("cifar100", tmp_path, "train", download=False)
+
+
+def test_every_dataset_name_the_configs_accept_comes_from_the_one_table():
+    import typing
+
+    from mocolab.ablation_lab import LabConfig
+    from mocolab.config import Config
+    from mocolab.data import SPECS
+    from mocolab.evaluate.suite import EvalConfig
+    from mocolab.notebook import AugmentationsConfig, EmbeddingsConfig
+
+    for cls in (Config, EvalConfig, LabConfig, AugmentationsConfig, EmbeddingsConfig):
+        assert typing.get_args(typing.get_type_hints(cls)["dataset"]) == tuple(SPECS), cls
+    with pytest.raises(DatasetError, match=r"unknown dataset 'mnist'; choose one of \['cifar10'"):
+        load_split("mnist", "data", "train")
+    with pytest.raises(DatasetError, match=r"CIFAR-10 has no split 'unlabeled'; its splits are \['train', 'test'\]"):
+        load_split("cifar10", "data", "unlabeled")
+
+
+def test_the_spec_layouts_give_images_as_n_3_h_w_uint8():
+    """torchvision keeps CIFAR as N x H x W x 3 with `targets` and STL-10 as N x 3 x H x W with `labels`."""
+    from types import SimpleNamespace
+
+    from mocolab.data import SPECS
+    images = torch.randint(0, 256, (5, 3, 4, 6), dtype=torch.uint8)
+    labels = [3, 1, 4, 1, 5]
+    cifar = SimpleNamespace(data=images.permute(0, 2, 3, 1).numpy(), targets=labels)
+    stl = SimpleNamespace(data=images.numpy(), labels=torch.tensor(labels).numpy().astype("uint8"))
+    for name, ds in (("cifar10", cifar), ("cifar100", cifar), ("stl10", stl)):
+        got, got_labels = SPECS[name].arrays(ds)
+        assert torch.equal(got, images) and got_labels.dtype == torch.long and got_labels.tolist() == labels
+    assert SPECS["stl10"].pretrain_split == "unlabeled" and SPECS["imagefolder"].layout == "files"
+
+
+def test_a_dataset_of_no_known_layout_cannot_be_fingerprinted():
+    """A cache keyed by a dataset's name and size alone would return features of other images."""
+    from mocolab.data.fingerprint import files_digest
+    with pytest.raises(TypeError, match="cannot fingerprint a TensorDataset"):
+        files_digest(torch.utils.data.TensorDataset(torch.zeros(3, 2)))

@@ -18,19 +18,22 @@ exactly. datasets.py loads one split of a dataset.
 from __future__ import annotations
 
 import warnings
-from typing import Iterator, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Iterator, NamedTuple, Protocol
 
 import torch
 
-from ..config import Config
-from .datasets import DATASETS, DatasetError, classes_of, load_split, seeded_subset, subset_indices
+from .datasets import (DATASETS, SPECS, DatasetError, DatasetSpec, classes_of, load_split, seeded_subset, spec,
+                       subset_indices)
 from .device import cached_split, device_batches, device_knn_sets, one_read_per_split
 from .jpeg import jpeg_batches
 from .loader import LoaderBatches, eval_loader, knn_datasets, pretrain_dataset
 
-__all__ = ["DATASETS", "DatasetError", "KnnSets", "PretrainBatches", "cached_split", "classes_of", "eval_loader",
-           "knn_datasets", "knn_sets", "load_split", "one_read_per_split", "pretrain_batches", "pretrain_dataset",
-           "resolve_path", "seeded_subset", "subset_indices"]
+if TYPE_CHECKING:  # annotations only: the config imports the dataset table (SPECS) from here
+    from ..config import Config
+
+__all__ = ["DATASETS", "SPECS", "DatasetError", "DatasetSpec", "KnnSets", "PretrainBatches", "cached_split",
+           "classes_of", "eval_loader", "knn_datasets", "knn_sets", "load_split", "one_read_per_split",
+           "pretrain_batches", "pretrain_dataset", "resolve_path", "seeded_subset", "spec", "subset_indices"]
 
 
 class PretrainBatches(Protocol):
@@ -59,7 +62,7 @@ def resolve_path(cfg: Config, device: torch.device) -> str:
         return cfg.data_path
     if device.type != "cuda":
         return "cpu"  # the reference pipeline: loader workers run beside the CPU's training step
-    return "jpeg" if cfg.dataset == "imagefolder" and cfg.image_size > 96 else "device"
+    return "jpeg" if spec(cfg.dataset).layout == "files" and cfg.image_size > 96 else "device"
 
 
 def pretrain_batches(cfg: Config, device: torch.device, rank: int = 0, world: int = 1) -> PretrainBatches:

@@ -12,7 +12,9 @@ in a folder are reported by path and skipped rather than crashing a long run.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Literal
 
 import torch
 import torchvision
@@ -21,14 +23,60 @@ from torch.utils.data import Dataset, Subset
 from .. import seeding
 from . import unreadable
 
-DATASETS = ("cifar10", "cifar100", "stl10", "imagefolder")
-_SOURCES = {
-    "cifar10": ("CIFAR-10", "cifar-10-python.tar.gz", "cifar-10-batches-py",
-                "https://www.cs.toronto.edu/~kriz/cifar.html"),
-    "cifar100": ("CIFAR-100", "cifar-100-python.tar.gz", "cifar-100-python",
-                 "https://www.cs.toronto.edu/~kriz/cifar.html"),
-    "stl10": ("STL-10", "stl10_binary.tar.gz", "stl10_binary", "https://cs.stanford.edu/~acoates/stl10/"),
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset mocolab reads. The config's choices, every data path and the fingerprint are built from
+    this row: a new dataset is one more entry in SPECS."""
+
+    title: str  # as messages name it
+    open: Callable[..., Dataset]  # (root, split, transform, download) -> the split, its items (PIL image, label)
+    splits: tuple[str, ...]  # the splits load_split accepts
+    layout: Literal["files", "NHWC", "NCHW"]  # an image folder's `samples`, or torchvision's uint8 array `data`
+    pretrain_split: str = "train"  # what MoCo pretrains on
+    source: tuple[str, str, str] | None = None  # (archive, the folder it extracts to, page): to fetch it by hand
+
+    def arrays(self, ds) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images N x 3 x H x W uint8, labels N long) of an in-memory split (layout NHWC or NCHW)."""
+        images = torch.from_numpy(ds.data)
+        labels = ds.targets if hasattr(ds, "targets") else ds.labels  # CIFAR's name, STL-10's
+        return (images.permute(0, 3, 1, 2) if self.layout == "NHWC" else images).contiguous(), \
+            torch.as_tensor(labels).long()
+
+
+def _cifar(cls):
+    def open_split(root, split, transform, download):
+        return cls(root, train=split == "train", transform=transform, download=download)
+    return open_split
+
+
+def _stl10(root, split, transform, download):
+    return torchvision.datasets.STL10(root, split=split, transform=transform, download=download)
+
+
+def _folder(root, split, transform, download):
+    return _image_folder(Path(root), split, transform)
+
+
+_TORONTO = "https://www.cs.toronto.edu/~kriz/cifar.html"
+SPECS: dict[str, DatasetSpec] = {
+    "cifar10": DatasetSpec("CIFAR-10", _cifar(torchvision.datasets.CIFAR10), ("train", "test"), "NHWC",
+                           source=("cifar-10-python.tar.gz", "cifar-10-batches-py", _TORONTO)),
+    "cifar100": DatasetSpec("CIFAR-100", _cifar(torchvision.datasets.CIFAR100), ("train", "test"), "NHWC",
+                            source=("cifar-100-python.tar.gz", "cifar-100-python", _TORONTO)),
+    "stl10": DatasetSpec("STL-10", _stl10, ("train", "test", "unlabeled"), "NCHW", pretrain_split="unlabeled",
+                         source=("stl10_binary.tar.gz", "stl10_binary", "https://cs.stanford.edu/~acoates/stl10/")),
+    # <root>/train/ and <root>/val/ (or test/): ImageNet, Imagenette, a CIFAR-10 export, your own photos
+    "imagefolder": DatasetSpec("an image folder", _folder, ("train", "test"), "files"),
 }
+DATASETS = tuple(SPECS)  # the names the configs accept
+
+
+def spec(name: str) -> DatasetSpec:
+    """The spec of a dataset name, or a DatasetError listing the names there are."""
+    if name not in SPECS:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {list(SPECS)}")
+    return SPECS[name]
 
 
 class DatasetError(RuntimeError):
@@ -94,21 +142,18 @@ def load_split(dataset: str, root: str | Path, split: str, transform=None, downl
     split: "train" or "test" for every dataset ("test" is val/ or test/ of an
     ImageFolder root), plus "unlabeled" for STL-10.
     """
-    root = Path(root)
-    if dataset == "imagefolder":
-        return _image_folder(root, split, transform)
-    if dataset not in _SOURCES:
-        raise DatasetError(f"unknown dataset {dataset!r}; choose one of {list(DATASETS)}")
-    name, archive, folder, url = _SOURCES[dataset]
+    root, about = Path(root), spec(dataset)
+    if split not in about.splits:
+        raise DatasetError(f"{about.title} has no split {split!r}; its splits are {list(about.splits)}")
+    if about.source is None:
+        return about.open(root, split, transform, download)
+    archive, folder, url = about.source
     try:
-        if dataset == "stl10":
-            return torchvision.datasets.STL10(root, split=split, transform=transform, download=download)
-        cls = torchvision.datasets.CIFAR10 if dataset == "cifar10" else torchvision.datasets.CIFAR100
-        return cls(root, train=split == "train", transform=transform, download=download)
+        return about.open(root, split, transform, download)
     except Exception as err:  # torchvision raises URLError, OSError or RuntimeError here
         how = "could not be downloaded" if download else "was not found (download=False)"
         raise DatasetError(
-            f"{name} is not in {root} and {how}: {err}. Download {archive} from {url} and put it "
+            f"{about.title} is not in {root} and {how}: {err}. Download {archive} from {url} and put it "
             f"in {root} (it is extracted on first use), or extract it so that {root / folder} exists; "
             f"or set dataset='imagefolder' and data_root to a folder with train/ and test/ "
             f"class subfolders.") from err

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,11 +27,13 @@ from PIL import Image
 from .. import seeding
 from ..augment import batched, recipe
 from ..checkpoint import atomic_save
-from ..config import Config
 from . import unreadable
-from .datasets import DatasetError, check_unreadable_share, classes_of, load_split, subset_indices
+from .datasets import DatasetError, check_unreadable_share, classes_of, load_split, spec, subset_indices
 from .fingerprint import files_digest
 from .loader import check_enough_images, epoch_order, pretrain_split
+
+if TYPE_CHECKING:  # annotations only: the config imports the dataset table (SPECS) from here
+    from ..config import Config
 
 
 def cache_folder() -> Path:
@@ -45,13 +48,12 @@ def cache_folder() -> Path:
 # Decoding once, to a uint8 tensor cache
 # ----------------------------------------------------------------------------
 
-def decode_split(dataset: str, root, split: str, download: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(images N x 3 x H x W uint8, labels N long, {unreadable path: reason}) of one split, decoded in full."""
-    ds = load_split(dataset, root, split, transform=None, download=download)
-    if dataset in ("cifar10", "cifar100"):
-        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets), {}
-    if dataset == "stl10":
-        return torch.from_numpy(ds.data).contiguous(), torch.as_tensor(ds.labels).long(), {}
+def decode_split(ds, dataset: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(images N x 3 x H x W uint8, labels N long, {unreadable path: reason}) of one split of `dataset`
+    (load_split's, without a transform), decoded in full."""
+    about = spec(dataset)
+    if about.layout != "files":
+        return (*about.arrays(ds), {})
     first, images, labels, bad = None, [], [], {}
     for path, label in ds.samples:
         try:
@@ -69,9 +71,9 @@ def decode_split(dataset: str, root, split: str, download: bool = True) -> tuple
                                f"size; use data_path='cpu' for this folder")
         images.append(torch.from_numpy(array).permute(2, 0, 1))
         labels.append(label)
-    check_unreadable_share(list(bad), len(ds.samples), Path(root) / split)
+    check_unreadable_share(list(bad), len(ds.samples), ds.root)
     if not images:
-        raise DatasetError(f"no readable image in {Path(root) / split}")
+        raise DatasetError(f"no readable image in {ds.root}")
     return torch.stack(images), torch.as_tensor(labels), bad
 
 
@@ -120,7 +122,7 @@ def _read_split(dataset: str, root, split: str, download: bool, cache_dir=None):
             unreadable.report(bad, reason)
         images, labels = stored["images"], stored["labels"]
     else:
-        images, labels, bad = decode_split(dataset, root, split, download)
+        images, labels, bad = decode_split(ds, dataset)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_save({"key": key, "images": images, "labels": labels, "unreadable": bad}, path)
     if _run_splits is not None:

@@ -24,8 +24,8 @@ def files_digest(dataset) -> str:
     and for files up to CONTENT_HASH_BYTES their content too (CIFAR-10's 50,000 JPEGs:
     1.0 s from the page cache, 4.2 s cold, on a 2-core machine; ImageNet-size files are
     only stat-ed). In-memory arrays (torchvision's CIFAR and STL-10, `data`): the bytes
-    of the rows used and their labels. VOC07 (`ids`): each
-    JPEG's path, size and modification time, and the label matrix.
+    of the rows used and their labels. VOC07 (`ids`): each JPEG's path, size and
+    modification time, and the label matrix. These are the layouts of data.SPECS and VOC.
     """
     indices = None
     while isinstance(dataset, Subset):
@@ -50,6 +50,8 @@ def files_digest(dataset) -> str:
     elif hasattr(dataset, "ids") and hasattr(dataset, "targets"):
         for i in indices if indices is not None else range(len(dataset.ids)):
             stat(Path(dataset.root) / "JPEGImages" / f"{dataset.ids[i]}.jpg", dataset.targets[i].tolist())
-    else:
-        return f"unknown:{type(dataset).__name__}"  # a dataset of another kind: keyed by name, size, subset only
+    else:  # keyed by its name and size alone, a cache would return what other images gave: refuse instead
+        raise TypeError(f"cannot fingerprint a {type(dataset).__name__}: the caches key a dataset by what its "
+                        f"images are, read from an image folder's `samples`, an in-memory array `data` (the "
+                        f"layouts of data.SPECS) or VOC07's `ids`; give the dataset one of these")
     return digest.hexdigest()[:24]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,10 +24,12 @@ from torchvision.io import ImageReadMode
 
 from .. import seeding
 from ..augment import Recipe, batched, recipe
-from ..config import Config
 from . import unreadable
-from .datasets import DatasetError, check_signatures, load_split, subset_indices
+from .datasets import DatasetError, check_signatures, load_split, spec, subset_indices
 from .loader import check_enough_images, epoch_order
+
+if TYPE_CHECKING:  # annotations only: the config imports the dataset table (SPECS) from here
+    from ..config import Config
 
 
 class FileBytes(Dataset):
@@ -172,10 +175,10 @@ class JpegBatches:
 
 def jpeg_batches(cfg: Config, device, rank: int = 0, world: int = 1) -> JpegBatches:
     """The training split of an ImageFolder (its seeded subset, as the reference path's) as JpegBatches."""
-    if cfg.dataset != "imagefolder":
+    if spec(cfg.dataset).layout != "files":
         raise DatasetError(f"data_path='jpeg' reads an image folder; {cfg.dataset} is decoded once instead: "
                            f"use data_path='device'")
-    folder = load_split("imagefolder", cfg.data_root, "train", transform=None)
+    folder = load_split(cfg.dataset, cfg.data_root, "train", transform=None)
     idx = subset_indices(len(folder.samples), cfg.train_subset, cfg.seed, "train subset")  # the reference's subset
     samples = [folder.samples[i] for i in idx]
     check_signatures([path for path, _ in samples], folder.root)

@@ -9,15 +9,17 @@ and a resumed run the views an uninterrupted one would have.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .. import seeding
 from ..augment import TwoViews, eval_transform, pretrain_transform, recipe
-from ..config import Config
-from .datasets import DatasetError, check_signatures, load_split, seeded_subset
+from .datasets import DatasetError, check_signatures, load_split, seeded_subset, spec
+
+if TYPE_CHECKING:  # annotations only: the config imports the dataset table (SPECS) from here
+    from ..config import Config
 
 
 def epoch_order(size: int, cfg: Config, epoch: int, rank: int = 0, world: int = 1) -> DistributedSampler:
@@ -36,7 +38,7 @@ def check_enough_images(n: int, cfg: Config) -> None:
 
 def pretrain_split(cfg: Config) -> str:
     """The split MoCo pretrains on: STL-10's 100k unlabeled images, else train."""
-    return "unlabeled" if cfg.dataset == "stl10" else "train"
+    return spec(cfg.dataset).pretrain_split
 
 
 class EpochSeeded(Dataset):
@@ -61,7 +63,7 @@ def pretrain_dataset(cfg: Config) -> EpochSeeded:
     if len(dataset) == 0:
         raise DatasetError(f"the {split} split of {cfg.dataset} in {cfg.data_root} is empty")
     subset = seeded_subset(dataset, cfg.train_subset, cfg.seed, "train subset")
-    if cfg.dataset == "imagefolder":  # empty and non-image files: reported, and refused if too many, up front
+    if spec(cfg.dataset).layout == "files":  # empty and non-image files: reported, and refused if too many, up front
         samples = dataset.samples if subset is dataset else [dataset.samples[i] for i in subset.indices]
         check_signatures([path for path, _ in samples], dataset.root)
     return EpochSeeded(subset, cfg.seed)
