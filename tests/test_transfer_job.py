@@ -17,6 +17,7 @@ from mocolab.transfer import finetune, job
 from mocolab.transfer.datasets import VOCDetection
 from mocolab.transfer.models import faster_rcnn_c4
 from mocolab.transfer.stream import IterationBatches, SeededStream, iteration_seed
+from mocolab.transfer.tasks import TASKS
 from test_distributed import free_port
 from test_transfer import write_voc_detection, write_voc_segmentation
 
@@ -158,21 +159,21 @@ def test_a_crashed_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatc
     whole = job.fine_tune(job.make_transfer_config(**seg_config(root, tmp_path / "whole", evaluate=False)),
                           progress=False)
 
-    calls, step = count(), finetune.segmentation_step
+    calls, task = count(), TASKS["voc_segmentation"]
 
     def crash_at_the_fourth(*args):
         if next(calls) == 3:
             raise RuntimeError("power cut")
-        return step(*args)
+        return task.step(*args)
 
-    monkeypatch.setattr(finetune, "segmentation_step", crash_at_the_fourth)
+    monkeypatch.setitem(TASKS, "voc_segmentation", dataclasses.replace(task, step=crash_at_the_fourth))
     cfg = job.make_transfer_config(**seg_config(root, tmp_path / "cut", evaluate=False, checkpoint_every=2))
     with pytest.raises(RuntimeError, match="power cut"):
         job.fine_tune(cfg, progress=False)
     assert torch.load(tmp_path / "cut" / "checkpoint_last.pt", weights_only=True)["iteration"] == 2
     with pytest.raises(ConfigError, match="already holds a fine-tuning run"):
         job.fine_tune(cfg, progress=False)
-    monkeypatch.setattr(finetune, "segmentation_step", step)
+    monkeypatch.setitem(TASKS, "voc_segmentation", task)
     resumed = job.fine_tune(dataclasses.replace(cfg, resume=True), progress=False)
     assert [r["loss"] for r in resumed.rows] == [r["loss"] for r in whole.rows]
     for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
@@ -212,3 +213,14 @@ def test_more_gpus_than_visible_fail_before_any_process_starts(tmp_path):
     with pytest.raises(ConfigError, match="gpus="):
         job.fine_tune(cfg)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_task_and_preset_choices_come_from_their_tables():
+    import typing
+    hints = typing.get_type_hints(job.TransferConfig)
+    assert typing.get_args(hints["task"]) == tuple(TASKS) == ("voc_detection", "coco", "voc_segmentation")
+    assert typing.get_args(hints["preset"]) == tuple(finetune.PRESETS)
+    classes = [f"c{i}" for i in range(20)]
+    assert [TASKS[name].num_classes(classes) for name in TASKS] == [21, 21, 20]  # VOC segmentation lists its own
+    with pytest.raises(ConfigError, match=r"task='lvis' is not one of \['voc_detection', 'coco', 'voc_seg"):
+        job.make_transfer_config(task="lvis")

@@ -46,20 +46,18 @@ from ..reference import TRANSFER, transfer_reference
 from ..reference import TRANSFER_METRICS as REFERENCE_METRICS
 from ..settings import ConfigError, need
 from . import finetune, models
-from .datasets import COCODetection, VOCDetection, VOCSegmentation
-
-TASKS = {"voc_detection": "Faster R-CNN R50-C4", "coco": "Mask R-CNN R50-FPN", "voc_segmentation": "FCN R50-D8"}
+from .tasks import TASKS
 
 
 @dataclass(frozen=True)
 class TransferConfig:
     """One transfer row. Validated like pretraining's Config; None means the preset's value."""
 
-    task: Literal["voc_detection", "coco", "voc_segmentation"] = "voc_detection"
+    task: Literal[tuple(TASKS)] = "voc_detection"  # tasks.TASKS: the reference page's three rows
     weights: str = "none"  # a checkpoint (a ResNet-50 file or published name, weights.load), "supervised" or "none"
     data_root: str = "data/VOCdevkit"  # VOCdevkit (VOC2007/, VOC2012/) or the COCO folder (train2017/, ...)
     train_sets: str = "2007/trainval,2012/trainval"  # voc_detection: year/split lists to train on
-    preset: Literal["voc_c4_24k", "coco_mask_1x", "voc_seg_20k", "tiny"] = "tiny"  # finetune.PRESETS
+    preset: Literal[tuple(finetune.PRESETS)] = "tiny"  # finetune.PRESETS: the references' schedules, and tiny
     iterations: int | None = None  # None: the preset's
     batch_size: int | None = None  # global batch over all processes; None: the preset's (16 in the references)
     lr: float | None = None  # None: the preset's
@@ -144,17 +142,7 @@ class TransferRun:
 
 def datasets(cfg: TransferConfig):
     """(train set, test set) of the task, in their real on-disk layouts (see datasets.py)."""
-    root = Path(cfg.data_root)
-    if cfg.task == "voc_detection":
-        sets = tuple(tuple(s.strip().split("/")) for s in cfg.train_sets.split(","))
-        train = VOCDetection(root, sets=sets, flip=True)
-        test = VOCDetection(root, sets=(("2007", "test"),), keep_difficult=True)
-    elif cfg.task == "voc_segmentation":
-        train = VOCSegmentation(root, "train", augmented=True, crop=cfg.crop, flip=True)
-        test = VOCSegmentation(root, "val")
-    else:
-        train = COCODetection(root / "train2017", root / "annotations" / "instances_train2017.json", flip=True)
-        test = COCODetection(root / "val2017", root / "annotations" / "instances_val2017.json")
+    train, test = TASKS[cfg.task].datasets(cfg)
     return _first(train, cfg.train_limit), _first(test, cfg.test_limit)
 
 
@@ -172,24 +160,7 @@ def _first(dataset, n: int):
 def build_model(cfg: TransferConfig, num_classes: int, backbone: dict | None = None) -> torch.nn.Module:
     """The task's reference model (models.py); the tiny preset shrinks the detectors' image sizes."""
     options = cfg.model_options or (finetune.TINY_MODEL_OPTIONS if cfg.preset == "tiny" else {})
-    if cfg.task == "voc_detection":
-        return models.faster_rcnn_c4(num_classes, backbone, **options)
-    if cfg.task == "coco":
-        return models.mask_rcnn_fpn(num_classes, backbone, **options)
-    return models.fcn_r50_d8(num_classes, backbone)
-
-
-def num_classes(cfg: TransferConfig, classes: list) -> int:
-    """With the background: 21 for VOC detection (20 + 1), C + 1 for COCO; VOC segmentation lists it."""
-    return len(classes) if cfg.task == "voc_segmentation" else len(classes) + 1
-
-
-def evaluate_task(cfg: TransferConfig, model, test_set, device) -> dict:
-    if cfg.task == "voc_detection":
-        return finetune.evaluate_voc_detection(model, test_set, device=device)
-    if cfg.task == "coco":
-        return finetune.evaluate_coco(model, test_set, device=device)
-    return finetune.evaluate_segmentation(model, test_set, device=device)
+    return TASKS[cfg.task].build(num_classes, backbone, **options)
 
 
 # ----------------------------------------------------------------------------
@@ -229,6 +200,7 @@ def transfer_worker(cfg: TransferConfig, progress: bool = True, echo: bool = Tru
 
         train_set, test_set = datasets(cfg)  # a wrong layout fails before the model is built
         classes = train_set.classes
+        task = TASKS[cfg.task]
         model, step_model = _model(cfg, saved, classes, device, world)
         optimizer = finetune.sgd(model, schedule)
         start, rows = 0, []
@@ -245,13 +217,11 @@ def transfer_worker(cfg: TransferConfig, progress: bool = True, echo: bool = Tru
             folder.write_csv(rows, "losses.csv")
             dist_.barrier()
 
-        folder.log(f"{cfg.task}: {TASKS[cfg.task]}, {len(train_set)} training images, {world} process(es) on "
+        folder.log(f"{cfg.task}: {task.model_name}, {len(train_set)} training images, {world} process(es) on "
                    f"{device}" + (f", resuming at iteration {start}" if start else ""))
-        detection = cfg.task != "voc_segmentation"
-        rows = finetune.train(step_model, finetune.detection_step if detection else finetune.segmentation_step,
-                              train_set, schedule, optimizer, device=device, seed=cfg.seed, start=start, rows=rows,
-                              log_every=cfg.log_interval, workers=cfg.workers,
-                              collate_fn=finetune.collate_detection if detection else None,
+        rows = finetune.train(step_model, task.step, train_set, schedule, optimizer, device=device, seed=cfg.seed,
+                              start=start, rows=rows, log_every=cfg.log_interval, workers=cfg.workers,
+                              collate_fn=task.collate,
                               checkpoint=save, checkpoint_every=cfg.checkpoint_every, progress=folder.log)
         metrics = _evaluate(cfg, model, test_set, device, folder) if cfg.evaluate else {}
     return TransferRun(folder.path, cfg, model.cpu(), classes, rows, metrics)
@@ -266,7 +236,7 @@ def _model(cfg: TransferConfig, saved, classes, device, world):
     backbone = None if saved is not None else models.backbone_weights(cfg.weights)
     if fetch and dist_.rank() == 0:
         dist_.barrier()
-    model = build_model(cfg, num_classes(cfg, classes), backbone)
+    model = build_model(cfg, TASKS[cfg.task].num_classes(classes), backbone)
     if world > 1 and cfg.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state_dict keys as BatchNorm2d
     model.to(device)
@@ -282,7 +252,7 @@ def _evaluate(cfg: TransferConfig, model, test_set, device, folder: job.RunFolde
     # Per-process BN leaves each rank its own running statistics; evaluate rank 0's (the saved model).
     dist_.broadcast_buffers(model)
     tic = time.perf_counter()
-    metrics = evaluate_task(cfg, model, test_set, device)
+    metrics = TASKS[cfg.task].evaluate(model, test_set, device=device)
     folder.log(f"evaluated {len(test_set)} test images in {time.perf_counter() - tic:.0f} s: "
                + "  ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)))
     if folder.main:
@@ -309,7 +279,7 @@ def load_transfer_run(output_dir) -> TransferRun:
         raise ckpt.CheckpointError(f"{out / 'checkpoint_last.pt'} is not a fine-tuning checkpoint "
                                    f"({ckpt.kind_of(state) or 'unknown kind'})")
     cfg = transfer_config_from_dict(state["config"])
-    model = build_model(cfg, num_classes(cfg, state["classes"]))
+    model = build_model(cfg, TASKS[cfg.task].num_classes(state["classes"]))
     ckpt.load_state(model, state["model"], out / "checkpoint_last.pt")
     metrics = json.loads((out / "metrics.json").read_text())["metrics"] if (out / "metrics.json").exists() else {}
     return TransferRun(out, cfg, model, state["classes"], state["rows"], metrics)
@@ -331,9 +301,5 @@ def predict_examples(run: TransferRun, n: int = 4, device=None) -> tuple[list, l
     device = device or ("cuda" if torch.cuda.is_available() and run.config.gpus != 0 else "cpu")
     _, test_set = datasets(run.config)
     examples = [test_set[i] for i in range(min(n, len(test_set)))]
-    if run.config.task == "voc_segmentation":
-        predict = finetune.predict_segmentation
-    else:
-        predict = finetune.predict_detection
-    predictions = [predict(run.model, image, device) for image, _ in examples]
+    predictions = [TASKS[run.config.task].predict(run.model, image, device) for image, _ in examples]
     return [image for image, _ in examples], predictions, [truth for _, truth in examples]
