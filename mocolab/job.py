@@ -3,7 +3,9 @@
     run(cfg, worker, preflight, read_back)
 
 1. preflight: everything that can fail fails before any work (an existing run
-   without resume=True, a missing or foreign checkpoint, too many GPUs, ...);
+   without resume=True, a missing or foreign checkpoint, too many GPUs, ...),
+   once per process: its `Checked` (the device, the checkpoint read) goes on to
+   the worker, and a caller that checked early (notebook 02) passes its own;
 2. with cfg.world_size > 1 and no launcher around, start that many local
    processes (`launch.start_processes`), each running `worker` on the config,
    and read the finished run back from its folder; otherwise (one process, or
@@ -24,6 +26,7 @@ import os
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
@@ -35,18 +38,44 @@ from .device import resolve_device
 from .settings import ConfigError
 
 
-def run(cfg, worker, preflight, read_back, progress: bool = True):
-    """Run `worker(cfg, progress)` here, or start cfg.world_size local processes that run it.
+class Checked(NamedTuple):
+    """What a job's preflight found: the config it checked, the device and the checkpoint to resume (or None),
+    and the state of checkpoint_last.pt it saw (`stamp`)."""
 
-    preflight(cfg) runs first either way (the worker calls it itself); read_back(output_dir)
-    turns the finished folder of a multi-process run into what the worker would have returned.
+    cfg: object
+    device: torch.device
+    saved: dict | None
+    stamp: tuple | None
+
+    def still_holds(self, cfg) -> bool:
+        """Whether these checks are this config's and its folder has not changed since (a run that started or
+        finished in between, a notebook cell run again, needs new checks)."""
+        return self.cfg == cfg and self.stamp == checkpoint_stamp(cfg)
+
+
+def checkpoint_stamp(cfg) -> tuple | None:
+    """(size, modification time) of the run's checkpoint_last.pt, or None when there is none."""
+    try:
+        info = os.stat(Path(cfg.output_dir) / "checkpoint_last.pt")
+    except OSError:  # none, or no folder to hold one (writable_folder names why)
+        return None
+    return info.st_size, info.st_mtime_ns
+
+
+def run(cfg, worker, preflight, read_back, progress: bool = True, checked: Checked | None = None):
+    """Run `worker(cfg, progress, checked=...)` here, or start cfg.world_size local processes that run it.
+
+    preflight(cfg) -> Checked runs first either way, unless `checked` is its result for this config and folder;
+    read_back(output_dir) turns the finished folder of a multi-process run into what the worker would have
+    returned. Each started process checks for itself: it needs its own device and its own copy of the weights.
     """
+    if checked is None or not checked.still_holds(cfg):
+        checked = preflight(cfg)  # too many GPUs, no checkpoint to resume, ...: fail before any process starts
     if cfg.world_size > 1 and not dist_.launched_by_torchrun() and not dist_.is_distributed():
-        preflight(cfg)  # too many GPUs, no checkpoint to resume, ...: fail before any process starts
         launch.start_processes(entry, (worker, type(cfg), cfg.to_dict()), cfg.world_size, cfg.gpus > 1,
                                Path(cfg.output_dir) / "log.txt", progress)
         return read_back(cfg.output_dir)
-    return worker(cfg, progress)
+    return worker(cfg, progress, checked=checked)
 
 
 @record  # a worker's exception reaches the launching process with its traceback
@@ -60,12 +89,12 @@ def entry(payload: tuple) -> None:
     worker(cfg, progress=False, echo=False)
 
 
-def open_run(cfg, kind: str) -> tuple[torch.device, dict | None]:
+def open_run(cfg, kind: str) -> Checked:
     """The checks every job makes before work: the output folder, the checkpoint to resume, the device.
 
-    Returns (device, the saved checkpoint or None). kind: "pretraining" or "fine-tuning".
+    Returns Checked(cfg, device, the saved checkpoint or None). kind: "pretraining" or "fine-tuning".
     """
-    last = Path(cfg.output_dir) / "checkpoint_last.pt"
+    last, stamp = Path(cfg.output_dir) / "checkpoint_last.pt", checkpoint_stamp(cfg)
     if not cfg.resume and last.exists():
         raise ConfigError(f"{cfg.output_dir} already holds a {kind} run (checkpoint_last.pt); pass resume=True "
                           f"to continue it, or choose another output_dir")
@@ -77,7 +106,7 @@ def open_run(cfg, kind: str) -> tuple[torch.device, dict | None]:
     if saved is not None and ckpt.kind_of(saved) != kind:
         raise ckpt.CheckpointError(f"{last} is {ckpt.describe(saved)}, not a {kind} checkpoint: it cannot be "
                                    f"resumed as one; use another output_dir")
-    return resolve_device(cfg.gpus), saved
+    return Checked(cfg, resolve_device(cfg.gpus), saved, stamp)
 
 
 def writable_folder(path: Path) -> None:

@@ -194,35 +194,40 @@ def knn_monitor(encoder, monitor: data.KnnSets, cfg: Config, device, progress: b
 # The run
 # ----------------------------------------------------------------------------
 
-def pretrain(cfg: Config, progress: bool = True) -> Run:
+def pretrain(cfg: Config, progress: bool = True, checked: job.Checked | None = None) -> Run:
     """Pretrain MoCo as `cfg` says, writing config, metrics and checkpoints to cfg.output_dir.
 
     With gpus > 1 (or gpus=0 and processes > 1) this starts one worker process per
     GPU (per CPU process) and returns when they end; under torchrun it is the worker itself.
+    checked: what `preflight(cfg)` returned, when the caller checked first (the checkpoint is not read again).
     """
-    return job.run(cfg, train_worker, preflight, load_run, progress)
+    return job.run(cfg, train_worker, preflight, load_run, progress, checked)
 
 
-def preflight(cfg: Config) -> tuple[torch.device, dict | None]:
-    """Every check that can fail before training: output dir, checkpoint, device, precision."""
-    device, saved = job.open_run(cfg, "pretraining")
+def preflight(cfg: Config) -> job.Checked:
+    """Every check that can fail before training: output dir, checkpoint, device, precision.
+    Returns what they found (the device, the checkpoint to resume), for `pretrain(cfg, checked=...)`."""
+    checked = job.open_run(cfg, "pretraining")
+    device, saved = checked.device, checked.saved
     if saved is not None:
         ckpt.check_compatible(saved["config"], cfg.to_dict(), MODEL_FIELDS, Path(cfg.output_dir) / "checkpoint_last.pt")
     resolve_precision(cfg.precision, device)
     if cfg.sync_bn and device.type != "cuda":
         raise ConfigError("sync_bn=True needs GPUs (SyncBatchNorm runs on CUDA only); use shuffle BN on the CPU")
-    return device, saved
+    return checked
 
 
-def train_worker(cfg: Config, progress: bool = True, echo: bool = True) -> Run:
+def train_worker(cfg: Config, progress: bool = True, echo: bool = True, checked: job.Checked | None = None) -> Run:
     """The training loop of one process (the only one, or one rank of a distributed run).
 
-    echo: print a line per epoch (rank 0); the launcher relays log.txt instead.
+    echo: print a line per epoch (rank 0); the launcher relays log.txt instead. checked: this process's
+    preflight, when job.run made it.
     """
-    device, saved = preflight(cfg)
+    _, device, saved, _ = checked if checked is not None else preflight(cfg)
     with job.process_group(device) as (rank, world), \
             unreadable.recording(Path(cfg.output_dir) / runlog.UNREADABLE):
-        check_world(cfg, world)
+        if world != cfg.world_size:  # torchrun chose the world: the config checked its own (config.check_world)
+            check_world(cfg, world)
         main = rank == 0
         progress = progress and main
         folder = job.RunFolder(cfg.output_dir, main, echo)

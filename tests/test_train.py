@@ -115,6 +115,24 @@ def test_stop_after_runs_the_first_epochs_of_the_longer_schedule_and_resume_goes
     assert [r["loss"] for r in resumed.steps] == [r["loss"] for r in straight.steps]
 
 
+def test_a_run_is_checked_once_and_reads_its_checkpoint_once(cifar10_root, tmp_path, monkeypatch):
+    """preflight's result (notebook 02 checks in its config cell) goes on to the run; checks that no longer
+    hold (a cell run again after the run finished) are made again."""
+    import mocolab.checkpoint
+    reads, read = [], mocolab.checkpoint.read
+    monkeypatch.setattr(mocolab.checkpoint, "read", lambda path: reads.append(path.name) or read(path))
+    cfg = tiny(cifar10_root, tmp_path, knn_every=0, stop_after=1)
+    checked = mocolab.train.preflight(cfg)
+    pretrain(cfg, progress=False, checked=checked)
+    with pytest.raises(ConfigError, match="already holds a pretraining run"):
+        pretrain(cfg, progress=False, checked=checked)  # stale: the folder holds a run now
+    resumed = dataclasses.replace(cfg, resume=True, stop_after=0)
+    checked = mocolab.train.preflight(resumed)
+    assert reads == ["checkpoint_last.pt"]
+    run = pretrain(resumed, progress=False, checked=checked)
+    assert reads == ["checkpoint_last.pt"] and [row["epoch"] for row in run.history] == [1, 2]
+
+
 def test_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint_last.pt"
     atomic_save({"epoch": 1}, path)

@@ -176,18 +176,19 @@ def fine_tune(cfg: TransferConfig, progress: bool = True) -> TransferRun:
     return job.run(cfg, transfer_worker, preflight, load_transfer_run, progress)
 
 
-def preflight(cfg: TransferConfig):
+def preflight(cfg: TransferConfig) -> job.Checked:
     """What can fail before any process starts: the output directory, the checkpoint, the device."""
-    device, saved = job.open_run(cfg, "fine-tuning")
-    if saved is not None and saved["config"]["task"] != cfg.task:
-        raise ConfigError(f"{Path(cfg.output_dir) / 'checkpoint_last.pt'} is a {saved['config']['task']} run, "
-                          f"not {cfg.task}; use another output_dir")
-    return device, saved
+    checked = job.open_run(cfg, "fine-tuning")
+    if checked.saved is not None and checked.saved["config"]["task"] != cfg.task:
+        raise ConfigError(f"{Path(cfg.output_dir) / 'checkpoint_last.pt'} is a {checked.saved['config']['task']} "
+                          f"run, not {cfg.task}; use another output_dir")
+    return checked
 
 
-def transfer_worker(cfg: TransferConfig, progress: bool = True, echo: bool = True) -> TransferRun:
-    """One process of the job (the only one, or one rank of a distributed run)."""
-    device, saved = preflight(cfg)
+def transfer_worker(cfg: TransferConfig, progress: bool = True, echo: bool = True,
+                    checked: job.Checked | None = None) -> TransferRun:
+    """One process of the job (the only one, or one rank of a distributed run); checked: its preflight."""
+    _, device, saved, _ = checked if checked is not None else preflight(cfg)
     with job.process_group(device) as (rank, world):
         main = rank == 0
         folder = job.RunFolder(cfg.output_dir, main, echo and progress)
