@@ -12,6 +12,7 @@ after every epoch. Prints a table row per candidate: training images/s,
 minutes (training and kNN passes, the install and notebook excluded), kNN of
 the random network, kNN after each epoch, and the gain in points.
 """
+
 import argparse
 import tempfile
 import time
@@ -26,19 +27,46 @@ CANDIDATES = {
     "demo": dict(arch="resnet18", train_subset=2048, batch_size=64, K=1024, lr=0.0075, epochs=4),
     # A narrow ResNet-10 (one BasicBlock per stage, widths 16-128) on more images. (resnet10_w32, widths
     # 32-256, runs the step at a third of the speed: 231 against 696 images/s at batch 128 on 2 cores.)
-    "w16_all_e2_device": dict(arch="resnet10_w16", train_subset=0, batch_size=256, K=4096, lr=0.03, epochs=2,
-                              data_path="device"),
-    "w16_20k_e5": dict(arch="resnet10_w16", train_subset=20_000, batch_size=256, K=4096, lr=0.06, epochs=5,
-                       data_path="device"),
-    "w16_all_e4": dict(arch="resnet10_w16", train_subset=0, batch_size=256, K=4096, lr=0.06, epochs=4,
-                       data_path="device"),
-    "w16_all_e4_avgpool": dict(arch="resnet10_w16", train_subset=0, batch_size=256, K=4096, lr=0.06, epochs=4,
-                               data_path="device", knn_feature="avgpool"),
-    "w16_all_e3_avgpool_lr012": dict(arch="resnet10_w16", train_subset=0, batch_size=256, K=4096, lr=0.12, epochs=3,
-                                     data_path="device", knn_feature="avgpool"),
+    "w16_all_e2_device": dict(
+        arch="resnet10_w16", train_subset=0, batch_size=256, K=4096, lr=0.03, epochs=2, data_path="device"
+    ),
+    "w16_20k_e5": dict(
+        arch="resnet10_w16", train_subset=20_000, batch_size=256, K=4096, lr=0.06, epochs=5, data_path="device"
+    ),
+    "w16_all_e4": dict(
+        arch="resnet10_w16", train_subset=0, batch_size=256, K=4096, lr=0.06, epochs=4, data_path="device"
+    ),
+    "w16_all_e4_avgpool": dict(
+        arch="resnet10_w16",
+        train_subset=0,
+        batch_size=256,
+        K=4096,
+        lr=0.06,
+        epochs=4,
+        data_path="device",
+        knn_feature="avgpool",
+    ),
+    "w16_all_e3_avgpool_lr012": dict(
+        arch="resnet10_w16",
+        train_subset=0,
+        batch_size=256,
+        K=4096,
+        lr=0.12,
+        epochs=3,
+        data_path="device",
+        knn_feature="avgpool",
+    ),
     # The cifar10_cpu preset: 3 epochs fit `make demo` in about 5 minutes.
-    "cifar10_cpu": dict(arch="resnet10_w16", train_subset=0, batch_size=256, K=4096, lr=0.06, epochs=3,
-                        data_path="device", knn_feature="avgpool"),
+    "cifar10_cpu": dict(
+        arch="resnet10_w16",
+        train_subset=0,
+        batch_size=256,
+        K=4096,
+        lr=0.06,
+        epochs=3,
+        data_path="device",
+        knn_feature="avgpool",
+    ),
 }
 
 
@@ -60,8 +88,11 @@ def main():
         knn = [r["knn_top1"] for r in run.history]
         speed = sum(r["images_per_s"] for r in run.history[1:]) / (len(run.history) - 1)
         recipe = ", ".join(f"{k}={v}" for k, v in overrides.items())
-        print(f"| {name} | {recipe} | {speed:.0f} | {minutes:.1f} | {knn[0]:.1f} | "
-              f"{' / '.join(f'{v:.1f}' for v in knn[1:])} | {knn[-1] - knn[0]:+.1f} |", flush=True)
+        print(
+            f"| {name} | {recipe} | {speed:.0f} | {minutes:.1f} | {knn[0]:.1f} | "
+            f"{' / '.join(f'{v:.1f}' for v in knn[1:])} | {knn[-1] - knn[0]:+.1f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

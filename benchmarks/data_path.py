@@ -24,6 +24,7 @@ workers, decoding and augmentation on the device); with --train-epochs, the
 imagenet_mocov2 recipe trained on each path too (images/s of the last epoch).
 benchmarks/step_time.py measures the training step alone.
 """
+
 import argparse
 import dataclasses
 import tempfile
@@ -38,10 +39,12 @@ from mocolab import make_config, pretrain
 from mocolab.data import cached_split, pretrain_batches
 from mocolab.device import resolve_device
 
-ROWS = {"reference": dict(data_path="cpu", precision="fp32"),
-        "+ data path": dict(data_path="device", precision="fp32"),
-        "+ bf16": dict(data_path="device", precision="bf16"),
-        "+ channels_last": dict(data_path="device", precision="bf16", channels_last=True)}
+ROWS = {
+    "reference": dict(data_path="cpu", precision="fp32"),
+    "+ data path": dict(data_path="device", precision="fp32"),
+    "+ bf16": dict(data_path="device", precision="bf16"),
+    "+ channels_last": dict(data_path="device", precision="bf16", channels_last=True),
+}
 
 
 def data_rate(batches, epoch: int = 0) -> float:
@@ -69,31 +72,57 @@ def cifar(args):
     device = resolve_device(-1 if args.gpus else 0)
     on_gpu = device.type == "cuda"
     rows = {name: extra for name, extra in ROWS.items() if on_gpu or name in ("reference", "+ data path")}
-    print(f"{device} ({torch.cuda.get_device_name(device) if on_gpu else f'{torch.get_num_threads()} threads'}), "
-          f"torch {torch.__version__}; rows: {', '.join(rows)}", flush=True)
+    print(
+        f"{device} ({torch.cuda.get_device_name(device) if on_gpu else f'{torch.get_num_threads()} threads'}), "
+        f"torch {torch.__version__}; rows: {', '.join(rows)}",
+        flush=True,
+    )
     results = {}
     for name, extra in rows.items():
         with tempfile.TemporaryDirectory() as out:
-            cfg = make_config("cifar10_demo", dataset=args.dataset, data_root=args.data_root, epochs=args.epochs,
-                              train_subset=args.subset, workers=args.workers, batch_size=args.batch_size,
-                              lr=0.06 * args.batch_size / 512, K=args.K, gpus=1 if on_gpu else 0, knn_every=1,
-                              knn_bank_size=args.knn_bank, knn_test_size=args.knn_test, output_dir=out, **extra)
+            cfg = make_config(
+                "cifar10_demo",
+                dataset=args.dataset,
+                data_root=args.data_root,
+                epochs=args.epochs,
+                train_subset=args.subset,
+                workers=args.workers,
+                batch_size=args.batch_size,
+                lr=0.06 * args.batch_size / 512,
+                K=args.K,
+                gpus=1 if on_gpu else 0,
+                knn_every=1,
+                knn_bank_size=args.knn_bank,
+                knn_test_size=args.knn_test,
+                output_dir=out,
+                **extra,
+            )
             cache_s = cache_seconds(cfg, device) if cfg.data_path == "device" else None
             data_only = data_rate(pretrain_batches(cfg, device))
             run = pretrain(cfg, progress=False)
         h = [e for e in run.history if e["epoch"] > 0]  # epoch 0: the random network's kNN, no training
         later = h[1:] or h  # the first epoch includes warm-up (cuDNN autotuning, worker start)
-        results[name] = r = dict(data=data_only, train=np.mean([e["images_per_s"] for e in later]),
-                                 train_s=np.mean([e["train_s"] for e in later]), knn_s=np.mean([e["knn_s"] for e in h]),
-                                 knn=[round(e["knn_top1"], 2) for e in h], cache_s=cache_s)
+        results[name] = r = dict(
+            data=data_only,
+            train=np.mean([e["images_per_s"] for e in later]),
+            train_s=np.mean([e["train_s"] for e in later]),
+            knn_s=np.mean([e["knn_s"] for e in h]),
+            knn=[round(e["knn_top1"], 2) for e in h],
+            cache_s=cache_s,
+        )
         cache = f"{r['cache_s']:.1f} s" if r["cache_s"] is not None else "-"
-        print(f"{name:16s} | data alone {r['data']:8.0f} img/s | training {r['train']:7.0f} img/s, "
-              f"{r['train_s']:6.2f} s/epoch | kNN pass {r['knn_s']:5.2f} s | kNN top-1 per epoch {r['knn']} | "
-              f"cache build + upload {cache}", flush=True)
+        print(
+            f"{name:16s} | data alone {r['data']:8.0f} img/s | training {r['train']:7.0f} img/s, "
+            f"{r['train_s']:6.2f} s/epoch | kNN pass {r['knn_s']:5.2f} s | kNN top-1 per epoch {r['knn']} | "
+            f"cache build + upload {cache}",
+            flush=True,
+        )
     ref = results["reference"]
     for name, r in results.items():
-        print(f"{name:16s} x{ref['train_s'] / r['train_s']:.2f} seconds per training epoch against the reference, "
-              f"x{(ref['train_s'] + ref['knn_s']) / (r['train_s'] + r['knn_s']):.2f} with the kNN pass")
+        print(
+            f"{name:16s} x{ref['train_s'] / r['train_s']:.2f} seconds per training epoch against the reference, "
+            f"x{(ref['train_s'] + ref['knn_s']) / (r['train_s'] + r['knn_s']):.2f} with the kNN pass"
+        )
 
 
 def synthetic_jpegs(folder: Path, n: int, size=(500, 375), seed=0):
@@ -114,22 +143,39 @@ def jpeg(args):
         tic = time.perf_counter()
         synthetic_jpegs(Path(tmp), args.images)
         print(f"{args.images} synthetic 500x375 JPEGs written in {time.perf_counter() - tic:.1f} s", flush=True)
-        cfg = make_config("imagenet_mocov2", dataset="imagefolder", data_root=tmp, workers=args.workers,
-                          batch_size=args.batch_size, lr=0.03 * args.batch_size / 256, K=args.batch_size * 4,
-                          gpus=1 if device.type == "cuda" else 0,
-                          bn_splits=8 if args.batch_size % 8 == 0 else 1, output_dir=str(Path(tmp) / "run"))
-        paths = {"reference (PIL + torchvision in workers)": "cpu",
-                 f"jpeg path (bytes from workers, decode + augment on {device})": "jpeg"}
+        cfg = make_config(
+            "imagenet_mocov2",
+            dataset="imagefolder",
+            data_root=tmp,
+            workers=args.workers,
+            batch_size=args.batch_size,
+            lr=0.03 * args.batch_size / 256,
+            K=args.batch_size * 4,
+            gpus=1 if device.type == "cuda" else 0,
+            bn_splits=8 if args.batch_size % 8 == 0 else 1,
+            output_dir=str(Path(tmp) / "run"),
+        )
+        paths = {
+            "reference (PIL + torchvision in workers)": "cpu",
+            f"jpeg path (bytes from workers, decode + augment on {device})": "jpeg",
+        }
         rates, trained = {}, {}
         for name, path in paths.items():
             rates[name] = data_rate(pretrain_batches(dataclasses.replace(cfg, data_path=path), device))
             print(f"{name}: {rates[name]:.0f} images/s (two views each, data alone)", flush=True)
             if args.train_epochs:  # the whole step too: ResNet-50, bf16 on a GPU, one kNN-free run per path
-                run = pretrain(dataclasses.replace(cfg, data_path=path, epochs=args.train_epochs, knn_every=0,
-                                                   output_dir=str(Path(tmp) / path)), progress=False)
+                run = pretrain(
+                    dataclasses.replace(
+                        cfg, data_path=path, epochs=args.train_epochs, knn_every=0, output_dir=str(Path(tmp) / path)
+                    ),
+                    progress=False,
+                )
                 trained[name] = run.history[-1]["images_per_s"]
-                print(f"{name}: training ResNet-50 at 224 px {trained[name]:.0f} images/s "
-                      f"(epoch {args.train_epochs} of {args.images} images)", flush=True)
+                print(
+                    f"{name}: training ResNet-50 at 224 px {trained[name]:.0f} images/s "
+                    f"(epoch {args.train_epochs} of {args.images} images)",
+                    flush=True,
+                )
     ref, fast = rates.values()
     print(f"ratio jpeg path / reference: x{fast / ref:.2f} data alone", end="")
     print(f", x{list(trained.values())[1] / list(trained.values())[0]:.2f} training" if trained else "")

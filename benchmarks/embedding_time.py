@@ -8,6 +8,7 @@ UMAP's first call still includes numba compiling its layout optimisation, so
 UMAP is timed twice (cold, then warm, in the same process); t-SNE once. Run it
 in a fresh process to see the cold time a notebook's first map pays.
 """
+
 import argparse
 import time
 
@@ -31,13 +32,15 @@ def main():
     transform = augment.eval_transform(model.image_size, model.mean, model.std)
     ds = seeded_subset(load_split("imagefolder", args.data_root, "test", transform), args.points, 0)
     tic = time.perf_counter()
-    feats, _ = cached_features(encoder, identity, ds, f"cifar10:{args.data_root}:test", (args.layer,),
-                               args.cache_dir, workers=2)
+    feats, _ = cached_features(
+        encoder, identity, ds, f"cifar10:{args.data_root}:test", (args.layer,), args.cache_dir, workers=2
+    )
     x = feats[args.layer]
-    print(f"features: {tuple(x.shape)} ({args.layer}) in {time.perf_counter() - tic:.1f} s "
-          f"(cached after the first run)")
+    print(
+        f"features: {tuple(x.shape)} ({args.layer}) in {time.perf_counter() - tic:.1f} s (cached after the first run)"
+    )
     for method in args.methods.split(","):
-        for attempt in (("cold", "warm") if method == "umap" else ("",)):
+        for attempt in ("cold", "warm") if method == "umap" else ("",):
             tic = time.perf_counter()
             coords = project_2d(x, method)
             print(f"{method} {attempt}: {len(coords)} points in {time.perf_counter() - tic:.1f} s", flush=True)

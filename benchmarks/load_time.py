@@ -8,6 +8,7 @@ into reading the file as data, recognising and converting its keys into the enco
 SHA-256 that names its features in the cache and the checksum check). A published file's first load also
 downloads it; that is not counted here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,10 +27,15 @@ from mocolab.weights import download, formats  # noqa: E402
 
 def write_all(folder: Path) -> dict[str, Path]:
     q, k = layouts.resnet50(0), layouts.resnet50(1)
-    files = {"moco_official (v2)": folder / "moco_v2.pth.tar", "mocov3_official": folder / "r-50.pth.tar",
-             "openmmlab (MMSelfSup 0.x, pre-1.6 format)": folder / "mmselfsup.pth",
-             "openmmlab (mmpretrain 1.x)": folder / "mmpretrain.pth", "torchvision": folder / "resnet50.pth",
-             "detectron2 (.pkl)": folder / "moco.pkl", "mocolab (imagenet_mocov2, K=65536)": folder / "mocolab.pt"}
+    files = {
+        "moco_official (v2)": folder / "moco_v2.pth.tar",
+        "mocov3_official": folder / "r-50.pth.tar",
+        "openmmlab (MMSelfSup 0.x, pre-1.6 format)": folder / "mmselfsup.pth",
+        "openmmlab (mmpretrain 1.x)": folder / "mmpretrain.pth",
+        "torchvision": folder / "resnet50.pth",
+        "detectron2 (.pkl)": folder / "moco.pkl",
+        "mocolab (imagenet_mocov2, K=65536)": folder / "mocolab.pt",
+    }
     layouts.write_moco_official(files["moco_official (v2)"], "v2")
     layouts.write_mocov3_official(files["mocov3_official"])
     layouts.write_mmselfsup_0x(files["openmmlab (MMSelfSup 0.x, pre-1.6 format)"], q, k, layouts.mlp_v2())
@@ -37,8 +43,16 @@ def write_all(folder: Path) -> dict[str, Path]:
     layouts.write_torchvision(files["torchvision"], q, "supervised")
     layouts.write_detectron2(files["detectron2 (.pkl)"])
     cfg = make_config("imagenet_mocov2")
-    checkpoint.atomic_save({"kind": "pretraining", "model": build_model(cfg).state_dict(), "config": cfg.to_dict(),
-                            "epoch": 1, "history": []}, files["mocolab (imagenet_mocov2, K=65536)"])
+    checkpoint.atomic_save(
+        {
+            "kind": "pretraining",
+            "model": build_model(cfg).state_dict(),
+            "config": cfg.to_dict(),
+            "epoch": 1,
+            "history": [],
+        },
+        files["mocolab (imagenet_mocov2, K=65536)"],
+    )
     return files
 
 
@@ -52,8 +66,7 @@ def timed(path: Path) -> dict[str, float]:
     download.digests(path)
     hashed = time.perf_counter()
     weights.load(path)
-    return {"read": read - tic, "convert": built - read, "hash": hashed - built,
-            "load": time.perf_counter() - hashed}
+    return {"read": read - tic, "convert": built - read, "hash": hashed - built, "load": time.perf_counter() - hashed}
 
 
 def main():
@@ -69,8 +82,10 @@ def main():
     for name, path in files.items():
         runs = [timed(path) for _ in range(args.repeats)]
         median = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-        print(f"| {name} | {path.stat().st_size / 1e6:.0f} | {median['load']:.2f} | {median['read']:.2f} | "
-              f"{median['convert']:.2f} | {median['hash']:.2f} |")
+        print(
+            f"| {name} | {path.stat().st_size / 1e6:.0f} | {median['load']:.2f} | {median['read']:.2f} | "
+            f"{median['convert']:.2f} | {median['hash']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

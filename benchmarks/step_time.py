@@ -8,6 +8,7 @@ of the preset's size, after warm-up steps; prints seconds per step and images/s.
 Pair it with the `images_per_s` column of a run's metrics.csv, which includes
 the data pipeline.
 """
+
 import argparse
 import time
 
@@ -30,8 +31,9 @@ def main():
 
     base = mocolab.make_config(args.preset)
     B = args.batch_size
-    cfg = mocolab.make_config(args.preset, batch_size=B, K=max(1, base.K // B) * B, gpus=args.gpus,
-                              precision=args.precision)
+    cfg = mocolab.make_config(
+        args.preset, batch_size=B, K=max(1, base.K // B) * B, gpus=args.gpus, precision=args.precision
+    )
     device = resolve_device(cfg.gpus)
     dtype = resolve_precision(cfg.precision, device)
     model = mocolab.build_model(cfg).to(device)
@@ -57,9 +59,11 @@ def main():
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - tic) / args.steps
-    print(f"{args.preset} ({cfg.arch}, {cfg.image_size} px), batch {B}, {device}, "
-          f"{str(dtype or 'fp32')}, {torch.get_num_threads()} CPU threads: "
-          f"{seconds:.3f} s/step, {B / seconds:.1f} images/s")
+    print(
+        f"{args.preset} ({cfg.arch}, {cfg.image_size} px), batch {B}, {device}, "
+        f"{str(dtype or 'fp32')}, {torch.get_num_threads()} CPU threads: "
+        f"{seconds:.3f} s/step, {B / seconds:.1f} images/s"
+    )
 
 
 if __name__ == "__main__":

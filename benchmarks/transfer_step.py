@@ -13,6 +13,7 @@ mostly overlaps the backward pass). So it is a lower bound.
     python benchmarks/transfer_step.py --device cuda --iterations 20
     python benchmarks/transfer_step.py --rows voc_detection --iterations 2   # a CPU
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,8 +93,10 @@ def main(argv=None) -> None:
     for row in args.rows:
         seconds = time_row(row, device, args.iterations, args.per_gpu)
         total = finetune.PRESETS[ROWS[row][1]].iterations
-        print(f"| {row} | {ROWS[row][0].__name__} | {seconds:.3f} | {total:,} | {seconds * total / 3600:.1f} h |",
-              flush=True)
+        print(
+            f"| {row} | {ROWS[row][0].__name__} | {seconds:.3f} | {total:,} | {seconds * total / 3600:.1f} h |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

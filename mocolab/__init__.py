@@ -1,4 +1,5 @@
 """mocolab: learn, reproduce and analyse MoCo v2 (Chen, Fan, Girshick, He 2020)."""
+
 from .config import PRESETS, Config, ConfigError, make_config
 from .moco import MoCo, MoCoOutput, info_nce
 from .models import SplitBatchNorm, build_encoder
@@ -6,6 +7,19 @@ from .runlog import Run
 from .train import build_model, load_run, lr_schedule, pretrain
 
 __version__ = "0.1.0"
-__all__ = ["PRESETS", "Config", "ConfigError", "make_config", "MoCo", "MoCoOutput", "info_nce",
-           "SplitBatchNorm", "build_encoder", "Run", "build_model", "load_run", "lr_schedule",
-           "pretrain"]
+__all__ = [
+    "PRESETS",
+    "Config",
+    "ConfigError",
+    "make_config",
+    "MoCo",
+    "MoCoOutput",
+    "info_nce",
+    "SplitBatchNorm",
+    "build_encoder",
+    "Run",
+    "build_model",
+    "load_run",
+    "lr_schedule",
+    "pretrain",
+]

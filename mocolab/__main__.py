@@ -8,6 +8,7 @@ Under torchrun (or srun with MASTER_ADDR/MASTER_PORT exported) every process
 runs this and joins the process group; launched by hand with gpus > 1 it
 starts the processes itself, like the notebook.
 """
+
 import argparse
 import sys
 
@@ -18,8 +19,9 @@ from .train import pretrain
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mocolab", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m mocolab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="cifar10_demo", choices=sorted(PRESETS) + [AUTO])
     parser.add_argument("overrides", nargs="*", help="config fields as key=value")
     args = parser.parse_args(argv)

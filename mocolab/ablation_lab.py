@@ -10,6 +10,7 @@ made, before any run starts. The base recipe is a variant of several ablations
 (m = 0.99 is also K = 4096 and T = 0.1): each distinct setting is trained once,
 the other variants' folders link to its run (sweep.share_runs).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,8 +51,11 @@ class LabConfig:
     def __post_init__(self):
         settings.check_fields(self)
         unknown = sorted(set(self.variants) - set(self.ablations_to_run))
-        settings.need(not unknown, f"variants names ablations {unknown} that are not in ablations_to_run "
-                                   f"{list(self.ablations_to_run)}: add them there or drop them from variants")
+        settings.need(
+            not unknown,
+            f"variants names ablations {unknown} that are not in ablations_to_run "
+            f"{list(self.ablations_to_run)}: add them there or drop them from variants",
+        )
         settings.need(self.parallel >= 0, f"parallel must be 0 (automatic) or more, got {self.parallel}")
 
     def to_dict(self) -> dict:
@@ -81,12 +85,22 @@ class AblationLab:
         """The preset, shortened for a lab; the kNN on the backbone's pool, so linear and MLP heads compare
         fairly (ablations' docstring)."""
         cfg = self.cfg
-        base = {"preset": self.preset, "dataset": cfg.dataset, "data_root": str(project_path(cfg.data_root)),
-                "seed": cfg.seed, "knn_every": 1, "knn_feature": "avgpool",
-                "epochs": cfg.epochs or (3 if self.on_cpu else 8), **cfg.extra}
+        base = {
+            "preset": self.preset,
+            "dataset": cfg.dataset,
+            "data_root": str(project_path(cfg.data_root)),
+            "seed": cfg.seed,
+            "knn_every": 1,
+            "knn_feature": "avgpool",
+            "epochs": cfg.epochs or (3 if self.on_cpu else 8),
+            **cfg.extra,
+        }
         subset = cfg.train_subset if cfg.train_subset is not None else (10000 if self.on_cpu else None)
-        for key, value in {"train_subset": subset, "knn_bank_size": cfg.knn_bank_size,
-                           "knn_test_size": cfg.knn_test_size}.items():
+        for key, value in {
+            "train_subset": subset,
+            "knn_bank_size": cfg.knn_bank_size,
+            "knn_test_size": cfg.knn_test_size,
+        }.items():
             if value is not None:
                 base[key] = value
         return base
@@ -95,10 +109,12 @@ class AblationLab:
         runs = sum(len(s.configs) for s in self.sweeps.values())
         images = f"{self.base['train_subset']:,}" if self.base.get("train_subset") else "all the"
         at_a_time = f", {self.parallel} at a time" if self.parallel > 1 else ""
-        return (f"base recipe: {self.preset} ({'no GPU visible' if self.on_cpu else 'a GPU'}); "
-                f"{self.base['epochs']} epochs of {images} training images per run\n"
-                f"{len(self.sweeps)} ablations, {runs} variants, {runs - len(self.shared)} runs to train, "
-                f"executor {self.executor!r}{at_a_time}")
+        return (
+            f"base recipe: {self.preset} ({'no GPU visible' if self.on_cpu else 'a GPU'}); "
+            f"{self.base['epochs']} epochs of {images} training images per run\n"
+            f"{len(self.sweeps)} ablations, {runs} variants, {runs - len(self.shared)} runs to train, "
+            f"executor {self.executor!r}{at_a_time}"
+        )
 
     def run(self) -> dict[str, list[dict]]:
         """Train what is not trained yet (or, with executor "commands", write commands.sh and train nothing);

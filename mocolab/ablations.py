@@ -17,6 +17,7 @@ for Unsupervised Visual Representation Learning", CVPR 2020; MoCo v2 = Chen et
 al., "Improved Baselines with Momentum Contrastive Learning", 2020; the demo =
 the official CIFAR-10 demo notebook of facebookresearch/moco.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -62,52 +63,76 @@ def _best(knn: dict, names) -> float:
     return max(knn[n] for n in names)
 
 
-ABLATIONS = {a.name: a for a in [
-    Ablation("momentum", {"m=0": {"m": 0.0}, "m=0.9": {"m": 0.9}, "m=0.99": {"m": 0.99}, "m=0.999": {"m": 0.999}},
-             "a slowly moving key encoder is essential: m = 0 (the key encoder a copy of the query encoder) "
-             "fails, a large m works best",
-             "MoCo v1, sec. 4.1 (momentum ablation); the demo: 'momentum 0 fails'",
-             "ImageNet linear: m = 0 fails to converge, 0.9: 55.2, 0.99: 57.8, 0.999: 59.0",
-             lambda knn: knn["m=0"] < _best(knn, [n for n in knn if n != "m=0"]) - 1.0,
-             "m = 0 more than 1 point below the best other m run"),
-    Ablation("queue", _queue_sizes,
-             "a larger dictionary of negatives is better, up to a saturation (near K = 4096 on CIFAR-10)",
-             "MoCo v1, fig. 3 (accuracy against K); the demo: the queue saturates near 4096",
-             "ImageNet linear rises with K, to 60.6 at K = 65536",
-             _more_negatives_help,
-             "K = 4096 or 16384 above the one-batch queue (K = 256 on the CPU recipe, 512 in cifar10_demo)"),
-    Ablation("shuffle_bn", {"shuffle BN": {"shuffle_bn": True}, "no shuffle": {"shuffle_bn": False}},
-             "without shuffling BN the model can cheat the pretext task through the batch statistics: "
-             "its features are worse",
-             "MoCo v1, sec. 3.3 and fig. A.1; the demo: no shuffle BN costs about 4 points at 800 epochs",
-             "the demo: about -4 kNN points at 800 epochs",
-             lambda knn: knn["shuffle BN"] > knn["no shuffle"],
-             "shuffle BN above no shuffle"),
-    Ablation("temperature", {"T=0.07": {"T": 0.07}, "T=0.1": {"T": 0.1}, "T=0.2": {"T": 0.2}, "T=0.5": {"T": 0.5}},
-             "with a linear head a low temperature (0.07-0.1) is best; a high one (0.5) is worse",
-             "MoCo v2, sec. 3 (the search over T with and without the MLP head)",
-             "",
-             lambda knn: _best(knn, ["T=0.07", "T=0.1"]) > knn["T=0.5"],
-             "the better of T = 0.07, 0.1 above T = 0.5"),
-    Ablation("head", {"linear head": {"head": "linear", "T": 0.2}, "MLP head": {"head": "mlp", "T": 0.2}},
-             "an MLP projection head (2 layers) improves the backbone's features",
-             "MoCo v2, table 1 (MLP, T = 0.2)",
-             "ImageNet linear: 60.6 (MoCo v1) -> 66.2 with the MLP head",
-             lambda knn: knn["MLP head"] > knn["linear head"],
-             "MLP head above linear head (both T = 0.2)"),
-    Ablation("augmentation", {"v1": {"augmentation": "v1"}, "aug+": {"augmentation": "aug_plus"}},
-             "the stronger aug+ (colour jitter 0.8, blur) beats MoCo v1's augmentation",
-             "MoCo v2, table 1 (aug+)",
-             "ImageNet linear: 60.6 -> 63.4 with aug+",
-             lambda knn: knn["aug+"] > knn["v1"],
-             "aug+ above v1"),
-    Ablation("symmetric", {"asymmetric": {"symmetric": False}, "symmetric": {"symmetric": True}},
-             "the symmetric loss (both crops as query) gives better features for the same epochs",
-             "the demo's results table",
-             "CIFAR-10 kNN at 200 epochs: 82.6 asymmetric, 85.3 symmetric",
-             lambda knn: knn["symmetric"] > knn["asymmetric"],
-             "symmetric above asymmetric"),
-]}
+ABLATIONS = {
+    a.name: a
+    for a in [
+        Ablation(
+            "momentum",
+            {"m=0": {"m": 0.0}, "m=0.9": {"m": 0.9}, "m=0.99": {"m": 0.99}, "m=0.999": {"m": 0.999}},
+            "a slowly moving key encoder is essential: m = 0 (the key encoder a copy of the query encoder) "
+            "fails, a large m works best",
+            "MoCo v1, sec. 4.1 (momentum ablation); the demo: 'momentum 0 fails'",
+            "ImageNet linear: m = 0 fails to converge, 0.9: 55.2, 0.99: 57.8, 0.999: 59.0",
+            lambda knn: knn["m=0"] < _best(knn, [n for n in knn if n != "m=0"]) - 1.0,
+            "m = 0 more than 1 point below the best other m run",
+        ),
+        Ablation(
+            "queue",
+            _queue_sizes,
+            "a larger dictionary of negatives is better, up to a saturation (near K = 4096 on CIFAR-10)",
+            "MoCo v1, fig. 3 (accuracy against K); the demo: the queue saturates near 4096",
+            "ImageNet linear rises with K, to 60.6 at K = 65536",
+            _more_negatives_help,
+            "K = 4096 or 16384 above the one-batch queue (K = 256 on the CPU recipe, 512 in cifar10_demo)",
+        ),
+        Ablation(
+            "shuffle_bn",
+            {"shuffle BN": {"shuffle_bn": True}, "no shuffle": {"shuffle_bn": False}},
+            "without shuffling BN the model can cheat the pretext task through the batch statistics: "
+            "its features are worse",
+            "MoCo v1, sec. 3.3 and fig. A.1; the demo: no shuffle BN costs about 4 points at 800 epochs",
+            "the demo: about -4 kNN points at 800 epochs",
+            lambda knn: knn["shuffle BN"] > knn["no shuffle"],
+            "shuffle BN above no shuffle",
+        ),
+        Ablation(
+            "temperature",
+            {"T=0.07": {"T": 0.07}, "T=0.1": {"T": 0.1}, "T=0.2": {"T": 0.2}, "T=0.5": {"T": 0.5}},
+            "with a linear head a low temperature (0.07-0.1) is best; a high one (0.5) is worse",
+            "MoCo v2, sec. 3 (the search over T with and without the MLP head)",
+            "",
+            lambda knn: _best(knn, ["T=0.07", "T=0.1"]) > knn["T=0.5"],
+            "the better of T = 0.07, 0.1 above T = 0.5",
+        ),
+        Ablation(
+            "head",
+            {"linear head": {"head": "linear", "T": 0.2}, "MLP head": {"head": "mlp", "T": 0.2}},
+            "an MLP projection head (2 layers) improves the backbone's features",
+            "MoCo v2, table 1 (MLP, T = 0.2)",
+            "ImageNet linear: 60.6 (MoCo v1) -> 66.2 with the MLP head",
+            lambda knn: knn["MLP head"] > knn["linear head"],
+            "MLP head above linear head (both T = 0.2)",
+        ),
+        Ablation(
+            "augmentation",
+            {"v1": {"augmentation": "v1"}, "aug+": {"augmentation": "aug_plus"}},
+            "the stronger aug+ (colour jitter 0.8, blur) beats MoCo v1's augmentation",
+            "MoCo v2, table 1 (aug+)",
+            "ImageNet linear: 60.6 -> 63.4 with aug+",
+            lambda knn: knn["aug+"] > knn["v1"],
+            "aug+ above v1",
+        ),
+        Ablation(
+            "symmetric",
+            {"asymmetric": {"symmetric": False}, "symmetric": {"symmetric": True}},
+            "the symmetric loss (both crops as query) gives better features for the same epochs",
+            "the demo's results table",
+            "CIFAR-10 kNN at 200 epochs: 82.6 asymmetric, 85.3 symmetric",
+            lambda knn: knn["symmetric"] > knn["asymmetric"],
+            "symmetric above asymmetric",
+        ),
+    ]
+}
 
 
 def sweep_for(name: str, folder, base: dict, variants: list[str] | None = None) -> Sweep:

@@ -13,6 +13,7 @@ only, and plain pickles (detectron2's .pkl) with an unpickler that knows
 nothing but NumPy arrays. A file whose unpickling would call anything else is
 refused before it runs. So the RNG states are saved as tensors and plain values.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -47,9 +48,17 @@ def atomic_save(obj, path: str | Path) -> None:
 def rng_state() -> dict:
     """The RNG states as tensors and plain values, so that the checkpoint loads with weights_only=True."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(gauss),
+        },
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -58,8 +67,9 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -90,8 +100,10 @@ def read(path: str | Path):
     with open(path, "rb") as f:
         head = f.read(512)
     if head.lstrip()[:1] == b"<" and re.search(rb"<(!doctype|html|\?xml)", head, re.I):
-        raise CheckpointError(f"{path} is a web page (HTML), not a checkpoint: the download went wrong (a login or "
-                              f"error page). Delete it and download the file again.")
+        raise CheckpointError(
+            f"{path} is a web page (HTML), not a checkpoint: the download went wrong (a login or "
+            f"error page). Delete it and download the file again."
+        )
     try:
         if head[:4] == b"PK\x03\x04" or _LEGACY_MAGIC in head[:32]:  # torch's zip format, or the one before
             with torch.serialization.safe_globals([(obj, name) for name, obj in _numpy_data().items()]):
@@ -100,15 +112,15 @@ def read(path: str | Path):
             return _DataUnpickler(f).load()
     except pickle.UnpicklingError as err:
         # torch names the global it refused (and whether its module is blocked); _DataUnpickler likewise.
-        unsafe = re.search(r"(?:unsupported global: GLOBAL|unsupported GLOBAL|refused global) ([\w.]+)", str(err),
-                           re.I)
+        unsafe = re.search(r"(?:unsupported global: GLOBAL|unsupported GLOBAL|refused global) ([\w.]+)", str(err), re.I)
         # torch's own rebuild functions are allowed: a cut-off name of one means the file ends mid-pickle.
         if unsafe and not unsafe.group(1).startswith("torch."):
             raise UnsafeFileError(
                 f"refused {path}: reading it would run code ({unsafe.group(1)}), and mocolab "
                 f"reads checkpoints as data only (tensors, arrays, numbers, text). Nothing in it has run. If the "
                 f"file is yours, save its weights alone (torch.save(model.state_dict(), path)) with the program "
-                f"that wrote it and load that file.") from None
+                f"that wrote it and load that file."
+            ) from None
         raise _unreadable(path, err) from err
     except Exception as err:
         raise _unreadable(path, err) from err
@@ -117,9 +129,11 @@ def read(path: str | Path):
 def _unreadable(path: Path, err: Exception) -> CheckpointError:
     # torch's weights-only message is about trusting the file; what matters here is that its pickle is damaged.
     detail = "its pickle is cut off or damaged" if "Weights only load failed" in str(err) else str(err)[:200]
-    return CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {detail}); it may be "
-                           f"truncated (an interrupted download or write): download or copy it again. For a run's "
-                           f"checkpoint_last.pt, the checkpoint_NNNN.pt files beside it are earlier copies.")
+    return CheckpointError(
+        f"checkpoint {path} cannot be read ({type(err).__name__}: {detail}); it may be "
+        f"truncated (an interrupted download or write): download or copy it again. For a run's "
+        f"checkpoint_last.pt, the checkpoint_NNNN.pt files beside it are earlier copies."
+    )
 
 
 def _numpy_data() -> dict[str, object]:
@@ -154,7 +168,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def kind_of(state: dict) -> str | None:
-    """"pretraining" or "fine-tuning", as the checkpoint's `kind` says, or None for any other file."""
+    """ "pretraining" or "fine-tuning", as the checkpoint's `kind` says, or None for any other file."""
     return state["kind"] if isinstance(state, dict) and state.get("kind") in KINDS else None
 
 
@@ -167,8 +181,10 @@ def describe(state) -> str:
     if kind is not None:
         return f"a mocolab {kind} checkpoint"
     if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
-        return (f"a bare state dict of {len(state)} tensors (weights only, such as torchvision's "
-                f"model.state_dict()), without the config mocolab needs")
+        return (
+            f"a bare state dict of {len(state)} tensors (weights only, such as torchvision's "
+            f"model.state_dict()), without the config mocolab needs"
+        )
     if isinstance(state, dict):
         keys = ", ".join(sorted(map(str, state))[:6])
         return f"not a mocolab checkpoint (a dict with keys {keys}{', ...' if len(state) > 6 else ''})"
@@ -179,19 +195,26 @@ def load_pretraining(path: str | Path) -> dict:
     """A pretraining checkpoint, or a CheckpointError that says what the file is instead."""
     state = load_checkpoint(path)
     if kind_of(state) != "pretraining":
-        raise CheckpointError(f"{path} is {describe(state)}; pass the checkpoint_last.pt of a pretraining run "
-                              f"(notebook 02 or `python -m mocolab`)")
+        raise CheckpointError(
+            f"{path} is {describe(state)}; pass the checkpoint_last.pt of a pretraining run "
+            f"(notebook 02 or `python -m mocolab`)"
+        )
     return state
 
 
 def check_compatible(saved_config: dict, config: dict, fields, path) -> None:
     """Fail, listing the differences, if the checkpoint's model differs from the config's in one of `fields`
     (the config's model-defining fields, config.MODEL_FIELDS)."""
-    diffs = [f"{name}: checkpoint {saved_config.get(name)!r}, config {config[name]!r}"
-             for name in fields if saved_config.get(name) != config[name]]
+    diffs = [
+        f"{name}: checkpoint {saved_config.get(name)!r}, config {config[name]!r}"
+        for name in fields
+        if saved_config.get(name) != config[name]
+    ]
     if diffs:
-        raise CheckpointError(f"checkpoint {path} is of another model ({'; '.join(diffs)}); "
-                              f"use the same settings, or another output_dir for a new run.")
+        raise CheckpointError(
+            f"checkpoint {path} is of another model ({'; '.join(diffs)}); "
+            f"use the same settings, or another output_dir for a new run."
+        )
 
 
 def load_state(module: torch.nn.Module, state_dict: dict, path) -> None:
@@ -199,11 +222,18 @@ def load_state(module: torch.nn.Module, state_dict: dict, path) -> None:
     own = module.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own.keys() & state_dict.keys() if own[k].shape != state_dict[k].shape]
+    shapes = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own.keys() & state_dict.keys()
+        if own[k].shape != state_dict[k].shape
+    ]
     if missing or unexpected or shapes:
+
         def few(items):
             return ", ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "")
-        raise CheckpointError(f"checkpoint {path} does not fit this model: missing {few(missing) or 'none'}; "
-                              f"unexpected {few(unexpected) or 'none'}; shape mismatches {few(shapes) or 'none'}")
+
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model: missing {few(missing) or 'none'}; "
+            f"unexpected {few(unexpected) or 'none'}; shape mismatches {few(shapes) or 'none'}"
+        )
     module.load_state_dict(state_dict)

@@ -5,6 +5,7 @@ CheckpointError with a message that names the problem and the fix. Printed by
 Python, that message is the last line under a long traceback; here it comes first
 (and again at the bottom), the traceback in between, and the exit status is 2.
 """
+
 from __future__ import annotations
 
 import sys

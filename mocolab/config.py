@@ -11,6 +11,7 @@ An unknown key, a value of the wrong type or an impossible combination (K not
 divisible by the batch, ...) raises `ConfigError` naming the key, before any
 work starts.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,16 @@ from .device import visible_gpus
 from .models import ARCHS
 from .settings import ConfigError, need
 
-__all__ = ["EXECUTION_FIELDS", "MODEL_FIELDS", "PRESETS", "Config", "ConfigError", "make_config",
-           "config_from_dict", "need"]
+__all__ = [
+    "EXECUTION_FIELDS",
+    "MODEL_FIELDS",
+    "PRESETS",
+    "Config",
+    "ConfigError",
+    "make_config",
+    "config_from_dict",
+    "need",
+]
 
 
 # Every field has one of three roles, marked where the field is declared so that a new field cannot be forgotten:
@@ -213,11 +222,15 @@ def resolve_preset(preset: str, gpus: int = -1) -> tuple[str, str]:
         return preset, "as asked"
     visible = visible_gpus()
     if gpus != 0 and visible:
-        return "cifar10_workshop", (f"{visible} GPU(s) visible: the CIFAR-10 demo recipe (ResNet-18, batch 512, "
-                                    f"K 4096) for {PRESETS['cifar10_workshop']['epochs']} epochs")
+        return "cifar10_workshop", (
+            f"{visible} GPU(s) visible: the CIFAR-10 demo recipe (ResNet-18, batch 512, "
+            f"K 4096) for {PRESETS['cifar10_workshop']['epochs']} epochs"
+        )
     why = "gpus=0 asks for the CPU although a GPU is visible" if visible else "no GPU visible"
-    return "cifar10_cpu", (f"{why}: the CPU teaching recipe (a narrow ResNet-10, {PRESETS['cifar10_cpu']['epochs']} "
-                           f"epochs of all CIFAR-10 images), which learns visibly in about five minutes")
+    return "cifar10_cpu", (
+        f"{why}: the CPU teaching recipe (a narrow ResNet-10, {PRESETS['cifar10_cpu']['epochs']} "
+        f"epochs of all CIFAR-10 images), which learns visibly in about five minutes"
+    )
 
 
 def make_config(preset: str = "cifar10_demo", **overrides) -> Config:
@@ -242,6 +255,7 @@ def config_from_dict(values: dict) -> Config:
 # Validation
 # ----------------------------------------------------------------------------
 
+
 def world_size_of(gpus: int, processes: int) -> int:
     """Processes of a run launched from Python: one per GPU (gpus > 1), `processes` on the CPU (gpus = 0)."""
     return gpus if gpus > 1 else (processes if gpus == 0 else 1)
@@ -251,40 +265,61 @@ def check_processes(gpus: int, processes: int) -> None:
     """The gpus / processes pair of a pretraining or fine-tuning config."""
     need(gpus >= -1, f"gpus must be -1 (auto), 0 (CPU) or a GPU count, got {gpus}")
     need(processes >= 1, f"processes must be >= 1, got {processes}")
-    need(processes == 1 or gpus == 0,
-         f"processes={processes} is for CPU runs (gpus=0); on GPUs set gpus to the number of GPUs")
+    need(
+        processes == 1 or gpus == 0,
+        f"processes={processes} is for CPU runs (gpus=0); on GPUs set gpus to the number of GPUs",
+    )
 
 
 def _check_values(cfg: Config) -> None:
     for name in ("dim", "K", "epochs", "batch_size", "image_size", "bn_splits", "knn_k", "log_every"):
         need(getattr(cfg, name) > 0, f"{name} must be positive, got {getattr(cfg, name)}")
-    for name in ("train_subset", "workers", "warmup_epochs", "steps_per_epoch", "knn_every",
-                 "knn_bank_size", "knn_test_size", "checkpoint_every", "seed", "stop_after"):
+    for name in (
+        "train_subset",
+        "workers",
+        "warmup_epochs",
+        "steps_per_epoch",
+        "knn_every",
+        "knn_bank_size",
+        "knn_test_size",
+        "checkpoint_every",
+        "seed",
+        "stop_after",
+    ):
         need(getattr(cfg, name) >= 0, f"{name} must be >= 0, got {getattr(cfg, name)}")
     need(0.0 <= cfg.m <= 1.0, f"m must lie in [0, 1], got {cfg.m}")
     need(cfg.T > 0 and cfg.knn_t > 0, f"temperatures must be positive, got T={cfg.T}, knn_t={cfg.knn_t}")
     need(cfg.lr > 0, f"lr must be positive, got {cfg.lr}")
-    need(cfg.warmup_epochs < cfg.epochs or cfg.warmup_epochs == 0,
-         f"warmup_epochs={cfg.warmup_epochs} must be shorter than epochs={cfg.epochs}")
+    need(
+        cfg.warmup_epochs < cfg.epochs or cfg.warmup_epochs == 0,
+        f"warmup_epochs={cfg.warmup_epochs} must be shorter than epochs={cfg.epochs}",
+    )
     keys_per_step = cfg.batch_size * cfg.views_per_step
-    need(cfg.K % keys_per_step == 0,
-         f"K={cfg.K} must be divisible by the keys enqueued per step ({keys_per_step} = batch_size "
-         f"{cfg.batch_size}{' x 2 views (symmetric)' if cfg.symmetric else ''}), so the queue "
-         f"pointer always wraps to 0; e.g. K={max(1, cfg.K // keys_per_step) * keys_per_step}")
-    need(cfg.batch_size % cfg.bn_splits == 0,
-         f"batch_size={cfg.batch_size} must be divisible by bn_splits={cfg.bn_splits}")
+    need(
+        cfg.K % keys_per_step == 0,
+        f"K={cfg.K} must be divisible by the keys enqueued per step ({keys_per_step} = batch_size "
+        f"{cfg.batch_size}{' x 2 views (symmetric)' if cfg.symmetric else ''}), so the queue "
+        f"pointer always wraps to 0; e.g. K={max(1, cfg.K // keys_per_step) * keys_per_step}",
+    )
+    need(
+        cfg.batch_size % cfg.bn_splits == 0,
+        f"batch_size={cfg.batch_size} must be divisible by bn_splits={cfg.bn_splits}",
+    )
     check_processes(cfg.gpus, cfg.processes)
     check_world(cfg, cfg.world_size)
-    need(not (cfg.preset == "cifar10_cpu" and cfg.gpus > 0),
-         f"preset cifar10_cpu is the CPU teaching recipe, but gpus={cfg.gpus}: on GPUs choose one of "
-         f"{[p for p in PRESETS if p != 'cifar10_cpu']} (or preset='auto'), or set gpus=0")
+    need(
+        not (cfg.preset == "cifar10_cpu" and cfg.gpus > 0),
+        f"preset cifar10_cpu is the CPU teaching recipe, but gpus={cfg.gpus}: on GPUs choose one of "
+        f"{[p for p in PRESETS if p != 'cifar10_cpu']} (or preset='auto'), or set gpus=0",
+    )
 
 
 def check_world(cfg: Config, world: int) -> None:
     """batch_size is the global batch and bn_splits the BN groups in it: both split over processes."""
     if cfg.batch_size % world:
-        raise ConfigError(f"batch_size={cfg.batch_size} (the global batch) must be divisible by the "
-                          f"{world} processes")
+        raise ConfigError(f"batch_size={cfg.batch_size} (the global batch) must be divisible by the {world} processes")
     if not cfg.sync_bn and cfg.bn_splits % world:
-        raise ConfigError(f"bn_splits={cfg.bn_splits} (BN groups in the global batch) must be a multiple of "
-                          f"the {world} processes; e.g. bn_splits={world} for one BN group per GPU")
+        raise ConfigError(
+            f"bn_splits={cfg.bn_splits} (BN groups in the global batch) must be a multiple of "
+            f"the {world} processes; e.g. bn_splits={world} for one BN group per GPU"
+        )

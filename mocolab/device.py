@@ -1,4 +1,5 @@
 """Which device a process trains on, and in which precision: shared by every job (pretraining, fine-tuning)."""
+
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@ training code runs on one device, on N GPUs (NCCL) and on P CPU processes
 uses torch.distributed's elastic_launch; `torchrun` for several nodes), which
 set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -53,8 +54,7 @@ def init_process_group(use_cuda: bool, timeout_minutes: int = 60) -> None:
     _env_from_slurm()
     if use_cuda:
         torch.cuda.set_device(local_rank())
-    dist.init_process_group("nccl" if use_cuda else "gloo",
-                            timeout=datetime.timedelta(minutes=timeout_minutes))
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
 
 
 def _env_from_slurm() -> None:
@@ -115,7 +115,7 @@ def batch_shuffle(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     perm = torch.randperm(x_all.shape[0], device=x.device)
     dist.broadcast(perm, src=0)  # every rank uses rank 0's permutation
     B, r = x.shape[0], rank()
-    return x_all[perm[r * B:(r + 1) * B]], torch.argsort(perm)
+    return x_all[perm[r * B : (r + 1) * B]], torch.argsort(perm)
 
 
 @torch.no_grad()
@@ -125,7 +125,7 @@ def batch_unshuffle(x: torch.Tensor, unshuffle: torch.Tensor) -> torch.Tensor:
         return x[unshuffle]
     x_all = all_gather_cat(x)  # x_all: (W*B) x C, in shuffled global order
     B, r = x.shape[0], rank()
-    return x_all[unshuffle[r * B:(r + 1) * B]]
+    return x_all[unshuffle[r * B : (r + 1) * B]]
 
 
 def all_gather_objects(obj) -> list:

@@ -9,6 +9,7 @@ kNN, seconds) are printed as they come. When a cell fails, the error comes first
 one line (what failed and what to do), then the traceback, then the same line again
 at the bottom, where a terminal user looks. `make demo` is a thin wrapper over this.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,14 +62,20 @@ def run_notebook(notebook, output, parameters: dict, log=None, hints: dict | Non
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mocolab.headless", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m mocolab.headless", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("notebook")
     parser.add_argument("output", help="the executed notebook")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     parser.add_argument("--log", help="a log file the notebook's job appends to (e.g. RUN/log.txt): relayed live")
-    parser.add_argument("--hint", action="append", default=[], metavar="ERROR=TEXT",
-                        help="a line to add when a cell fails with this error type")
+    parser.add_argument(
+        "--hint",
+        action="append",
+        default=[],
+        metavar="ERROR=TEXT",
+        help="a line to add when a cell fails with this error type",
+    )
     args = parser.parse_args(argv)
     hints = dict(h.split("=", 1) for h in args.hint)
     return run_notebook(args.notebook, args.output, {k: parse_value(v) for k, v in args.parameter}, args.log, hints)

@@ -17,6 +17,7 @@
 A config is a frozen settings dataclass (mocolab.settings) with `output_dir`,
 `resume`, `gpus`, `processes`, `world_size` and `to_dict()`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -72,8 +73,14 @@ def run(cfg, worker, preflight, read_back, progress: bool = True, checked: Check
     if checked is None or not checked.still_holds(cfg):
         checked = preflight(cfg)  # too many GPUs, no checkpoint to resume, ...: fail before any process starts
     if cfg.world_size > 1 and not dist_.launched_by_torchrun() and not dist_.is_distributed():
-        launch.start_processes(entry, (worker, type(cfg), cfg.to_dict()), cfg.world_size, cfg.gpus > 1,
-                               Path(cfg.output_dir) / "log.txt", progress)
+        launch.start_processes(
+            entry,
+            (worker, type(cfg), cfg.to_dict()),
+            cfg.world_size,
+            cfg.gpus > 1,
+            Path(cfg.output_dir) / "log.txt",
+            progress,
+        )
         return read_back(cfg.output_dir)
     return worker(cfg, progress, checked=checked)
 
@@ -96,16 +103,22 @@ def open_run(cfg, kind: str) -> Checked:
     """
     last, stamp = Path(cfg.output_dir) / "checkpoint_last.pt", checkpoint_stamp(cfg)
     if not cfg.resume and last.exists():
-        raise ConfigError(f"{cfg.output_dir} already holds a {kind} run (checkpoint_last.pt); pass resume=True "
-                          f"to continue it, or choose another output_dir")
+        raise ConfigError(
+            f"{cfg.output_dir} already holds a {kind} run (checkpoint_last.pt); pass resume=True "
+            f"to continue it, or choose another output_dir"
+        )
     if cfg.resume and not last.exists():
-        raise ckpt.CheckpointError(f"no checkpoint at {last.resolve()}: nothing to resume. Start the run with "
-                                   f"resume=False, or point output_dir at the run to continue.")
+        raise ckpt.CheckpointError(
+            f"no checkpoint at {last.resolve()}: nothing to resume. Start the run with "
+            f"resume=False, or point output_dir at the run to continue."
+        )
     writable_folder(Path(cfg.output_dir))
     saved = ckpt.load_checkpoint(last) if cfg.resume else None
     if saved is not None and ckpt.kind_of(saved) != kind:
-        raise ckpt.CheckpointError(f"{last} is {ckpt.describe(saved)}, not a {kind} checkpoint: it cannot be "
-                                   f"resumed as one; use another output_dir")
+        raise ckpt.CheckpointError(
+            f"{last} is {ckpt.describe(saved)}, not a {kind} checkpoint: it cannot be "
+            f"resumed as one; use another output_dir"
+        )
     return Checked(cfg, resolve_device(cfg.gpus), saved, stamp)
 
 
@@ -116,11 +129,14 @@ def writable_folder(path: Path) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise ConfigError(f"output_dir {path} cannot be created: {existing} is a file, not a folder; choose "
-                          f"another output_dir")
+        raise ConfigError(
+            f"output_dir {path} cannot be created: {existing} is a file, not a folder; choose another output_dir"
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"output_dir {path} cannot be written: {existing} is not writable by this user; choose "
-                          f"a folder you can write to")
+        raise ConfigError(
+            f"output_dir {path} cannot be written: {existing} is not writable by this user; choose "
+            f"a folder you can write to"
+        )
 
 
 @contextmanager
@@ -140,10 +156,16 @@ def code_version() -> str:
     """mocolab's git SHA (with "+dirty" for uncommitted changes), or "unknown" outside a clone."""
     here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -175,8 +197,14 @@ class RunFolder:
         """config.json: the config, mocolab's git SHA, torch version, device, processes, and `extra`."""
         if self.main:
             self.path.mkdir(parents=True, exist_ok=True)
-            meta = {"config": cfg.to_dict(), "code_version": code_version(), "torch": torch.__version__,
-                    "device": str(device), "processes": world, **extra}
+            meta = {
+                "config": cfg.to_dict(),
+                "code_version": code_version(),
+                "torch": torch.__version__,
+                "device": str(device),
+                "processes": world,
+                **extra,
+            }
             atomic_write_text(self.path / "config.json", json.dumps(meta, indent=2))
 
     def read_config(self) -> dict:
@@ -205,8 +233,9 @@ class RunFolder:
         for path in stale:
             path.unlink()
         if stale:
-            self.log(f"removed {len(stale)} unfinished file(s) that a crash left behind: "
-                     f"{', '.join(p.name for p in stale)}")
+            self.log(
+                f"removed {len(stale)} unfinished file(s) that a crash left behind: {', '.join(p.name for p in stale)}"
+            )
         return [p.name for p in stale]
 
     def logged_lines(self) -> list[str]:

@@ -9,6 +9,7 @@ Meanwhile a thread relays the lines rank 0 appends to a log file, so a
 notebook cell shows progress while it waits. For several machines, use
 torchrun itself (docs/pretraining.md, "One GPU, N GPUs, several machines").
 """
+
 from __future__ import annotations
 
 import os
@@ -30,10 +31,17 @@ def start_processes(fn, arg, world_size: int, use_cuda: bool, log: str | Path, p
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
     start = log.stat().st_size if log.exists() else 0
-    launch_config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=world_size,
-                                 run_id=f"mocolab-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d",
-                                 rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.5,
-                                 start_method="spawn")
+    launch_config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=world_size,
+        run_id=f"mocolab-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="127.0.0.1:0",
+        max_restarts=0,
+        monitor_interval=0.5,
+        start_method="spawn",
+    )
     backend = "NCCL on GPUs" if use_cuda else "gloo on the CPU"
     print(f"starting {world_size} processes ({backend}); progress is relayed from {log}", flush=True)
     stop = threading.Event()

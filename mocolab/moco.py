@@ -11,6 +11,7 @@ in the official order (docs/protocols.md section 1):
 
 then, outside, loss.backward() and the optimiser step on the query encoder.
 """
+
 from __future__ import annotations
 
 import copy
@@ -56,8 +57,16 @@ class MoCo(nn.Module):
     on one device, or across GPUs).
     """
 
-    def __init__(self, encoder: nn.Module, K: int = 65536, m: float = 0.999, T: float = 0.2,
-                 dim: int = 128, symmetric: bool = False, shuffle_bn: bool = True):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        K: int = 65536,
+        m: float = 0.999,
+        T: float = 0.2,
+        dim: int = 128,
+        symmetric: bool = False,
+        shuffle_bn: bool = True,
+    ):
         super().__init__()
         self.K, self.m, self.T = K, m, T
         self.symmetric, self.shuffle_bn = symmetric, shuffle_bn

@@ -5,6 +5,7 @@ for ImageNet; ResNet-18 with the CIFAR stem (conv1 3x3 stride 1, no max-pool)
 and one Linear head for the CIFAR-10 demo; split BatchNorm to simulate
 per-GPU BN statistics on one device.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -45,8 +46,16 @@ class SplitBatchNorm(nn.BatchNorm2d):
         mean, var = self.running_mean.repeat(S), self.running_var.repeat(S)
         weight = self.weight.repeat(S) if self.affine else None
         bias = self.bias.repeat(S) if self.affine else None
-        y = F.batch_norm(x.reshape(N // S, S * C, H, W), mean, var, weight, bias,
-                         True, self.momentum if self.momentum is not None else 0.1, self.eps)
+        y = F.batch_norm(
+            x.reshape(N // S, S * C, H, W),
+            mean,
+            var,
+            weight,
+            bias,
+            True,
+            self.momentum if self.momentum is not None else 0.1,
+            self.eps,
+        )
         with torch.no_grad():  # F.batch_norm updated the per-split copies; keep their average
             self.running_mean.copy_(mean.view(S, C).mean(0))
             self.running_var.copy_(var.view(S, C).mean(0))
@@ -75,8 +84,11 @@ class NarrowResNet(torchvision.models.ResNet):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         for i, (n, width) in enumerate(zip(blocks, widths)):
-            setattr(self, f"layer{i + 1}", self._make_layer(torchvision.models.resnet.BasicBlock, width, n,
-                                                            stride=1 if i == 0 else 2))
+            setattr(
+                self,
+                f"layer{i + 1}",
+                self._make_layer(torchvision.models.resnet.BasicBlock, width, n, stride=1 if i == 0 else 2),
+            )
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(widths[-1], 1000)
         for m in self.modules():
@@ -137,8 +149,13 @@ def mlp_head(in_dim: int, dim: int = 128, hidden: int | None = None) -> nn.Modul
 def mocov3_head(in_dim: int, dim: int = 256, hidden: int = 4096) -> nn.Module:
     """MoCo v3's ResNet projector (moco-v3 moco/builder.py, _build_mlp(2, ...)), to read its checkpoints:
     Linear in_dim -> hidden without bias, BN, ReLU, Linear hidden -> dim without bias, BN without affine."""
-    return nn.Sequential(nn.Linear(in_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                         nn.Linear(hidden, dim, bias=False), nn.BatchNorm1d(dim, affine=False))
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden, bias=False),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden, dim, bias=False),
+        nn.BatchNorm1d(dim, affine=False),
+    )
 
 
 class Encoder(nn.Module):
@@ -157,8 +174,9 @@ class Encoder(nn.Module):
         return self.backbone(x)
 
 
-def build_encoder(arch: str = "resnet50", cifar_stem: bool = False, head: str = "mlp",
-                  dim: int = 128, bn_splits: int = 1) -> Encoder:
+def build_encoder(
+    arch: str = "resnet50", cifar_stem: bool = False, head: str = "mlp", dim: int = 128, bn_splits: int = 1
+) -> Encoder:
     """Encoder of the MoCo v2 recipe (defaults) or of the demo (resnet18, cifar_stem, linear head)."""
     heads = {"linear": linear_head, "mlp": mlp_head}
     if head not in heads:

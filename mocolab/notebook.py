@@ -8,6 +8,7 @@ fails in that cell, by name.
 Relative paths in the parameters are resolved against the project folder
 (mocolab.project) first, wherever the kernel was started.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,9 +36,11 @@ class AugmentationsConfig:
 
     def __post_init__(self):
         settings.check_fields(self)
-        settings.need(self.image_size > 0 and self.n_images >= 3,
-                      f"image_size must be positive and n_images at least 3 (the lesson shows 3 images), "
-                      f"got {self.image_size}, {self.n_images}")
+        settings.need(
+            self.image_size > 0 and self.n_images >= 3,
+            f"image_size must be positive and n_images at least 3 (the lesson shows 3 images), "
+            f"got {self.image_size}, {self.n_images}",
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -66,10 +69,14 @@ class EmbeddingsConfig:
         settings.check_fields(self)
         for name in ("n_points", "n_queries", "top_k", "n_pairs"):
             settings.need(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
-        settings.need(self.image_size is None or self.image_size > 0, f"image_size must be positive or None, "
-                                                                      f"got {self.image_size}")
-        settings.need(self.top_k < self.n_points and self.n_pairs <= self.n_points,
-                      f"top_k ({self.top_k}) and n_pairs ({self.n_pairs}) must fit in n_points ({self.n_points})")
+        settings.need(
+            self.image_size is None or self.image_size > 0,
+            f"image_size must be positive or None, got {self.image_size}",
+        )
+        settings.need(
+            self.top_k < self.n_points and self.n_pairs <= self.n_points,
+            f"top_k ({self.top_k}) and n_pairs ({self.n_pairs}) must fit in n_points ({self.n_points})",
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -94,15 +101,20 @@ def find_checkpoint(path, how: str | None = None) -> str:
         return str(path)
     found = project_path(path)
     if not found or not Path(found).is_file():
-        how = how or (f"run notebook 02 or `make demo` (both write {project_path(DEMO_CHECKPOINT)}), or set "
-                      f"`checkpoint` to the checkpoint_last.pt of a pretraining run")
-        raise ckpt.CheckpointError(f"no checkpoint at {found}: train one first: {how}; or name a published "
-                                   f"checkpoint ({', '.join(weights.REGISTRY)})")
+        how = how or (
+            f"run notebook 02 or `make demo` (both write {project_path(DEMO_CHECKPOINT)}), or set "
+            f"`checkpoint` to the checkpoint_last.pt of a pretraining run"
+        )
+        raise ckpt.CheckpointError(
+            f"no checkpoint at {found}: train one first: {how}; or name a published "
+            f"checkpoint ({', '.join(weights.REGISTRY)})"
+        )
     return found
 
 
-def training_data(model: weights.Pretrained, dataset: str | None = None,
-                  data_root: str | None = None) -> tuple[str, str]:
+def training_data(
+    model: weights.Pretrained, dataset: str | None = None, data_root: str | None = None
+) -> tuple[str, str]:
     """(dataset, data_root): the ones given, else the data the mocolab run `model` was pretrained on.
 
     Evaluating on the pretraining data's labelled splits is what notebooks 03/04 do by
@@ -110,9 +122,11 @@ def training_data(model: weights.Pretrained, dataset: str | None = None,
     published model was pretrained on ImageNet, which mocolab cannot find by itself.
     """
     if (dataset is None or data_root is None) and model.config is None:
-        raise ckpt.CheckpointError(f"{model.name} was pretrained on {model.pretrained_on}: set `dataset` and "
-                                   f"`data_root` to the labelled data to evaluate it on (e.g. dataset='imagefolder', "
-                                   f"data_root='/data/imagenet', or 'cifar10' and a download folder)")
+        raise ckpt.CheckpointError(
+            f"{model.name} was pretrained on {model.pretrained_on}: set `dataset` and "
+            f"`data_root` to the labelled data to evaluate it on (e.g. dataset='imagefolder', "
+            f"data_root='/data/imagenet', or 'cifar10' and a download folder)"
+        )
     dataset = model.dataset if dataset is None else dataset
     data_root = model.data_root if data_root is None else data_root
     return dataset, project_path(data_root)

@@ -14,6 +14,7 @@ find neither. So every notebook resolves its paths against one folder:
 Command-line jobs (`python -m mocolab ...`) keep the usual meaning of a relative
 path: the working folder.
 """
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 Kept as module buffers so it lives on the training device, moves with
 `.to(device)` and is saved in every checkpoint together with its pointer.
 """
+
 from __future__ import annotations
 
 import torch

@@ -13,6 +13,7 @@
 A crash loses at most the epoch in progress. The folder itself (config.json,
 log.txt, atomic writes) is the job lifecycle's `job.RunFolder`.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,13 +41,29 @@ class Run:
     steps: list[dict] = field(default_factory=list)  # one row per log_every steps (steps.csv)
 
 
-def start_outputs(folder: RunFolder, cfg: Config, device, autocast_dtype, num_steps: int, world: int,
-                  start_epoch: int, data_path: str = "cpu"):
+def start_outputs(
+    folder: RunFolder,
+    cfg: Config,
+    device,
+    autocast_dtype,
+    num_steps: int,
+    world: int,
+    start_epoch: int,
+    data_path: str = "cpu",
+):
     """config.json, and the TensorBoard writer (rank 0 only)."""
     skipped = folder.read_config().get("unreadable_files", {})  # a resumed run keeps what it skipped before
-    folder.write_config(cfg, device, world, precision=str(autocast_dtype or "fp32"), steps_per_epoch=num_steps,
-                        data_path=data_path, unreadable_files=skipped)
+    folder.write_config(
+        cfg,
+        device,
+        world,
+        precision=str(autocast_dtype or "fp32"),
+        steps_per_epoch=num_steps,
+        data_path=data_path,
+        unreadable_files=skipped,
+    )
     from torch.utils.tensorboard import SummaryWriter  # imported late: tensorboard is slow to import
+
     return SummaryWriter(str(folder.path / "tb"), purge_step=start_epoch * num_steps + 1)
 
 
@@ -57,9 +74,17 @@ def end_of_epoch(run: Run, row: dict, optimizer, scaler, writer, folder: RunFold
         if row[key] is not None:
             writer.add_scalar(f"epoch/{key}", row[key], epoch)
     writer.flush()
-    state = {"kind": "pretraining", "model": run.model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scaler": scaler.state_dict(), "epoch": epoch, "rng": ckpt.rng_state(),
-             "config": cfg.to_dict(), "history": run.history, "steps": run.steps}
+    state = {
+        "kind": "pretraining",
+        "model": run.model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+        "rng": ckpt.rng_state(),
+        "config": cfg.to_dict(),
+        "history": run.history,
+        "steps": run.steps,
+    }
     folder.save(state)
     if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
         folder.save(state, f"checkpoint_{epoch:04d}.pt")
@@ -111,8 +136,10 @@ def epoch_line(row: dict, cfg: Config) -> str:
     if row["epoch"] == 0:
         return f"epoch 0/{cfg.epochs}  kNN {row['knn_top1']:.2f}% (the random network, before any step)"
     knn = f"  kNN {row['knn_top1']:.2f}%" if row["knn_top1"] is not None else ""
-    return (f"epoch {row['epoch']}/{cfg.epochs}  loss {row['loss']:.4f}  acc {100 * row['acc']:.1f}%  "
-            f"lr {row['lr']:.4g}{knn}  {row['train_s']:.1f} s ({row['images_per_s']:.0f} img/s)")
+    return (
+        f"epoch {row['epoch']}/{cfg.epochs}  loss {row['loss']:.4f}  acc {100 * row['acc']:.1f}%  "
+        f"lr {row['lr']:.4g}{knn}  {row['train_s']:.1f} s ({row['images_per_s']:.0f} img/s)"
+    )
 
 
 def summary(run: Run) -> str:
@@ -122,8 +149,10 @@ def summary(run: Run) -> str:
     if not trained:
         return "no epoch trained yet"
     last, cfg = trained[-1], run.config
-    line = (f"after {last['epoch']} epochs: loss {last['loss']:.3f} (chance ln(K+1) = {math.log(cfg.K + 1):.2f}), "
-            f"instance accuracy {100 * last['acc']:.1f}%")
+    line = (
+        f"after {last['epoch']} epochs: loss {last['loss']:.3f} (chance ln(K+1) = {math.log(cfg.K + 1):.2f}), "
+        f"instance accuracy {100 * last['acc']:.1f}%"
+    )
     random = next((r["knn_top1"] for r in run.history if r["epoch"] == 0), None)
     knn = next((r["knn_top1"] for r in reversed(trained) if r["knn_top1"] is not None), None)
     if knn is not None and random is not None:

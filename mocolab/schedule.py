@@ -19,6 +19,7 @@ linearly from `warmup_factor` at step 0 towards 1 at the end of the warm-up
 (detectron2's WarmupMultiStepLR rule, factor 0.001); a cosine decay starts
 after the warm-up.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -28,10 +29,20 @@ import numpy as np
 WARMUP_FACTOR = 0.001  # detectron2's default WARMUP_FACTOR: the lr starts at base / 1000
 
 
-def lr_schedule(base_lr: float, epochs: int, steps_per_epoch: int = 1, *,
-                shape: Literal["cosine", "step", "poly"] = "cosine", per_step: bool = True,
-                milestones=(), gamma: float = 0.1, power: float = 0.9, min_lr: float = 0.0,
-                warmup_epochs: float = 0, warmup_factor: float = WARMUP_FACTOR) -> np.ndarray:
+def lr_schedule(
+    base_lr: float,
+    epochs: int,
+    steps_per_epoch: int = 1,
+    *,
+    shape: Literal["cosine", "step", "poly"] = "cosine",
+    per_step: bool = True,
+    milestones=(),
+    gamma: float = 0.1,
+    power: float = 0.9,
+    min_lr: float = 0.0,
+    warmup_epochs: float = 0,
+    warmup_factor: float = WARMUP_FACTOR,
+) -> np.ndarray:
     """The lr of every optimiser step: `epochs * steps_per_epoch` values.
 
     shape "cosine": min_lr + (base - min_lr) * 0.5 * (1 + cos(pi * t / T)), t and T counted after warm-up;

@@ -7,6 +7,7 @@ the images of fine-tuning iteration i. Each stream takes its seed from
 through numpy's SeedSequence (a well-tested hash for exactly this), so nearby
 positions get unrelated seeds and two streams never share one by accident.
 """
+
 from __future__ import annotations
 
 import zlib

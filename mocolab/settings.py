@@ -8,6 +8,7 @@ one from defaults and overrides, where an override of None keeps the default
 (so a notebook parameter can say "the preset's value") and an unknown key is
 refused with the closest known name.
 """
+
 from __future__ import annotations
 
 import ast
@@ -61,8 +62,10 @@ def from_dict(cls, values: dict):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ConfigError(f"the saved {cls.__name__} has keys this mocolab does not know: {unknown}; it was "
-                          f"written by another version of mocolab")
+        raise ConfigError(
+            f"the saved {cls.__name__} has keys this mocolab does not know: {unknown}; it was "
+            f"written by another version of mocolab"
+        )
     return cls(**values)
 
 
@@ -104,6 +107,7 @@ def parse_override(text: str) -> tuple[str, object]:
 # One value against one annotation
 # ----------------------------------------------------------------------------
 
+
 def _coerce(name: str, value, kind, text: bool = False):
     """value checked against kind; text=True: it came from a comma-separated string, so "3" may be 3."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
@@ -132,8 +136,11 @@ def _coerce(name: str, value, kind, text: bool = False):
             return tuple(_coerce(f"{name}[{i}]", v, element, text) for i, v in enumerate(value))
         if args and len(args) != len(value):
             raise ConfigError(f"{name} must have {len(args)} values, got {value!r}")
-        return tuple(_coerce(f"{name}[{i}]", v, a, text) for i, (v, a) in enumerate(zip(value, args))) if args \
+        return (
+            tuple(_coerce(f"{name}[{i}]", v, a, text) for i, (v, a) in enumerate(zip(value, args)))
+            if args
             else tuple(value)
+        )
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if text and kind in (int, float) and isinstance(value, str):

@@ -21,6 +21,7 @@ ablations (m = 0.99 in the momentum sweep is T = 0.1 in the temperature sweep).
 `run_sweeps` trains each distinct setting once and links the other variants'
 folders to its run (`share_runs`), so that every sweep still reads as whole.
 """
+
 from __future__ import annotations
 
 import csv
@@ -38,8 +39,20 @@ from .config import EXECUTION_FIELDS, Config, ConfigError, make_config
 from .device import visible_gpus
 from .settings import format_value
 
-COLUMNS = ("variant", "setting", "state", "epoch", "loss", "acc", "pos_sim", "neg_sim", "knn_top1", "train_s",
-           "knn_s", "error")
+COLUMNS = (
+    "variant",
+    "setting",
+    "state",
+    "epoch",
+    "loss",
+    "acc",
+    "pos_sim",
+    "neg_sim",
+    "knn_top1",
+    "train_s",
+    "knn_s",
+    "error",
+)
 
 
 class Sweep:
@@ -86,7 +99,7 @@ class Sweep:
         return [self.command(name) for name in self.configs if not self.shared(name)]
 
     def state(self, name: str) -> str:
-        """"done", "failed", "started" or "new"."""
+        """ "done", "failed", "started" or "new"."""
         return run_state(self.folder / name, self.configs[name])
 
     def shared(self, name: str) -> bool:
@@ -107,9 +120,11 @@ class Sweep:
             changed = self.differences(name)
             if changed:
                 listed = "; ".join(f"{key}: {was!r} there, {now!r} now" for key, (was, now) in changed.items())
-                raise ConfigError(f"{self.folder / name} holds a run of other settings than variant {name!r} "
-                                  f"({listed}). Delete that folder to run the variant again, or give the sweep "
-                                  f"another folder")
+                raise ConfigError(
+                    f"{self.folder / name} holds a run of other settings than variant {name!r} "
+                    f"({listed}). Delete that folder to run the variant again, or give the sweep "
+                    f"another folder"
+                )
 
     def run(self, parallel: int = 1, gpus: bool = False, progress: bool = True) -> list[dict]:
         """Run every variant not done yet; returns collect()'s rows.
@@ -139,23 +154,30 @@ class Sweep:
         todo = [name for name in self.configs if self.state(name) != "done" and name not in shared]
         if progress:
             done = len(self.configs) - len(todo) - len(shared)
-            print(f"sweep {self.folder}: {len(self.configs)} runs, {done} already done, "
-                  + (f"{len(shared)} shared with another sweep ({', '.join(shared)}), " if shared else "")
-                  + f"{len(todo)} to run" + (f", {parallel} at a time" if parallel > 1 else ""), flush=True)
+            print(
+                f"sweep {self.folder}: {len(self.configs)} runs, {done} already done, "
+                + (f"{len(shared)} shared with another sweep ({', '.join(shared)}), " if shared else "")
+                + f"{len(todo)} to run"
+                + (f", {parallel} at a time" if parallel > 1 else ""),
+                flush=True,
+            )
         return todo
 
     def _run_here(self, name: str, progress: bool) -> None:
         from .train import pretrain
+
         cfg = self.configs[name]
         resume = (Path(cfg.output_dir) / "checkpoint_last.pt").exists()
         tic = time.perf_counter()
         try:
             pretrain(make_config(self.preset, **self.overrides(name), resume=resume), progress=progress)
         except Exception as error:  # recorded; the other variants still run
-            _write_status(self.folder / name, "failed", f"{type(error).__name__}: {error}",
-                          traceback.format_exc())
-            warnings.warn(f"variant {name!r} failed ({type(error).__name__}: {error}); the sweep goes on and "
-                          f"{self.folder / name / 'status.json'} records the error", stacklevel=3)
+            _write_status(self.folder / name, "failed", f"{type(error).__name__}: {error}", traceback.format_exc())
+            warnings.warn(
+                f"variant {name!r} failed ({type(error).__name__}: {error}); the sweep goes on and "
+                f"{self.folder / name / 'status.json'} records the error",
+                stacklevel=3,
+            )
         else:
             _write_status(self.folder / name, "done")
             if progress:
@@ -169,9 +191,11 @@ class Sweep:
 
 def _check_gpus(parallel: int, gpus: bool) -> None:
     if gpus and parallel > visible_gpus():
-        raise ConfigError(f"parallel={parallel} runs on one GPU each, but this machine has "
-                          f"{visible_gpus()} GPU(s); use parallel={max(visible_gpus(), 1)}"
-                          + ("" if visible_gpus() else " without gpus=True"))
+        raise ConfigError(
+            f"parallel={parallel} runs on one GPU each, but this machine has "
+            f"{visible_gpus()} GPU(s); use parallel={max(visible_gpus(), 1)}"
+            + ("" if visible_gpus() else " without gpus=True")
+        )
 
 
 def run_in_processes(jobs: list[tuple[Sweep, str]], parallel: int, gpus: bool, progress: bool) -> None:
@@ -217,8 +241,7 @@ def settings(cfg: Config) -> dict:
     """What a run computes: its config without the execution fields (config.EXECUTION_FIELDS), as config.json
     stores it. A folder that differs from a variant only in those holds that variant's run, and two variants
     that differ only in those are one run."""
-    return {key: value for key, value in json.loads(json.dumps(cfg.to_dict())).items()
-            if key not in EXECUTION_FIELDS}
+    return {key: value for key, value in json.loads(json.dumps(cfg.to_dict())).items() if key not in EXECUTION_FIELDS}
 
 
 def _saved_config(folder: Path) -> dict:
@@ -257,8 +280,9 @@ def share_runs(sweeps: list[Sweep]) -> dict[Path, Path]:
     return links
 
 
-def run_sweeps(sweeps: dict[str, Sweep], parallel: int = 1, gpus: bool = False,
-               progress: bool = True) -> dict[str, list[dict]]:
+def run_sweeps(
+    sweeps: dict[str, Sweep], parallel: int = 1, gpus: bool = False, progress: bool = True
+) -> dict[str, list[dict]]:
     """Run several sweeps, each distinct setting once (share_runs); every folder is checked first, so a refusal
     comes before any run. parallel=1: one sweep after another in this process; parallel=N: one pool of N
     processes over all the sweeps' runs, so that N GPUs stay busy however few variants each sweep has.
@@ -268,9 +292,13 @@ def run_sweeps(sweeps: dict[str, Sweep], parallel: int = 1, gpus: bool = False,
     for sweep in sweeps.values():
         sweep.check_folders()
     if progress and links:
-        print(f"{len(links)} variant(s) have the settings of a run in an earlier sweep and share its folder: "
-              + ", ".join(f"{link.parent.name}/{link.name} -> {run.parent.name}/{run.name}"
-                          for link, run in links.items()), flush=True)
+        print(
+            f"{len(links)} variant(s) have the settings of a run in an earlier sweep and share its folder: "
+            + ", ".join(
+                f"{link.parent.name}/{link.name} -> {run.parent.name}/{run.name}" for link, run in links.items()
+            ),
+            flush=True,
+        )
     if parallel == 1:
         return {name: sweep._run_checked(1, False, progress) for name, sweep in sweeps.items()}
     jobs = [(sweep, variant) for sweep in sweeps.values() for variant in sweep.plan(parallel, progress)]
@@ -279,7 +307,7 @@ def run_sweeps(sweeps: dict[str, Sweep], parallel: int = 1, gpus: bool = False,
 
 
 def run_state(folder: Path, cfg: Config) -> str:
-    """"done" when metrics.csv reaches the run's last epoch; "failed" when its status says so; "started"
+    """ "done" when metrics.csv reaches the run's last epoch; "failed" when its status says so; "started"
     with a checkpoint; else "new"."""
     metrics = folder / "metrics.csv"
     if metrics.exists():
@@ -307,8 +335,10 @@ def collect(folder: str | Path) -> list[dict]:
     and error), written to folder/results.csv too."""
     folder = Path(folder)
     if not (folder / "sweep.json").exists():
-        raise FileNotFoundError(f"{folder} holds no sweep.json, so it is not a sweep's folder (Sweep.run and "
-                                f"Sweep.commands write it); pass the folder given to Sweep")
+        raise FileNotFoundError(
+            f"{folder} holds no sweep.json, so it is not a sweep's folder (Sweep.run and "
+            f"Sweep.commands write it); pass the folder given to Sweep"
+        )
     plan = json.loads((folder / "sweep.json").read_text())
     sweep = Sweep(folder, {"preset": plan["preset"], **plan["base"]}, plan["variants"])
     rows = []
@@ -319,8 +349,15 @@ def collect(folder: str | Path) -> list[dict]:
         metrics = folder / name / "metrics.csv"
         epochs = list(csv.DictReader(open(metrics))) if metrics.exists() else []
         for row in epochs or [{}]:
-            rows.append({"variant": name, "setting": setting(plan["variants"][name]), "state": state,
-                         **{key: _number(row.get(key)) for key in COLUMNS[3:-1]}, "error": error})
+            rows.append(
+                {
+                    "variant": name,
+                    "setting": setting(plan["variants"][name]),
+                    "state": state,
+                    **{key: _number(row.get(key)) for key in COLUMNS[3:-1]},
+                    "error": error,
+                }
+            )
     with open(folder / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()

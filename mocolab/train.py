@@ -6,6 +6,7 @@ all-reduced metrics). Where the batches come from is `mocolab.data`'s
 business, the job's lifecycle (preflight, processes, output folder)
 `mocolab.job`'s, and what a run writes `runlog`'s.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,16 +41,29 @@ from .schedule import lr_schedule as schedule_array
 # Set-up
 # ----------------------------------------------------------------------------
 
+
 def build_model(cfg: Config, world: int = 1) -> MoCo:
     """The MoCo module of a config for one of `world` processes; randomly initialised.
 
     bn_splits counts BN groups in the global batch, so each process splits its
     share into bn_splits / world (one GPU of eight: plain BN over its 32 images).
     """
-    encoder = build_encoder(cfg.arch, cifar_stem=cfg.cifar_stem, head=cfg.head, dim=cfg.dim,
-                            bn_splits=1 if cfg.sync_bn else cfg.bn_splits // world)
-    model = MoCo(encoder, K=cfg.K, m=cfg.m, T=cfg.T, dim=cfg.dim, symmetric=cfg.symmetric,
-                 shuffle_bn=cfg.shuffle_bn and not cfg.sync_bn)
+    encoder = build_encoder(
+        cfg.arch,
+        cifar_stem=cfg.cifar_stem,
+        head=cfg.head,
+        dim=cfg.dim,
+        bn_splits=1 if cfg.sync_bn else cfg.bn_splits // world,
+    )
+    model = MoCo(
+        encoder,
+        K=cfg.K,
+        m=cfg.m,
+        T=cfg.T,
+        dim=cfg.dim,
+        symmetric=cfg.symmetric,
+        shuffle_bn=cfg.shuffle_bn and not cfg.sync_bn,
+    )
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) if cfg.sync_bn else model
 
 
@@ -59,14 +73,25 @@ def build_optimizer(model: MoCo, cfg: Config) -> torch.optim.SGD:
     On a GPU the fused kernel updates all parameters at once (the same arithmetic, fewer launches).
     """
     on_gpu = next(model.parameters()).is_cuda
-    return torch.optim.SGD(model.query_encoder.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay, fused=True if on_gpu else None)
+    return torch.optim.SGD(
+        model.query_encoder.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        fused=True if on_gpu else None,
+    )
 
 
 def lr_schedule(cfg: Config, steps_per_epoch: int) -> np.ndarray:
     """The per-step learning rates of a run (plot it before training): cosine to 0, docs/protocols.md."""
-    return schedule_array(cfg.lr, cfg.epochs, steps_per_epoch, shape="cosine",
-                          per_step=cfg.lr_schedule == "cosine_step", warmup_epochs=cfg.warmup_epochs)
+    return schedule_array(
+        cfg.lr,
+        cfg.epochs,
+        steps_per_epoch,
+        shape="cosine",
+        per_step=cfg.lr_schedule == "cosine_step",
+        warmup_epochs=cfg.warmup_epochs,
+    )
 
 
 def steps_per_epoch(cfg: Config, num_images: int) -> int:
@@ -111,10 +136,15 @@ def build_trainer(cfg: Config, device: torch.device, world: int, num_steps: int)
         model.query_encoder.compile()
         model.key_encoder.compile()
     autocast_dtype = resolve_precision(cfg.precision, device)
-    return Trainer(model=model, step_model=_ddp(model, device) if world > 1 else model,
-                   optimizer=build_optimizer(model, cfg),
-                   scaler=torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16),
-                   lrs=lr_schedule(cfg, num_steps), autocast_dtype=autocast_dtype, channels_last=cfg.channels_last)
+    return Trainer(
+        model=model,
+        step_model=_ddp(model, device) if world > 1 else model,
+        optimizer=build_optimizer(model, cfg),
+        scaler=torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16),
+        lrs=lr_schedule(cfg, num_steps),
+        autocast_dtype=autocast_dtype,
+        channels_last=cfg.channels_last,
+    )
 
 
 def _ddp(model: MoCo, device) -> torch.nn.parallel.DistributedDataParallel:
@@ -129,8 +159,11 @@ def _ddp(model: MoCo, device) -> torch.nn.parallel.DistributedDataParallel:
     ImageNet recipe's 65536 x 128).
     """
     DDP = torch.nn.parallel.DistributedDataParallel
-    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
-               else {"broadcast_buffers": False})  # the name changed in torch 2.14
+    no_sync = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in inspect.signature(DDP).parameters
+        else {"broadcast_buffers": False}
+    )  # the name changed in torch 2.14
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
 
 
@@ -138,8 +171,17 @@ def _ddp(model: MoCo, device) -> torch.nn.parallel.DistributedDataParallel:
 # One epoch and the kNN monitor
 # ----------------------------------------------------------------------------
 
-def train_one_epoch(trainer: Trainer, batches, cfg: Config, epoch: int, num_steps: int, steps_log: list,
-                    writer=None, progress: bool = True) -> dict:
+
+def train_one_epoch(
+    trainer: Trainer,
+    batches,
+    cfg: Config,
+    epoch: int,
+    num_steps: int,
+    steps_log: list,
+    writer=None,
+    progress: bool = True,
+) -> dict:
     """Train for num_steps batches; returns the epoch means (one host sync per log_every steps)."""
     trainer.step_model.train()  # both encoders: BN uses batch statistics for keys too
     device = next(trainer.model.parameters()).device
@@ -167,15 +209,32 @@ def _log_step(trainer: Trainer, stats: torch.Tensor, step: int, epoch: float, wr
     """A steps.csv row: the global batch's means; the queue (and its key ages, read only here) is the same
     on every rank. The one host sync of log_every steps."""
     loss, acc, pos, neg, age, oldest, random_keys = dist_.all_reduce_mean(
-        torch.cat([stats, trainer.model.queue_stats()])).tolist()
+        torch.cat([stats, trainer.model.queue_stats()])
+    ).tolist()
     if not math.isfinite(loss):
-        fix = "lower lr" if trainer.autocast_dtype is None else \
-            f"lower lr, or use precision='fp32' (this run computes in {trainer.autocast_dtype})"
-        back = (f"checkpoint_last.pt holds the last finished epoch ({int(epoch)}): resume=True continues from it"
-                if epoch >= 1 else "no epoch has finished yet, so there is no checkpoint to go back to")
+        fix = (
+            "lower lr"
+            if trainer.autocast_dtype is None
+            else f"lower lr, or use precision='fp32' (this run computes in {trainer.autocast_dtype})"
+        )
+        back = (
+            f"checkpoint_last.pt holds the last finished epoch ({int(epoch)}): resume=True continues from it"
+            if epoch >= 1
+            else "no epoch has finished yet, so there is no checkpoint to go back to"
+        )
         raise FloatingPointError(f"loss is {loss} at step {step + 1}: {fix}; {back}")
-    row = {"step": step + 1, "epoch": round(epoch, 4), "lr": float(trainer.lrs[step]), "loss": loss, "acc": acc,
-           "pos_sim": pos, "neg_sim": neg, "key_age": age, "key_age_max": oldest, "random_keys": random_keys}
+    row = {
+        "step": step + 1,
+        "epoch": round(epoch, 4),
+        "lr": float(trainer.lrs[step]),
+        "loss": loss,
+        "acc": acc,
+        "pos_sim": pos,
+        "neg_sim": neg,
+        "key_age": age,
+        "key_age_max": oldest,
+        "random_keys": random_keys,
+    }
     if writer is not None:
         for key in ("loss", "acc", "pos_sim", "neg_sim", "lr", "key_age", "random_keys"):
             writer.add_scalar(f"step/{key}", row[key], step + 1)
@@ -193,6 +252,7 @@ def knn_monitor(encoder, monitor: data.KnnSets, cfg: Config, device, progress: b
 # ----------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------
+
 
 def pretrain(cfg: Config, progress: bool = True, checked: job.Checked | None = None) -> Run:
     """Pretrain MoCo as `cfg` says, writing config, metrics and checkpoints to cfg.output_dir.
@@ -224,8 +284,7 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True, checked:
     preflight, when job.run made it.
     """
     _, device, saved, _ = checked if checked is not None else preflight(cfg)
-    with job.process_group(device) as (rank, world), \
-            unreadable.recording(Path(cfg.output_dir) / runlog.UNREADABLE):
+    with job.process_group(device) as (rank, world), unreadable.recording(Path(cfg.output_dir) / runlog.UNREADABLE):
         if world != cfg.world_size:  # torchrun chose the world: the config checked its own (config.check_world)
             check_world(cfg, world)
         main = rank == 0
@@ -245,24 +304,38 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True, checked:
         trainer = build_trainer(cfg, device, world, num_steps)
         run = Run(folder.path, cfg, trainer.model)
         start_epoch = _restore(saved, trainer, run, cfg) if saved is not None else 0
-        writer = start_outputs(folder, cfg, device, trainer.autocast_dtype, num_steps, world, start_epoch,
-                               batches.path) if main else None
+        writer = (
+            start_outputs(folder, cfg, device, trainer.autocast_dtype, num_steps, world, start_epoch, batches.path)
+            if main
+            else None
+        )
         if main and saved is not None:
             restore_outputs(run, saved, folder)
         runlog.note_unreadable(folder)  # what the data set-up skipped (the device cache, the jpeg path's check)
         if monitor and start_epoch == 0:  # the random network's kNN: the baseline every curve is read against
             run.history.append(_random_network_row(trainer, monitor, cfg, device, writer, folder, progress))
         dist_.barrier()
-        for epoch in tqdm(range(start_epoch, cfg.final_epoch), desc="pretrain", initial=start_epoch,
-                          total=cfg.final_epoch, disable=not progress):
+        for epoch in tqdm(
+            range(start_epoch, cfg.final_epoch),
+            desc="pretrain",
+            initial=start_epoch,
+            total=cfg.final_epoch,
+            disable=not progress,
+        ):
             tic = time.perf_counter()
-            means = train_one_epoch(trainer, batches.epoch(epoch), cfg, epoch, num_steps, run.steps, writer,
-                                    progress)
+            means = train_one_epoch(trainer, batches.epoch(epoch), cfg, epoch, num_steps, run.steps, writer, progress)
             train_s = time.perf_counter() - tic
             last_step = (epoch + 1) * num_steps
-            row = {"epoch": epoch + 1, "step": last_step, "lr": float(trainer.lrs[last_step - 1]),
-                   **means, "knn_top1": None, "train_s": round(train_s, 3), "knn_s": None,
-                   "images_per_s": round(num_steps * cfg.batch_size / train_s, 1)}
+            row = {
+                "epoch": epoch + 1,
+                "step": last_step,
+                "lr": float(trainer.lrs[last_step - 1]),
+                **means,
+                "knn_top1": None,
+                "train_s": round(train_s, 3),
+                "knn_s": None,
+                "images_per_s": round(num_steps * cfg.batch_size / train_s, 1),
+            }
             if monitor and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.final_epoch):
                 tic = time.perf_counter()
                 row["knn_top1"] = knn_monitor(trainer.model.query_encoder, monitor, cfg, device, progress)
@@ -280,8 +353,19 @@ def _random_network_row(trainer: Trainer, monitor, cfg: Config, device, writer, 
     """metrics.csv's epoch 0: the kNN monitor on the encoder before its first step (same bank and test set)."""
     tic = time.perf_counter()
     top1 = knn_monitor(trainer.model.query_encoder, monitor, cfg, device, progress)
-    row = {"epoch": 0, "step": 0, "lr": None, "loss": None, "acc": None, "pos_sim": None, "neg_sim": None,
-           "knn_top1": top1, "train_s": None, "knn_s": round(time.perf_counter() - tic, 3), "images_per_s": None}
+    row = {
+        "epoch": 0,
+        "step": 0,
+        "lr": None,
+        "loss": None,
+        "acc": None,
+        "pos_sim": None,
+        "neg_sim": None,
+        "knn_top1": top1,
+        "train_s": None,
+        "knn_s": round(time.perf_counter() - tic, 3),
+        "images_per_s": None,
+    }
     writer.add_scalar("epoch/knn_top1", top1, 0)
     folder.log(epoch_line(row, cfg))
     return row

@@ -7,6 +7,7 @@ and redraws the views in place. The random draws stay fixed while a slider moves
 "new views" draws again. Displayed where widgets cannot run (papermill, a static
 viewer), it shows the figure for its current values as a plain PNG.
 """
+
 from __future__ import annotations
 
 import base64
@@ -21,29 +22,36 @@ from .viz.augmentation import plot_views
 
 # Sliders sit in a two-column grid above the image, each as wide as its column: beside the image, at a fixed
 # width, their readouts ("0.20 – 1.00") were cut off and the output scrolled sideways.
-_RANGE = dict(step=0.05, continuous_update=False, readout_format=".2f", style={"description_width": "12em"},
-              layout=W.Layout(width="auto", min_width="28em"))
+_RANGE = dict(
+    step=0.05,
+    continuous_update=False,
+    readout_format=".2f",
+    style={"description_width": "12em"},
+    layout=W.Layout(width="auto", min_width="28em"),
+)
 
 
 def _sliders(r: Recipe) -> dict:
     """A slider for every parameter of the recipe's operations, starting at the recipe's value."""
     b, c, s, h = r.jitter
-    sliders = {"crop_scale": W.FloatRangeSlider(value=r.crop_scale, min=0.02, max=1.0, description="crop scale",
-                                                **_RANGE)}
+    sliders = {
+        "crop_scale": W.FloatRangeSlider(value=r.crop_scale, min=0.02, max=1.0, description="crop scale", **_RANGE)
+    }
     if "jitter" in r.order:
         sliders.update(
             brightness=W.FloatSlider(value=b, min=0, max=1, description="brightness", **_RANGE),
             contrast=W.FloatSlider(value=c, min=0, max=1, description="contrast", **_RANGE),
             saturation=W.FloatSlider(value=s, min=0, max=1, description="saturation", **_RANGE),
             hue=W.FloatSlider(value=h, min=0, max=0.5, description="hue", **_RANGE),
-            jitter_p=W.FloatSlider(value=r.jitter_p, min=0, max=1, description="jitter probability", **_RANGE))
+            jitter_p=W.FloatSlider(value=r.jitter_p, min=0, max=1, description="jitter probability", **_RANGE),
+        )
     if "gray" in r.order:
-        sliders["gray_p"] = W.FloatSlider(value=r.gray_p, min=0, max=1, description="grayscale probability",
-                                          **_RANGE)
+        sliders["gray_p"] = W.FloatSlider(value=r.gray_p, min=0, max=1, description="grayscale probability", **_RANGE)
     if "blur" in r.order:
         sliders["blur_p"] = W.FloatSlider(value=r.blur_p, min=0, max=1, description="blur probability", **_RANGE)
-        sliders["blur_sigma"] = W.FloatRangeSlider(value=r.blur_sigma, min=0.1, max=5.0, description="blur sigma",
-                                                   **_RANGE)
+        sliders["blur_sigma"] = W.FloatRangeSlider(
+            value=r.blur_sigma, min=0.1, max=5.0, description="blur sigma", **_RANGE
+        )
     return sliders
 
 
@@ -65,9 +73,12 @@ class AugmentationExplorer:
         for control in self.controls.values():
             control.observe(lambda _: self.redraw(), names="value")
         self.button.on_click(self.new_views)
-        grid = W.GridBox(list(self.controls.values()),
-                         layout=W.Layout(grid_template_columns="repeat(auto-fit, minmax(28em, 1fr))",
-                                         grid_gap="0 1.5em", width="100%"))
+        grid = W.GridBox(
+            list(self.controls.values()),
+            layout=W.Layout(
+                grid_template_columns="repeat(auto-fit, minmax(28em, 1fr))", grid_gap="0 1.5em", width="100%"
+            ),
+        )
         self.widget = W.VBox([grid, self.button, self.image], layout=W.Layout(width="100%", overflow="hidden"))
         self.redraw()
 

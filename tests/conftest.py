@@ -1,5 +1,6 @@
 """Shared fixtures. Real-data tests read CIFAR-10 as an ImageFolder tree from
 $MOCOLAB_CIFAR10, by default ../shared/data/cifar10 beside the repository."""
+
 import os
 from pathlib import Path
 
@@ -15,8 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 def cifar10_root() -> Path:
     root = Path(os.environ.get("MOCOLAB_CIFAR10", REPO.parent / "shared" / "data" / "cifar10"))
     if not (root / "train").is_dir() or not (root / "test").is_dir():
-        pytest.fail(f"real-data tests need CIFAR-10 as an ImageFolder (train/, test/) at {root}; "
-                    f"set MOCOLAB_CIFAR10 to its folder")
+        pytest.fail(
+            f"real-data tests need CIFAR-10 as an ImageFolder (train/, test/) at {root}; "
+            f"set MOCOLAB_CIFAR10 to its folder"
+        )
     return root
 
 
@@ -24,15 +27,18 @@ def cifar10_root() -> Path:
 def tiny_checkpoint(cifar10_root, tmp_path_factory) -> Path:
     """A checkpoint of one quick epoch on 64 real images (ResNet-18, CIFAR stem), for the evaluation tests."""
     from mocolab import make_config, pretrain
+
     out = tmp_path_factory.mktemp("pretrain")
-    cfg = make_config("tiny", dataset="imagefolder", data_root=str(cifar10_root), gpus=0, knn_every=0, epochs=1,
-                      output_dir=str(out))
+    cfg = make_config(
+        "tiny", dataset="imagefolder", data_root=str(cifar10_root), gpus=0, knn_every=0, epochs=1, output_dir=str(out)
+    )
     pretrain(cfg, progress=False)
     return out / "checkpoint_last.pt"
 
 
-def write_image_folder(root: Path, classes=("cat", "dog"), per_class=4, size=32, splits=("train", "val"),
-                       seed=0) -> Path:
+def write_image_folder(
+    root: Path, classes=("cat", "dog"), per_class=4, size=32, splits=("train", "val"), seed=0
+) -> Path:
     """A tiny ImageFolder tree of random-noise JPEGs, for bad-input and layout tests."""
     rng = np.random.default_rng(seed)
     for split in splits:

@@ -1,4 +1,5 @@
 """Functions run inside spawned gloo processes by tests/test_distributed.py (importable by name)."""
+
 import os
 import time
 
@@ -43,7 +44,7 @@ def check_shuffle_and_queue(rank: int, world: int, port: int) -> None:
     assert torch.equal(queues[0], queues[-1])  # every rank holds the same queue
     assert model.queue.ptr.item() == world * B  # moved by the global batch
     # Slots 0 .. W*B hold the keys of the global batch in rank order, exactly.
-    assert torch.equal(model.queue.keys[:world * B], dist_.all_gather_cat(expected))
+    assert torch.equal(model.queue.keys[: world * B], dist_.all_gather_cat(expected))
     dist.destroy_process_group()
 
 
@@ -79,6 +80,7 @@ class NoisyDetector(torch.nn.Module):
 def check_sharded_voc_evaluation(rank: int, world: int, port: int, root: str, expected: dict) -> None:
     from mocolab.transfer import finetune
     from mocolab.transfer.datasets import VOCDetection
+
     init(rank, world, port)
     dataset = VOCDetection(root, sets=(("2007", "test"),), keep_difficult=True)
     model = NoisyDetector(dataset)

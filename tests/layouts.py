@@ -5,6 +5,7 @@ mapping is docs/protocols.md section 5): a seeded torchvision ResNet-50, with ra
 affine parameters so that a swapped buffer would show, is wrapped and saved the way that code saves it.
 Each returns the source modules whose outputs the loaded encoder must reproduce.
 """
+
 import collections
 import pickle
 import re
@@ -41,8 +42,13 @@ def mlp_v2(dim=128):  # facebookresearch/moco moco/builder.py with mlp=True: Lin
 
 
 def projector_v3():  # facebookresearch/moco-v3 moco/builder.py: _build_mlp(2, 2048, 4096, 256), last_bn=True
-    return nn.Sequential(nn.Linear(2048, 4096, bias=False), nn.BatchNorm1d(4096), nn.ReLU(inplace=True),
-                         nn.Linear(4096, 256, bias=False), nn.BatchNorm1d(256, affine=False))
+    return nn.Sequential(
+        nn.Linear(2048, 4096, bias=False),
+        nn.BatchNorm1d(4096),
+        nn.ReLU(inplace=True),
+        nn.Linear(4096, 256, bias=False),
+        nn.BatchNorm1d(256, affine=False),
+    )
 
 
 def state(prefix: str, module: nn.Module) -> dict:
@@ -63,8 +69,13 @@ def write_moco_official(path, version: str = "v2"):
     builder.py: encoder_q/encoder_k are resnet50(num_classes=128), mlp=True puts Linear-ReLU before that fc."""
     fc = (lambda: nn.Linear(2048, 128)) if version == "v1" else mlp_v2
     q, k = resnet50(0, fc()), resnet50(1, fc())
-    sd = collections.OrderedDict({**state("module.encoder_q.", q), **state("module.encoder_k.", k),
-                                  **{f"module.{n}": v for n, v in queue().items()}})
+    sd = collections.OrderedDict(
+        {
+            **state("module.encoder_q.", q),
+            **state("module.encoder_k.", k),
+            **{f"module.{n}": v for n, v in queue().items()},
+        }
+    )
     optimizer = torch.optim.SGD(q.parameters(), lr=0.03, momentum=0.9, weight_decay=1e-4)
     torch.save({"epoch": 200, "arch": "resnet50", "state_dict": sd, "optimizer": optimizer.state_dict()}, path)
     return q, q.fc
@@ -73,12 +84,24 @@ def write_moco_official(path, version: str = "v2"):
 def write_mocov3_official(path):
     """facebookresearch/moco-v3 main_moco.py (+ scaler) and MoCo_ResNet: base_encoder.fc is the projector."""
     base, momentum = resnet50(0, randomise_bn(projector_v3(), 5)), resnet50(1, projector_v3())
-    predictor = nn.Sequential(nn.Linear(256, 4096, bias=False), nn.BatchNorm1d(4096), nn.ReLU(inplace=True),
-                              nn.Linear(4096, 256, bias=False))
-    sd = {**state("module.base_encoder.", base), **state("module.momentum_encoder.", momentum),
-          **state("module.predictor.", predictor)}
-    torch.save({"epoch": 300, "arch": "resnet50", "state_dict": sd, "optimizer": {"state": {}, "param_groups": []},
-                "scaler": torch.amp.GradScaler("cpu").state_dict()}, path)
+    predictor = nn.Sequential(
+        nn.Linear(256, 4096, bias=False), nn.BatchNorm1d(4096), nn.ReLU(inplace=True), nn.Linear(4096, 256, bias=False)
+    )
+    sd = {
+        **state("module.base_encoder.", base),
+        **state("module.momentum_encoder.", momentum),
+        **state("module.predictor.", predictor),
+    }
+    torch.save(
+        {
+            "epoch": 300,
+            "arch": "resnet50",
+            "state_dict": sd,
+            "optimizer": {"state": {}, "param_groups": []},
+            "scaler": torch.amp.GradScaler("cpu").state_dict(),
+        },
+        path,
+    )
     return base, base.fc
 
 
@@ -94,9 +117,16 @@ def write_mmselfsup_0x(path, q: nn.Module, k: nn.Module, neck: nn.Module):
     sd.update({f"backbone.{n}": v for n, v in body(q).items()})
     sd.update(state("neck.mlp.", neck))
     sd.update(queue())
-    meta = {"mmcv_version": "1.4.4", "time": "Fri Feb 25 06:17:13 2022", "env_info": "sys.platform: linux",
-            "seed": np.int64(0), "exp_name": "mocov2_resnet50_8xb32-coslr-200e_in1k.py", "epoch": 200,
-            "iter": 1000800, "config": "model = dict(type='MoCo', queue_len=65536, feat_dim=128)"}
+    meta = {
+        "mmcv_version": "1.4.4",
+        "time": "Fri Feb 25 06:17:13 2022",
+        "env_info": "sys.platform: linux",
+        "seed": np.int64(0),
+        "exp_name": "mocov2_resnet50_8xb32-coslr-200e_in1k.py",
+        "epoch": 200,
+        "iter": 1000800,
+        "config": "model = dict(type='MoCo', queue_len=65536, feat_dim=128)",
+    }
     torch.save({"meta": meta, "state_dict": sd}, path, _use_new_zipfile_serialization=False)
     return path
 
@@ -104,11 +134,17 @@ def write_mmselfsup_0x(path, q: nn.Module, k: nn.Module, neck: nn.Module):
 def write_mmpretrain_1x(path, q: nn.Module, neck: nn.Module):
     """open-mmlab/mmpretrain selfsup/base.py + moco.py: backbone, neck, and encoder_k an
     ExponentialMovingAverage (its copy under `module.`, a `steps` buffer); mmengine's meta."""
-    sd = {**{f"backbone.{n}": v for n, v in body(q).items()}, **state("neck.mlp.", neck),
-          **{f"encoder_k.module.0.{n}": v.clone() for n, v in body(q).items()},
-          **state("encoder_k.module.1.mlp.", mlp_v2()), "encoder_k.steps": torch.tensor(1000800), **queue()}
-    torch.save({"meta": {"mmengine_version": "0.1.0", "dataset_meta": {}, "seed": 0, "epoch": 200},
-                "state_dict": sd}, path)
+    sd = {
+        **{f"backbone.{n}": v for n, v in body(q).items()},
+        **state("neck.mlp.", neck),
+        **{f"encoder_k.module.0.{n}": v.clone() for n, v in body(q).items()},
+        **state("encoder_k.module.1.mlp.", mlp_v2()),
+        "encoder_k.steps": torch.tensor(1000800),
+        **queue(),
+    }
+    torch.save(
+        {"meta": {"mmengine_version": "0.1.0", "dataset_meta": {}, "seed": 0, "epoch": 200}, "state_dict": sd}, path
+    )
     return path
 
 

@@ -19,6 +19,7 @@ It is deliberately naive and shares no code with mocolab/moco.py: the queue is
 a Python list with an integer pointer, dot products are taken one pair at a
 time, the softmax is written out. It only ever runs on tiny batches in tests.
 """
+
 import torch
 
 
@@ -76,4 +77,3 @@ class NaiveMoCo:
             self.queue[self.pointer] = key.detach().clone()
             self.pointer = (self.pointer + 1) % len(self.queue)
         return loss
-

@@ -1,4 +1,5 @@
 """The augmentation recipes hold exactly the operations and parameters of PROTOCOLS.md."""
+
 import pytest
 import torch
 from PIL import Image
@@ -21,12 +22,15 @@ def ops(compose):
 def test_aug_plus_recipe():
     steps = ops(augment.aug_plus(224))
     kinds = [type(t).__name__ for t, _ in steps]
-    assert kinds[:5] == ["RandomResizedCrop", "ColorJitter", "RandomGrayscale", "GaussianBlur",
-                         "RandomHorizontalFlip"]
+    assert kinds[:5] == ["RandomResizedCrop", "ColorJitter", "RandomGrayscale", "GaussianBlur", "RandomHorizontalFlip"]
     crop, (jitter, p_jitter), (_, p_gray), (blur, p_blur), (_, p_flip) = steps[0][0], *steps[1:5]
     assert crop.size == (224, 224) and crop.scale == (0.2, 1.0)
-    assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == \
-        ((0.6, 1.4), (0.6, 1.4), (0.6, 1.4), (-0.1, 0.1)) and p_jitter == 0.8
+    assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == (
+        (0.6, 1.4),
+        (0.6, 1.4),
+        (0.6, 1.4),
+        (-0.1, 0.1),
+    ) and p_jitter == 0.8
     assert p_gray == 0.2 and p_flip == 0.5
     assert blur.sigma == [0.1, 2.0] and p_blur == 0.5 and blur.kernel_size == (23, 23)
     normalize = steps[-1][0]

@@ -1,6 +1,7 @@
 """The batched augmentations against the torchvision pipelines: same distributions, same pixels for the same
 draws. The reference views are replayed from the torchvision pipeline object itself (its operations, their
 order and parameters), so a recipe drifting on either side fails here."""
+
 import math
 
 import numpy as np
@@ -28,10 +29,12 @@ def test_crop_boxes_follow_torchvisions_distribution(height, width, scale):
     ref = torchvision_boxes(n, height, width, scale, ratio)
     assert (ours[:, 0] >= 0).all() and (ours[:, 0] + ours[:, 2] <= height).all()
     assert (ours[:, 1] >= 0).all() and (ours[:, 1] + ours[:, 3] <= width).all() and (ours[:, 2:] > 0).all()
-    for name, f in {"area": lambda b: b[:, 2] * b[:, 3] / (height * width),
-                    "log aspect": lambda b: np.log(b[:, 3] / b[:, 2]),
-                    "top": lambda b: (b[:, 0] + b[:, 2] / 2) / height,
-                    "left": lambda b: (b[:, 1] + b[:, 3] / 2) / width}.items():
+    for name, f in {
+        "area": lambda b: b[:, 2] * b[:, 3] / (height * width),
+        "log aspect": lambda b: np.log(b[:, 3] / b[:, 2]),
+        "top": lambda b: (b[:, 0] + b[:, 2] / 2) / height,
+        "left": lambda b: (b[:, 1] + b[:, 3] / 2) / width,
+    }.items():
         assert stats.ks_2samp(f(ours), f(ref)).pvalue > 1e-3, name
 
 
@@ -106,8 +109,10 @@ def flat(value) -> tuple:
 
 def as_pipeline_says(r) -> dict:
     """The batched recipe's parameters in the form replay() reads them off a torchvision pipeline."""
+
     def interval(x, centre=1.0):
         return (max(0.0, centre - x), centre + x) if centre else (-x, x)
+
     out = {"crop": ((r.size, r.size), r.crop_scale, r.crop_ratio)}
     if r.applies("flip"):
         out["flip"] = r.flip_p
@@ -124,13 +129,15 @@ def as_pipeline_says(r) -> dict:
 @pytest.mark.parametrize("use_torch_where", [False, True], ids=["subsets (CPU)", "torch.where (GPU)"])
 @pytest.mark.parametrize("name", sorted(augment.RECIPES))
 @pytest.mark.parametrize("size,source", [(32, 32), (64, 48)])
-def test_every_recipe_built_both_ways_gives_the_same_views_for_the_same_draws(name, size, source, use_torch_where,
-                                                                             monkeypatch):
+def test_every_recipe_built_both_ways_gives_the_same_views_for_the_same_draws(
+    name, size, source, use_torch_where, monkeypatch
+):
     monkeypatch.setattr(G, "USE_TORCH_WHERE", use_torch_where)  # both ways of applying ops to some images
     r = augment.recipe(name, size)
     pipeline = augment.pretrain_transform(name, size)  # the torchvision reference, normalised
-    images = torch.randint(0, 256, (24, 3, source, source), generator=torch.Generator().manual_seed(0),
-                           dtype=torch.uint8)
+    images = torch.randint(
+        0, 256, (24, 3, source, source), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
     p = G.sample_params(r, 24, source, source, torch.Generator().manual_seed(3))
     ours = G.apply_params(images, p, r)
     for i in range(24):

@@ -1,4 +1,5 @@
 """Config: presets carry the recipes; bad keys, types and combinations fail at once, by name."""
+
 import dataclasses
 
 import pytest
@@ -37,14 +38,17 @@ def test_unknown_key_is_named_with_a_suggestion():
         make_config("cifar10_demo", batchsize=64)
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("epochs", 2.5, "epochs must be int, got float"),
-    ("epochs", True, "epochs must be int, got bool"),
-    ("T", "0.2", "T must be float, got str"),
-    ("symmetric", 1, "symmetric must be bool"),
-    ("arch", "resnet101", "arch='resnet101' is not one of"),
-    ("dataset", "mnist", "dataset='mnist' is not one of"),
-])
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("epochs", 2.5, "epochs must be int, got float"),
+        ("epochs", True, "epochs must be int, got bool"),
+        ("T", "0.2", "T must be float, got str"),
+        ("symmetric", 1, "symmetric must be bool"),
+        ("arch", "resnet101", "arch='resnet101' is not one of"),
+        ("dataset", "mnist", "dataset='mnist' is not one of"),
+    ],
+)
 def test_wrong_type_or_choice_names_the_key(key, value, message):
     with pytest.raises(ConfigError, match=message):
         make_config("cifar10_demo", **{key: value})
@@ -76,9 +80,12 @@ def test_the_cpu_and_workshop_presets_keep_moco_v2_and_size_the_rest():
         assert getattr(cpu, field) == getattr(demo, field) == getattr(workshop, field), field
     assert (cpu.arch, cpu.epochs, cpu.batch_size, cpu.knn_feature) == ("resnet10_w16", 3, 256, "avgpool")
     assert dataclasses.replace(workshop, epochs=200, preset="cifar10_demo") == demo
-    with pytest.raises(ConfigError, match=r"preset cifar10_cpu is the CPU teaching recipe, but gpus=1: on GPUs "
-                                          r"choose one of \['cifar10_demo', 'imagenet_mocov2', 'cifar10_workshop', "
-                                          r"'tiny'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"preset cifar10_cpu is the CPU teaching recipe, but gpus=1: on GPUs "
+        r"choose one of \['cifar10_demo', 'imagenet_mocov2', 'cifar10_workshop', "
+        r"'tiny'\]",
+    ):
         make_config("cifar10_cpu", gpus=1)
 
 
@@ -98,14 +105,17 @@ def test_K_must_be_divisible_by_keys_per_step():
         make_config("cifar10_demo", K=768, batch_size=256, symmetric=True)
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (dict(batch_size=60, K=600), "batch_size=60 must be divisible by bn_splits=8"),
-    (dict(m=1.5), "m must lie in"),
-    (dict(T=0.0), "temperatures must be positive"),
-    (dict(lr=-1.0), "lr must be positive"),
-    (dict(gpus=-2), "gpus must be"),
-    (dict(epochs=0), "epochs must be positive"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(batch_size=60, K=600), "batch_size=60 must be divisible by bn_splits=8"),
+        (dict(m=1.5), "m must lie in"),
+        (dict(T=0.0), "temperatures must be positive"),
+        (dict(lr=-1.0), "lr must be positive"),
+        (dict(gpus=-2), "gpus must be"),
+        (dict(epochs=0), "epochs must be positive"),
+    ],
+)
 def test_impossible_values(overrides, message):
     with pytest.raises(ConfigError, match=message):
         make_config("cifar10_demo", **overrides)
@@ -126,9 +136,22 @@ def test_the_model_fields_are_exactly_those_that_change_the_saved_tensors():
         return {name: tuple(t.shape) for name, t in build_model(cfg).state_dict().items()}
 
     base = make_config("tiny", arch="resnet10_w16")
-    other = {"arch": "resnet18", "cifar_stem": False, "head": "mlp", "dim": 64, "K": 128,
-             "bn_splits": 4, "m": 0.9, "T": 0.2, "symmetric": True, "shuffle_bn": False, "image_size": 24,
-             "augmentation": "aug_plus", "batch_size": 32, "knn_feature": "avgpool"}
+    other = {
+        "arch": "resnet18",
+        "cifar_stem": False,
+        "head": "mlp",
+        "dim": 64,
+        "K": 128,
+        "bn_splits": 4,
+        "m": 0.9,
+        "T": 0.2,
+        "symmetric": True,
+        "shuffle_bn": False,
+        "image_size": 24,
+        "augmentation": "aug_plus",
+        "batch_size": 32,
+        "knn_feature": "avgpool",
+    }
     assert set(MODEL_FIELDS) <= set(other)
     before = shapes(base)
     changes = {name for name, value in other.items() if shapes(dataclasses.replace(base, **{name: value})) != before}
@@ -153,8 +176,16 @@ def test_every_field_has_one_role_and_execution_fields_do_not_change_what_a_run_
 def test_one_parser_for_values_typed_as_text_and_its_inverse():
     from mocolab.settings import format_value, parse_override, parse_value
 
-    assert [parse_value(v) for v in ("None", "True", "3", "0.5", "1e-3", "runs/x", "'3'", "a b")] == \
-        [None, True, 3, 0.5, 1e-3, "runs/x", "3", "a b"]
+    assert [parse_value(v) for v in ("None", "True", "3", "0.5", "1e-3", "runs/x", "'3'", "a b")] == [
+        None,
+        True,
+        3,
+        0.5,
+        1e-3,
+        "runs/x",
+        "3",
+        "a b",
+    ]
     assert parse_override("data_root=/data/cifar 10") == ("data_root", "/data/cifar 10")
     for value in (None, False, 0, 7, 0.06, 1e-12, "runs/m=0.9", "3", "True", "None", "", "it's", (1, 2), "[1]"):
         text = format_value(value)

@@ -1,4 +1,5 @@
 """Datasets: real CIFAR-10 as ImageFolder, two views, and every bad input with a clear error."""
+
 import urllib.error
 
 import pytest
@@ -22,8 +23,9 @@ def test_pretrain_dataset_on_real_cifar10_gives_two_augmented_views(cifar10_root
 
 
 def test_knn_datasets_use_test_split_and_deterministic_transform(cifar10_root):
-    cfg = make_config("cifar10_demo", dataset="imagefolder", data_root=str(cifar10_root),
-                      knn_bank_size=50, knn_test_size=20)
+    cfg = make_config(
+        "cifar10_demo", dataset="imagefolder", data_root=str(cifar10_root), knn_bank_size=50, knn_test_size=20
+    )
     bank, test = knn_datasets(cfg)
     assert (len(bank), len(test)) == (50, 20)
     assert torch.equal(test[3][0], test[3][0])
@@ -60,8 +62,9 @@ def test_corrupt_image_is_reported_by_path_and_skipped(tmp_path):
     assert image.shape == (3, 32, 32)
     assert torch.equal(image, ds[2][0])  # the next readable image stood in
     import warnings
+
     with warnings.catch_warnings(record=True) as again:  # a whole pass over the folder does not crash,
-        warnings.simplefilter("always")                  # and does not report the same file again
+        warnings.simplefilter("always")  # and does not report the same file again
         batches = list(torch.utils.data.DataLoader(ds, batch_size=2))
     assert sum(len(labels) for _, labels in batches) == 6
     assert not [w for w in again if "skipping unreadable image" in str(w.message)]
@@ -70,9 +73,13 @@ def test_corrupt_image_is_reported_by_path_and_skipped(tmp_path):
 def test_failed_download_says_where_to_put_the_files(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("Name or service not known")
+
     monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", offline)
-    with pytest.raises(DatasetError, match=r"CIFAR-10 is not in .* could not be downloaded.*"
-                                           r"cifar-10-python\.tar\.gz.*cifar-10-batches-py"):
+    with pytest.raises(
+        DatasetError,
+        match=r"CIFAR-10 is not in .* could not be downloaded.*"
+        r"cifar-10-python\.tar\.gz.*cifar-10-batches-py",
+    ):
         load_split("cifar10", tmp_path, "train", download=True)
     with pytest.raises(DatasetError, match="was not found \\(download=False\\)"):
         load_split("cifar100", tmp_path, "train", download=False)
@@ -100,6 +107,7 @@ def test_the_spec_layouts_give_images_as_n_3_h_w_uint8():
     from types import SimpleNamespace
 
     from mocolab.data import SPECS
+
     images = torch.randint(0, 256, (5, 3, 4, 6), dtype=torch.uint8)
     labels = [3, 1, 4, 1, 5]
     cifar = SimpleNamespace(data=images.permute(0, 2, 3, 1).numpy(), targets=labels)
@@ -113,5 +121,6 @@ def test_the_spec_layouts_give_images_as_n_3_h_w_uint8():
 def test_a_dataset_of_no_known_layout_cannot_be_fingerprinted():
     """A cache keyed by a dataset's name and size alone would return features of other images."""
     from mocolab.data.fingerprint import files_digest
+
     with pytest.raises(TypeError, match="cannot fingerprint a TensorDataset"):
         files_digest(torch.utils.data.TensorDataset(torch.zeros(3, 2)))

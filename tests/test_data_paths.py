@@ -1,5 +1,6 @@
 """The three data paths behind one interface: the reference path's images and order on every path,
 a uint8 cache that cannot go stale, exact resumes, kNN sets equal to the reference's."""
+
 import dataclasses
 import json
 from pathlib import Path
@@ -19,8 +20,19 @@ from mocolab.train import knn_monitor
 
 
 def cfg_for(root, tmp_path, **overrides):
-    values = dict(dataset="imagefolder", data_root=str(root), gpus=0, batch_size=16, K=64, bn_splits=2,
-                  train_subset=64, workers=0, epochs=1, knn_every=0, output_dir=str(tmp_path / "run"))
+    values = dict(
+        dataset="imagefolder",
+        data_root=str(root),
+        gpus=0,
+        batch_size=16,
+        K=64,
+        bn_splits=2,
+        train_subset=64,
+        workers=0,
+        epochs=1,
+        knn_every=0,
+        output_dir=str(tmp_path / "run"),
+    )
     return make_config("cifar10_demo", **{**values, **overrides})
 
 
@@ -43,6 +55,7 @@ def test_folder_is_decoded_once_into_a_cache_keyed_by_its_files(tmp_path):
 
 def test_a_run_fingerprints_each_split_once_and_the_next_run_looks_again(tmp_path, monkeypatch):
     from mocolab.data import device, one_read_per_split
+
     root = write_image_folder(tmp_path / "d", per_class=8, size=16, splits=("train", "test"))
     read = []
     real_digest = device.files_digest
@@ -68,8 +81,12 @@ def test_images_of_different_sizes_are_refused_naming_the_file(tmp_path):
 @pytest.mark.parametrize("path", ["cpu", "device", "jpeg"])
 def test_every_path_gives_the_reference_paths_images_in_its_order_on_the_device(cifar10_root, tmp_path, path):
     cfg = cfg_for(cifar10_root, tmp_path, seed=3, data_path=path)
-    reference = [y.tolist() for _, y in pretrain_batches(cfg_for(cifar10_root, tmp_path, seed=3, data_path="cpu"),
-                                                         torch.device("cpu")).epoch(1)]
+    reference = [
+        y.tolist()
+        for _, y in pretrain_batches(
+            cfg_for(cifar10_root, tmp_path, seed=3, data_path="cpu"), torch.device("cpu")
+        ).epoch(1)
+    ]
     batches = pretrain_batches(cfg, torch.device("cpu"))
     assert batches.path == path and len(batches) == 64
     ours = list(batches.epoch(1))
@@ -107,18 +124,33 @@ def test_knn_sets_on_the_device_match_the_reference_subsets(cifar10_root, tmp_pa
 def test_pretraining_on_the_device_path_monitors_the_reference_knn(cifar10_root, tmp_path):
     """The kNN monitor on the device path (bank and test set held on the device) gives the value the
     reference loaders give for the same encoder."""
-    cfg = cfg_for(cifar10_root, tmp_path, data_path="device", knn_every=1, knn_bank_size=64, knn_test_size=32,
-                  knn_k=10, epochs=2, channels_last=True)
+    cfg = cfg_for(
+        cifar10_root,
+        tmp_path,
+        data_path="device",
+        knn_every=1,
+        knn_bank_size=64,
+        knn_test_size=32,
+        knn_k=10,
+        epochs=2,
+        channels_last=True,
+    )
     run = pretrain(cfg, progress=False)
     assert [r["epoch"] for r in run.history] == [0, 1, 2] and run.steps[-1]["random_keys"] == 0  # 8 x 16 keys
-    reference = knn_monitor(run.model.encoder_q, knn_sets(dataclasses.replace(cfg, data_path="cpu"),
-                                                          torch.device("cpu")), cfg, "cpu", progress=False)
+    reference = knn_monitor(
+        run.model.encoder_q,
+        knn_sets(dataclasses.replace(cfg, data_path="cpu"), torch.device("cpu")),
+        cfg,
+        "cpu",
+        progress=False,
+    )
     assert run.history[-1]["knn_top1"] == pytest.approx(reference, abs=1e-9)
 
 
 # ----------------------------------------------------------------------------
 # Image folders: bytes from the workers, decoding and augmentation on the device
 # ----------------------------------------------------------------------------
+
 
 def test_jpeg_views_equal_torchvisions_ops_on_the_decoded_images(tmp_path):
     import torchvision.transforms.v2.functional as TF
@@ -135,8 +167,9 @@ def test_jpeg_views_equal_torchvisions_ops_on_the_decoded_images(tmp_path):
     assert [tuple(im.shape) for im in images] == [(3, 120, 90), (3, 64, 200), (3, 75, 75), (3, 50, 40)]
     assert torch.equal(images[3], torch.from_numpy(np.array(Image.open(paths[3]))).permute(2, 0, 1))
     r = recipe("aug_plus", 48)
-    p = batched.sample_params(r, 4, torch.tensor([120, 64, 75, 50]), torch.tensor([90, 200, 75, 40]),
-                                  torch.Generator().manual_seed(0))
+    p = batched.sample_params(
+        r, 4, torch.tensor([120, 64, 75, 50]), torch.tensor([90, 200, 75, 40]), torch.Generator().manual_seed(0)
+    )
     crops = jpeg_data.resized_crop_list(images, p["box"], 48)
     for i, image in enumerate(images):
         top, left, h, w = p["box"][i].tolist()
@@ -147,15 +180,32 @@ def test_jpeg_views_equal_torchvisions_ops_on_the_decoded_images(tmp_path):
 @pytest.mark.slow
 def test_pretraining_from_an_image_folder_on_the_jpeg_path(tmp_path):
     root = write_image_folder(tmp_path / "data", per_class=16, size=40)
-    cfg = make_config("imagenet_mocov2", dataset="imagefolder", data_root=str(root), gpus=0, data_path="jpeg",
-                      arch="resnet18", head="linear", image_size=32, batch_size=8, K=32, bn_splits=2, epochs=1,
-                      workers=1, knn_every=1, knn_bank_size=16, knn_test_size=8, output_dir=str(tmp_path / "run"))
+    cfg = make_config(
+        "imagenet_mocov2",
+        dataset="imagefolder",
+        data_root=str(root),
+        gpus=0,
+        data_path="jpeg",
+        arch="resnet18",
+        head="linear",
+        image_size=32,
+        batch_size=8,
+        K=32,
+        bn_splits=2,
+        epochs=1,
+        workers=1,
+        knn_every=1,
+        knn_bank_size=16,
+        knn_test_size=8,
+        output_dir=str(tmp_path / "run"),
+    )
     run = pretrain(cfg, progress=False)
     assert len(run.steps) and run.history[0]["knn_top1"] is not None
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data_path"] == "jpeg"
     labels = [y.tolist() for _, y in pretrain_batches(cfg, torch.device("cpu")).epoch(0)]
-    reference = [y.tolist() for _, y in pretrain_batches(dataclasses.replace(cfg, data_path="cpu"),
-                                                         torch.device("cpu")).epoch(0)]
+    reference = [
+        y.tolist() for _, y in pretrain_batches(dataclasses.replace(cfg, data_path="cpu"), torch.device("cpu")).epoch(0)
+    ]
     assert labels == reference  # the reference path's order
 
 
@@ -169,6 +219,7 @@ def test_compiled_encoders_keep_the_checkpoint_keys_of_the_plain_model(cifar10_r
     run = pretrain(cfg, progress=False)
     assert run.model.encoder_q._compiled_call_impl is not None  # it did run compiled
     from mocolab import load_run
+
     again = load_run(tmp_path / "run")  # an uncompiled model: the keys must match exactly
     assert torch.equal(again.model.queue.keys, run.model.queue.keys.cpu())
 
@@ -178,9 +229,11 @@ def messy_folder(root):
     file named .png: the bad files a hand-gathered folder holds."""
     write_image_folder(root, per_class=20, size=32, splits=("train", "test"))
     good = (root / "train" / "cat" / "000.jpg").read_bytes()
-    bad = {root / "train" / "cat" / "truncated.jpg": good[:len(good) // 2],
-           root / "train" / "dog" / "empty.jpg": b"",
-           root / "train" / "dog" / "notes.png": b"these are my notes, not a picture"}
+    bad = {
+        root / "train" / "cat" / "truncated.jpg": good[: len(good) // 2],
+        root / "train" / "dog" / "empty.jpg": b"",
+        root / "train" / "dog" / "notes.png": b"these are my notes, not a picture",
+    }
     for path, data in bad.items():
         path.write_bytes(data)
     return root, sorted(str(p) for p in bad)
@@ -189,6 +242,7 @@ def messy_folder(root):
 @pytest.mark.parametrize("path", ["cpu", "device", "jpeg"])
 def test_every_data_path_skips_and_reports_each_unreadable_file_once(path, tmp_path, monkeypatch):
     from mocolab.data import unreadable
+
     monkeypatch.setattr(unreadable, "_reported", set())
     monkeypatch.setattr(unreadable, "MAX_UNREADABLE", 0.1)  # 3 of 43 files
     root, bad = messy_folder(tmp_path / "data")
@@ -206,8 +260,15 @@ def test_every_data_path_skips_and_reports_each_unreadable_file_once(path, tmp_p
 
 def test_a_folder_with_too_many_unreadable_files_is_refused_naming_them(tmp_path, monkeypatch):
     from mocolab.data import unreadable
+
     monkeypatch.setattr(unreadable, "_reported", set())
     root, bad = messy_folder(tmp_path / "data")  # 3 of 43: more than the default 1%
-    with pytest.warns(UserWarning), pytest.raises(DatasetError, match=r"3 of 43 images in .*train cannot be read "
-                                                                       r"\(more than 1%\), e\.g\. .*is data_root"):
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(
+            DatasetError,
+            match=r"3 of 43 images in .*train cannot be read "
+            r"\(more than 1%\), e\.g\. .*is data_root",
+        ),
+    ):
         cached_split("imagefolder", root, "train", cache_dir=tmp_path / "cache")

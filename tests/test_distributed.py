@@ -1,4 +1,5 @@
 """The distributed path on CPU with gloo and 2 processes: collectives, equivalence, resume, failure."""
+
 import json
 import socket
 import subprocess
@@ -109,9 +110,22 @@ def test_impossible_process_layouts_fail_before_starting(cifar10_root, tmp_path)
 def test_the_command_line_entry_point_runs_under_torchrun(cifar10_root, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     overrides = {**TINY, "data_root": str(cifar10_root), "output_dir": str(tmp_path), "epochs": 1}
-    result = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "mocolab",
-                             "--preset", "tiny", *(f"{k}={v}" for k, v in overrides.items())],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "mocolab",
+            "--preset",
+            "tiny",
+            *(f"{k}={v}" for k, v in overrides.items()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     meta = json.loads((tmp_path / "config.json").read_text())
     assert meta["processes"] == 2 and meta["config"]["batch_size"] == 16

@@ -1,4 +1,5 @@
 """Embedding geometry against brute-force references and hand-computed cases."""
+
 import math
 
 import numpy as np
@@ -16,8 +17,9 @@ def test_alignment_and_uniformity_match_their_definitions():
     torch.manual_seed(0)
     z1, z2 = torch.randn(20, 5), torch.randn(20, 5)
     u1, u2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
-    assert E.alignment(z1, z2) == pytest.approx(sum(((u1[i] - u2[i]) ** 2).sum().item() for i in range(20)) / 20,
-                                                rel=1e-5)
+    assert E.alignment(z1, z2) == pytest.approx(
+        sum(((u1[i] - u2[i]) ** 2).sum().item() for i in range(20)) / 20, rel=1e-5
+    )
     pairs = [math.exp(-2 * ((u1[i] - u1[j]) ** 2).sum().item()) for i in range(20) for j in range(i + 1, 20)]
     assert E.uniformity(z1) == pytest.approx(math.log(sum(pairs) / len(pairs)), rel=1e-5)
     assert E.alignment(z1, 3 * z1) == pytest.approx(0, abs=1e-10)  # scale does not matter, only direction
@@ -83,13 +85,15 @@ def test_2d_maps_keep_well_separated_clusters_apart(method):
 
 def test_view_pairs_encode_two_augmentations_of_each_image():
     encoder = build_encoder("resnet18", cifar_stem=True, head="linear", dim=16).eval()
-    images = [(Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)), 0)
-              for i in range(6)]
+    images = [
+        (Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)), 0) for i in range(6)
+    ]
     plain = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
     z1, z2 = E.view_pairs(encoder, images, plain, layer="head", batch_size=4)
     assert z1.shape == z2.shape == (6, 16) and torch.allclose(z1, z2, atol=1e-5)  # no randomness: same views
-    expected, _ = E.extract_layers(encoder, [(torch.stack([plain(im) for im, _ in images]), torch.zeros(6))],
-                                   ("head",), progress=False)
+    expected, _ = E.extract_layers(
+        encoder, [(torch.stack([plain(im) for im, _ in images]), torch.zeros(6))], ("head",), progress=False
+    )
     assert torch.allclose(z1, expected["head"], atol=1e-5)  # eval mode: a feature does not depend on its batch
     flip_or_crop = v2.Compose([v2.RandomResizedCrop(32, scale=(0.2, 1.0)), plain])
     a1, a2 = E.view_pairs(encoder, images, flip_or_crop, layer="avgpool")

@@ -1,4 +1,5 @@
 """Exported backbones load where the issue says they must, and convert back to the same tensors."""
+
 import pickle
 
 import pytest
@@ -47,9 +48,16 @@ def test_detectron2_export_has_detectron2_names_and_converts_back(r50, tmp_path)
         saved = pickle.load(f)
     assert saved["matching_heuristics"] is True
     model = saved["model"]
-    for name in ("stem.conv1.weight", "stem.conv1.norm.running_mean", "res2.0.conv1.weight",
-                 "res2.0.conv3.norm.bias", "res2.0.shortcut.weight", "res2.0.shortcut.norm.running_var",
-                 "res5.2.conv2.norm.weight", "res4.5.conv1.weight"):
+    for name in (
+        "stem.conv1.weight",
+        "stem.conv1.norm.running_mean",
+        "res2.0.conv1.weight",
+        "res2.0.conv3.norm.bias",
+        "res2.0.shortcut.weight",
+        "res2.0.shortcut.norm.running_var",
+        "res5.2.conv2.norm.weight",
+        "res4.5.conv1.weight",
+    ):
         assert name in model, name
     assert not any("layer" in k or "bn" in k or "downsample" in k or "fc" in k for k in model)
     back = from_detectron2(model)
@@ -73,8 +81,11 @@ def test_cifar_stem_and_foreign_files_are_refused_by_name(tmp_path):
     with pytest.raises(CheckpointError, match=r"conv1\.weight is \(64, 3, 3, 3\), the CIFAR stem"):
         export(path, tmp_path / "x.pth")
     torch.save({"state_dict": {}}, tmp_path / "other.pth")
-    with pytest.raises(CheckpointError, match=r"other\.pth is in no checkpoint format mocolab knows \(mocolab, "
-                                              r"moco_official, .*\); its keys are state_dict"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"other\.pth is in no checkpoint format mocolab knows \(mocolab, "
+        r"moco_official, .*\); its keys are state_dict",
+    ):
         export(tmp_path / "other.pth", tmp_path / "y.pth")
     with pytest.raises(ValueError, match="unknown format"):
         export(path, tmp_path / "z.pth", "onnx")

@@ -1,4 +1,5 @@
 """Evaluation inputs: VOCdevkit reading, layer pooling, encoders from checkpoints, the feature cache."""
+
 import numpy as np
 import pytest
 import torch
@@ -65,10 +66,17 @@ def test_layer_features_of_resnet50_have_the_protocols_grids_and_dims():
     9216 and 8192 dims (the protocol's table), and padding counts toward the average."""
     backbone = baseline_encoder("random", "resnet50")[0].backbone.eval()
     feats = layer_features(backbone, torch.randn(1, 3, 224, 224), ("feat1", "feat2", "feat3", "feat4", "feat5"))
-    assert {k: v.shape[1] for k, v in feats.items()} == {"feat1": 9216, "feat2": 9216, "feat3": 8192,
-                                                          "feat4": 9216, "feat5": 8192}
-    grids = {c: layer_pool(c, s)(torch.zeros(1, c, s, s)).shape[-1]
-             for c, s in ((64, 112), (256, 56), (512, 28), (1024, 14), (2048, 7))}
+    assert {k: v.shape[1] for k, v in feats.items()} == {
+        "feat1": 9216,
+        "feat2": 9216,
+        "feat3": 8192,
+        "feat4": 9216,
+        "feat5": 8192,
+    }
+    grids = {
+        c: layer_pool(c, s)(torch.zeros(1, c, s, s)).shape[-1]
+        for c, s in ((64, 112), (256, 56), (512, 28), (1024, 14), (2048, 7))
+    }
     assert grids == {64: 12, 256: 6, 512: 4, 1024: 3, 2048: 2}
     corner = layer_pool(64, 112)(torch.ones(1, 1, 112, 112))[0, 0, 0, 0]
     assert corner.item() == pytest.approx(36 / 100)  # a 10 x 10 window, 4 rows and columns of it padding
@@ -76,10 +84,17 @@ def test_layer_features_of_resnet50_have_the_protocols_grids_and_dims():
 
 def test_layer_pools_of_other_backbones_bring_each_stage_near_9216_dims():
     backbone = baseline_encoder("random", "resnet18", cifar_stem=True)[0].backbone
-    feats = layer_features(backbone, torch.randn(2, 3, 32, 32), ("feat1", "feat2", "feat3", "feat4", "feat5",
-                                                                  "avgpool"))
-    assert {k: v.shape[1] for k, v in feats.items()} == {"feat1": 9216, "feat2": 9216, "feat3": 8192,
-                                                          "feat4": 9216, "feat5": 8192, "avgpool": 512}
+    feats = layer_features(
+        backbone, torch.randn(2, 3, 32, 32), ("feat1", "feat2", "feat3", "feat4", "feat5", "avgpool")
+    )
+    assert {k: v.shape[1] for k, v in feats.items()} == {
+        "feat1": 9216,
+        "feat2": 9216,
+        "feat3": 8192,
+        "feat4": 9216,
+        "feat5": 8192,
+        "avgpool": 512,
+    }
 
 
 def test_encoder_from_checkpoint_and_mismatch(tmp_path):
@@ -105,21 +120,21 @@ def test_feature_cache_reuses_only_identical_inputs(cifar10_root, tmp_path, monk
     encoder, identity = baseline_encoder("random", "resnet18", cifar_stem=True)
     transform = augment.eval_transform(32, *augment.normalisation("cifar"))
     ds = seeded_subset(load_split("imagefolder", cifar10_root, "test", transform), 20, 0)
-    first, labels = cached_features(encoder, identity, ds, "cifar10:test", ("avgpool",), tmp_path, workers=0,
-                                    progress=False)
+    first, labels = cached_features(
+        encoder, identity, ds, "cifar10:test", ("avgpool",), tmp_path, workers=0, progress=False
+    )
     direct, _ = extract_layers(encoder, DataLoader(ds, batch_size=8), ("avgpool",), progress=False)
     assert torch.allclose(first["avgpool"], direct["avgpool"], atol=1e-5) and len(labels) == 20
     calls = []
-    monkeypatch.setattr("mocolab.evaluate.features.extract_layers",
-                        lambda *a, **k: calls.append(a[2]) or extract_layers(*a, **k))
-    again, _ = cached_features(encoder, identity, ds, "cifar10:test", ("avgpool",), tmp_path, workers=0,
-                               progress=False)
+    monkeypatch.setattr(
+        "mocolab.evaluate.features.extract_layers", lambda *a, **k: calls.append(a[2]) or extract_layers(*a, **k)
+    )
+    again, _ = cached_features(encoder, identity, ds, "cifar10:test", ("avgpool",), tmp_path, workers=0, progress=False)
     assert calls == [] and torch.equal(again["avgpool"], first["avgpool"])
     other = seeded_subset(load_split("imagefolder", cifar10_root, "test", transform), 20, 1)
     cached_features(encoder, identity, other, "cifar10:test", ("avgpool",), tmp_path, workers=0, progress=False)
     cached_features(encoder, "moco-other", ds, "cifar10:test", ("avgpool",), tmp_path, workers=0, progress=False)
-    cached_features(encoder, identity, ds, "cifar10:test", ("avgpool", "feat5"), tmp_path, workers=0,
-                    progress=False)
+    cached_features(encoder, identity, ds, "cifar10:test", ("avgpool", "feat5"), tmp_path, workers=0, progress=False)
     assert calls == [["avgpool"], ["avgpool"], ["feat5"]]  # other subset, other encoder, new layer only
 
 
@@ -128,6 +143,7 @@ def test_feature_cache_sees_files_changed_in_place(cifar10_root, tmp_path, monke
     must not return the cached features of the images that were there before."""
     import os
     import shutil
+
     root = tmp_path / "data"
     for name in ("cat", "dog"):
         (root / "test" / name).mkdir(parents=True)
@@ -138,8 +154,16 @@ def test_feature_cache_sees_files_changed_in_place(cifar10_root, tmp_path, monke
 
     def features():
         ds = load_split("imagefolder", root, "test", transform)
-        return cached_features(encoder, identity, ds, f"imagefolder:{root}:test", ("avgpool",), tmp_path / "cache",
-                               workers=0, progress=False)
+        return cached_features(
+            encoder,
+            identity,
+            ds,
+            f"imagefolder:{root}:test",
+            ("avgpool",),
+            tmp_path / "cache",
+            workers=0,
+            progress=False,
+        )
 
     first, labels = features()
     (root / "test" / "cat").rename(root / "test" / "tmp")
@@ -151,12 +175,13 @@ def test_feature_cache_sees_files_changed_in_place(cifar10_root, tmp_path, monke
     target = sorted((root / "test" / "cat").iterdir())[0]
     donor = sorted((root / "test" / "dog").iterdir())[0]
     info = target.stat()
-    data = donor.read_bytes()[:info.st_size].ljust(info.st_size, b"\0")
+    data = donor.read_bytes()[: info.st_size].ljust(info.st_size, b"\0")
     target.write_bytes(data)
     os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))  # same size, same modification time
     calls = []
-    monkeypatch.setattr("mocolab.evaluate.features.extract_layers",
-                        lambda *a, **k: calls.append(a[2]) or extract_layers(*a, **k))
+    monkeypatch.setattr(
+        "mocolab.evaluate.features.extract_layers", lambda *a, **k: calls.append(a[2]) or extract_layers(*a, **k)
+    )
     features()
     assert calls == [["avgpool"]]
     features()

@@ -1,5 +1,6 @@
 """The machine check: each accelerated path against its reference on the GPU (marked `gpu`, skipped with
 "no GPU" elsewhere), and `python -m mocolab.check --cpu` end to end, which CI runs on its CPU."""
+
 import json
 import subprocess
 import sys
@@ -23,8 +24,12 @@ def test_accelerated_path_agrees_with_its_reference_on_the_gpu(name):
 @pytest.mark.slow
 def test_the_cpu_check_runs_every_stage_and_writes_its_report(cifar10_root, tmp_path):
     """Stages 1-3 at tiny sizes, as CI runs them: every row passes, the report lists them all."""
-    done = subprocess.run([sys.executable, "-m", "mocolab.check", "--cpu", "--data-root", str(cifar10_root),
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "mocolab.check", "--cpu", "--data-root", str(cifar10_root), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     report = json.loads((tmp_path / "report.json").read_text())
     rows = report["rows"]
@@ -53,10 +58,15 @@ def test_a_failing_check_is_reported_with_a_hint_and_a_spent_budget_skips_the_re
 
     def slow():
         import time
+
         time.sleep(0.3)
         return "done"
-    rows = list(stages.run_stage("2 paths", [("oom", out_of_memory), ("wrong", disagrees), ("slow", slow),
-                                             ("late", slow)], budget=0.2))
+
+    rows = list(
+        stages.run_stage(
+            "2 paths", [("oom", out_of_memory), ("wrong", disagrees), ("slow", slow), ("late", slow)], budget=0.2
+        )
+    )
     assert [r.status for r in rows] == ["FAIL", "FAIL", "ok", "skipped"]
     assert "OutOfMemoryError: CUDA out of memory" in rows[0].result and "nvidia-smi" in rows[0].hint
     assert "loss 1.0 vs 2.0" in rows[1].result and "disagrees with its reference" in rows[1].hint

@@ -1,4 +1,5 @@
 """Weighted kNN against a brute-force loop."""
+
 import math
 
 import torch

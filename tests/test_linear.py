@@ -1,4 +1,5 @@
 """Linear probes on a frozen backbone: real CIFAR-10 runs, the frozen check, schedules."""
+
 import dataclasses
 
 import pytest
@@ -8,15 +9,26 @@ from torch.utils.data import DataLoader
 from mocolab import augment
 from mocolab.data import load_split, seeded_subset
 from mocolab.evaluate.baselines import baseline_encoder, calibrate_bn
-from mocolab.evaluate.linear import (PROBES, Lighting, MultiHead, ProbeRecipe, linear_probe, probe_recipe,
-                                     probe_transforms, scaled_milestones, verify_unchanged)
+from mocolab.evaluate.linear import (
+    PROBES,
+    Lighting,
+    MultiHead,
+    ProbeRecipe,
+    linear_probe,
+    probe_recipe,
+    probe_transforms,
+    scaled_milestones,
+    verify_unchanged,
+)
 from mocolab.models import stage_outputs
 
 
 def cifar_sets(root, n_train=256, n_test=200):
     train_t, test_t = probe_transforms("cifar", 32, *augment.normalisation("cifar"))
-    return (seeded_subset(load_split("imagefolder", root, "train", train_t), n_train, 3),
-            seeded_subset(load_split("imagefolder", root, "test", test_t), n_test, 3))
+    return (
+        seeded_subset(load_split("imagefolder", root, "train", train_t), n_train, 3),
+        seeded_subset(load_split("imagefolder", root, "test", test_t), n_test, 3),
+    )
 
 
 def test_milestones_scale_with_epochs():
@@ -34,8 +46,9 @@ def test_avgpool_probe_on_real_cifar10_keeps_backbone_frozen(cifar10_root):
     before = {k: v.clone() for k, v in encoder.backbone.state_dict().items()}
     recipe = dataclasses.replace(probe_recipe("avgpool", epochs=6, lr=0.02), batch_size=64)
     result = linear_probe(encoder.backbone, train_set, test_set, 10, "avgpool", recipe, workers=0, progress=False)
-    assert result["recipe"]["milestones"] == (4, 5) and [h["lr"] for h in result["history"]] == \
-        pytest.approx([0.02] * 4 + [0.002, 0.0002])
+    assert result["recipe"]["milestones"] == (4, 5) and [h["lr"] for h in result["history"]] == pytest.approx(
+        [0.02] * 4 + [0.002, 0.0002]
+    )
     assert all(torch.equal(v, before[k]) for k, v in encoder.backbone.state_dict().items())
     assert result["history"][-1]["loss"] < result["history"][0]["loss"]
     assert 15 < result["top1"]["avgpool"] <= 100 and result["top5"]["avgpool"] >= result["top1"]["avgpool"]
@@ -48,14 +61,20 @@ def test_multihead_probe_trains_five_heads(cifar10_root):
     recipe = dataclasses.replace(probe_recipe("multihead", epochs=2), batch_size=64)
     result = linear_probe(encoder.backbone, train_set, test_set, 10, "multihead", recipe, workers=0, progress=False)
     assert set(result["top1"]) == {"feat1", "feat2", "feat3", "feat4", "feat5"}
-    assert result["recipe"] == {"epochs": 2, "lr": 0.01, "weight_decay": 1e-4, "nesterov": True, "milestones": (1,),
-                                "momentum": 0.9, "batch_size": 64}
+    assert result["recipe"] == {
+        "epochs": 2,
+        "lr": 0.01,
+        "weight_decay": 1e-4,
+        "nesterov": True,
+        "milestones": (1,),
+        "momentum": 0.9,
+        "batch_size": 64,
+    }
 
 
 def test_probe_recipes_are_the_protocols():
     assert PROBES["avgpool"] == ProbeRecipe(epochs=100, lr=30.0, weight_decay=0.0, nesterov=False, milestones=(60, 80))
-    assert PROBES["multihead"] == ProbeRecipe(epochs=90, lr=0.01, weight_decay=1e-4, nesterov=True,
-                                              milestones=(30, 60))
+    assert PROBES["multihead"] == ProbeRecipe(epochs=90, lr=0.01, weight_decay=1e-4, nesterov=True, milestones=(30, 60))
     assert PROBES["places"].epochs == 28 and PROBES["places"].milestones == (7, 14, 21)
     assert probe_recipe("avgpool", epochs=10).milestones == (6, 8) and probe_recipe("avgpool").lr == 30.0
 
@@ -93,12 +112,25 @@ def test_sets_smaller_than_a_batch_are_warned_about(cifar10_root):
     encoder, _ = baseline_encoder("random", "resnet18", cifar_stem=True)
     train_set, test_set = cifar_sets(cifar10_root, 65, 40)
     recipe = dataclasses.replace(probe_recipe("multihead", epochs=1), batch_size=64)
-    with pytest.warns(UserWarning, match=r"test set holds 40 images, fewer than one batch of 64: its accuracy "
-                                         r"moves in steps of 2\.5 points"):
-        result = linear_probe(encoder.backbone, train_set, test_set, 10, "multihead", recipe, workers=0,
-                              progress=False)
+    with pytest.warns(
+        UserWarning,
+        match=r"test set holds 40 images, fewer than one batch of 64: its accuracy "
+        r"moves in steps of 2\.5 points",
+    ):
+        result = linear_probe(encoder.backbone, train_set, test_set, 10, "multihead", recipe, workers=0, progress=False)
     assert len(result["top1"]) == 5
-    with pytest.warns(UserWarning, match=r"training set holds 65 images, fewer than one batch of 256: each of its 1 "
-                                         r"epochs is a single step"):
-        linear_probe(encoder.backbone, train_set, test_set, 10, "multihead",
-                     dataclasses.replace(recipe, batch_size=256), workers=0, progress=False)
+    with pytest.warns(
+        UserWarning,
+        match=r"training set holds 65 images, fewer than one batch of 256: each of its 1 "
+        r"epochs is a single step",
+    ):
+        linear_probe(
+            encoder.backbone,
+            train_set,
+            test_set,
+            10,
+            "multihead",
+            dataclasses.replace(recipe, batch_size=256),
+            workers=0,
+            progress=False,
+        )

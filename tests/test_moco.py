@@ -1,4 +1,5 @@
 """MoCo against references: the hand-computed InfoNCE, chance level, an independent naive MoCo step."""
+
 import copy
 import math
 
@@ -160,8 +161,14 @@ def test_matches_an_independent_naive_step_in_float64(symmetric):
     equal those of tests/reference_moco.py (written from the method's definition), with split BN (4 groups)
     and shuffle BN."""
     ours = small_moco(symmetric=symmetric, bn_splits=4).double()
-    ref = NaiveMoCo(copy.deepcopy(ours.encoder_q), copy.deepcopy(ours.encoder_k), list(ours.queue.keys), m=0.9,
-                    T=0.1, symmetric=symmetric)
+    ref = NaiveMoCo(
+        copy.deepcopy(ours.encoder_q),
+        copy.deepcopy(ours.encoder_k),
+        list(ours.queue.keys),
+        m=0.9,
+        T=0.1,
+        symmetric=symmetric,
+    )
     opt_ours = torch.optim.SGD(ours.encoder_q.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     opt_ref = torch.optim.SGD(ref.encoder_q.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     for step in range(3):
@@ -188,6 +195,7 @@ def test_matches_an_independent_naive_step_in_float64(symmetric):
 def test_bf16_autocast_keeps_the_loss_of_fp32_and_an_fp32_queue():
     """Mixed precision: the encoders run in bf16, InfoNCE and the queue stay fp32; over 4 SGD steps
     from the same weights on the same images the losses stay within 2% of fp32's."""
+
     def run(autocast: bool):
         torch.manual_seed(0)
         model = MoCo(build_encoder("resnet18", cifar_stem=True, bn_splits=2), K=64, m=0.99, T=0.1)

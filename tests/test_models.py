@@ -1,4 +1,5 @@
 """Encoders: split BN against per-sub-batch BN, stems, stage shapes, heads."""
+
 import pytest
 import torch
 from torch import nn
@@ -48,13 +49,23 @@ def test_cifar_stem_keeps_resolution_and_resnet50_stages_match_protocol_table():
     assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1)
     assert isinstance(small.maxpool, nn.Identity)
     shapes = {k: tuple(v.shape[1:]) for k, v in stage_outputs(small.eval(), torch.randn(1, 3, 32, 32)).items()}
-    assert shapes == {"stem": (64, 32, 32), "layer1": (64, 32, 32), "layer2": (128, 16, 16),
-                      "layer3": (256, 8, 8), "layer4": (512, 4, 4)}
+    assert shapes == {
+        "stem": (64, 32, 32),
+        "layer1": (64, 32, 32),
+        "layer2": (128, 16, 16),
+        "layer3": (256, 8, 8),
+        "layer4": (512, 4, 4),
+    }
     big = resnet("resnet50").eval()
     with torch.no_grad():
         shapes = {k: tuple(v.shape[1:]) for k, v in stage_outputs(big, torch.randn(1, 3, 224, 224)).items()}
-    assert shapes == {"stem": (64, 112, 112), "layer1": (256, 56, 56), "layer2": (512, 28, 28),
-                      "layer3": (1024, 14, 14), "layer4": (2048, 7, 7)}
+    assert shapes == {
+        "stem": (64, 112, 112),
+        "layer1": (256, 56, 56),
+        "layer2": (512, 28, 28),
+        "layer3": (1024, 14, 14),
+        "layer4": (2048, 7, 7),
+    }
 
 
 def test_heads_and_features():

@@ -1,4 +1,5 @@
 """Every notebook executes headless through papermill with tiny parameters on real data."""
+
 import csv
 import json
 import re
@@ -18,12 +19,15 @@ def committed_notebooks() -> dict[str, str]:
     outside a git checkout (an unpacked sdist)."""
     repo = NOTEBOOKS.parent
     try:
-        listed = subprocess.run(["git", "ls-files", "notebooks/*.ipynb"], cwd=repo, capture_output=True, text=True,
-                                check=True).stdout.split()
+        listed = subprocess.run(
+            ["git", "ls-files", "notebooks/*.ipynb"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         return {str(path): path.read_text() for path in sorted(NOTEBOOKS.glob("*.ipynb"))}
-    return {name: subprocess.run(["git", "show", f":{name}"], cwd=repo, capture_output=True, text=True,
-                                 check=True).stdout for name in listed}
+    return {
+        name: subprocess.run(["git", "show", f":{name}"], cwd=repo, capture_output=True, text=True, check=True).stdout
+        for name in listed
+    }
 
 
 def test_notebooks_are_committed_clean_with_a_parameters_cell():
@@ -40,10 +44,26 @@ def run_02_pretrain(cifar10_root, tmp_path, **extra):
     """Execute 02_pretrain with a tiny real-data run; returns (output dir, executed notebook's code outputs)."""
     out_dir = tmp_path / "run"
     papermill.execute_notebook(
-        str(NOTEBOOKS / "02_pretrain.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path), progress_bar=False,
-        parameters=dict(dataset="imagefolder", data_root=str(cifar10_root), epochs=1, batch_size=16, K=64,
-                        lr=0.01, gpus=0, workers=0, train_subset=32, knn_bank_size=64, knn_test_size=32,
-                        output_dir=str(out_dir), **extra))
+        str(NOTEBOOKS / "02_pretrain.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        cwd=str(tmp_path),
+        progress_bar=False,
+        parameters=dict(
+            dataset="imagefolder",
+            data_root=str(cifar10_root),
+            epochs=1,
+            batch_size=16,
+            K=64,
+            lr=0.01,
+            gpus=0,
+            workers=0,
+            train_subset=32,
+            knn_bank_size=64,
+            knn_test_size=32,
+            output_dir=str(out_dir),
+            **extra,
+        ),
+    )
     executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     return out_dir, [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
 
@@ -79,9 +99,18 @@ def test_02_pretrain_runs_headless_with_two_cpu_processes(cifar10_root, tmp_path
 @pytest.mark.slow
 def test_01_augmentations_runs_headless_and_shows_the_explorer_as_a_png(cifar10_root, tmp_path):
     papermill.execute_notebook(
-        str(NOTEBOOKS / "01_augmentations.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path),
-        progress_bar=False, parameters=dict(dataset="imagefolder", data_root=str(cifar10_root), image_size=64,
-                                            n_images=4, output_dir=str(tmp_path / "figs")))
+        str(NOTEBOOKS / "01_augmentations.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        cwd=str(tmp_path),
+        progress_bar=False,
+        parameters=dict(
+            dataset="imagefolder",
+            data_root=str(cifar10_root),
+            image_size=64,
+            n_images=4,
+            output_dir=str(tmp_path / "figs"),
+        ),
+    )
     for name in ("images", "operations", "views", "positive_pairs", "v1_vs_v2", "cifar_vs_imagenet"):
         assert (tmp_path / "figs" / f"{name}.png").stat().st_size > 10_000, name
     executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
@@ -92,15 +121,38 @@ def test_01_augmentations_runs_headless_and_shows_the_explorer_as_a_png(cifar10_
 @pytest.mark.slow
 def test_04_embeddings_runs_headless(tiny_checkpoint, cifar10_root, tmp_path):
     papermill.execute_notebook(
-        str(NOTEBOOKS / "04_embeddings.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path), progress_bar=False,
-        parameters=dict(checkpoint=str(tiny_checkpoint), data_root=str(cifar10_root), n_points=120,
-                        layers="feat2,feat5", n_queries=2, top_k=4, n_pairs=40, output_dir=str(tmp_path / "figs")))
-    for name in ("maps", "layers", "thumbnails", "retrieval_MoCo", "retrieval_random_init", "similarities",
-                 "alignment_uniformity"):
+        str(NOTEBOOKS / "04_embeddings.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        cwd=str(tmp_path),
+        progress_bar=False,
+        parameters=dict(
+            checkpoint=str(tiny_checkpoint),
+            data_root=str(cifar10_root),
+            n_points=120,
+            layers="feat2,feat5",
+            n_queries=2,
+            top_k=4,
+            n_pairs=40,
+            output_dir=str(tmp_path / "figs"),
+        ),
+    )
+    for name in (
+        "maps",
+        "layers",
+        "thumbnails",
+        "retrieval_MoCo",
+        "retrieval_random_init",
+        "similarities",
+        "alignment_uniformity",
+    ):
         assert (tmp_path / "figs" / f"{name}.png").stat().st_size > 10_000, name
     executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
-    text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/markdown", ""))
-                   for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    text = "".join(
+        str(o.get("text", "")) + str(o.get("data", {}).get("text/markdown", ""))
+        for c in executed.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )
     assert "MoCo: precision@4 over all 120 images" in text and "| random init | head |" in text
 
 
@@ -109,11 +161,24 @@ def test_06_ablations_runs_two_ablations_and_judges_their_claims(cifar10_root, t
     """Two ablations, two variants each, one tiny epoch on real CIFAR-10 images: curves, verdicts, claims."""
     out = tmp_path / "ablations"
     papermill.execute_notebook(
-        str(NOTEBOOKS / "06_ablations.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path), progress_bar=False,
-        parameters=dict(ablations_to_run="momentum,shuffle_bn", variants={"momentum": ["m=0", "m=0.99"]},
-                        preset="cifar10_cpu", epochs=1, train_subset=128, dataset="imagefolder",
-                        data_root=str(cifar10_root), knn_bank_size=128, knn_test_size=64,
-                        extra={"batch_size": 64, "K": 128, "knn_k": 20}, output_dir=str(out)))
+        str(NOTEBOOKS / "06_ablations.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        cwd=str(tmp_path),
+        progress_bar=False,
+        parameters=dict(
+            ablations_to_run="momentum,shuffle_bn",
+            variants={"momentum": ["m=0", "m=0.99"]},
+            preset="cifar10_cpu",
+            epochs=1,
+            train_subset=128,
+            dataset="imagefolder",
+            data_root=str(cifar10_root),
+            knn_bank_size=128,
+            knn_test_size=64,
+            extra={"batch_size": 64, "K": 128, "knn_k": 20},
+            output_dir=str(out),
+        ),
+    )
     for name in ("momentum", "shuffle_bn", "verdicts"):
         assert (out / f"{name}.png").stat().st_size > 10_000, name
     assert sorted(p.name for p in (out / "momentum").iterdir() if p.is_dir()) == ["m=0", "m=0.99"]
@@ -134,8 +199,10 @@ def test_06_ablations_runs_two_ablations_and_judges_their_claims(cifar10_root, t
 def mmselfsup_file(tmp_path_factory):
     """A file in MMSelfSup 0.x's exact layout (the reference page's checkpoint format), of a seeded ResNet-50."""
     from layouts import mlp_v2, resnet50, write_mmselfsup_0x
-    return write_mmselfsup_0x(tmp_path_factory.mktemp("published") / "mocov2_mmselfsup.pth", resnet50(0),
-                              resnet50(1), mlp_v2())
+
+    return write_mmselfsup_0x(
+        tmp_path_factory.mktemp("published") / "mocov2_mmselfsup.pth", resnet50(0), resnet50(1), mlp_v2()
+    )
 
 
 @pytest.mark.slow
@@ -143,18 +210,39 @@ def test_03_evaluate_puts_the_published_numbers_beside_the_measurement(mmselfsup
     """A foreign file compared with the numbers published for mmselfsup_mocov2_200ep: every table has the
     published column and the difference, and says that CIFAR-10 subsets at 32 px are not the published setting."""
     papermill.execute_notebook(
-        str(NOTEBOOKS / "03_evaluate.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path), progress_bar=False,
-        parameters=dict(checkpoint=str(mmselfsup_file), published="mmselfsup_mocov2_200ep", baseline="",
-                        dataset="imagefolder", data_root=str(cifar10_root), image_size=32, train_size=200,
-                        test_size=100, lowshot_ks="1,2", lowshot_samples=2, probe_epochs=1, probe_lr=0.01,
-                        workers=0, output_dir=str(tmp_path / "eval")))
+        str(NOTEBOOKS / "03_evaluate.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        cwd=str(tmp_path),
+        progress_bar=False,
+        parameters=dict(
+            checkpoint=str(mmselfsup_file),
+            published="mmselfsup_mocov2_200ep",
+            baseline="",
+            dataset="imagefolder",
+            data_root=str(cifar10_root),
+            image_size=32,
+            train_size=200,
+            test_size=100,
+            lowshot_ks="1,2",
+            lowshot_samples=2,
+            probe_epochs=1,
+            probe_lr=0.01,
+            workers=0,
+            output_dir=str(tmp_path / "eval"),
+        ),
+    )
     results = json.loads((tmp_path / "eval" / "moco" / "results.json").read_text())
     assert results["published"]["name"] == "mmselfsup_mocov2_200ep" and results["published"]["this_file"] is False
-    assert results["checkpoint_summary"].startswith("resnet50 with its projection head, from a file in the "
-                                                    "openmmlab format that is no published one mocolab knows")
+    assert results["checkpoint_summary"].startswith(
+        "resnet50 with its projection head, from a file in the openmmlab format that is no published one mocolab knows"
+    )
     executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
-    shown = "".join(str(o.get("data", {}).get("text/markdown", "")) + str(o.get("text", ""))
-                    for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    shown = "".join(
+        str(o.get("data", {}).get("text/markdown", "")) + str(o.get("text", ""))
+        for c in executed.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )
     assert "| layer | mAP | published (mmselfsup_mocov2_200ep) | difference |" in shown
     feat5 = results["svm"]["layers"]["feat5"]["mAP"]
     assert f"| feat5 | {feat5:.2f} | 84.04 | {feat5 - 84.04:+.2f} |" in shown
@@ -171,20 +259,49 @@ def test_04_embeddings_shows_published_models_side_by_side(mmselfsup_file, cifar
     """The MMSelfSup-layout file beside a backbone-only torchvision-layout file: every map, retrieval and pair
     statistic for both, the backbone-only one measured on its pooled features."""
     import torch
+
     backbone_only = tmp_path / "backbone_only.pth"
     from layouts import resnet50
+
     torch.save({k: v for k, v in resnet50(2).state_dict().items() if not k.startswith("fc.")}, backbone_only)
     papermill.execute_notebook(
-        str(NOTEBOOKS / "04_embeddings.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path), progress_bar=False,
-        parameters=dict(checkpoint=str(mmselfsup_file), compare=str(backbone_only), dataset="imagefolder",
-                        data_root=str(cifar10_root), image_size=32, n_points=100, methods="umap",
-                        layers="feat5", n_queries=2, top_k=4, n_pairs=30, output_dir=str(tmp_path / "figs")))
-    for name in ("maps", "layers", "thumbnails", "retrieval_mocov2_mmselfsup.pth", "retrieval_backbone_only.pth",
-                 "retrieval_random_init", "similarities", "alignment_uniformity"):
+        str(NOTEBOOKS / "04_embeddings.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        cwd=str(tmp_path),
+        progress_bar=False,
+        parameters=dict(
+            checkpoint=str(mmselfsup_file),
+            compare=str(backbone_only),
+            dataset="imagefolder",
+            data_root=str(cifar10_root),
+            image_size=32,
+            n_points=100,
+            methods="umap",
+            layers="feat5",
+            n_queries=2,
+            top_k=4,
+            n_pairs=30,
+            output_dir=str(tmp_path / "figs"),
+        ),
+    )
+    for name in (
+        "maps",
+        "layers",
+        "thumbnails",
+        "retrieval_mocov2_mmselfsup.pth",
+        "retrieval_backbone_only.pth",
+        "retrieval_random_init",
+        "similarities",
+        "alignment_uniformity",
+    ):
         assert (tmp_path / "figs" / f"{name}.png").stat().st_size > 10_000, name
     executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
-    text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/markdown", ""))
-                   for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    text = "".join(
+        str(o.get("text", "")) + str(o.get("data", {}).get("text/markdown", ""))
+        for c in executed.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )
     assert "through: random init, mocov2_mmselfsup.pth, backbone_only.pth" in text
     assert "| mocov2_mmselfsup.pth | head |" in text and "| backbone_only.pth | avgpool |" in text
     assert "backbone only (no projection head), from a file in the torchvision format" in text

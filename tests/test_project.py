@@ -1,4 +1,5 @@
 """One project folder for every notebook, and a set-up cell that installs mocolab where it is missing."""
+
 import os
 import subprocess
 import sys
@@ -39,8 +40,10 @@ def test_a_missing_checkpoint_says_where_it_looked_and_how_to_make_one(tmp_path,
 
 def test_evaluation_defaults_to_the_data_the_checkpoint_was_trained_on(tiny_checkpoint, tmp_path, monkeypatch):
     import torch
+
     monkeypatch.setenv("MOCOLAB_HOME", str(tmp_path))
     from mocolab import weights
+
     saved = torch.load(tiny_checkpoint, weights_only=True)["config"]
     assert find_checkpoint(tiny_checkpoint) == str(tiny_checkpoint)
     model = weights.load(tiny_checkpoint)
@@ -54,9 +57,24 @@ def test_02_started_in_notebooks_writes_into_the_project_folder(cifar10_root, tm
     """The kernel runs in notebooks/ (as in JupyterLab); the relative output_dir still lands in the project."""
     monkeypatch.setenv("MOCOLAB_HOME", str(tmp_path))
     papermill.execute_notebook(
-        str(NOTEBOOKS / "02_pretrain.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(NOTEBOOKS), progress_bar=False,
-        parameters=dict(dataset="imagefolder", data_root=str(cifar10_root), epochs=1, batch_size=16, K=64,
-                        lr=0.01, gpus=0, workers=0, train_subset=32, knn_bank_size=64, knn_test_size=32))
+        str(NOTEBOOKS / "02_pretrain.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        cwd=str(NOTEBOOKS),
+        progress_bar=False,
+        parameters=dict(
+            dataset="imagefolder",
+            data_root=str(cifar10_root),
+            epochs=1,
+            batch_size=16,
+            K=64,
+            lr=0.01,
+            gpus=0,
+            workers=0,
+            train_subset=32,
+            knn_bank_size=64,
+            knn_test_size=32,
+        ),
+    )
     assert (tmp_path / "runs" / "demo" / "checkpoint_last.pt").is_file()  # 02's default, 03/04's default checkpoint
     assert not (NOTEBOOKS / "runs").exists()
 
@@ -70,7 +88,7 @@ def test_every_notebook_starts_with_the_same_set_up_cell_and_the_same_data_defau
         for line in parameters.splitlines():  # papermill cannot parse a line whose comment holds "="
             assert "=" not in line.partition("#")[2], f"{path.name}: {line}"
         if path.name[:2] in ("03", "04"):
-            assert 'dataset = None' in parameters and 'checkpoint = "runs/demo/checkpoint_last.pt"' in parameters
+            assert "dataset = None" in parameters and 'checkpoint = "runs/demo/checkpoint_last.pt"' in parameters
     assert len(set(cells.values())) == 1 and "Set-up:" in cells["01_augmentations.ipynb"], cells.keys()
 
 
@@ -80,8 +98,12 @@ def bare_python(tmp_path) -> Path:
     target = tmp_path / "bare"
     venv.EnvBuilder(with_pip=False).create(target)
     python = target / "bin" / "python"
-    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     here = [p for p in sys.path if p.endswith("site-packages")]
     Path(purelib, "borrowed.pth").write_text("\n".join(here) + "\n")  # paths only: their .pth files do not run
     return python
@@ -114,6 +136,7 @@ def test_the_checkpoint_summary_counts_trained_epochs_not_the_epoch_0_row(tiny_c
     import torch
 
     from mocolab import weights
+
     state = torch.load(tiny_checkpoint, weights_only=True)
     state["history"] = [{"epoch": 0, "knn_top1": 10.0}, *state["history"]]  # a run with the random-network row
     torch.save(state, tmp_path / "checkpoint_last.pt")
@@ -124,9 +147,11 @@ def test_the_checkpoint_summary_counts_trained_epochs_not_the_epoch_0_row(tiny_c
 def test_a_presets_relative_data_root_lands_in_the_project_folder(tmp_path, monkeypatch):
     from mocolab import make_config
     from mocolab.notebook import in_project
+
     monkeypatch.setenv("MOCOLAB_HOME", str(tmp_path))
     cfg = make_config("cifar10_cpu", output_dir="runs/x")
     moved = in_project(cfg)
     assert (moved.data_root, moved.output_dir) == (str(tmp_path / "data"), str(tmp_path / "runs" / "x"))
-    assert {k: v for k, v in moved.to_dict().items() if k not in ("data_root", "output_dir")} == \
-        {k: v for k, v in cfg.to_dict().items() if k not in ("data_root", "output_dir")}
+    assert {k: v for k, v in moved.to_dict().items() if k not in ("data_root", "output_dir")} == {
+        k: v for k, v in cfg.to_dict().items() if k not in ("data_root", "output_dir")
+    }

@@ -1,4 +1,5 @@
 """The one lr-schedule helper: cosine per step and per epoch, steps, poly, and warm-up, against the formulas."""
+
 import math
 
 import numpy as np
@@ -13,7 +14,7 @@ def test_per_epoch_cosine_is_the_official_formula():
     assert len(lrs) == 40
     for epoch in range(10):  # main_moco.py: lr = base * 0.5 * (1 + cos(pi * epoch / epochs)), epochs from 0
         expected = 0.06 * 0.5 * (1 + math.cos(math.pi * epoch / 10))
-        assert np.allclose(lrs[epoch * 4:(epoch + 1) * 4], expected)
+        assert np.allclose(lrs[epoch * 4 : (epoch + 1) * 4], expected)
 
 
 def test_per_step_cosine_decreases_every_step_to_near_zero():

@@ -1,4 +1,5 @@
 """The whole evaluation from one checkpoint: results.json, tables, VOC layout, notebook 03."""
+
 import json
 from pathlib import Path
 
@@ -34,10 +35,21 @@ def small_voc(root):
 
 @pytest.mark.slow
 def test_evaluate_on_voc_layout_writes_results_and_reference_tables(checkpoint, cifar10_root, tmp_path):
-    results = evaluate(checkpoint=str(checkpoint), dataset="imagefolder", data_root=str(cifar10_root),
-                       voc_root=str(small_voc(tmp_path / "VOCdevkit")), benchmarks=("knn", "svm", "lowshot"),
-                       svm_layers=("feat5", "avgpool"), train_size=200, test_size=100, lowshot_ks=(1, 2),
-                       lowshot_samples=2, output_dir=str(tmp_path / "eval"), workers=0, progress=False)
+    results = evaluate(
+        checkpoint=str(checkpoint),
+        dataset="imagefolder",
+        data_root=str(cifar10_root),
+        voc_root=str(small_voc(tmp_path / "VOCdevkit")),
+        benchmarks=("knn", "svm", "lowshot"),
+        svm_layers=("feat5", "avgpool"),
+        train_size=200,
+        test_size=100,
+        lowshot_ks=(1, 2),
+        lowshot_samples=2,
+        output_dir=str(tmp_path / "eval"),
+        workers=0,
+        progress=False,
+    )
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
     svm = saved["svm"]
     assert saved["svm_data"] == "voc07" and set(svm["layers"]) == {"feat5", "avgpool"}
@@ -60,10 +72,20 @@ def test_evaluate_on_voc_layout_writes_results_and_reference_tables(checkpoint, 
 
 @pytest.mark.slow
 def test_evaluate_one_vs_rest_on_cifar10_with_linear_probes(checkpoint, cifar10_root, tmp_path):
-    results = evaluate(checkpoint=str(checkpoint), dataset="imagefolder", data_root=str(cifar10_root),
-                       benchmarks=("svm", "linear", "rankme"), svm_layers=("avgpool",), train_size=150,
-                       test_size=60, probe_epochs=1, probe_lr=0.01, output_dir=str(tmp_path), workers=0,
-                       progress=False)
+    results = evaluate(
+        checkpoint=str(checkpoint),
+        dataset="imagefolder",
+        data_root=str(cifar10_root),
+        benchmarks=("svm", "linear", "rankme"),
+        svm_layers=("avgpool",),
+        train_size=150,
+        test_size=60,
+        probe_epochs=1,
+        probe_lr=0.01,
+        output_dir=str(tmp_path),
+        workers=0,
+        progress=False,
+    )
     svm = results["svm"]["layers"]["avgpool"]
     assert results["svm_data"] == "imagefolder" and svm["ap"] and svm["mAP"] == pytest.approx(np.mean(svm["ap"]))
     linear = results["linear"]["protocols"]
@@ -97,10 +119,23 @@ def test_unknown_settings_are_named_before_any_work(tmp_path):
 @pytest.mark.slow
 def test_03_evaluate_runs_headless(checkpoint, cifar10_root, tmp_path):
     papermill.execute_notebook(
-        str(NOTEBOOKS / "03_evaluate.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path), progress_bar=False,
-        parameters=dict(checkpoint=str(checkpoint), data_root=str(cifar10_root), train_size=200, test_size=100,
-                        lowshot_ks="1,2", lowshot_samples=2, probe_epochs=1, probe_lr=0.01, workers=0,
-                        output_dir=str(tmp_path / "eval")))
+        str(NOTEBOOKS / "03_evaluate.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        cwd=str(tmp_path),
+        progress_bar=False,
+        parameters=dict(
+            checkpoint=str(checkpoint),
+            data_root=str(cifar10_root),
+            train_size=200,
+            test_size=100,
+            lowshot_ks="1,2",
+            lowshot_samples=2,
+            probe_epochs=1,
+            probe_lr=0.01,
+            workers=0,
+            output_dir=str(tmp_path / "eval"),
+        ),
+    )
     for model in ("moco", "random"):
         assert json.loads((tmp_path / "eval" / model / "results.json").read_text())["svm"]
     assert (tmp_path / "eval" / "low_shot.png").exists() and (tmp_path / "eval" / "svm_layers.png").exists()
@@ -115,23 +150,36 @@ def test_03_evaluate_runs_headless(checkpoint, cifar10_root, tmp_path):
 
 @pytest.mark.slow
 def test_a_failing_benchmark_is_recorded_the_others_saved_and_a_rerun_computes_only_what_is_missing(
-        checkpoint, tmp_path, monkeypatch):
+    checkpoint, tmp_path, monkeypatch
+):
     """Images of two sizes (the CIFAR probe recipe now resizes them), an SVM that fails: kNN and the probes
     are still saved; the rerun reuses them and computes the SVM alone."""
     import mocolab.evaluate.suite as suite
     from PIL import Image
 
     from conftest import write_image_folder
+
     root = write_image_folder(tmp_path / "data", per_class=12, size=32, splits=("train", "test"))
     for i in range(3):
         Image.new("RGB", (48, 40), (i * 60, 90, 30)).save(root / "train" / "dog" / f"big{i}.jpg")
         Image.new("RGB", (48, 40), (i * 60, 30, 90)).save(root / "test" / "cat" / f"big{i}.jpg")
-    settings = dict(checkpoint=str(checkpoint), dataset="imagefolder", data_root=str(root),
-                    benchmarks=("knn", "svm", "linear"), svm_layers=("avgpool",), probe_epochs=1, probe_lr=0.01,
-                    knn_ks=(10,), output_dir=str(tmp_path / "eval"), workers=0, progress=False)
+    settings = dict(
+        checkpoint=str(checkpoint),
+        dataset="imagefolder",
+        data_root=str(root),
+        benchmarks=("knn", "svm", "linear"),
+        svm_layers=("avgpool",),
+        probe_epochs=1,
+        probe_lr=0.01,
+        knn_ks=(10,),
+        output_dir=str(tmp_path / "eval"),
+        workers=0,
+        progress=False,
+    )
 
     def broken(*args, **kwargs):
         raise RuntimeError("the solver exploded")
+
     monkeypatch.setattr(suite, "svm_benchmark", broken)
     with pytest.warns(UserWarning, match="benchmark 'svm' failed \\(RuntimeError: the solver exploded\\)"):
         evaluate(**settings)

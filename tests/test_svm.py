@@ -1,5 +1,6 @@
 """SVM protocol: VOC AP on hand-made cases, the batched solver against scikit-learn's LinearSVC
 on real CIFAR-10 features, low-shot sampling."""
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +16,7 @@ from mocolab.evaluate.svm import COSTS, sample_costs, fit_svms, normalize_rows, 
 
 def test_costs_are_the_19_of_the_protocol():
     assert len(COSTS) == 19 and COSTS[:3] == (1.0, 10.0, 100.0)
-    assert COSTS[3] == 0.5 ** 4 and COSTS[-1] == 0.5 ** 19
+    assert COSTS[3] == 0.5**4 and COSTS[-1] == 0.5**19
 
 
 def test_voc_ap_hand_made_cases():
@@ -33,10 +34,11 @@ def test_voc_ap_hand_made_cases():
 
 def test_batched_solver_reaches_liblinears_optimum():
     from sklearn.svm import LinearSVC
+
     torch.manual_seed(0)
     x = normalize_rows(torch.randn(200, 16) + 0.5)
     y = torch.where(x[:, 0] + 0.2 * torch.randn(200, dtype=torch.float64) > 0.05, 1.0, -1.0)
-    costs = (0.5 ** 10, 1.0, 100.0)
+    costs = (0.5**10, 1.0, 100.0)
     w = fit_svms(x, y[:, None].repeat(1, 3), torch.stack([sample_costs(y, c) for c in costs], 1))
     for j, cost in enumerate(costs):
         ref = LinearSVC(C=cost, class_weight={1: 2, -1: 1}, dual=True, tol=1e-9, max_iter=200_000).fit(x, y)
@@ -101,6 +103,7 @@ def test_low_shot_protocol_reports_both_cost_choices(cifar_features):
 
 def test_row_space_reduction_solves_the_same_problem_when_dimensions_exceed_samples():
     from mocolab.evaluate.svm import _newton
+
     torch.manual_seed(1)
     x = normalize_rows(torch.randn(60, 300))
     y = torch.where(torch.randn(60) > 0, 1.0, -1.0).double()[:, None].repeat(1, 3)

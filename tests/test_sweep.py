@@ -1,5 +1,6 @@
 """Sweeps: variants validated before any run, finished runs skipped, interrupted ones resumed, failures recorded,
 N processes at a time, commands that reproduce a run, tidy results; the ablations' verdicts."""
+
 import csv
 import json
 import subprocess
@@ -13,8 +14,19 @@ from mocolab.sweep import Sweep, collect, run_sweeps
 
 
 def base(root, **kw):
-    return {"preset": "cifar10_cpu", "dataset": "imagefolder", "data_root": str(root), "train_subset": 128,
-            "batch_size": 64, "K": 128, "epochs": 1, "knn_bank_size": 128, "knn_test_size": 64, "knn_k": 20, **kw}
+    return {
+        "preset": "cifar10_cpu",
+        "dataset": "imagefolder",
+        "data_root": str(root),
+        "train_subset": 128,
+        "batch_size": 64,
+        "K": 128,
+        "epochs": 1,
+        "knn_bank_size": 128,
+        "knn_test_size": 64,
+        "knn_k": 20,
+        **kw,
+    }
 
 
 def test_bad_variants_fail_before_any_run(tmp_path, monkeypatch):
@@ -34,12 +46,19 @@ def test_bad_variants_fail_before_any_run(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_failing_variant_is_recorded_the_others_run_and_a_rerun_skips_what_is_done(cifar10_root, tmp_path,
-                                                                                     monkeypatch):
-    sweep = Sweep(tmp_path / "sweep", base(cifar10_root),
-                  {"m=0.9": {"m": 0.9}, "broken": {"data_root": str(tmp_path / "nowhere")}, "m=0.99": {"m": 0.99}})
-    with pytest.warns(UserWarning, match=r"variant 'broken' failed \(DatasetError: data_root .*nowhere does not "
-                                         r"exist"):
+def test_a_failing_variant_is_recorded_the_others_run_and_a_rerun_skips_what_is_done(
+    cifar10_root, tmp_path, monkeypatch
+):
+    sweep = Sweep(
+        tmp_path / "sweep",
+        base(cifar10_root),
+        {"m=0.9": {"m": 0.9}, "broken": {"data_root": str(tmp_path / "nowhere")}, "m=0.99": {"m": 0.99}},
+    )
+    with pytest.warns(
+        UserWarning,
+        match=r"variant 'broken' failed \(DatasetError: data_root .*nowhere does not "
+        r"exist",
+    ):
         rows = sweep.run(progress=False)
     states = {row["variant"]: row["state"] for row in rows}
     assert states == {"m=0.9": "done", "broken": "failed", "m=0.99": "done"}
@@ -91,36 +110,53 @@ def test_runs_in_parallel_processes_and_a_printed_command_reproduces_a_run(cifar
 
 
 @pytest.mark.slow
-def test_sweeps_train_a_shared_setting_once_and_refuse_a_folder_of_other_settings(cifar10_root, tmp_path,
-                                                                                  monkeypatch):
+def test_sweeps_train_a_shared_setting_once_and_refuse_a_folder_of_other_settings(cifar10_root, tmp_path, monkeypatch):
     first = Sweep(tmp_path / "first", base(cifar10_root), {"base": {}, "m=0.9": {"m": 0.9}})
     second = Sweep(tmp_path / "second", base(cifar10_root), {"T=0.1": {"T": 0.1}, "T=0.2": {"T": 0.2}})
     assert first.configs["base"].T == 0.1  # so "T=0.1" is the first sweep's "base" run
     trained = []
     real = Sweep._run_here
-    monkeypatch.setattr(Sweep, "_run_here", lambda self, name, progress: (trained.append(f"{self.folder.name}/{name}"),
-                                                                         real(self, name, progress)))
+    monkeypatch.setattr(
+        Sweep,
+        "_run_here",
+        lambda self, name, progress: (trained.append(f"{self.folder.name}/{name}"), real(self, name, progress)),
+    )
     results = run_sweeps({"first": first, "second": second}, progress=False)
     assert trained == ["first/base", "first/m=0.9", "second/T=0.2"]
     link = tmp_path / "second" / "T=0.1"
     assert link.is_symlink() and link.resolve() == (tmp_path / "first" / "base").resolve()
     assert not (tmp_path / "second" / "T=0.1").readlink().is_absolute()  # the sweeps' folder can move
-    shared = [{k: v for k, v in r.items() if k not in ("variant", "setting")} for r in results["second"]
-              if r["variant"] == "T=0.1"]
-    assert shared == [{k: v for k, v in r.items() if k not in ("variant", "setting")} for r in results["first"]
-                      if r["variant"] == "base"] and shared[-1]["state"] == "done"
+    shared = [
+        {k: v for k, v in r.items() if k not in ("variant", "setting")}
+        for r in results["second"]
+        if r["variant"] == "T=0.1"
+    ]
+    assert (
+        shared
+        == [
+            {k: v for k, v in r.items() if k not in ("variant", "setting")}
+            for r in results["first"]
+            if r["variant"] == "base"
+        ]
+        and shared[-1]["state"] == "done"
+    )
     assert [c for c in second.commands() if "T=0.1" in c] == []  # a job array trains it once too
     assert run_sweeps({"first": first, "second": second}, progress=False) == results and len(trained) == 3
 
     # The base changed (T=0.2 for every run) but the folders hold T=0.1 runs: refused before anything runs.
     monkeypatch.setattr(Sweep, "_run_here", lambda *a: pytest.fail("a run started"))
     changed = Sweep(tmp_path / "first", base(cifar10_root, T=0.2), {"base": {}, "m=0.9": {"m": 0.9}})
-    with pytest.raises(ConfigError, match=r"first/base holds a run of other settings than variant 'base' \(T: 0.1 "
-                                          r"there, 0.2 now\)\. Delete that folder"):
+    with pytest.raises(
+        ConfigError,
+        match=r"first/base holds a run of other settings than variant 'base' \(T: 0.1 "
+        r"there, 0.2 now\)\. Delete that folder",
+    ):
         changed.run(progress=False)
     with pytest.raises(ConfigError, match="holds a run of other settings"):
-        run_sweeps({"other": Sweep(tmp_path / "other", base(cifar10_root, T=0.2), {"new": {"m": 0.5}}),
-                    "first": changed}, progress=False)
+        run_sweeps(
+            {"other": Sweep(tmp_path / "other", base(cifar10_root, T=0.2), {"new": {"m": 0.5}}), "first": changed},
+            progress=False,
+        )
     assert not (tmp_path / "other" / "new").exists()
 
 
@@ -128,28 +164,46 @@ def test_sweeps_train_a_shared_setting_once_and_refuse_a_folder_of_other_setting
 def test_parallel_sweeps_share_one_pool_of_processes(cifar10_root, tmp_path, capsys):
     """Two sweeps of one variant each with parallel=2: both runs start at once (a pool per sweep would run them
     one after the other, and 8 GPUs would idle on sweeps of 2-4 variants)."""
-    sweeps = {"a": Sweep(tmp_path / "a", base(cifar10_root), {"m=0.9": {"m": 0.9}}),
-              "b": Sweep(tmp_path / "b", base(cifar10_root), {"mlp": {"head": "mlp"}})}
+    sweeps = {
+        "a": Sweep(tmp_path / "a", base(cifar10_root), {"m=0.9": {"m": 0.9}}),
+        "b": Sweep(tmp_path / "b", base(cifar10_root), {"mlp": {"head": "mlp"}}),
+    }
     results = run_sweeps(sweeps, parallel=2)
     assert {name: [(r["variant"], r["state"], r["epoch"]) for r in rows] for name, rows in results.items()} == {
-        "a": [("m=0.9", "done", 0), ("m=0.9", "done", 1)], "b": [("mlp", "done", 0), ("mlp", "done", 1)]}
+        "a": [("m=0.9", "done", 0), ("m=0.9", "done", 1)],
+        "b": [("mlp", "done", 0), ("mlp", "done", 1)],
+    }
     lines = capsys.readouterr().out.splitlines()
     events = [line.split(" in ")[0] for line in lines if line.startswith(("a/", "b/"))]
-    assert events[:2] == ["a/m=0.9: started", "b/mlp: started"] and sorted(events[2:]) == ["a/m=0.9: done",
-                                                                                          "b/mlp: done"]
+    assert events[:2] == ["a/m=0.9: started", "b/mlp: started"] and sorted(events[2:]) == [
+        "a/m=0.9: done",
+        "b/mlp: done",
+    ]
 
 
 def test_the_smallest_queue_is_one_batch_since_k_must_be_a_multiple_of_it(tmp_path):
-    assert list(sweep_for("queue", tmp_path, {"preset": "cifar10_cpu"}).configs) == ["K=256", "K=1024", "K=4096",
-                                                                                   "K=16384"]
+    assert list(sweep_for("queue", tmp_path, {"preset": "cifar10_cpu"}).configs) == [
+        "K=256",
+        "K=1024",
+        "K=4096",
+        "K=16384",
+    ]
     demo = sweep_for("queue", tmp_path, {"preset": "cifar10_demo"})  # batch 512: K=256 would be refused
     assert [(name, cfg.K, cfg.batch_size) for name, cfg in demo.configs.items()] == [
-        ("K=512", 512, 512), ("K=1024", 1024, 512), ("K=4096", 4096, 512), ("K=16384", 16384, 512)]
+        ("K=512", 512, 512),
+        ("K=1024", 1024, 512),
+        ("K=4096", 4096, 512),
+        ("K=16384", 16384, 512),
+    ]
     assert list(sweep_for("queue", tmp_path, {"preset": "cifar10_demo", "batch_size": 2048}).configs) == [
-        "K=2048", "K=4096", "K=16384"]
+        "K=2048",
+        "K=4096",
+        "K=16384",
+    ]
 
     def rows(knn):
         return [{"variant": v, "state": "done", "epoch": 3, "knn_top1": value} for v, value in knn.items()]
+
     assert verdict("queue", rows({"K=512": 30.0, "K=1024": 31.0, "K=4096": 33.0, "K=16384": 32.0}))[1] == "holds"
     assert verdict("queue", rows({"K=256": 35.0, "K=4096": 32.0, "K=16384": 31.0}))[1] == "does not hold here"
     assert verdict("queue", rows({"K=4096": 32.0, "K=16384": 31.0}))[1].startswith("cannot tell")
@@ -158,10 +212,13 @@ def test_the_smallest_queue_is_one_batch_since_k_must_be_a_multiple_of_it(tmp_pa
 def test_verdicts_read_the_claims_direction_and_say_when_they_cannot():
     def rows(knn, state="done"):
         return [{"variant": v, "state": state, "epoch": 3, "knn_top1": value} for v, value in knn.items()]
+
     assert verdict("momentum", rows({"m=0": 20.0, "m=0.9": 30.0, "m=0.99": 35.0, "m=0.999": 33.0}))[1] == "holds"
     assert verdict("shuffle_bn", rows({"shuffle BN": 30.0, "no shuffle": 31.0}))[1] == "does not hold here"
-    assert verdict("shuffle_bn", rows({"shuffle BN": 30.0}))[1] == "cannot tell: the claim compares 'no shuffle', " \
-                                                                     "which was not run"
+    assert (
+        verdict("shuffle_bn", rows({"shuffle BN": 30.0}))[1] == "cannot tell: the claim compares 'no shuffle', "
+        "which was not run"
+    )
     assert verdict("head", rows({"linear head": 1.0, "MLP head": None}, "failed"))[1].startswith("cannot tell")
     table = claims_table({"momentum": rows({"m=0": 20.0, "m=0.9": 30.0, "m=0.99": 35.0, "m=0.999": 33.0})})
     assert "| momentum |" in table and "59.0" in table and "m=0 20.0" in table and "**holds**" in table
@@ -172,16 +229,29 @@ def test_the_lab_plans_every_sweep_before_any_run_and_refuses_bad_parameters(cif
     """Notebook 06's parameters as a LabConfig: a wrong name fails there; the plan counts the shared run once,
     and the commands executor writes one command per run without training."""
     from mocolab.ablation_lab import AblationLab, LabConfig
-    lab = AblationLab(LabConfig(ablations_to_run="momentum,shuffle_bn", variants={"momentum": ["m=0", "m=0.99"]},
-                                preset="cifar10_cpu", epochs=1, train_subset=128, dataset="imagefolder",
-                                data_root=str(cifar10_root), executor="commands", output_dir=str(tmp_path / "lab")))
+
+    lab = AblationLab(
+        LabConfig(
+            ablations_to_run="momentum,shuffle_bn",
+            variants={"momentum": ["m=0", "m=0.99"]},
+            preset="cifar10_cpu",
+            epochs=1,
+            train_subset=128,
+            dataset="imagefolder",
+            data_root=str(cifar10_root),
+            executor="commands",
+            output_dir=str(tmp_path / "lab"),
+        )
+    )
     assert lab.summary().endswith("2 ablations, 4 variants, 3 runs to train, executor 'commands'")
     assert lab.base["train_subset"] == 128 and lab.base["knn_feature"] == "avgpool" and lab.parallel == 1
     assert list(lab.run()) == ["momentum", "shuffle_bn"]
     commands = (tmp_path / "lab" / "commands.sh").read_text().splitlines()
     assert len(commands) == 3 and not list((tmp_path / "lab").rglob("checkpoint_last.pt"))  # nothing trained
-    for bad, message in ((dict(ablations_to_run="momentum,nope"), "ablations_to_run\\[1\\]='nope' is not one of"),
-                         (dict(ablations_to_run="momentum", variants={"queue": ["K=256"]}), "not in ablations_to_run"),
-                         (dict(executor="slurm"), "executor='slurm'")):
+    for bad, message in (
+        (dict(ablations_to_run="momentum,nope"), "ablations_to_run\\[1\\]='nope' is not one of"),
+        (dict(ablations_to_run="momentum", variants={"queue": ["K=256"]}), "not in ablations_to_run"),
+        (dict(executor="slurm"), "executor='slurm'"),
+    ):
         with pytest.raises(ConfigError, match=message):
             LabConfig(**bad)

@@ -1,4 +1,5 @@
 """Training runs: checkpoint round trip, resume, bad input before any work, output files."""
+
 import csv
 import dataclasses
 import inspect
@@ -15,10 +16,19 @@ from mocolab.data import DatasetError, knn_sets
 from mocolab.device import resolve_device, resolve_precision
 from mocolab.train import _restore, build_trainer, knn_monitor
 
+
 def tiny(cifar10_root, tmp_path, **kw):
     """The tiny preset (CIFAR-10 images at 16 px, ResNet-18, batch 16, K 64) on the CPU, in tmp_path/run."""
-    return make_config("tiny", **{"dataset": "imagefolder", "gpus": 0, "data_root": str(cifar10_root),
-                                  "output_dir": str(tmp_path / "run"), **kw})
+    return make_config(
+        "tiny",
+        **{
+            "dataset": "imagefolder",
+            "gpus": 0,
+            "data_root": str(cifar10_root),
+            "output_dir": str(tmp_path / "run"),
+            **kw,
+        },
+    )
 
 
 @pytest.mark.slow
@@ -26,8 +36,15 @@ def test_run_writes_config_metrics_and_checkpoints(cifar10_root, tmp_path):
     cfg = tiny(cifar10_root, tmp_path, checkpoint_every=1)
     run = pretrain(cfg, progress=False)
     out = tmp_path / "run"
-    assert {"config.json", "metrics.csv", "steps.csv", "checkpoint_last.pt", "checkpoint_0001.pt",
-            "checkpoint_0002.pt", "tb"} <= {p.name for p in out.iterdir()}
+    assert {
+        "config.json",
+        "metrics.csv",
+        "steps.csv",
+        "checkpoint_last.pt",
+        "checkpoint_0001.pt",
+        "checkpoint_0002.pt",
+        "tb",
+    } <= {p.name for p in out.iterdir()}
     assert not list(out.glob("*.tmp"))
     meta = json.loads((out / "config.json").read_text())
     assert meta["config"] == cfg.to_dict() and meta["steps_per_epoch"] == 4
@@ -41,8 +58,9 @@ def test_run_writes_config_metrics_and_checkpoints(cifar10_root, tmp_path):
     assert float(rows[2]["knn_top1"]) == pytest.approx(expected, abs=1e-4)
     torch.manual_seed(cfg.seed)  # the run's initial weights
     untrained = build_trainer(cfg, torch.device("cpu"), world=1, num_steps=4).model
-    assert float(rows[0]["knn_top1"]) == pytest.approx(knn_monitor(untrained.encoder_q, monitor, cfg, "cpu",
-                                                                   progress=False), abs=1e-4)
+    assert float(rows[0]["knn_top1"]) == pytest.approx(
+        knn_monitor(untrained.encoder_q, monitor, cfg, "cpu", progress=False), abs=1e-4
+    )
     assert float(rows[2]["loss"]) == pytest.approx(run.history[2]["loss"]) and float(rows[2]["lr"]) == 0.005
     assert (out / "log.txt").read_text().startswith(f"epoch 0/2  kNN {float(rows[0]['knn_top1']):.2f}% (the random")
     state = load_checkpoint(out / "checkpoint_last.pt")
@@ -88,6 +106,7 @@ def test_resume_after_a_crash_continues_exactly_like_an_uninterrupted_run(cifar1
         if inspect.signature(real_epoch).bind(*args, **kwargs).arguments["epoch"] == 2:
             raise KeyboardInterrupt("simulated crash")
         return real_epoch(*args, **kwargs)
+
     monkeypatch.setattr(mocolab.train, "train_one_epoch", crash_in_third_epoch)
     with pytest.raises(KeyboardInterrupt):
         pretrain(tiny(cifar10_root, tmp_path / "b", epochs=3), progress=False)
@@ -106,12 +125,14 @@ def test_stop_after_runs_the_first_epochs_of_the_longer_schedule_and_resume_goes
     """stop_after=1 of epochs=3: epoch 1 at the 3-epoch schedule's lr (per-step cosine, so a 1-epoch schedule
     would differ within the epoch), with its kNN; resumed to the end, the run equals an uninterrupted one."""
     straight = pretrain(tiny(cifar10_root, tmp_path / "a", epochs=3, lr_schedule="cosine_step"), progress=False)
-    first = pretrain(tiny(cifar10_root, tmp_path / "b", epochs=3, lr_schedule="cosine_step", stop_after=1),
-                     progress=False)
+    first = pretrain(
+        tiny(cifar10_root, tmp_path / "b", epochs=3, lr_schedule="cosine_step", stop_after=1), progress=False
+    )
     assert [r["epoch"] for r in first.history] == [0, 1] and first.history[1]["knn_top1"] is not None
-    assert [r["lr"] for r in first.steps] == [r["lr"] for r in straight.steps[:len(first.steps)]]
-    resumed = pretrain(tiny(cifar10_root, tmp_path / "b", epochs=3, lr_schedule="cosine_step", resume=True),
-                       progress=False)
+    assert [r["lr"] for r in first.steps] == [r["lr"] for r in straight.steps[: len(first.steps)]]
+    resumed = pretrain(
+        tiny(cifar10_root, tmp_path / "b", epochs=3, lr_schedule="cosine_step", resume=True), progress=False
+    )
     assert [r["loss"] for r in resumed.steps] == [r["loss"] for r in straight.steps]
 
 
@@ -119,6 +140,7 @@ def test_a_run_is_checked_once_and_reads_its_checkpoint_once(cifar10_root, tmp_p
     """preflight's result (notebook 02 checks in its config cell) goes on to the run; checks that no longer
     hold (a cell run again after the run finished) are made again."""
     import mocolab.checkpoint
+
     reads, read = [], mocolab.checkpoint.read
     monkeypatch.setattr(mocolab.checkpoint, "read", lambda path: reads.append(path.name) or read(path))
     cfg = tiny(cifar10_root, tmp_path, knn_every=0, stop_after=1)
@@ -140,6 +162,7 @@ def test_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path, monkey
     def crash(obj, f):
         f.write(b"partial")
         raise KeyboardInterrupt
+
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
         atomic_save({"epoch": 2}, path)
@@ -164,6 +187,7 @@ def test_resume_with_another_architecture_names_the_difference(cifar10_root, tmp
 def test_a_checkpoint_of_another_version_is_named(cifar10_root, tmp_path):
     """A config key this version does not know, or a checkpoint without its kind: named, not guessed at."""
     from mocolab import load_run
+
     cfg = tiny(cifar10_root, tmp_path, epochs=1, knn_every=0)
     pretrain(cfg, progress=False)
     path = tmp_path / "run" / "checkpoint_last.pt"
@@ -185,8 +209,13 @@ def test_corrupt_checkpoint_is_reported(tmp_path):
 
 
 def test_missing_data_fails_before_any_output(tmp_path):
-    cfg = make_config("cifar10_demo", dataset="imagefolder", data_root=str(tmp_path / "none"), gpus=0,
-                      output_dir=str(tmp_path / "run"))
+    cfg = make_config(
+        "cifar10_demo",
+        dataset="imagefolder",
+        data_root=str(tmp_path / "none"),
+        gpus=0,
+        output_dir=str(tmp_path / "run"),
+    )
     with pytest.raises(DatasetError, match="does not exist"):
         pretrain(cfg, progress=False)
     assert not (tmp_path / "run").exists()
@@ -194,8 +223,15 @@ def test_missing_data_fails_before_any_output(tmp_path):
 
 def test_dataset_smaller_than_a_batch(tmp_path):
     write_image_folder(tmp_path / "d", per_class=2)
-    cfg = make_config("cifar10_demo", dataset="imagefolder", data_root=str(tmp_path / "d"), gpus=0,
-                      batch_size=8, K=64, output_dir=str(tmp_path / "run"))
+    cfg = make_config(
+        "cifar10_demo",
+        dataset="imagefolder",
+        data_root=str(tmp_path / "d"),
+        gpus=0,
+        batch_size=8,
+        K=64,
+        output_dir=str(tmp_path / "run"),
+    )
     with pytest.raises(DatasetError, match="the dataset has 4 images, fewer than one batch of 8"):
         pretrain(cfg, progress=False)
 
@@ -217,8 +253,21 @@ def test_short_run_on_real_cifar10_learns(cifar10_root, tmp_path):
     instance discrimination improves: 1,024 CIFAR-10 images, ResNet-18 at 32 px, 6 epochs,
     with torchvision's pipeline in loader workers. The device path learns in the next test (it is the
     cifar10_cpu recipe's), and its views are tied to these by the replay test in test_batched_augment.py."""
-    cfg = tiny(cifar10_root, tmp_path, image_size=32, batch_size=64, K=512, bn_splits=8, train_subset=1024,
-               lr=0.0075, epochs=6, knn_every=0, workers=2, log_every=4, data_path="cpu")
+    cfg = tiny(
+        cifar10_root,
+        tmp_path,
+        image_size=32,
+        batch_size=64,
+        K=512,
+        bn_splits=8,
+        train_subset=1024,
+        lr=0.0075,
+        epochs=6,
+        knn_every=0,
+        workers=2,
+        log_every=4,
+        data_path="cpu",
+    )
     run = pretrain(cfg, progress=False)
     loss = [r["loss"] for r in run.history]
     acc = [r["acc"] for r in run.history]
@@ -233,8 +282,15 @@ def test_the_cpu_recipe_learns_a_representation_above_the_random_network(cifar10
     """Representation learning, not only the pretext loss: a short run of the cifar10_cpu recipe on real
     CIFAR-10 images ends with kNN top-1 (pooled backbone, 5,000-image bank, 2,000 test images) clearly above
     the same network's before its first step (epoch 0: the same bank and test set)."""
-    cfg = make_config("cifar10_cpu", dataset="imagefolder", data_root=str(cifar10_root), gpus=0, train_subset=16384,
-                      epochs=2, output_dir=str(tmp_path / "run"))
+    cfg = make_config(
+        "cifar10_cpu",
+        dataset="imagefolder",
+        data_root=str(cifar10_root),
+        gpus=0,
+        train_subset=16384,
+        epochs=2,
+        output_dir=str(tmp_path / "run"),
+    )
     run = pretrain(cfg, progress=False)
     knn = [r["knn_top1"] for r in run.history]
     assert [r["epoch"] for r in run.history] == [0, 1, 2]
@@ -246,17 +302,20 @@ def test_the_cpu_recipe_learns_a_representation_above_the_random_network(cifar10
 @pytest.fixture(scope="module")
 def straight_two_epochs(cifar10_root, tmp_path_factory):
     """The uninterrupted run that each crash below is compared with (deterministic: trained once)."""
-    return pretrain(tiny(cifar10_root, tmp_path_factory.mktemp("straight"), epochs=2, checkpoint_every=2),
-                    progress=False)
+    return pretrain(
+        tiny(cifar10_root, tmp_path_factory.mktemp("straight"), epochs=2, checkpoint_every=2), progress=False
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("crash_at", ["checkpoint_0002.pt", "metrics.csv", "log line"])
-def test_a_crash_between_the_epoch_end_writes_is_repaired_on_resume(cifar10_root, tmp_path, monkeypatch, crash_at,
-                                                                     straight_two_epochs):
+def test_a_crash_between_the_epoch_end_writes_is_repaired_on_resume(
+    cifar10_root, tmp_path, monkeypatch, crash_at, straight_two_epochs
+):
     """end_of_epoch writes checkpoint_last.pt, the kept checkpoint, the CSVs, then the log line; a crash after
     checkpoint_last.pt at any later point must leave, after resume, a folder that agrees with the checkpoint."""
     from mocolab.job import RunFolder
+
     straight = straight_two_epochs
     real_save, real_csv, real_log = RunFolder.save, RunFolder.write_csv, RunFolder.log
 
@@ -274,6 +333,7 @@ def test_a_crash_between_the_epoch_end_writes_is_repaired_on_resume(cifar10_root
         if crash_at == "log line" and line.startswith("epoch 2/"):
             raise KeyboardInterrupt("killed before the log line")
         return real_log(self, line)
+
     monkeypatch.setattr(RunFolder, "save", save)
     monkeypatch.setattr(RunFolder, "write_csv", write_csv)
     monkeypatch.setattr(RunFolder, "log", log)
@@ -282,25 +342,36 @@ def test_a_crash_between_the_epoch_end_writes_is_repaired_on_resume(cifar10_root
     monkeypatch.undo()
     out = tmp_path / "b" / "run"
     (out / "checkpoint_last.pt.tmp").write_bytes(b"half a checkpoint")  # as a kill during a save leaves it
-    resumed = pretrain(tiny(cifar10_root, tmp_path / "b", epochs=2, checkpoint_every=2, resume=True),
-                       progress=False)
+    resumed = pretrain(tiny(cifar10_root, tmp_path / "b", epochs=2, checkpoint_every=2, resume=True), progress=False)
     assert not list(out.glob("*.tmp"))
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     assert [float(r["loss"]) for r in rows[1:]] == pytest.approx([r["loss"] for r in straight.history[1:]])
     assert len(list(csv.DictReader(open(out / "steps.csv")))) == len(straight.steps)
     log = (out / "log.txt").read_text()
-    assert [line.split("/")[0] for line in log.splitlines() if line.startswith("epoch ")] == \
-        ["epoch 0", "epoch 1", "epoch 2"]  # each epoch once
+    assert [line.split("/")[0] for line in log.splitlines() if line.startswith("epoch ")] == [
+        "epoch 0",
+        "epoch 1",
+        "epoch 2",
+    ]  # each epoch once
     kept = load_checkpoint(out / "checkpoint_0002.pt")
     assert kept["epoch"] == 2 and all(torch.equal(v, resumed.model.state_dict()[k]) for k, v in kept["model"].items())
 
 
 def test_a_single_class_and_a_bank_smaller_than_k_each_get_one_clear_warning(tmp_path):
     from mocolab.data import warn_if_uninformative
+
     root = write_image_folder(tmp_path / "data", classes=("only",), per_class=20, size=16, splits=("train", "test"))
-    cfg = make_config("cifar10_demo", dataset="imagefolder", data_root=str(root), gpus=0, image_size=16,
-                      knn_bank_size=8, knn_test_size=4, workers=0)
+    cfg = make_config(
+        "cifar10_demo",
+        dataset="imagefolder",
+        data_root=str(root),
+        gpus=0,
+        image_size=16,
+        knn_bank_size=8,
+        knn_test_size=4,
+        workers=0,
+    )
     with pytest.warns(UserWarning) as caught:
         knn_sets(cfg, torch.device("cpu"))
     messages = [str(w.message) for w in caught]
@@ -308,6 +379,7 @@ def test_a_single_class_and_a_bank_smaller_than_k_each_get_one_clear_warning(tmp
     assert "has 1 class: every kNN or SVM accuracy on it is 100% by construction" in messages[0]
     assert "the kNN bank holds 8 images, fewer than k=200" in messages[1] and "raise knn_bank_size" in messages[1]
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_if_uninformative(10, 5000, 200, "cifar10")  # an informative set: silent
@@ -318,11 +390,16 @@ def test_a_file_of_another_kind_is_named_as_such(tmp_path):
     import torchvision
 
     from mocolab.checkpoint import load_pretraining
+
     files = {
-        "finetune.pt": ({"kind": "fine-tuning", "model": {}, "config": {"task": "voc_detection"}},
-                        "a mocolab fine-tuning checkpoint (task voc_detection)"),
-        "resnet.pth": (torchvision.models.resnet18().state_dict(),
-                       "a bare state dict of 122 tensors (weights only, such as torchvision's model.state_dict())"),
+        "finetune.pt": (
+            {"kind": "fine-tuning", "model": {}, "config": {"task": "voc_detection"}},
+            "a mocolab fine-tuning checkpoint (task voc_detection)",
+        ),
+        "resnet.pth": (
+            torchvision.models.resnet18().state_dict(),
+            "a bare state dict of 122 tensors (weights only, such as torchvision's model.state_dict())",
+        ),
         "no_config.pt": ({"model": {}, "epoch": 3}, "not a mocolab checkpoint (a dict with keys epoch, model)"),
         "list.pt": ([1, 2, 3], "not a mocolab checkpoint (a list)"),
     }
@@ -336,8 +413,13 @@ def test_a_file_of_another_kind_is_named_as_such(tmp_path):
 
 def test_an_output_dir_that_cannot_be_created_is_named_before_the_data_is_read(tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
-    cfg = make_config("cifar10_demo", dataset="imagefolder", data_root=str(tmp_path / "no_data_here"), gpus=0,
-                      output_dir=str(tmp_path / "a_file" / "run"))
+    cfg = make_config(
+        "cifar10_demo",
+        dataset="imagefolder",
+        data_root=str(tmp_path / "no_data_here"),
+        gpus=0,
+        output_dir=str(tmp_path / "a_file" / "run"),
+    )
     with pytest.raises(ConfigError, match=r"output_dir .*a_file/run cannot be created: .*a_file is a file, not a"):
         pretrain(cfg, progress=False)  # not the DatasetError of the missing data: the folder is checked first
 
@@ -345,15 +427,19 @@ def test_an_output_dir_that_cannot_be_created_is_named_before_the_data_is_read(t
 def test_a_nan_loss_says_what_to_change_for_this_run_and_whether_a_checkpoint_exists(cifar10_root, tmp_path):
     """On an fp32 CPU run the message does not suggest fp32; before the first epoch ends it cites no checkpoint."""
     from mocolab.train import _log_step
+
     trainer = build_trainer(tiny(cifar10_root, tmp_path), torch.device("cpu"), world=1, num_steps=4)
     stats = torch.tensor([float("nan"), 0.0, 0.0, 0.0])
     with pytest.raises(FloatingPointError) as early:
         _log_step(trainer, stats, step=2, epoch=0.75, writer=None)
-    assert str(early.value) == ("loss is nan at step 3: lower lr; no epoch has finished yet, so there is no "
-                                "checkpoint to go back to")
+    assert str(early.value) == (
+        "loss is nan at step 3: lower lr; no epoch has finished yet, so there is no checkpoint to go back to"
+    )
     trainer.autocast_dtype = torch.bfloat16
     with pytest.raises(FloatingPointError) as later:
         _log_step(trainer, stats, step=9, epoch=2.5, writer=None)
-    assert str(later.value) == ("loss is nan at step 10: lower lr, or use precision='fp32' (this run computes in "
-                                "torch.bfloat16); checkpoint_last.pt holds the last finished epoch (2): "
-                                "resume=True continues from it")
+    assert str(later.value) == (
+        "loss is nan at step 10: lower lr, or use precision='fp32' (this run computes in "
+        "torch.bfloat16); checkpoint_last.pt holds the last finished epoch (2): "
+        "resume=True continues from it"
+    )

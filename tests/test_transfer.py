@@ -1,4 +1,5 @@
 """Transfer on tiny datasets written in the real on-disk formats: layouts, bad input, weights, a few iterations."""
+
 import numpy as np
 import pytest
 import torch
@@ -28,9 +29,11 @@ def write_voc_detection(root, n=6, year="2007", names=("dog", "cat")):
             objects.append((names[(i + 1) % len(names)], (80, 40, 120, 90), 1 if i == 1 else 0))
         xml = ["<annotation>"]
         for name, (x1, y1, x2, y2), difficult in objects:
-            pixels[y1 - 1:y2, x1 - 1:x2] = (220, 40, 40) if name == names[0] else (40, 40, 220)
-            xml.append(f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x1}</xmin>"
-                       f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>")
+            pixels[y1 - 1 : y2, x1 - 1 : x2] = (220, 40, 40) if name == names[0] else (40, 40, 220)
+            xml.append(
+                f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x1}</xmin>"
+                f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+            )
         xml.append("</annotation>")
         (base / "Annotations" / f"{image_id}.xml").write_text("".join(xml))
         Image.fromarray(pixels).save(base / "JPEGImages" / f"{image_id}.jpg", quality=95)
@@ -46,7 +49,7 @@ def write_voc_segmentation(root, n=4):
     ids = [f"2012_{i:06d}" for i in range(n)]
     for i, image_id in enumerate(ids):
         mask = np.zeros((64, 80), np.uint8)
-        mask[10:40, 10 + 5 * i:50 + 5 * i] = 1 + i % 2
+        mask[10:40, 10 + 5 * i : 50 + 5 * i] = 1 + i % 2
         mask[40:42, :] = 255  # an ignored border band, as VOC draws object outlines
         m = mask.astype(np.int64)
         pixels = np.stack([(m == 1) * 200, (m == 2) * 200, np.full_like(m, 60)], -1).astype(np.uint8)
@@ -65,6 +68,7 @@ def write_voc_segmentation(root, n=4):
 # ----------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------
+
 
 def test_voc_detection_reads_xml_with_detectron2s_box_convention(tmp_path):
     root = write_voc_detection(tmp_path, n=4)
@@ -107,8 +111,10 @@ def test_voc_segmentation_joins_sbd_and_keeps_the_ignore_label(tmp_path):
 # Models and weights
 # ----------------------------------------------------------------------------
 
+
 def resnet50_weights(seed=0):
     import torchvision
+
     torch.manual_seed(seed)
     state = torchvision.models.resnet50().state_dict()
     return {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -139,7 +145,7 @@ def test_schedules_follow_the_presets():
     assert lrs[22_000] == pytest.approx(0.0002)
     seg = finetune.PRESETS["voc_seg_20k"]
     lrs = seg.lrs()
-    assert lrs[10_000] == pytest.approx((0.01 - 1e-4) * 0.5 ** 0.9 + 1e-4) and seg.weight_decay == 5e-4
+    assert lrs[10_000] == pytest.approx((0.01 - 1e-4) * 0.5**0.9 + 1e-4) and seg.weight_decay == 5e-4
     assert lrs[-1] == pytest.approx((0.01 - 1e-4) * (1 / 20_000) ** 0.9 + 1e-4)  # towards MMSegmentation's floor
 
 
@@ -147,16 +153,32 @@ def test_schedules_follow_the_presets():
 # A few iterations, and the evaluations end to end
 # ----------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_a_few_detection_iterations_lower_the_loss(tmp_path):
     root = write_voc_detection(tmp_path, n=4)
     ds = VOCDetection(root, sets=(("2007", "trainval"),))
     torch.manual_seed(0)
     # Fewer proposals and sampled RoIs than the recipe's 2000 / 512: res5 runs on every RoI, slow on a CPU.
-    model = faster_rcnn_c4(num_classes=21, backbone=resnet50_weights(), min_size=96, max_size=128,
-                           rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100, box_batch_size_per_image=32)
-    rows = finetune.train(model, finetune.detection_step, ds, finetune.Schedule(8, 2, 0.002, warmup=2),
-                          log_every=1, workers=0, collate_fn=finetune.collate_detection, progress=lambda _: None)
+    model = faster_rcnn_c4(
+        num_classes=21,
+        backbone=resnet50_weights(),
+        min_size=96,
+        max_size=128,
+        rpn_pre_nms_top_n_train=200,
+        rpn_post_nms_top_n_train=100,
+        box_batch_size_per_image=32,
+    )
+    rows = finetune.train(
+        model,
+        finetune.detection_step,
+        ds,
+        finetune.Schedule(8, 2, 0.002, warmup=2),
+        log_every=1,
+        workers=0,
+        collate_fn=finetune.collate_detection,
+        progress=lambda _: None,
+    )
     loss = [r["loss"] for r in rows]  # e.g. 4.3 4.5 2.0 1.5 1.7 3.3 3.1 2.5: noisy at batch 2, but falling
     assert len(loss) == 8 and np.mean(loss[-3:]) < np.mean(loss[:2]) - 0.5, loss
 
@@ -181,9 +203,15 @@ def test_a_few_segmentation_iterations_lower_the_loss_and_miou_is_computed(tmp_p
     train = VOCSegmentation(root, "train", augmented=True, crop=64, scale=(0.75, 1.25), flip=True)
     torch.manual_seed(0)
     model = fcn_r50_d8(backbone=resnet50_weights())
-    rows = finetune.train(model, finetune.segmentation_step, train,
-                          finetune.Schedule(6, 4, 0.01, poly_power=0.9, weight_decay=5e-4), log_every=1, workers=0,
-                          progress=lambda _: None)
+    rows = finetune.train(
+        model,
+        finetune.segmentation_step,
+        train,
+        finetune.Schedule(6, 4, 0.01, poly_power=0.9, weight_decay=5e-4),
+        log_every=1,
+        workers=0,
+        progress=lambda _: None,
+    )
     assert rows[-1]["loss"] < rows[0]["loss"]
     val = VOCSegmentation(root, "val")
     m = finetune.evaluate_segmentation(model, val)
@@ -210,6 +238,7 @@ def test_05_transfer_runs_headless(task, tmp_path):
 
     from test_export import save_checkpoint
     from test_notebooks import NOTEBOOKS
+
     root = write_voc_segmentation(write_voc_detection(tmp_path / "VOCdevkit", n=4))
     (root / "VOC2007" / "ImageSets" / "Main" / "trainval.txt").write_text("000000\n000001\n000002\n000003\n")
     checkpoint = tmp_path / "checkpoint_last.pt"
@@ -217,20 +246,42 @@ def test_05_transfer_runs_headless(task, tmp_path):
     processes = 2 if task == "voc_segmentation" else 1
     out = tmp_path / "run"
     papermill.execute_notebook(
-        str(NOTEBOOKS / "05_transfer.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(tmp_path), progress_bar=False,
-        parameters=dict(data="real", init="moco", checkpoint=str(checkpoint), task=task, voc_root=str(root),
-                        train_sets="2007/trainval",
-                        coco_root=str(write_coco(tmp_path / "coco")), lr=0.0005 if task == "coco" else None,
-                        preset="tiny", iterations=4, crop=64, gpus=0, processes=processes,
-                        sync_bn=processes == 1, workers=0, output_dir=str(out)))
+        str(NOTEBOOKS / "05_transfer.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        cwd=str(tmp_path),
+        progress_bar=False,
+        parameters=dict(
+            data="real",
+            init="moco",
+            checkpoint=str(checkpoint),
+            task=task,
+            voc_root=str(root),
+            train_sets="2007/trainval",
+            coco_root=str(write_coco(tmp_path / "coco")),
+            lr=0.0005 if task == "coco" else None,
+            preset="tiny",
+            iterations=4,
+            crop=64,
+            gpus=0,
+            processes=processes,
+            sync_bn=processes == 1,
+            workers=0,
+            output_dir=str(out),
+        ),
+    )
     for name in ("loss.png", "predictions.png", "config.json", "losses.csv", "checkpoint_last.pt", "metrics.json"):
         assert (out / name).exists(), name
     assert json.loads((out / "config.json").read_text())["processes"] == processes
     executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "iteration 4/4" in text  # progress reaches the notebook (relayed from the processes' log)
-    tables = [o["data"]["text/markdown"] for c in executed.cells if c.cell_type == "code" for o in c.outputs
-              if "text/markdown" in o.get("data", {})]
+    tables = [
+        o["data"]["text/markdown"]
+        for c in executed.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if "text/markdown" in o.get("data", {})
+    ]
     metric = {"voc_detection": "AP50", "voc_segmentation": "mIoU", "coco": "mask AP"}[task]
     measured = json.loads((out / "metrics.json").read_text())["metrics"][metric]
     reference = {"voc_detection": "81.06 (official 82.4)", "voc_segmentation": "67.55", "coco": "36.1"}[task]
@@ -247,10 +298,15 @@ def test_05_transfer_runs_on_generated_scenes_by_default(tmp_path, monkeypatch):
     import papermill
 
     from test_notebooks import NOTEBOOKS
+
     monkeypatch.setenv("MOCOLAB_HOME", str(tmp_path))
     papermill.execute_notebook(
-        str(NOTEBOOKS / "05_transfer.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(NOTEBOOKS), progress_bar=False,
-        parameters=dict(task="voc_segmentation", iterations=2, gpus=0, workers=0, output_dir="runs/05"))
+        str(NOTEBOOKS / "05_transfer.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        cwd=str(NOTEBOOKS),
+        progress_bar=False,
+        parameters=dict(task="voc_segmentation", iterations=2, gpus=0, workers=0, output_dir="runs/05"),
+    )
     out = tmp_path / "runs" / "05"  # relative paths land in the project folder, not the kernel's notebooks/
     assert (out / "predictions.png").stat().st_size > 10_000
     assert json.loads((out / "config.json").read_text())["config"]["weights"] == "none"
@@ -260,6 +316,7 @@ def test_05_transfer_runs_on_generated_scenes_by_default(tmp_path, monkeypatch):
 
 def test_generated_scenes_read_as_voc_with_boxes_around_their_masks(tmp_path):
     from mocolab.transfer import synthetic
+
     root = synthetic.write_voc(tmp_path, n_images=6, test_images=2, seed=3)
     train = VOCDetection(root, sets=(("2007", "trainval"),))
     test, segmentation = VOCDetection(root, sets=(("2007", "test"),)), VOCSegmentation(root, "val")
@@ -279,26 +336,44 @@ def test_generated_scenes_read_as_voc_with_boxes_around_their_masks(tmp_path):
 # COCO
 # ----------------------------------------------------------------------------
 
+
 def write_coco(root, n=4):
     """n images of 80 x 96 with one or two filled rectangles, an instances JSON with polygon masks,
     category ids 3 and 7 (not contiguous, as in COCO), and one crowd region."""
     import json
+
     (root / "train2017").mkdir(parents=True)
     images, anns = [], []
     for i in range(n):
         pixels = np.full((80, 96, 3), 100, np.uint8)
         rects = [(3, (8 + 4 * i, 10, 40, 30))] + ([(7, (50, 40, 36, 30))] if i % 2 else [])
         for cat, (x, y, w, h) in rects:
-            pixels[y:y + h, x:x + w] = (230, 30, 30) if cat == 3 else (30, 30, 230)
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat, "iscrowd": 0,
-                         "bbox": [x, y, w, h], "area": w * h,
-                         "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]})
+            pixels[y : y + h, x : x + w] = (230, 30, 30) if cat == 3 else (30, 30, 230)
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": cat,
+                    "iscrowd": 0,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
+                }
+            )
         Image.fromarray(pixels).save(root / "train2017" / f"{i + 1:012d}.jpg", quality=95)
         images.append({"id": i + 1, "file_name": f"{i + 1:012d}.jpg", "width": 96, "height": 80})
-    anns.append({"id": len(anns) + 1, "image_id": 1, "category_id": 7, "iscrowd": 1, "bbox": [0, 60, 20, 15],
-                 "area": 300, "segmentation": [[0, 60, 20, 60, 20, 75, 0, 75]]})
-    doc = {"images": images, "annotations": anns,
-           "categories": [{"id": 3, "name": "car"}, {"id": 7, "name": "train"}]}
+    anns.append(
+        {
+            "id": len(anns) + 1,
+            "image_id": 1,
+            "category_id": 7,
+            "iscrowd": 1,
+            "bbox": [0, 60, 20, 15],
+            "area": 300,
+            "segmentation": [[0, 60, 20, 60, 20, 75, 0, 75]],
+        }
+    )
+    doc = {"images": images, "annotations": anns, "categories": [{"id": 3, "name": "car"}, {"id": 7, "name": "train"}]}
     (root / "annotations").mkdir()
     for split in ("train2017", "val2017"):  # the val split is the train images again: enough for the machinery
         (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(doc))
@@ -308,6 +383,7 @@ def write_coco(root, n=4):
 
 def test_coco_dataset_maps_categories_and_leaves_out_crowds(tmp_path):
     from mocolab.transfer.datasets import COCODetection
+
     root = write_coco(tmp_path)
     ds = COCODetection(root / "train2017", root / "annotations" / "instances_train2017.json")
     assert ds.classes == ["car", "train"] and len(ds) == 4
@@ -323,21 +399,36 @@ def test_coco_dataset_maps_categories_and_leaves_out_crowds(tmp_path):
 @pytest.mark.slow
 def test_coco_evaluation_of_perfect_boxes_and_masks_is_100_and_mask_rcnn_learns(tmp_path):
     from mocolab.transfer.datasets import COCODetection
+
     root = write_coco(tmp_path)
     ds = COCODetection(root / "train2017", root / "annotations" / "instances_train2017.json")
 
     class Oracle(torch.nn.Module):
         def forward(self, images):
             t = next(ds[i][1] for i in range(len(ds)) if torch.equal(ds[i][0], images[0]))
-            return [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(len(t["labels"])),
-                     "masks": t["masks"][:, None].float()}]
+            return [
+                {
+                    "boxes": t["boxes"],
+                    "labels": t["labels"],
+                    "scores": torch.ones(len(t["labels"])),
+                    "masks": t["masks"][:, None].float(),
+                }
+            ]
 
     metrics = finetune.evaluate_coco(Oracle(), ds)
     assert metrics["box AP"] == pytest.approx(100) and metrics["mask AP"] == pytest.approx(100)
     torch.manual_seed(0)
     model = mask_rcnn_fpn(num_classes=3, backbone=resnet50_weights(), **finetune.TINY_MODEL_OPTIONS)
     # A random backbone starts with a mask loss near 6.4; lr 0.002 diverges at batch 2, 0.0005 does not.
-    rows = finetune.train(model, finetune.detection_step, ds, finetune.Schedule(8, 2, 0.0005, warmup=2),
-                          log_every=1, workers=0, collate_fn=finetune.collate_detection, progress=lambda _: None)
+    rows = finetune.train(
+        model,
+        finetune.detection_step,
+        ds,
+        finetune.Schedule(8, 2, 0.0005, warmup=2),
+        log_every=1,
+        workers=0,
+        collate_fn=finetune.collate_detection,
+        progress=lambda _: None,
+    )
     loss = [r["loss"] for r in rows]  # 8.7 8.3 5.4 5.1 6.4 3.9 4.6 4.4
     assert "loss_mask" in rows[0] and np.mean(loss[-3:]) < np.mean(loss[:2]) - 2, loss

@@ -1,4 +1,5 @@
 """Fine-tuning as a job: the seeded iteration stream, DDP against one process, SyncBN, resume, bad configs."""
+
 import dataclasses
 import json
 import subprocess
@@ -33,13 +34,17 @@ class Draw(Dataset):
 
 
 def positions(batch_size, start, iterations, world):
-    return [[p for p in batch] for rank in range(world)
-            for batch in IterationBatches(batch_size, start, iterations, rank, world)]
+    return [
+        [p for p in batch]
+        for rank in range(world)
+        for batch in IterationBatches(batch_size, start, iterations, rank, world)
+    ]
 
 
 # ----------------------------------------------------------------------------
 # The stream
 # ----------------------------------------------------------------------------
+
 
 def test_the_stream_deals_each_iteration_the_same_global_batch_whatever_the_processes():
     one = positions(4, 0, 3, 1)
@@ -63,8 +68,11 @@ def test_every_pass_is_a_permutation_and_draws_depend_on_the_position_alone():
     assert forward == backward  # same item and same draw, in whatever order the positions are read
     assert torch.equal(torch.rand(1), outside)  # the caller's RNG is untouched
     assert SeededStream(Draw(), seed=2)[0] != forward[0]
-    workers = [x for batch in DataLoader(stream, batch_sampler=IterationBatches(2, 0, 5), num_workers=2)
-               for x in zip(*[t.tolist() for t in batch])]
+    workers = [
+        x
+        for batch in DataLoader(stream, batch_sampler=IterationBatches(2, 0, 5), num_workers=2)
+        for x in zip(*[t.tolist() for t in batch])
+    ]
     assert [(i, pytest.approx(d)) for i, d in forward] == workers
 
 
@@ -72,9 +80,20 @@ def test_every_pass_is_a_permutation_and_draws_depend_on_the_position_alone():
 # DDP and SyncBN
 # ----------------------------------------------------------------------------
 
+
 def seg_config(root, out, **kw):
-    return dict(task="voc_segmentation", data_root=str(root), preset="tiny", iterations=4, crop=48, gpus=0,
-                workers=0, log_every=1, output_dir=str(out), **kw)
+    return dict(
+        task="voc_segmentation",
+        data_root=str(root),
+        preset="tiny",
+        iterations=4,
+        crop=48,
+        gpus=0,
+        workers=0,
+        log_every=1,
+        output_dir=str(out),
+        **kw,
+    )
 
 
 @pytest.mark.slow
@@ -85,9 +104,20 @@ def test_two_processes_take_the_step_of_one_averaging_their_halves(tmp_path):
     root = write_voc_segmentation(tmp_path / "VOCdevkit")
     overrides = seg_config(root, tmp_path / "ddp", sync_bn=False)
     torchrun = Path(sys.executable).with_name("torchrun")
-    result = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "mocolab.transfer",
-                             *(f"{k}={v}" for k, v in overrides.items())], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "mocolab.transfer",
+            *(f"{k}={v}" for k, v in overrides.items()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = job.load_transfer_run(tmp_path / "ddp")
     assert json.loads((tmp_path / "ddp" / "config.json").read_text())["processes"] == 2
@@ -103,7 +133,7 @@ def test_two_processes_take_the_step_of_one_averaging_their_halves(tmp_path):
         it, (images, masks), total = next(iterations), batch, 0
         for rank in range(2):
             torch.manual_seed(iteration_seed(cfg.seed, it, rank))  # the rank's dropout draws
-            loss, _ = finetune.segmentation_step(model, (images[rank:rank + 1], masks[rank:rank + 1]), device)
+            loss, _ = finetune.segmentation_step(model, (images[rank : rank + 1], masks[rank : rank + 1]), device)
             total = total + loss / 2
         return total, {}
 
@@ -112,8 +142,9 @@ def test_two_processes_take_the_step_of_one_averaging_their_halves(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rows = finetune.train(model, two_halves, train_set, cfg.schedule, log_every=1, workers=0,
-                              progress=lambda _: None)
+        rows = finetune.train(
+            model, two_halves, train_set, cfg.schedule, log_every=1, workers=0, progress=lambda _: None
+        )
     finally:
         torch.set_num_threads(threads)
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in ddp.rows], rel=1e-4)
@@ -145,19 +176,20 @@ def test_sharded_voc_evaluation_equals_one_process(tmp_path):
     dataset = VOCDetection(root, sets=(("2007", "test"),), keep_difficult=True)
     expected = finetune.evaluate_voc_detection(dist_workers.NoisyDetector(dataset), dataset)
     assert 20 < expected["AP50"] < 100  # neither perfect nor empty: the merge has something to get wrong
-    mp.spawn(dist_workers.check_sharded_voc_evaluation, args=(2, free_port(), str(root), expected), nprocs=2,
-             join=True)
+    mp.spawn(dist_workers.check_sharded_voc_evaluation, args=(2, free_port(), str(root), expected), nprocs=2, join=True)
 
 
 # ----------------------------------------------------------------------------
 # Resume and bad configs
 # ----------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_a_crashed_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
     root = write_voc_segmentation(tmp_path / "VOCdevkit")
-    whole = job.fine_tune(job.make_transfer_config(**seg_config(root, tmp_path / "whole", evaluate=False)),
-                          progress=False)
+    whole = job.fine_tune(
+        job.make_transfer_config(**seg_config(root, tmp_path / "whole", evaluate=False)), progress=False
+    )
 
     calls, task = count(), TASKS["voc_segmentation"]
 
@@ -183,16 +215,19 @@ def test_a_crashed_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatc
         job.fine_tune(dataclasses.replace(cfg, resume=True, task="voc_detection"))
 
 
-@pytest.mark.parametrize("fields, message", [
-    (dict(processes=2), "sync_bn=True needs GPUs"),
-    (dict(processes=2, sync_bn=False, batch_size=3), "batch_size=3 does not split over 2 processes"),
-    (dict(task="voc_depth"), r"task='voc_depth' is not one of \['voc_detection', 'coco', 'voc_segmentation'\]"),
-    (dict(preset="2x"), "preset='2x' is not one of"),
-    (dict(iterations=0), "iterations must be positive, or None for the preset's"),
-    (dict(lr="0.1"), "lr must be float, got str"),
-    (dict(iteratons=5), "unknown transfer config key 'iteratons'; did you mean 'iterations'"),
-    (dict(gpus=1, processes=2), "processes=2 is for CPU runs"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(processes=2), "sync_bn=True needs GPUs"),
+        (dict(processes=2, sync_bn=False, batch_size=3), "batch_size=3 does not split over 2 processes"),
+        (dict(task="voc_depth"), r"task='voc_depth' is not one of \['voc_detection', 'coco', 'voc_segmentation'\]"),
+        (dict(preset="2x"), "preset='2x' is not one of"),
+        (dict(iterations=0), "iterations must be positive, or None for the preset's"),
+        (dict(lr="0.1"), "lr must be float, got str"),
+        (dict(iteratons=5), "unknown transfer config key 'iteratons'; did you mean 'iterations'"),
+        (dict(gpus=1, processes=2), "processes=2 is for CPU runs"),
+    ],
+)
 def test_impossible_configs_are_refused_naming_the_fix(fields, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         job.make_transfer_config(**{**seg_config(tmp_path, tmp_path / "out"), **fields})
@@ -217,6 +252,7 @@ def test_more_gpus_than_visible_fail_before_any_process_starts(tmp_path):
 
 def test_the_task_and_preset_choices_come_from_their_tables():
     import typing
+
     hints = typing.get_type_hints(job.TransferConfig)
     assert typing.get_args(hints["task"]) == tuple(TASKS) == ("voc_detection", "coco", "voc_segmentation")
     assert typing.get_args(hints["preset"]) == tuple(finetune.PRESETS)

@@ -1,23 +1,34 @@
 """Transfer metrics on hand-made cases: perfect predictions give 1.0, a known ranking gives the hand-computed AP."""
+
 import numpy as np
 import pytest
 import torch
 
-from mocolab.transfer.metrics import (coco_metrics, confusion_matrix, mean_iou, voc_ap, voc_class_ap,
-                                      voc_detection_metrics)
+from mocolab.transfer.metrics import (
+    coco_metrics,
+    confusion_matrix,
+    mean_iou,
+    voc_ap,
+    voc_class_ap,
+    voc_detection_metrics,
+)
 
 
 def gt_two_images():
     # img1: one box; img2: one box and one "difficult" box.
-    return {"img1": (np.array([[10, 10, 50, 50]]), np.array([False])),
-            "img2": (np.array([[100, 100, 150, 140], [0, 0, 20, 20]]), np.array([False, True]))}
+    return {
+        "img1": (np.array([[10, 10, 50, 50]]), np.array([False])),
+        "img2": (np.array([[100, 100, 150, 140], [0, 0, 20, 20]]), np.array([False, True])),
+    }
 
 
 def test_hand_computed_ranking_gives_the_devkits_ap():
-    detections = [("img1", 0.9, [10, 10, 50, 50]),  # TP
-                  ("img2", 0.8, [200, 200, 220, 220]),  # FP: overlaps nothing
-                  ("img2", 0.7, [101, 100, 150, 141]),  # TP (IoU 0.94)
-                  ("img2", 0.6, [0, 0, 20, 20])]  # on the difficult object: neither TP nor FP
+    detections = [
+        ("img1", 0.9, [10, 10, 50, 50]),  # TP
+        ("img2", 0.8, [200, 200, 220, 220]),  # FP: overlaps nothing
+        ("img2", 0.7, [101, 100, 150, 141]),  # TP (IoU 0.94)
+        ("img2", 0.6, [0, 0, 20, 20]),
+    ]  # on the difficult object: neither TP nor FP
     # Ranked TP, FP, TP: recall .5 .5 1, precision 1 .5 2/3 -> 11-point AP (6 x 1 + 5 x 2/3) / 11.
     assert voc_class_ap(detections, gt_two_images()) == pytest.approx((6 + 5 * 2 / 3) / 11)
     assert voc_class_ap(detections, gt_two_images(), use_07_metric=False) == pytest.approx(0.5 + 0.5 * 2 / 3)
@@ -35,8 +46,10 @@ def test_duplicates_and_low_overlap_are_false_positives():
 
 def test_perfect_detections_score_100_at_every_threshold():
     gt = {"dog": gt_two_images(), "cat": {"img1": (np.array([[5, 5, 30, 40]]), np.array([False]))}}
-    dets = {c: [(img, 1.0, box) for img, (boxes, diff) in g.items() for box, d in zip(boxes, diff) if not d]
-            for c, g in gt.items()}
+    dets = {
+        c: [(img, 1.0, box) for img, (boxes, diff) in g.items() for box, d in zip(boxes, diff) if not d]
+        for c, g in gt.items()
+    }
     m = voc_detection_metrics(dets, gt, ["dog", "cat"])
     assert m["AP"] == m["AP50"] == m["AP75"] == pytest.approx(100.0)
 
@@ -59,6 +72,7 @@ def test_miou_ignores_255_and_averages_classes_that_occur():
 def test_coco_perfect_boxes_and_masks_score_100():
     from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
+
     masks = [np.zeros((60, 80), np.uint8) for _ in range(3)]
     masks[0][5:25, 10:40] = 1
     masks[1][30:55, 20:70] = 1
@@ -68,13 +82,26 @@ def test_coco_perfect_boxes_and_masks_score_100():
         rle = mask_utils.encode(np.asfortranarray(m))
         rle["counts"] = rle["counts"].decode()
         box = mask_utils.toBbox(rle).tolist()
-        anns.append({"id": i + 1, "image_id": 1 + i % 2, "category_id": 1 + i % 2, "segmentation": rle,
-                     "area": float(m.sum()), "bbox": box, "iscrowd": 0})
-        results.append({"image_id": 1 + i % 2, "category_id": 1 + i % 2, "bbox": box, "segmentation": rle,
-                        "score": 0.9})
+        anns.append(
+            {
+                "id": i + 1,
+                "image_id": 1 + i % 2,
+                "category_id": 1 + i % 2,
+                "segmentation": rle,
+                "area": float(m.sum()),
+                "bbox": box,
+                "iscrowd": 0,
+            }
+        )
+        results.append(
+            {"image_id": 1 + i % 2, "category_id": 1 + i % 2, "bbox": box, "segmentation": rle, "score": 0.9}
+        )
     gt = COCO()
-    gt.dataset = {"images": [{"id": 1, "width": 80, "height": 60}, {"id": 2, "width": 80, "height": 60}],
-                  "annotations": anns, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    gt.dataset = {
+        "images": [{"id": 1, "width": 80, "height": 60}, {"id": 2, "width": 80, "height": 60}],
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+    }
     gt.createIndex()
     for iou_type in ("bbox", "segm"):
         assert coco_metrics(gt, [dict(r) for r in results], iou_type)["AP"] == pytest.approx(100.0)

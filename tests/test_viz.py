@@ -1,4 +1,5 @@
 """Every figure function returns a figure with the expected panels, and saves its PNG where it says."""
+
 import math
 from types import SimpleNamespace
 
@@ -15,11 +16,25 @@ from mocolab import make_config, viz  # noqa: E402
 def run(tmp_path):
     """A small run: 2 epochs of 4 steps, K=64, batch 16 (so the queue spans 4 steps), kNN after epoch 2."""
     cfg = make_config("cifar10_demo", K=64, batch_size=16, epochs=2, m=0.99)
-    steps = [{"step": s, "epoch": s / 4, "lr": 0.06, "loss": 4.0 - 0.1 * s, "acc": 0.05 * s, "pos_sim": 0.9,
-              "neg_sim": 0.1, "key_age": min(s - 1, 3) / 2, "key_age_max": min(s - 1, 3),
-              "random_keys": max(0.0, 1 - s / 4)} for s in range(1, 9)]
-    history = [{"epoch": 1, "loss": 3.7, "acc": 0.1, "knn_top1": None},
-               {"epoch": 2, "loss": 3.3, "acc": 0.3, "knn_top1": 31.5}]
+    steps = [
+        {
+            "step": s,
+            "epoch": s / 4,
+            "lr": 0.06,
+            "loss": 4.0 - 0.1 * s,
+            "acc": 0.05 * s,
+            "pos_sim": 0.9,
+            "neg_sim": 0.1,
+            "key_age": min(s - 1, 3) / 2,
+            "key_age_max": min(s - 1, 3),
+            "random_keys": max(0.0, 1 - s / 4),
+        }
+        for s in range(1, 9)
+    ]
+    history = [
+        {"epoch": 1, "loss": 3.7, "acc": 0.1, "knn_top1": None},
+        {"epoch": 2, "loss": 3.3, "acc": 0.3, "knn_top1": 31.5},
+    ]
     return SimpleNamespace(config=cfg, steps=steps, history=history, output_dir=tmp_path)
 
 
@@ -109,12 +124,19 @@ def test_lr_schedule_figure_spans_the_epochs(tmp_path):
 
 
 def test_evaluation_figures_have_one_series_per_model(tmp_path):
-    results = {name: {"svm": {"layers": {"feat1": {"mAP": 40.0}, "avgpool": {"mAP": 30.0 + i}}},
-                      "knn": {"settings": {"T": 0.07},
-                              "features": {"avgpool": {"10": {"top1": 30.0}, "20": {"top1": 31.0}}}},
-                      "lowshot": {"by_k": {"1": {"cost_picked_on_test": {"mean": 20, "min": 18, "max": 22}},
-                                           "2": {"cost_picked_on_test": {"mean": 25, "min": 24, "max": 26}}}}}
-               for i, name in enumerate(("MoCo", "random"))}
+    results = {
+        name: {
+            "svm": {"layers": {"feat1": {"mAP": 40.0}, "avgpool": {"mAP": 30.0 + i}}},
+            "knn": {"settings": {"T": 0.07}, "features": {"avgpool": {"10": {"top1": 30.0}, "20": {"top1": 31.0}}}},
+            "lowshot": {
+                "by_k": {
+                    "1": {"cost_picked_on_test": {"mean": 20, "min": 18, "max": 22}},
+                    "2": {"cost_picked_on_test": {"mean": 25, "min": 24, "max": 26}},
+                }
+            },
+        }
+        for i, name in enumerate(("MoCo", "random"))
+    }
     (ax,) = viz.plot_svm_layers(results, save_to=tmp_path / "svm.png").axes
     assert len(ax.patches) == 4 and [t.get_text() for t in ax.get_xticklabels()] == ["feat1", "avgpool"]
     assert [p.get_height() for p in ax.patches] == [40.0, 30.0, 40.0, 31.0]
@@ -127,10 +149,13 @@ def test_evaluation_figures_have_one_series_per_model(tmp_path):
 # Augmentation and embedding figures
 # ----------------------------------------------------------------------------
 
+
 def small_images(n, size=32):
     from PIL import Image
-    return [Image.fromarray(np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8))
-            for i in range(n)]
+
+    return [
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8)) for i in range(n)
+    ]
 
 
 def shown(ax):
@@ -139,6 +164,7 @@ def shown(ax):
 
 def test_operation_figure_has_a_row_per_operation_and_reproducible_draws(tmp_path):
     from mocolab import augment
+
     image = small_images(1)[0]
     ops = augment.operations(augment.recipe("aug_plus", 48))
     fig = viz.plot_operations(image, ops, draws=3, seed=5, save_to=tmp_path / "ops.png")
@@ -154,6 +180,7 @@ def test_seeded_draws_leave_the_callers_random_stream_alone():
 
     from mocolab import augment
     from mocolab.viz.augmentation import seeded_draws
+
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
@@ -163,6 +190,7 @@ def test_seeded_draws_leave_the_callers_random_stream_alone():
 
 def test_views_pairs_and_recipe_figures_lay_out_images_as_documented():
     from mocolab import augment
+
     images = small_images(3)
     views = viz.plot_views(images, augment.aug_plus(32, normalize=False), views=4)
     assert len(views.axes) == 3 * 5
@@ -173,7 +201,7 @@ def test_views_pairs_and_recipe_figures_lay_out_images_as_documented():
     fig = viz.plot_recipes(images[0], recipes, draws=5)
     assert len(fig.axes) == 10 and fig.axes[5].get_ylabel().startswith("v2 aug+\n")
     for row, name in ((0, "v1"), (1, "v2 aug+")):  # the grey views are captioned, and counted in the row title
-        cells = fig.axes[5 * row:5 * row + 5]
+        cells = fig.axes[5 * row : 5 * row + 5]
         grey = [bool(np.ptp(shown(ax), axis=-1).max() < 1e-3) for ax in cells]
         assert [ax.get_xlabel() == "grey" for ax in cells] == grey
         assert fig.axes[5 * row].get_ylabel() == f"{name}\n({sum(grey)} of 5 grey)"
@@ -199,6 +227,7 @@ def test_embedding_maps_have_a_panel_per_map_and_one_legend_of_classes(tmp_path)
 
 def test_thumbnail_map_places_the_requested_number_of_images():
     from matplotlib.offsetbox import AnnotationBbox
+
     xy = np.random.default_rng(0).normal(size=(40, 2))
     fig = viz.plot_thumbnails(xy, small_images(40), labels=np.zeros(40, int), max_images=25)
     boxes = [a for a in fig.axes[0].artists if isinstance(a, AnnotationBbox)]
@@ -207,8 +236,14 @@ def test_thumbnail_map_places_the_requested_number_of_images():
 
 def test_retrieval_figure_frames_neighbours_by_class():
     images = small_images(6)
-    fig = viz.plot_retrieval(images[:2], [images[2:5], images[3:6]], [0, 1], [[0, 1, 0], [1, 1, 2]],
-                             ["a", "b", "c"], similarities=np.full((2, 3), 0.5))
+    fig = viz.plot_retrieval(
+        images[:2],
+        [images[2:5], images[3:6]],
+        [0, 1],
+        [[0, 1, 0], [1, 1, 2]],
+        ["a", "b", "c"],
+        similarities=np.full((2, 3), 0.5),
+    )
     assert len(fig.axes) == 2 * 4
     colours = [ax.spines["top"].get_edgecolor() for ax in fig.axes]
     green, red = matplotlib.colors.to_rgba("tab:green"), matplotlib.colors.to_rgba("tab:red")
@@ -218,8 +253,10 @@ def test_retrieval_figure_frames_neighbours_by_class():
 
 def test_similarity_histograms_and_alignment_uniformity_plane():
     rng = np.random.default_rng(0)
-    pairs = {"random init": (rng.uniform(0.8, 1, 100), rng.uniform(0.7, 1, 900)),
-             "MoCo": (rng.uniform(0.6, 1, 100), rng.uniform(-0.3, 0.3, 900))}
+    pairs = {
+        "random init": (rng.uniform(0.8, 1, 100), rng.uniform(0.7, 1, 900)),
+        "MoCo": (rng.uniform(0.6, 1, 100), rng.uniform(-0.3, 0.3, 900)),
+    }
     fig = viz.plot_similarity_histograms(pairs)
     assert [ax.get_title() for ax in fig.axes] == list(pairs) and all(len(ax.patches) == 120 for ax in fig.axes)
     fig = viz.plot_alignment_uniformity({"random init": (0.1, -0.2), "MoCo": (0.6, -3.1)})
@@ -232,4 +269,5 @@ def test_similarity_histograms_and_alignment_uniformity_plane():
 def close_figures():
     yield
     import matplotlib.pyplot as plt
+
     plt.close("all")

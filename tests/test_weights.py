@@ -4,6 +4,7 @@ careful, and a file is only ever data.
 Every layout is written by tests/layouts.py from the source's own code (cited per writer). The reference
 features come from the source module itself, called stage by stage.
 """
+
 import dataclasses
 import hashlib
 import http.server
@@ -69,6 +70,7 @@ def nets():
 # The formats
 # ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_official_moco_layout(version, tmp_path):
     q, head = layouts.write_moco_official(tmp_path / "moco.pth.tar", version)
@@ -122,17 +124,23 @@ def test_every_export_loads_back_with_the_same_features(tmp_path):
     from mocolab import build_model, make_config
     from mocolab.checkpoint import atomic_save
     from mocolab.transfer import export
+
     cfg = make_config("imagenet_mocov2", K=256)
     torch.manual_seed(0)
     moco = build_model(cfg)
     randomise_bn(moco.encoder_q, 3)
-    atomic_save({"kind": "pretraining", "model": moco.state_dict(), "config": cfg.to_dict(), "epoch": 1,
-                 "history": []}, tmp_path / "checkpoint_last.pt")
+    atomic_save(
+        {"kind": "pretraining", "model": moco.state_dict(), "config": cfg.to_dict(), "epoch": 1, "history": []},
+        tmp_path / "checkpoint_last.pt",
+    )
     original = weights.load(tmp_path / "checkpoint_last.pt")
     assert original.format == "mocolab" and original.augmentation == "aug_plus" and original.image_size == 224
     want = loaded_features(original)
-    for fmt, name, expected in (("torchvision", "r50.pth", "torchvision"), ("mmdet", "r50_mm.pth", "openmmlab"),
-                                ("detectron2", "r50.pkl", "detectron2")):
+    for fmt, name, expected in (
+        ("torchvision", "r50.pth", "torchvision"),
+        ("mmdet", "r50_mm.pth", "openmmlab"),
+        ("detectron2", "r50.pkl", "detectron2"),
+    ):
         back = weights.load(export(original, tmp_path / name, fmt))
         assert back.format == expected and not back.has_head
         got = loaded_features(back)
@@ -143,6 +151,7 @@ def test_every_export_loads_back_with_the_same_features(tmp_path):
 # Files that are not what they should be
 # ----------------------------------------------------------------------------
 
+
 def v2_state(q):
     return {"state_dict": state("module.encoder_q.", q), "epoch": 200, "arch": "resnet50"}
 
@@ -152,8 +161,11 @@ def test_a_missing_or_unexpected_key_is_named(tmp_path):
     content = v2_state(q)
     del content["state_dict"]["module.encoder_q.layer1.0.bn1.running_mean"]
     torch.save(content, tmp_path / "missing.pth")
-    with pytest.raises(CheckpointError, match=r"missing\.pth does not fit this model: missing "
-                                              r"layer1\.0\.bn1\.running_mean; unexpected none"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"missing\.pth does not fit this model: missing "
+        r"layer1\.0\.bn1\.running_mean; unexpected none",
+    ):
         weights.load(tmp_path / "missing.pth")
     content = v2_state(q)
     content["state_dict"]["module.encoder_q.layer1.0.extra.weight"] = torch.zeros(1)
@@ -169,45 +181,71 @@ def test_a_missing_or_unexpected_key_is_named(tmp_path):
 
 def test_another_architecture_and_an_unknown_file_are_named(tmp_path):
     torch.save(torchvision.models.resnet101().state_dict(), tmp_path / "r101.pth")
-    with pytest.raises(CheckpointError, match=r"r101\.pth: a ResNet of bottleneck blocks \(3, 4, 23, 3\), stem "
-                                              r"width 64, which mocolab does not build"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"r101\.pth: a ResNet of bottleneck blocks \(3, 4, 23, 3\), stem "
+        r"width 64, which mocolab does not build",
+    ):
         weights.load(tmp_path / "r101.pth")
-    torch.save({"state_dict": {"module.base_encoder.cls_token": torch.zeros(1, 1, 384),
-                               "module.base_encoder.blocks.0.attn.qkv.weight": torch.zeros(3, 3)}},
-               tmp_path / "vit.pth.tar")
+    torch.save(
+        {
+            "state_dict": {
+                "module.base_encoder.cls_token": torch.zeros(1, 1, 384),
+                "module.base_encoder.blocks.0.attn.qkv.weight": torch.zeros(3, 3),
+            }
+        },
+        tmp_path / "vit.pth.tar",
+    )
     with pytest.raises(CheckpointError) as error:
         weights.load(tmp_path / "vit.pth.tar")
     message = str(error.value)
-    assert "vit.pth.tar is in no checkpoint format mocolab knows (mocolab, moco_official, mocov3_official, " \
-           "openmmlab, torchvision, detectron2" in message
+    assert (
+        "vit.pth.tar is in no checkpoint format mocolab knows (mocolab, moco_official, mocov3_official, "
+        "openmmlab, torchvision, detectron2" in message
+    )
     assert "state_dict's begin base_encoder.blocks.0.attn.qkv.weight, base_encoder.cls_token" in message
 
 
 def test_a_web_page_a_truncated_file_and_a_fine_tuning_checkpoint_are_named(tmp_path):
     (tmp_path / "page.pth").write_text("<!DOCTYPE html>\n<html><body>AccessDenied</body></html>")
-    with pytest.raises(CheckpointError, match=r"page\.pth is a web page \(HTML\), not a checkpoint: the download "
-                                              r"went wrong .* download the file again"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"page\.pth is a web page \(HTML\), not a checkpoint: the download "
+        r"went wrong .* download the file again",
+    ):
         weights.load(tmp_path / "page.pth")
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "full.pth")
     data = (tmp_path / "full.pth").read_bytes()
-    (tmp_path / "cut.pth").write_bytes(data[:len(data) // 3])
-    with pytest.raises(CheckpointError, match=r"cut\.pth cannot be read .*it may be truncated \(an interrupted "
-                                              r"download or write\): download or copy it again"):
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 3])
+    with pytest.raises(
+        CheckpointError,
+        match=r"cut\.pth cannot be read .*it may be truncated \(an interrupted "
+        r"download or write\): download or copy it again",
+    ):
         weights.load(tmp_path / "cut.pth")
     torch.save({"kind": "fine-tuning", "model": {}, "config": {"task": "coco"}}, tmp_path / "ft.pt")
-    with pytest.raises(CheckpointError, match=r"ft\.pt is a mocolab fine-tuning checkpoint \(task coco\), not a "
-                                              r"pretrained encoder"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"ft\.pt is a mocolab fine-tuning checkpoint \(task coco\), not a "
+        r"pretrained encoder",
+    ):
         weights.load(tmp_path / "ft.pt")
-    with pytest.raises(CheckpointError, match=r"no checkpoint at .*nothing\.pth, and no published checkpoint is "
-                                              r"called"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"no checkpoint at .*nothing\.pth, and no published checkpoint is "
+        r"called",
+    ):
         weights.load(tmp_path / "nothing.pth")
 
 
 def test_head_features_of_a_backbone_only_file_name_the_file_and_the_fix(nets, tmp_path):
     torch.save({k: v for k, v in nets["q"].state_dict().items() if not k.startswith("fc.")}, tmp_path / "dino.pth")
     model = weights.load(tmp_path / "dino.pth")
-    with pytest.raises(ValueError, match=r"dino\.pth has no projection head \(a backbone-only checkpoint.*\): ask "
-                                         r"for 'avgpool' features instead of 'head'"):
+    with pytest.raises(
+        ValueError,
+        match=r"dino\.pth has no projection head \(a backbone-only checkpoint.*\): ask "
+        r"for 'avgpool' features instead of 'head'",
+    ):
         extract_layers(model.encoder, [(X, torch.zeros(2))], ("head",), progress=False)
 
 
@@ -215,12 +253,22 @@ def test_head_features_of_a_backbone_only_file_name_the_file_and_the_fix(nets, t
 # The registry
 # ----------------------------------------------------------------------------
 
+
 def test_the_registry_cites_its_sources_and_uses_the_reference_keys():
     from mocolab.reference import EVALUATION, TRANSFER
+
     names = set(weights.REGISTRY)
     assert {"moco_v1_200ep", "moco_v2_200ep", "moco_v2_800ep", "mmselfsup_mocov2_200ep", "torchvision_r50_v1"} <= names
-    assert len([p for p in weights.REGISTRY.values() if p.self_supervised and p.repo not in (
-        "facebookresearch/moco", "open-mmlab/mmselfsup")]) >= 2
+    assert (
+        len(
+            [
+                p
+                for p in weights.REGISTRY.values()
+                if p.self_supervised and p.repo not in ("facebookresearch/moco", "open-mmlab/mmselfsup")
+            ]
+        )
+        >= 2
+    )
     for p in weights.REGISTRY.values():
         assert p.format in weights.FORMATS and re.fullmatch(r"[0-9a-f]{40}|v[\d.]+", p.commit), p.name
         assert p.url.startswith("https://") and p.layout_source and p.numbers_source and p.numbers, p.name
@@ -240,6 +288,7 @@ def test_the_registry_cites_its_sources_and_uses_the_reference_keys():
 # Downloads, from a server on 127.0.0.1 (tests never reach the internet)
 # ----------------------------------------------------------------------------
 
+
 class _Files(http.server.BaseHTTPRequestHandler):
     """Serves server.files; honours Range; can cut a response short, corrupt it or answer with a web page."""
 
@@ -257,7 +306,7 @@ class _Files(http.server.BaseHTTPRequestHandler):
         payload = body[start:]
         if s.mode == "cut":
             s.mode = None  # only the first response breaks off
-            self.wfile.write(payload[:len(payload) // 2])
+            self.wfile.write(payload[: len(payload) // 2])
             self.wfile.flush()
             self.close_connection = True
             return
@@ -289,9 +338,12 @@ def published_file(server, tmp_path, name="r50_test"):
     torch.save({k: v for k, v in resnet50(0).state_dict().items() if not k.startswith("fc.")}, tmp_path / "src.pth")
     data = (tmp_path / "src.pth").read_bytes()
     server.files[f"/{name}.pth"] = data
-    entry = dataclasses.replace(weights.entry("dino_r50"), name=name,
-                                url=f"http://127.0.0.1:{server.server_address[1]}/{name}.pth",
-                                checksum=f"sha256:{hashlib.sha256(data).hexdigest()[:8]}")
+    entry = dataclasses.replace(
+        weights.entry("dino_r50"),
+        name=name,
+        url=f"http://127.0.0.1:{server.server_address[1]}/{name}.pth",
+        checksum=f"sha256:{hashlib.sha256(data).hexdigest()[:8]}",
+    )
     return entry, data
 
 
@@ -310,8 +362,11 @@ def test_fetch_downloads_checks_and_loads_by_name(server, online, tmp_path, monk
 def test_an_interrupted_download_resumes_where_it_broke_off(server, online, tmp_path):
     entry, data = published_file(server, tmp_path)
     server.mode = "cut"
-    with pytest.raises(weights.DownloadError, match=r"broke off at [\d,]+ of [\d,]+ bytes; run fetch again to "
-                                                    r"resume it from .*r50_test\.pth\.part"):
+    with pytest.raises(
+        weights.DownloadError,
+        match=r"broke off at [\d,]+ of [\d,]+ bytes; run fetch again to "
+        r"resume it from .*r50_test\.pth\.part",
+    ):
         weights.fetch(entry, tmp_path / "cache", progress=False)
     part = tmp_path / "cache" / "r50_test.pth.part"
     half = part.stat().st_size
@@ -323,8 +378,11 @@ def test_an_interrupted_download_resumes_where_it_broke_off(server, online, tmp_
 def test_corrupted_bytes_are_refused_and_nothing_stays_in_the_cache(server, online, tmp_path):
     entry, _ = published_file(server, tmp_path)
     server.mode = "corrupt"
-    with pytest.raises(weights.DownloadError, match=r"arrived with sha256 [0-9a-f]{16}\.\.\., not the published "
-                                                    r"sha256:[0-9a-f]{8}: the file was deleted"):
+    with pytest.raises(
+        weights.DownloadError,
+        match=r"arrived with sha256 [0-9a-f]{16}\.\.\., not the published "
+        r"sha256:[0-9a-f]{8}: the file was deleted",
+    ):
         weights.fetch(entry, tmp_path / "cache", progress=False)
     assert list((tmp_path / "cache").iterdir()) == []
 
@@ -346,23 +404,32 @@ def test_unreachable_or_offline_says_which_url_to_fetch_and_where_to_put_it(serv
     assert str(error.value).startswith(f"cannot reach 127.0.0.1:{port} (") and "\n" not in str(error.value)
     where = tmp_path / "cache" / "r50_test.pth"
     assert str(error.value).endswith(f"download {entry.url} by hand and put it at {where}")
-    with pytest.raises(weights.DownloadError, match=r"dino_r50 is not in the cache \(.*dino_resnet50_pretrain\.pth\): "
-                                                    r"run `python -m mocolab\.weights fetch dino_r50`"):
+    with pytest.raises(
+        weights.DownloadError,
+        match=r"dino_r50 is not in the cache \(.*dino_resnet50_pretrain\.pth\): "
+        r"run `python -m mocolab\.weights fetch dino_r50`",
+    ):
         weights.load("dino_r50", download_missing=False)
     monkeypatch.setenv("MOCOLAB_OFFLINE", "1")
-    with pytest.raises(weights.DownloadError, match=r"moco_v2_800ep is not in the cache and MOCOLAB_OFFLINE=1 forbids "
-                                                    r"downloads: download https://dl\.fbaipublicfiles\.com/moco/.* by "
-                                                    r"hand and put it at "):
+    with pytest.raises(
+        weights.DownloadError,
+        match=r"moco_v2_800ep is not in the cache and MOCOLAB_OFFLINE=1 forbids "
+        r"downloads: download https://dl\.fbaipublicfiles\.com/moco/.* by "
+        r"hand and put it at ",
+    ):
         weights.load("moco_v2_800ep")
 
 
 def test_a_cached_file_that_is_not_the_published_one_is_refused(tmp_path, monkeypatch):
     """A file put in the cache under a published name (by hand, or a download gone wrong) must match its checksum."""
     torch.save({k: v for k, v in resnet50(0).state_dict().items()}, weights.cache_dir() / "resnet50-0676ba61.pth")
-    with pytest.raises(weights.DownloadError, match=r"resnet50-0676ba61\.pth is not the published torchvision_r50_v1: "
-                                                    r"its sha256 begins [0-9a-f]{8}, the source publishes "
-                                                    r"sha256:0676ba61\. Delete it and run `python -m mocolab\.weights "
-                                                    r"fetch torchvision_r50_v1`"):
+    with pytest.raises(
+        weights.DownloadError,
+        match=r"resnet50-0676ba61\.pth is not the published torchvision_r50_v1: "
+        r"its sha256 begins [0-9a-f]{8}, the source publishes "
+        r"sha256:0676ba61\. Delete it and run `python -m mocolab\.weights "
+        r"fetch torchvision_r50_v1`",
+    ):
         weights.load("torchvision_r50_v1")
     (weights.cache_dir() / "resnet50-0676ba61.pth").unlink()
 
@@ -370,6 +437,7 @@ def test_a_cached_file_that_is_not_the_published_one_is_refused(tmp_path, monkey
 # ----------------------------------------------------------------------------
 # A file is data: no entry point runs what a crafted file holds
 # ----------------------------------------------------------------------------
+
 
 class Payload:
     """Unpickling this creates the file `marker`: what a crafted checkpoint would do, harmlessly."""
@@ -384,9 +452,19 @@ class Payload:
 def crafted(path, marker, **extra):
     """A file shaped like a mocolab pretraining checkpoint whose model is the payload."""
     from mocolab import make_config
+
     cfg = make_config("cifar10_demo", **extra)
-    torch.save({"kind": "pretraining", "model": Payload(marker), "config": cfg.to_dict(), "epoch": 1,
-                "history": [], "steps": []}, path)
+    torch.save(
+        {
+            "kind": "pretraining",
+            "model": Payload(marker),
+            "config": cfg.to_dict(),
+            "epoch": 1,
+            "history": [],
+            "steps": [],
+        },
+        path,
+    )
     return path
 
 
@@ -396,6 +474,7 @@ def test_every_entry_point_refuses_a_crafted_checkpoint_before_it_runs(cifar10_r
     from mocolab.transfer import export, fine_tune
     from mocolab.transfer.job import make_transfer_config
     from mocolab.transfer.synthetic import dataset_for
+
     marker = tmp_path / "payload_ran"
     evil = crafted(tmp_path / "evil.pt", marker)
     pkl = tmp_path / "evil.pkl"
@@ -407,29 +486,50 @@ def test_every_entry_point_refuses_a_crafted_checkpoint_before_it_runs(cifar10_r
     voc_root, train_sets = dataset_for("voc_detection", tmp_path / "voc")
     ft_dir = tmp_path / "ft"
     ft_dir.mkdir()
-    torch.save({"kind": "fine-tuning", "model": Payload(marker), "config": {"task": "voc_detection"}},
-               ft_dir / "checkpoint_last.pt")
-    transfer = dict(task="voc_detection", data_root=voc_root, train_sets=train_sets, preset="tiny", gpus=0,
-                    workers=0, iterations=1)
+    torch.save(
+        {"kind": "fine-tuning", "model": Payload(marker), "config": {"task": "voc_detection"}},
+        ft_dir / "checkpoint_last.pt",
+    )
+    transfer = dict(
+        task="voc_detection", data_root=voc_root, train_sets=train_sets, preset="tiny", gpus=0, workers=0, iterations=1
+    )
     entry_points = {
         "weights.load": lambda: weights.load(evil),
         "weights.load (detectron2 pickle)": lambda: weights.load(pkl),
-        "evaluate": lambda: evaluate(checkpoint=str(evil), dataset="imagefolder", data_root=str(cifar10_root),
-                                     output_dir=str(tmp_path / "eval"), progress=False),
-        "resume": lambda: pretrain(make_config("cifar10_demo", dataset="imagefolder", data_root=str(cifar10_root),
-                                               gpus=0, output_dir=str(run_dir), resume=True), progress=False),
+        "evaluate": lambda: evaluate(
+            checkpoint=str(evil),
+            dataset="imagefolder",
+            data_root=str(cifar10_root),
+            output_dir=str(tmp_path / "eval"),
+            progress=False,
+        ),
+        "resume": lambda: pretrain(
+            make_config(
+                "cifar10_demo",
+                dataset="imagefolder",
+                data_root=str(cifar10_root),
+                gpus=0,
+                output_dir=str(run_dir),
+                resume=True,
+            ),
+            progress=False,
+        ),
         "load_run": lambda: load_run(run_dir),
         "export": lambda: export(evil, tmp_path / "out.pth"),
-        "fine-tuning from it": lambda: fine_tune(make_transfer_config(weights=str(evil), **transfer,
-                                                                      output_dir=str(tmp_path / "ft_new")),
-                                                 progress=False),
-        "fine-tuning resumed": lambda: fine_tune(make_transfer_config(**transfer, output_dir=str(ft_dir),
-                                                                      resume=True), progress=False),
+        "fine-tuning from it": lambda: fine_tune(
+            make_transfer_config(weights=str(evil), **transfer, output_dir=str(tmp_path / "ft_new")), progress=False
+        ),
+        "fine-tuning resumed": lambda: fine_tune(
+            make_transfer_config(**transfer, output_dir=str(ft_dir), resume=True), progress=False
+        ),
         "summary": lambda: weights.load(evil).summary(),
     }
     for name, call in entry_points.items():
-        with pytest.raises(UnsafeFileError, match=r"reading it would run code \((io|builtins)\.open\).*Nothing in it "
-                                                  r"has run"):
+        with pytest.raises(
+            UnsafeFileError,
+            match=r"reading it would run code \((io|builtins)\.open\).*Nothing in it "
+            r"has run",
+        ):
             call()
         assert not marker.exists(), name
 
@@ -444,6 +544,7 @@ def test_mocolab_checkpoints_hold_data_only(tiny_checkpoint):
 
 def test_the_command_line_lists_the_registry_and_describes_a_file(nets, tmp_path, capsys):
     from mocolab.weights.__main__ import main
+
     main(["list"])
     listed = capsys.readouterr().out
     assert all(name in listed for name in weights.REGISTRY) and "md5:59fd9945" in listed

@@ -1,4 +1,5 @@
 """The augmentation explorer: its sliders set aug+'s parameters and redraw the figure in place."""
+
 import base64
 
 import numpy as np
@@ -13,8 +14,7 @@ from mocolab.widgets import AugmentationExplorer
 
 @pytest.fixture
 def explorer():
-    images = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8))
-              for i in range(2)]
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)) for i in range(2)]
     return AugmentationExplorer(images, size=48, views=3)
 
 
@@ -51,8 +51,9 @@ def test_explorer_displays_as_a_widget_with_a_static_png_fallback(explorer):
 
 def test_recipe_at_zero_strength_is_the_identity():
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
-    recipe = augment.aug_plus(32, normalize=False, crop_scale=(1.0, 1.0), jitter=(0, 0, 0, 0), gray_p=0, blur_p=0,
-                              flip_p=0)
+    recipe = augment.aug_plus(
+        32, normalize=False, crop_scale=(1.0, 1.0), jitter=(0, 0, 0, 0), gray_p=0, blur_p=0, flip_p=0
+    )
     whole = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])(image)
     for _ in range(5):  # a crop of scale 1 is the whole (square) image, whatever aspect ratio is drawn
         assert torch.allclose(recipe(image), whole, atol=1e-6)

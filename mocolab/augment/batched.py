@@ -13,6 +13,7 @@ jitter and grayscale (in the recipe's order), blur. Flipping commutes with the
 pointwise colour ops and with the symmetric blur, so one order serves aug+
 (flip last) and the CIFAR recipe (flip second).
 """
+
 from __future__ import annotations
 
 import math
@@ -28,6 +29,7 @@ USE_TORCH_WHERE = None  # None: torch.where on GPUs, subsets on the CPU (see `ap
 # ----------------------------------------------------------------------------
 # Sampling: one set of parameters per image
 # ----------------------------------------------------------------------------
+
 
 def sample_crops(n: int, height, width, scale, ratio, generator=None, device="cpu", attempts: int = 10):
     """Boxes (top, left, h, w), n x 4 long, drawn as torchvision's RandomResizedCrop.get_params.
@@ -62,6 +64,7 @@ def sample_crops(n: int, height, width, scale, ratio, generator=None, device="cp
 
 def sample_params(r: Recipe, n: int, height, width, generator=None, device="cpu") -> dict:
     """Every random choice of n views: crops, flips, jitter (on, factors, order), gray, blur (on, sigma)."""
+
     def uniform(lo, hi, shape=(n,)):
         return lo + (hi - lo) * torch.rand(shape, generator=generator, device=device)
 
@@ -74,8 +77,15 @@ def sample_params(r: Recipe, n: int, height, width, generator=None, device="cpu"
         "flip": coin(r.flip_p),
         "jitter": coin(r.jitter_p),
         # ColorJitter's factor ranges: [max(0, 1 - x), 1 + x] for b, c, s and [-h, h] for hue.
-        "factors": torch.stack([uniform(max(0, 1 - b), 1 + b), uniform(max(0, 1 - c), 1 + c),
-                                uniform(max(0, 1 - s), 1 + s), uniform(-h, h)], dim=1),
+        "factors": torch.stack(
+            [
+                uniform(max(0, 1 - b), 1 + b),
+                uniform(max(0, 1 - c), 1 + c),
+                uniform(max(0, 1 - s), 1 + s),
+                uniform(-h, h),
+            ],
+            dim=1,
+        ),
         "order": torch.rand(n, 4, generator=generator, device=device).argsort(dim=1),  # a random permutation each
         "gray": coin(r.gray_p),
         "blur": coin(r.blur_p),
@@ -86,6 +96,7 @@ def sample_params(r: Recipe, n: int, height, width, generator=None, device="cpu"
 # ----------------------------------------------------------------------------
 # The ops, batched (images: N x 3 x H x W floats in [0, 1])
 # ----------------------------------------------------------------------------
+
 
 def resize_weights(start: torch.Tensor, length: torch.Tensor, total: int, out: int) -> torch.Tensor:
     """N x out x total matrices that crop [start, start + length) of an axis and resize it to `out` pixels.
@@ -240,6 +251,7 @@ def apply_params(images: torch.Tensor, p: dict, r: Recipe, normalize: bool = Tru
 
 def apply_color(x: torch.Tensor, p: dict, r: Recipe) -> torch.Tensor:
     """Jitter, grayscale and blur of already cropped views (N x 3 x S x S floats in [0, 1])."""
+
     def gray(v):
         return grayscale(v).expand_as(v)
 

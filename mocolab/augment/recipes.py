@@ -17,6 +17,7 @@ docs/protocols.md section 1 lists the recipes and their sources:
 `order` is the order of the operations in the source code; an operation
 whose probability is 0 is left out.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,9 +54,10 @@ class Recipe:
     def __post_init__(self):
         settings.check_fields(self)
         unknown = [op for op in self.order if op not in OPERATIONS]
-        settings.need(not unknown and self.order[0] == "crop",
-                      f"recipe {self.name!r}: order must start with 'crop' and use {list(OPERATIONS)}, "
-                      f"got {list(self.order)}")
+        settings.need(
+            not unknown and self.order[0] == "crop",
+            f"recipe {self.name!r}: order must start with 'crop' and use {list(OPERATIONS)}, got {list(self.order)}",
+        )
         for p in ("jitter_p", "gray_p", "blur_p", "flip_p"):
             settings.need(0.0 <= getattr(self, p) <= 1.0, f"recipe {self.name!r}: {p} must lie in [0, 1]")
 
@@ -81,8 +83,15 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "aug_plus": Recipe("aug_plus"),
     "v1": Recipe("v1", jitter=(0.4, 0.4, 0.4, 0.4), jitter_p=1.0, blur_p=0.0, order=("crop", "gray", "jitter", "flip")),
-    "cifar": Recipe("cifar", size=32, crop_scale=(0.08, 1.0), blur_p=0.0, order=("crop", "flip", "jitter", "gray"),
-                    mean=CIFAR_MEAN, std=CIFAR_STD),
+    "cifar": Recipe(
+        "cifar",
+        size=32,
+        crop_scale=(0.08, 1.0),
+        blur_p=0.0,
+        order=("crop", "flip", "jitter", "gray"),
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
+    ),
 }
 
 

@@ -5,6 +5,7 @@ with the operations in the recipe's order, on PIL images like the official
 code; `TwoViews` applies it twice, independently, to make the query and key
 crops of a positive pair (docs/protocols.md section 1).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -71,12 +72,16 @@ def operations(r: Recipe) -> dict[str, v2.Transform]:
     lo, hi = r.blur_sigma
     resize = v2.Resize(r.size)
     shown = {
-        "crop": (f"random resized crop, scale {r.crop_scale[0]:g}-{r.crop_scale[1]:g}",
-                 v2.RandomResizedCrop(r.size, scale=r.crop_scale, ratio=r.crop_ratio)),
+        "crop": (
+            f"random resized crop, scale {r.crop_scale[0]:g}-{r.crop_scale[1]:g}",
+            v2.RandomResizedCrop(r.size, scale=r.crop_scale, ratio=r.crop_ratio),
+        ),
         "jitter": (f"colour jitter ({b:g}, {c:g}, {s:g}, {h:g})", v2.Compose([resize, v2.ColorJitter(*r.jitter)])),
         "gray": ("grayscale", v2.Compose([resize, v2.Grayscale(num_output_channels=3)])),
-        "blur": (f"Gaussian blur, sigma {lo:g}-{hi:g}",
-                 v2.Compose([resize, v2.GaussianBlur(r.blur_kernel, sigma=r.blur_sigma)])),
+        "blur": (
+            f"Gaussian blur, sigma {lo:g}-{hi:g}",
+            v2.Compose([resize, v2.GaussianBlur(r.blur_kernel, sigma=r.blur_sigma)]),
+        ),
         "flip": ("horizontal flip", v2.Compose([resize, v2.RandomHorizontalFlip(p=1.0)])),
     }
     return dict(shown[op] for op in r.order if r.applies(op))

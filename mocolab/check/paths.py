@@ -9,6 +9,7 @@ are tiny on purpose: this stage proves correctness, stage 3 measures speed.
 reference is often the same computation, so the stage proves that the code runs);
 tests/test_gpu.py runs each one as a pytest test marked `gpu`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -103,6 +104,7 @@ def fused_sgd(device) -> str:
 def device_views(device) -> str:
     """The device path's augmentation on `device` against the same draws on the CPU (aug+ at 32 px)."""
     from ..augment import batched, recipe
+
     r = recipe("aug_plus", 32)
     images = torch.randint(0, 256, (16, 3, 40, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     p = batched.sample_params(r, 16, 40, 48, torch.Generator().manual_seed(1))
@@ -117,6 +119,7 @@ def jpeg_decode(device) -> str:
     """torchvision's decode_jpeg on `device` (nvJPEG on a GPU) against PIL's decoder on the CPU."""
     import torchvision
     from torchvision.io import ImageReadMode
+
     rng = np.random.default_rng(0)
     smooth = np.kron(rng.integers(0, 256, (24, 32, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # 192 x 256 blocks
     buffer = io.BytesIO()
@@ -126,8 +129,9 @@ def jpeg_decode(device) -> str:
     reference = torch.from_numpy(np.array(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))).permute(2, 0, 1)
     diff = (decoded - reference.int()).abs()
     # Decoders may round the inverse DCT and upsample chroma differently: a level or two, rarely more.
-    assert diff.float().mean().item() <= 1.0 and diff.max().item() <= 32, \
+    assert diff.float().mean().item() <= 1.0 and diff.max().item() <= 32, (
         f"decoded pixels differ from PIL's by {diff.float().mean().item():.2f} on average, {diff.max().item()} at most"
+    )
     return f"mean absolute difference {diff.float().mean().item():.3f} levels, max {diff.max().item()}"
 
 
@@ -148,6 +152,7 @@ def compiled_steps(device) -> str:
 def svm_solver(device) -> str:
     """The batched squared-hinge SVM solver on `device` against scikit-learn's LinearSVC (liblinear)."""
     from ..evaluate.svm import fit_svms, sample_costs, sklearn_svm_scores
+
     g = torch.Generator().manual_seed(0)
     x = F.normalize(torch.randn(300, 64, generator=g, dtype=torch.float64), dim=1)
     w_true = torch.randn(64, 3, generator=g, dtype=torch.float64)
@@ -164,6 +169,7 @@ def svm_solver(device) -> str:
 def knn_vote(device) -> str:
     """The weighted kNN vote on `device` against the same computation on the CPU: the same top-1."""
     from ..evaluate.knn import knn_accuracy
+
     g = torch.Generator().manual_seed(0)
     bank = F.normalize(torch.randn(500, 32, generator=g), dim=1)
     test = F.normalize(torch.randn(100, 32, generator=g), dim=1)
@@ -192,15 +198,20 @@ def transfer_models(device) -> str:
     """One forward/backward of each transfer model (Faster R-CNN C4, Mask R-CNN FPN, FCN) at a small size."""
     from ..transfer import models
     from ..transfer.finetune import TINY_MODEL_OPTIONS
+
     torch.manual_seed(0)
     image = torch.rand(3, 96, 128, device=device)
-    target = {"boxes": torch.tensor([[10.0, 20.0, 60.0, 80.0]], device=device),
-              "labels": torch.tensor([3], device=device),
-              "masks": torch.zeros(1, 96, 128, dtype=torch.uint8, device=device)}
+    target = {
+        "boxes": torch.tensor([[10.0, 20.0, 60.0, 80.0]], device=device),
+        "labels": torch.tensor([3], device=device),
+        "masks": torch.zeros(1, 96, 128, dtype=torch.uint8, device=device),
+    }
     target["masks"][0, 20:80, 10:60] = 1
     losses = {}
-    for name, model in (("faster_rcnn_c4", models.faster_rcnn_c4(21, **TINY_MODEL_OPTIONS)),
-                        ("mask_rcnn_fpn", models.mask_rcnn_fpn(81, **TINY_MODEL_OPTIONS))):
+    for name, model in (
+        ("faster_rcnn_c4", models.faster_rcnn_c4(21, **TINY_MODEL_OPTIONS)),
+        ("mask_rcnn_fpn", models.mask_rcnn_fpn(81, **TINY_MODEL_OPTIONS)),
+    ):
         model.to(device).train()
         loss = sum(model([image], [target]).values())
         loss.backward()
@@ -220,6 +231,7 @@ def linear_probe_steps(device) -> str:
     stayed frozen); its loss against the same probe on the CPU, within 1e-3."""
     from ..evaluate.baselines import baseline_encoder
     from ..evaluate.linear import linear_probe, probe_recipe
+
     g = torch.Generator().manual_seed(0)
     images, labels = torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 4, (64,), generator=g)
     data = torch.utils.data.TensorDataset(images, labels)
@@ -229,8 +241,9 @@ def linear_probe_steps(device) -> str:
         encoder, _ = baseline_encoder("random", "resnet18", cifar_stem=True)
         torch.manual_seed(0)
         with _quiet():
-            result = linear_probe(encoder.backbone, data, data, 4, "avgpool", recipe, device=where, workers=0,
-                                  progress=False)
+            result = linear_probe(
+                encoder.backbone, data, data, 4, "avgpool", recipe, device=where, workers=0, progress=False
+            )
         losses.append(result["history"][-1]["loss"])
     assert abs(losses[0] - losses[1]) <= 1e-3, f"probe loss on {device} {losses[0]:.5f}, on the CPU {losses[1]:.5f}"
     return f"final loss {losses[0]:.4f} ({device}) vs {losses[1]:.4f} (CPU)"
@@ -248,6 +261,7 @@ def two_processes(device) -> str:
     """Two processes on the one device over gloo: shuffle BN's cross-process permutation and the global
     queue on `device` tensors; every rank ends with the same queue, holding both ranks' keys in rank order."""
     import torch.multiprocessing as mp
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -258,6 +272,7 @@ def two_processes(device) -> str:
 def _two_process_worker(rank: int, world: int, port: int, device: str) -> None:
     import torch.distributed as dist
     from .. import distributed as dist_
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -276,9 +291,17 @@ def _two_process_worker(rank: int, world: int, port: int, device: str) -> None:
         dist.destroy_process_group()
 
 
-CHECKS = {"MoCo step in bf16 vs fp32": moco_step_bf16, "fp16 with loss scaling": fp16_loss_scaling,
-          "fused SGD vs for-loop SGD": fused_sgd, "device-path views vs CPU": device_views,
-          "decode_jpeg (nvJPEG) vs PIL": jpeg_decode, "batched SVM vs LinearSVC": svm_solver, "kNN vs CPU": knn_vote,
-          "SyncBatchNorm, one process": sync_batchnorm, "transfer models forward/backward": transfer_models,
-          "linear probe vs CPU": linear_probe_steps, "two processes on one device (gloo)": two_processes,
-          "compile=True vs eager": compiled_steps}  # last: inductor's compile takes the longest
+CHECKS = {
+    "MoCo step in bf16 vs fp32": moco_step_bf16,
+    "fp16 with loss scaling": fp16_loss_scaling,
+    "fused SGD vs for-loop SGD": fused_sgd,
+    "device-path views vs CPU": device_views,
+    "decode_jpeg (nvJPEG) vs PIL": jpeg_decode,
+    "batched SVM vs LinearSVC": svm_solver,
+    "kNN vs CPU": knn_vote,
+    "SyncBatchNorm, one process": sync_batchnorm,
+    "transfer models forward/backward": transfer_models,
+    "linear probe vs CPU": linear_probe_steps,
+    "two processes on one device (gloo)": two_processes,
+    "compile=True vs eager": compiled_steps,
+}  # last: inductor's compile takes the longest

@@ -12,6 +12,7 @@ official CIFAR-10 demo reached kNN top-1 36.0 / 38.2 / 38.7 after epochs 1 / 2 /
 of its 200-epoch schedule (asymmetric loss, one GPU), and 82.6 (asymmetric) /
 85.3 (symmetric) after 200 epochs.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,20 +61,37 @@ class Sizes:
 
     @staticmethod
     def gpu() -> "Sizes":
-        return Sizes(device="cuda", demo_subset=0, demo_overrides={}, fast_epochs=3, reference_epochs=1,
-                     jpeg_files=4096, jpeg_size=(500, 375), jpeg_overrides={}, jpeg_epochs=4,
-                     svm_shape=(5011, 2048, 20),
-                     budgets={"environment": 20, "paths": 170, "speed": 320, "accuracy": 5})  # 515 s at most
+        return Sizes(
+            device="cuda",
+            demo_subset=0,
+            demo_overrides={},
+            fast_epochs=3,
+            reference_epochs=1,
+            jpeg_files=4096,
+            jpeg_size=(500, 375),
+            jpeg_overrides={},
+            jpeg_epochs=4,
+            svm_shape=(5011, 2048, 20),
+            budgets={"environment": 20, "paths": 170, "speed": 320, "accuracy": 5},
+        )  # 515 s at most
 
     @staticmethod
     def cpu() -> "Sizes":
-        return Sizes(device="cpu", demo_subset=256,
-                     demo_overrides=dict(batch_size=64, K=256, bn_splits=2, knn_bank_size=256, knn_test_size=128,
-                                         knn_k=20, workers=0),
-                     fast_epochs=1, reference_epochs=1, jpeg_files=64, jpeg_size=(80, 60),
-                     jpeg_overrides=dict(arch="resnet18", image_size=48, batch_size=16, K=64, bn_splits=2, workers=0),
-                     jpeg_epochs=1, svm_shape=(600, 64, 4),
-                     budgets={"environment": 30, "paths": 240, "speed": 300, "accuracy": 5})
+        return Sizes(
+            device="cpu",
+            demo_subset=256,
+            demo_overrides=dict(
+                batch_size=64, K=256, bn_splits=2, knn_bank_size=256, knn_test_size=128, knn_k=20, workers=0
+            ),
+            fast_epochs=1,
+            reference_epochs=1,
+            jpeg_files=64,
+            jpeg_size=(80, 60),
+            jpeg_overrides=dict(arch="resnet18", image_size=48, batch_size=16, K=64, bn_splits=2, workers=0),
+            jpeg_epochs=1,
+            svm_shape=(600, 64, 4),
+            budgets={"environment": 30, "paths": 240, "speed": 300, "accuracy": 5},
+        )
 
 
 def timed(stage: str, check: str, fn: Callable[[], str | tuple[str, str]]) -> Row:
@@ -88,8 +106,14 @@ def timed(stage: str, check: str, fn: Callable[[], str | tuple[str, str]]) -> Ro
     except Exception as error:  # reported in the row; the next check still runs
         last = traceback.extract_tb(error.__traceback__)[-1]
         text = f"{type(error).__name__}: {error}".strip()
-        return Row(stage, check, "FAIL", time.perf_counter() - tic,
-                   f"{text[:400]} (at {Path(last.filename).name}:{last.lineno})", hint_for(error))
+        return Row(
+            stage,
+            check,
+            "FAIL",
+            time.perf_counter() - tic,
+            f"{text[:400]} (at {Path(last.filename).name}:{last.lineno})",
+            hint_for(error),
+        )
     finally:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -101,11 +125,15 @@ def hint_for(error: Exception) -> str:
     if isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in text:
         return "out of GPU memory: is another process on the GPU (nvidia-smi)? Run the check alone"
     if "nvjpeg" in text or "decode_jpeg" in text:
-        return ("torchvision's GPU JPEG decoder is missing or failed: install torchvision's CUDA build; "
-                "data_path='cpu' or 'device' work without it")
+        return (
+            "torchvision's GPU JPEG decoder is missing or failed: install torchvision's CUDA build; "
+            "data_path='cpu' or 'device' work without it"
+        )
     if "cuda" in text or "cudnn" in text or "nccl" in text:
-        return (f"a CUDA error: does torch's CUDA build ({torch.version.cuda}) suit the driver? "
-                f"CUDA_LAUNCH_BLOCKING=1 locates the failing kernel")
+        return (
+            f"a CUDA error: does torch's CUDA build ({torch.version.cuda}) suit the driver? "
+            f"CUDA_LAUNCH_BLOCKING=1 locates the failing kernel"
+        )
     if isinstance(error, AssertionError):
         return "the accelerated path disagrees with its reference: a bug to report with this row"
     return ""
@@ -126,12 +154,15 @@ def run_stage(stage: str, checks: list[tuple[str, Callable]], budget: float) -> 
 # Stage 1: environment
 # ----------------------------------------------------------------------------
 
+
 def environment(device: str) -> list[tuple[str, Callable]]:
     import torchvision
 
     def versions():
-        return (f"torch {torch.__version__}, torchvision {torchvision.__version__}, CUDA {torch.version.cuda}, "
-                f"cuDNN {torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}")
+        return (
+            f"torch {torch.__version__}, torchvision {torchvision.__version__}, CUDA {torch.version.cuda}, "
+            f"cuDNN {torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}"
+        )
 
     def gpu():
         if device != "cuda":
@@ -153,13 +184,19 @@ def environment(device: str) -> list[tuple[str, Callable]]:
     def cpus():
         return f"{os.cpu_count()} CPUs visible, {len(os.sched_getaffinity(0))} usable by this process"
 
-    return [("versions", versions), ("GPU", gpu), ("bf16", bf16), ("JPEG decoding on the device", nvjpeg),
-            ("CPU cores", cpus)]
+    return [
+        ("versions", versions),
+        ("GPU", gpu),
+        ("bf16", bf16),
+        ("JPEG decoding on the device", nvjpeg),
+        ("CPU cores", cpus),
+    ]
 
 
 # ----------------------------------------------------------------------------
 # Stage 3: speed, side by side; stage 4 reads the fast run's kNN
 # ----------------------------------------------------------------------------
+
 
 class Speed:
     """The speed rows, sharing their runs: the fast cifar10_demo run is also the accuracy smoke."""
@@ -170,10 +207,18 @@ class Speed:
 
     def demo(self, name: str, epochs: int, **overrides):
         from .. import make_config, pretrain
+
         s = self.sizes
-        cfg = make_config("cifar10_demo", dataset=self.dataset, data_root=self.data_root, train_subset=s.demo_subset,
-                          gpus=1 if s.device == "cuda" else 0, stop_after=epochs, output_dir=str(self.work / name),
-                          **{**s.demo_overrides, **overrides})
+        cfg = make_config(
+            "cifar10_demo",
+            dataset=self.dataset,
+            data_root=self.data_root,
+            train_subset=s.demo_subset,
+            gpus=1 if s.device == "cuda" else 0,
+            stop_after=epochs,
+            output_dir=str(self.work / name),
+            **{**s.demo_overrides, **overrides},
+        )
         return pretrain(cfg, progress=False)
 
     def fast_path(self) -> str:
@@ -183,8 +228,14 @@ class Speed:
 
     def reference_path(self) -> str:
         workers = self.sizes.demo_overrides.get("workers", max(1, len(os.sched_getaffinity(0)) - 1))
-        run = self.demo("demo_reference", self.sizes.reference_epochs, data_path="cpu", precision="fp32",
-                        workers=workers, knn_every=0)
+        run = self.demo(
+            "demo_reference",
+            self.sizes.reference_epochs,
+            data_path="cpu",
+            precision="fp32",
+            workers=workers,
+            knn_every=0,
+        )
         text = _epoch_figures(run, f"PIL in {workers} loader workers, fp32")
         if self.fast is not None:
             fast = _train_seconds(self.fast)
@@ -197,13 +248,23 @@ class Speed:
 
         def run(path: str, precision: str, epochs: int):
             from .. import make_config, pretrain
+
             if not folder.exists():
                 synthetic_jpegs(folder, self.sizes.jpeg_files, self.sizes.jpeg_size)
             workers = self.sizes.jpeg_overrides.get("workers", max(1, len(os.sched_getaffinity(0)) - 1))
-            cfg = make_config("imagenet_mocov2", dataset="imagefolder", data_root=str(folder), data_path=path,
-                              precision=precision, gpus=1 if self.sizes.device == "cuda" else 0, knn_every=0,
-                              stop_after=epochs, checkpoint_every=0, output_dir=str(self.work / f"r50_{path}"),
-                              **{**self.sizes.jpeg_overrides, "workers": workers})
+            cfg = make_config(
+                "imagenet_mocov2",
+                dataset="imagefolder",
+                data_root=str(folder),
+                data_path=path,
+                precision=precision,
+                gpus=1 if self.sizes.device == "cuda" else 0,
+                knn_every=0,
+                stop_after=epochs,
+                checkpoint_every=0,
+                output_dir=str(self.work / f"r50_{path}"),
+                **{**self.sizes.jpeg_overrides, "workers": workers},
+            )
             history = pretrain(cfg, progress=False).history
             rates[path] = history[-1]["images_per_s"]  # the last epoch: past cuDNN's autotuning and warm-up
             return f"{rates[path]:.0f} img/s (last of {len(history)} epochs of {self.sizes.jpeg_files} images)"
@@ -219,11 +280,14 @@ class Speed:
 
         arch = self.sizes.jpeg_overrides.get("arch", "resnet50")
         size = self.sizes.jpeg_overrides.get("image_size", 224)
-        return [(f"{arch} at {size} px from JPEG files: jpeg path", jpeg),
-                (f"{arch} at {size} px from JPEG files: reference path", reference)]
+        return [
+            (f"{arch} at {size} px from JPEG files: jpeg path", jpeg),
+            (f"{arch} at {size} px from JPEG files: reference path", reference),
+        ]
 
     def svm(self) -> str:
         from ..evaluate.svm import fit_svms, sample_costs, sklearn_svm_scores
+
         n, d, classes = self.sizes.svm_shape
         g = torch.Generator().manual_seed(0)
         x = torch.nn.functional.normalize(torch.randn(n, d, generator=g).relu(), dim=1).double()
@@ -241,12 +305,18 @@ class Speed:
         tic = time.perf_counter()
         sklearn_svm_scores(x.numpy(), y[:, 0].numpy(), 0.1, x[:1].numpy())
         theirs = time.perf_counter() - tic
-        return (f"{n} x {d}, cost 0.1: {classes} classes at once in {ours:.2f} s on {device}; LinearSVC "
-                f"{theirs:.2f} s for one class: {theirs * classes / ours:.0f}x faster over all classes")
+        return (
+            f"{n} x {d}, cost 0.1: {classes} classes at once in {ours:.2f} s on {device}; LinearSVC "
+            f"{theirs:.2f} s for one class: {theirs * classes / ours:.0f}x faster over all classes"
+        )
 
     def checks(self) -> list[tuple[str, Callable]]:
-        return [("cifar10_demo: fast path", self.fast_path), ("cifar10_demo: reference path", self.reference_path),
-                *self.jpeg_rows(), ("VOC07-sized SVMs: batched solver vs LinearSVC", self.svm)]
+        return [
+            ("cifar10_demo: fast path", self.fast_path),
+            ("cifar10_demo: reference path", self.reference_path),
+            *self.jpeg_rows(),
+            ("VOC07-sized SVMs: batched solver vs LinearSVC", self.svm),
+        ]
 
 
 def _train_seconds(run) -> float:
@@ -259,8 +329,10 @@ def _train_seconds(run) -> float:
 def _epoch_figures(run, how: str) -> str:
     trained = [r for r in run.history if r["epoch"] > 0]
     knn = [r["knn_s"] for r in trained if r["knn_s"] is not None]
-    text = (f"{how}: {_train_seconds(run):.1f} s/epoch training ({trained[-1]['images_per_s']:.0f} img/s), "
-            f"first epoch {trained[0]['train_s']:.1f} s")
+    text = (
+        f"{how}: {_train_seconds(run):.1f} s/epoch training ({trained[-1]['images_per_s']:.0f} img/s), "
+        f"first epoch {trained[0]['train_s']:.1f} s"
+    )
     return text + (f", kNN pass {np.mean(knn):.1f} s" if knn else "")
 
 
@@ -287,19 +359,31 @@ def accuracy(speed: Speed) -> list[tuple[str, Callable]]:
             return "FAIL", "the fast cifar10_demo run of stage 3 did not finish"
         knn = [r["knn_top1"] for r in speed.fast.history if r["epoch"] > 0]
         ours = " / ".join(f"{v:.1f}" for v in knn)
-        ref = " / ".join(f"{v:.1f}" for v in DEMO_KNN_FIRST_EPOCHS[:len(knn)])
+        ref = " / ".join(f"{v:.1f}" for v in DEMO_KNN_FIRST_EPOCHS[: len(knn)])
         return f"kNN top-1 after epochs 1-{len(knn)}: {ours} (the official demo: {ref})"
+
     return [("cifar10_demo, first epochs of 200, all 50,000 images", smoke)]
 
 
 def full_run(dataset: str, data_root: str, work: Path, symmetric: bool) -> list[tuple[str, Callable]]:
     def run():
         from .. import make_config, pretrain
+
         tic = time.perf_counter()
-        cfg = make_config("cifar10_demo", dataset=dataset, data_root=data_root, symmetric=symmetric, gpus=1,
-                          knn_every=10, output_dir=str(work / "demo_200"))
+        cfg = make_config(
+            "cifar10_demo",
+            dataset=dataset,
+            data_root=data_root,
+            symmetric=symmetric,
+            gpus=1,
+            knn_every=10,
+            output_dir=str(work / "demo_200"),
+        )
         history = pretrain(cfg, progress=False).history
         loss = "symmetric" if symmetric else "asymmetric"
-        return (f"kNN top-1 {history[-1]['knn_top1']:.1f} after 200 epochs ({loss}; the official demo: "
-                f"{DEMO_KNN_200[loss]}), {(time.perf_counter() - tic) / 60:.1f} min")
+        return (
+            f"kNN top-1 {history[-1]['knn_top1']:.1f} after 200 epochs ({loss}; the official demo: "
+            f"{DEMO_KNN_200[loss]}), {(time.perf_counter() - tic) / 60:.1f} min"
+        )
+
     return [("cifar10_demo, 200 epochs", run)]

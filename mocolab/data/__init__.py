@@ -15,6 +15,7 @@ Every path takes the same seeded subset of images in the same epoch order;
 each draws its views from (seed, epoch, position), so a resumed run continues
 exactly. datasets.py loads one split of a dataset.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -22,8 +23,17 @@ from typing import TYPE_CHECKING, Iterator, NamedTuple, Protocol
 
 import torch
 
-from .datasets import (DATASETS, SPECS, DatasetError, DatasetSpec, classes_of, load_split, seeded_subset, spec,
-                       subset_indices)
+from .datasets import (
+    DATASETS,
+    SPECS,
+    DatasetError,
+    DatasetSpec,
+    classes_of,
+    load_split,
+    seeded_subset,
+    spec,
+    subset_indices,
+)
 from .device import cached_split, device_batches, device_knn_sets, one_read_per_split
 from .jpeg import jpeg_batches
 from .loader import LoaderBatches, eval_loader, knn_datasets, pretrain_dataset
@@ -31,9 +41,27 @@ from .loader import LoaderBatches, eval_loader, knn_datasets, pretrain_dataset
 if TYPE_CHECKING:  # annotations only: the config imports the dataset table (SPECS) from here
     from ..config import Config
 
-__all__ = ["DATASETS", "SPECS", "DatasetError", "DatasetSpec", "KnnSets", "PretrainBatches", "cached_split",
-           "classes_of", "eval_loader", "knn_datasets", "knn_sets", "load_split", "one_read_per_split",
-           "pretrain_batches", "pretrain_dataset", "resolve_path", "seeded_subset", "spec", "subset_indices"]
+__all__ = [
+    "DATASETS",
+    "SPECS",
+    "DatasetError",
+    "DatasetSpec",
+    "KnnSets",
+    "PretrainBatches",
+    "cached_split",
+    "classes_of",
+    "eval_loader",
+    "knn_datasets",
+    "knn_sets",
+    "load_split",
+    "one_read_per_split",
+    "pretrain_batches",
+    "pretrain_dataset",
+    "resolve_path",
+    "seeded_subset",
+    "spec",
+    "subset_indices",
+]
 
 
 class PretrainBatches(Protocol):
@@ -82,8 +110,11 @@ def knn_sets(cfg: Config, device: torch.device) -> KnnSets:
     if sets is None:
         bank, test = knn_datasets(cfg)
         pin = device.type == "cuda"
-        sets = (eval_loader(bank, workers=cfg.workers, pin_memory=pin),
-                eval_loader(test, workers=cfg.workers, pin_memory=pin), len(classes_of(bank)))
+        sets = (
+            eval_loader(bank, workers=cfg.workers, pin_memory=pin),
+            eval_loader(test, workers=cfg.workers, pin_memory=pin),
+            len(classes_of(bank)),
+        )
     sets = KnnSets(*sets)
     warn_if_uninformative(sets.num_classes, _images_in(sets.bank), cfg.knn_k, f"{cfg.dataset} at {cfg.data_root}")
     return sets
@@ -97,9 +128,15 @@ def _images_in(batches) -> int:
 def warn_if_uninformative(num_classes: int, bank_size: int, k: int, what: str) -> None:
     """One warning when a kNN accuracy cannot mean what it seems: one class, or fewer bank images than k."""
     if num_classes < 2:
-        warnings.warn(f"{what} has {num_classes} class: every kNN or SVM accuracy on it is 100% by construction, "
-                      f"so it says nothing about the features; use a labelled dataset with several classes "
-                      f"(train/<class>/ folders) to measure them", stacklevel=3)
+        warnings.warn(
+            f"{what} has {num_classes} class: every kNN or SVM accuracy on it is 100% by construction, "
+            f"so it says nothing about the features; use a labelled dataset with several classes "
+            f"(train/<class>/ folders) to measure them",
+            stacklevel=3,
+        )
     if bank_size < k:
-        warnings.warn(f"the kNN bank holds {bank_size} images, fewer than k={k}: every test image votes with the "
-                      f"whole bank (k={bank_size}); raise knn_bank_size or lower knn_k", stacklevel=3)
+        warnings.warn(
+            f"the kNN bank holds {bank_size} images, fewer than k={k}: every test image votes with the "
+            f"whole bank (k={bank_size}); raise knn_bank_size or lower knn_k",
+            stacklevel=3,
+        )

@@ -9,6 +9,7 @@ Supported: CIFAR-10 / CIFAR-100 and STL-10 through torchvision (downloaded into
 (ImageNet, Imagenette, a CIFAR-10 export, your own photos). Unreadable images
 in a folder are reported by path and skipped rather than crashing a long run.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -40,13 +41,15 @@ class DatasetSpec:
         """(images N x 3 x H x W uint8, labels N long) of an in-memory split (layout NHWC or NCHW)."""
         images = torch.from_numpy(ds.data)
         labels = ds.targets if hasattr(ds, "targets") else ds.labels  # CIFAR's name, STL-10's
-        return (images.permute(0, 3, 1, 2) if self.layout == "NHWC" else images).contiguous(), \
-            torch.as_tensor(labels).long()
+        return (images.permute(0, 3, 1, 2) if self.layout == "NHWC" else images).contiguous(), torch.as_tensor(
+            labels
+        ).long()
 
 
 def _cifar(cls):
     def open_split(root, split, transform, download):
         return cls(root, train=split == "train", transform=transform, download=download)
+
     return open_split
 
 
@@ -60,12 +63,28 @@ def _folder(root, split, transform, download):
 
 _TORONTO = "https://www.cs.toronto.edu/~kriz/cifar.html"
 SPECS: dict[str, DatasetSpec] = {
-    "cifar10": DatasetSpec("CIFAR-10", _cifar(torchvision.datasets.CIFAR10), ("train", "test"), "NHWC",
-                           source=("cifar-10-python.tar.gz", "cifar-10-batches-py", _TORONTO)),
-    "cifar100": DatasetSpec("CIFAR-100", _cifar(torchvision.datasets.CIFAR100), ("train", "test"), "NHWC",
-                            source=("cifar-100-python.tar.gz", "cifar-100-python", _TORONTO)),
-    "stl10": DatasetSpec("STL-10", _stl10, ("train", "test", "unlabeled"), "NCHW", pretrain_split="unlabeled",
-                         source=("stl10_binary.tar.gz", "stl10_binary", "https://cs.stanford.edu/~acoates/stl10/")),
+    "cifar10": DatasetSpec(
+        "CIFAR-10",
+        _cifar(torchvision.datasets.CIFAR10),
+        ("train", "test"),
+        "NHWC",
+        source=("cifar-10-python.tar.gz", "cifar-10-batches-py", _TORONTO),
+    ),
+    "cifar100": DatasetSpec(
+        "CIFAR-100",
+        _cifar(torchvision.datasets.CIFAR100),
+        ("train", "test"),
+        "NHWC",
+        source=("cifar-100-python.tar.gz", "cifar-100-python", _TORONTO),
+    ),
+    "stl10": DatasetSpec(
+        "STL-10",
+        _stl10,
+        ("train", "test", "unlabeled"),
+        "NCHW",
+        pretrain_split="unlabeled",
+        source=("stl10_binary.tar.gz", "stl10_binary", "https://cs.stanford.edu/~acoates/stl10/"),
+    ),
     # <root>/train/ and <root>/val/ (or test/): ImageNet, Imagenette, a CIFAR-10 export, your own photos
     "imagefolder": DatasetSpec("an image folder", _folder, ("train", "test"), "files"),
 }
@@ -88,9 +107,11 @@ def check_unreadable_share(bad: list, total: int, where, limit: float | None = N
     limit = unreadable.max_share() if limit is None else limit
     if total and len(bad) / total > limit:
         first = ", ".join(str(p) for p in bad[:5])
-        raise DatasetError(f"{len(bad)} of {total} images in {where} cannot be read (more than {limit:.0%}), "
-                           f"e.g. {first}: is data_root the right folder? Remove or replace the broken files, "
-                           f"or allow more with the environment variable {unreadable.SHARE_ENV}=0.05 (a share)")
+        raise DatasetError(
+            f"{len(bad)} of {total} images in {where} cannot be read (more than {limit:.0%}), "
+            f"e.g. {first}: is data_root the right folder? Remove or replace the broken files, "
+            f"or allow more with the environment variable {unreadable.SHARE_ENV}=0.05 (a share)"
+        )
 
 
 def check_signatures(paths: list[str], where, threads: int = 16) -> None:
@@ -128,13 +149,16 @@ class SkipCorruptImageFolder(torchvision.datasets.ImageFolder):
             if self.target_transform is not None:
                 target = self.target_transform(target)
             return image, target
-        raise DatasetError(f"{self.max_consecutive_failures} consecutive unreadable images from "
-                           f"{self.samples[index][0]} on in {self.root}: is the folder corrupt?")
+        raise DatasetError(
+            f"{self.max_consecutive_failures} consecutive unreadable images from "
+            f"{self.samples[index][0]} on in {self.root}: is the folder corrupt?"
+        )
 
 
 # ----------------------------------------------------------------------------
 # Loading one split
 # ----------------------------------------------------------------------------
+
 
 def load_split(dataset: str, root: str | Path, split: str, transform=None, download: bool = True) -> Dataset:
     """One split of a dataset with `transform` applied to its PIL images.
@@ -156,12 +180,15 @@ def load_split(dataset: str, root: str | Path, split: str, transform=None, downl
             f"{about.title} is not in {root} and {how}: {err}. Download {archive} from {url} and put it "
             f"in {root} (it is extracted on first use), or extract it so that {root / folder} exists; "
             f"or set dataset='imagefolder' and data_root to a folder with train/ and test/ "
-            f"class subfolders.") from err
+            f"class subfolders."
+        ) from err
 
 
 def _image_folder(root: Path, split: str, transform) -> Dataset:
-    layout = (f"expected {root}/train/<class>/<image> and {root}/val/ (or test/) laid out the same; "
-              f"set data_root to that folder")
+    layout = (
+        f"expected {root}/train/<class>/<image> and {root}/val/ (or test/) laid out the same; "
+        f"set data_root to that folder"
+    )
     if not root.is_dir():
         raise DatasetError(f"data_root {root} does not exist: {layout}")
     candidates = ["train"] if split == "train" else ["val", "test"]
@@ -194,5 +221,3 @@ def seeded_subset(dataset: Dataset, n: int, *seed: int | str) -> Dataset:
     if n <= 0 or n >= len(dataset):
         return dataset
     return Subset(dataset, subset_indices(len(dataset), n, *seed))
-
-

@@ -11,6 +11,7 @@ same distributions. The random draws of step s in epoch e come from a
 generator seeded by (seed, epoch, step, rank), so a resumed run continues
 exactly.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,6 +49,7 @@ def cache_folder() -> Path:
 # Decoding once, to a uint8 tensor cache
 # ----------------------------------------------------------------------------
 
+
 def decode_split(ds, dataset: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(images N x 3 x H x W uint8, labels N long, {unreadable path: reason}) of one split of `dataset`
     (load_split's, without a transform), decoded in full."""
@@ -66,9 +68,11 @@ def decode_split(ds, dataset: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
         if first is None:
             first = (path, array.shape)
         elif array.shape != first[1]:
-            raise DatasetError(f"{path} is {array.shape[1]}x{array.shape[0]} px but {first[0]} is "
-                               f"{first[1][1]}x{first[1][0]}: the device data path holds images of one "
-                               f"size; use data_path='cpu' for this folder")
+            raise DatasetError(
+                f"{path} is {array.shape[1]}x{array.shape[0]} px but {first[0]} is "
+                f"{first[1][1]}x{first[1][0]}: the device data path holds images of one "
+                f"size; use data_path='cpu' for this folder"
+            )
         images.append(torch.from_numpy(array).permute(2, 0, 1))
         labels.append(label)
     check_unreadable_share(list(bad), len(ds.samples), ds.root)
@@ -115,7 +119,8 @@ def _read_split(dataset: str, root, split: str, download: bool, cache_dir=None):
     ds = load_split(dataset, root, split, transform=None, download=download)
     key = {"dataset": dataset, "root": where, "split": split, "files": files_digest(ds)}
     path = Path(cache_dir or cache_folder()) / (
-        hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".pt")
+        hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".pt"
+    )
     stored = torch.load(path, weights_only=True) if path.exists() else None
     if stored is not None and stored["key"] == key:
         for bad, reason in stored.get("unreadable", {}).items():
@@ -133,6 +138,7 @@ def _read_split(dataset: str, root, split: str, download: bool, cache_dir=None):
 # ----------------------------------------------------------------------------
 # Batches of a run
 # ----------------------------------------------------------------------------
+
 
 class DeviceBatches:
     """The pretraining batches of one process, augmented on the device: ((x_q, x_k), labels) per step.
@@ -154,14 +160,17 @@ class DeviceBatches:
 
     def epoch(self, epoch: int):
         cfg, per_rank = self.cfg, self.cfg.batch_size // self.world
-        order = torch.as_tensor(list(epoch_order(len(self.images), cfg, epoch, self.rank, self.world)),
-                                device=self.images.device)
+        order = torch.as_tensor(
+            list(epoch_order(len(self.images), cfg, epoch, self.rank, self.world)), device=self.images.device
+        )
         for step in range(len(order) // per_rank):
-            idx = order[step * per_rank:(step + 1) * per_rank]
+            idx = order[step * per_rank : (step + 1) * per_rank]
             generator = seeding.generator(cfg.seed, "device views", epoch, step, self.rank, device=self.images.device)
             x = self.images[idx]
-            yield (batched.augment(x, self.recipe, generator), batched.augment(x, self.recipe, generator)), \
-                self.labels[idx]
+            yield (
+                (batched.augment(x, self.recipe, generator), batched.augment(x, self.recipe, generator)),
+                self.labels[idx],
+            )
 
 
 def device_batches(cfg: Config, device, rank: int = 0, world: int = 1) -> DeviceBatches:
@@ -186,8 +195,8 @@ class DeviceEvalBatches:
 
     def __iter__(self):
         for start in range(0, len(self.images), self.batch_size):
-            x = self.images[start:start + self.batch_size].float() / 255
-            yield batched.normalize(x, self.mean, self.std), self.labels[start:start + self.batch_size]
+            x = self.images[start : start + self.batch_size].float() / 255
+            yield batched.normalize(x, self.mean, self.std), self.labels[start : start + self.batch_size]
 
 
 def device_knn_sets(cfg: Config, device, batch_size: int = 1024):

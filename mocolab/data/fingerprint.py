@@ -5,6 +5,7 @@ The feature cache (evaluate.features) and the device path's decoded-image cache
 relabelled in place changes the fingerprint, so neither cache returns what was
 computed from images that are no longer there.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,7 +52,9 @@ def files_digest(dataset) -> str:
         for i in indices if indices is not None else range(len(dataset.ids)):
             stat(Path(dataset.root) / "JPEGImages" / f"{dataset.ids[i]}.jpg", dataset.targets[i].tolist())
     else:  # keyed by its name and size alone, a cache would return what other images gave: refuse instead
-        raise TypeError(f"cannot fingerprint a {type(dataset).__name__}: the caches key a dataset by what its "
-                        f"images are, read from an image folder's `samples`, an in-memory array `data` (the "
-                        f"layouts of data.SPECS) or VOC07's `ids`; give the dataset one of these")
+        raise TypeError(
+            f"cannot fingerprint a {type(dataset).__name__}: the caches key a dataset by what its "
+            f"images are, read from an image folder's `samples`, an in-memory array `data` (the "
+            f"layouts of data.SPECS) or VOC07's `ids`; give the dataset one of these"
+        )
     return digest.hexdigest()[:24]

@@ -9,6 +9,7 @@ Files that are not JPEGs (PNG, ...) are decoded on the CPU by
 Order and draws follow the other paths: the shared epoch order
 (loader.epoch_order), and per-step random draws seeded by (seed, epoch, step, rank).
 """
+
 from __future__ import annotations
 
 import io
@@ -57,16 +58,22 @@ class FileBytes(Dataset):
             if why is None:
                 return data, label, i
             unreadable.report(path, why)
-        raise DatasetError(f"{self.max_consecutive_failures} consecutive unreadable images from "
-                           f"{self.samples[index][0]} on: is the folder corrupt?")
+        raise DatasetError(
+            f"{self.max_consecutive_failures} consecutive unreadable images from "
+            f"{self.samples[index][0]} on: is the folder corrupt?"
+        )
 
 
 def _collate(batch):
     """One byte buffer and the files' offsets in it: a single tensor crosses from the worker (many small
     ones would each need a file descriptor) and is pinned in one piece."""
     lengths = torch.tensor([0] + [len(data) for data, _, _ in batch])
-    return (torch.cat([data for data, _, _ in batch]), lengths.cumsum(0), torch.as_tensor([y for _, y, _ in batch]),
-            torch.as_tensor([i for _, _, i in batch]))
+    return (
+        torch.cat([data for data, _, _ in batch]),
+        lengths.cumsum(0),
+        torch.as_tensor([y for _, y, _ in batch]),
+        torch.as_tensor([i for _, _, i in batch]),
+    )
 
 
 def split_buffer(buffer: torch.Tensor, offsets: torch.Tensor) -> list[torch.Tensor]:
@@ -91,8 +98,9 @@ def decode(data: list[torch.Tensor], device, name=None) -> list[torch.Tensor]:
     out = [None] * len(data)
     try:
         if jpegs:
-            for i, image in zip(jpegs, torchvision.io.decode_jpeg([data[i] for i in jpegs], mode=ImageReadMode.RGB,
-                                                                   device=device)):
+            for i, image in zip(
+                jpegs, torchvision.io.decode_jpeg([data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
+            ):
                 out[i] = image
         for i, d in enumerate(data):
             if out[i] is None:
@@ -128,7 +136,7 @@ def resized_crop_list(images: list[torch.Tensor], box: torch.Tensor, size: int) 
     """batched.resized_crops for images of different sizes: one pair of matrix products each."""
     views = []
     for image, (top, left, h, w) in zip(images, box.tolist()):
-        crop = image[:, top:top + h, left:left + w].float() / 255  # a view: only the crop is converted
+        crop = image[:, top : top + h, left : left + w].float() / 255  # a view: only the crop is converted
         zero = torch.zeros(1, dtype=torch.long, device=crop.device)
         rows = batched.resize_weights(zero, torch.tensor([h], device=crop.device), h, size)[0]  # size x h
         cols = batched.resize_weights(zero, torch.tensor([w], device=crop.device), w, size)[0]  # size x w
@@ -162,25 +170,34 @@ class JpegBatches:
     def epoch(self, epoch: int):
         cfg = self.cfg
         sampler = epoch_order(len(self.files), cfg, epoch, self.rank, self.world)  # the reference's order
-        loader = DataLoader(self.files, batch_size=cfg.batch_size // self.world, sampler=sampler, drop_last=True,
-                            num_workers=cfg.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda")
+        loader = DataLoader(
+            self.files,
+            batch_size=cfg.batch_size // self.world,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=cfg.workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+        )
         for step, (buffer, offsets, labels, indices) in enumerate(loader):
             # Paths are looked up only when a file fails to decode: no per-step work on the fast path.
-            images = decode(split_buffer(buffer, offsets), self.device,
-                            lambda i, indices=indices: self.files.samples[int(indices[i])][0])
+            images = decode(
+                split_buffer(buffer, offsets),
+                self.device,
+                lambda i, indices=indices: self.files.samples[int(indices[i])][0],
+            )
             generator = seeding.generator(cfg.seed, "device views", epoch, step, self.rank, device=self.device)
-            yield (views(images, self.recipe, generator), views(images, self.recipe, generator)), \
-                labels.to(self.device)
+            yield (views(images, self.recipe, generator), views(images, self.recipe, generator)), labels.to(self.device)
 
 
 def jpeg_batches(cfg: Config, device, rank: int = 0, world: int = 1) -> JpegBatches:
     """The training split of an ImageFolder (its seeded subset, as the reference path's) as JpegBatches."""
     if spec(cfg.dataset).layout != "files":
-        raise DatasetError(f"data_path='jpeg' reads an image folder; {cfg.dataset} is decoded once instead: "
-                           f"use data_path='device'")
+        raise DatasetError(
+            f"data_path='jpeg' reads an image folder; {cfg.dataset} is decoded once instead: use data_path='device'"
+        )
     folder = load_split(cfg.dataset, cfg.data_root, "train", transform=None)
     idx = subset_indices(len(folder.samples), cfg.train_subset, cfg.seed, "train subset")  # the reference's subset
     samples = [folder.samples[i] for i in idx]
     check_signatures([path for path, _ in samples], folder.root)
     return JpegBatches(FileBytes(samples), cfg, device, rank, world)
-

@@ -7,6 +7,7 @@ image i in epoch e are drawn from (seed, epoch, i) alone (`EpochSeeded`), so a
 run sees the same views whatever its number of loader workers or processes,
 and a resumed run the views an uninterrupted one would have.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterator
@@ -24,16 +25,24 @@ if TYPE_CHECKING:  # annotations only: the config imports the dataset table (SPE
 
 def epoch_order(size: int, cfg: Config, epoch: int, rank: int = 0, world: int = 1) -> DistributedSampler:
     """This process's share of the epoch's permutation of `size` items: the order every data path follows."""
-    sampler = DistributedSampler(range(size), num_replicas=world, rank=rank, shuffle=True,
-                                 seed=seeding.derive_seed(cfg.seed, "epoch order"), drop_last=True)
+    sampler = DistributedSampler(
+        range(size),
+        num_replicas=world,
+        rank=rank,
+        shuffle=True,
+        seed=seeding.derive_seed(cfg.seed, "epoch order"),
+        drop_last=True,
+    )
     sampler.set_epoch(epoch)
     return sampler
 
 
 def check_enough_images(n: int, cfg: Config) -> None:
     if n < cfg.batch_size:
-        raise DatasetError(f"the dataset has {n} images, fewer than one batch of {cfg.batch_size}; "
-                           f"lower batch_size (and K) or use more images")
+        raise DatasetError(
+            f"the dataset has {n} images, fewer than one batch of {cfg.batch_size}; "
+            f"lower batch_size (and K) or use more images"
+        )
 
 
 def pretrain_split(cfg: Config) -> str:
@@ -85,12 +94,20 @@ class LoaderBatches:
     def epoch(self, epoch: int) -> Iterator:
         cfg = self.cfg
         self.dataset.epoch = epoch  # read by the workers, which start below (persistent_workers=False)
-        loader = DataLoader(self.dataset, batch_size=cfg.batch_size // self.world, drop_last=True,
-                            sampler=epoch_order(len(self.dataset), cfg, epoch, self.rank, self.world),
-                            num_workers=cfg.workers, pin_memory=self.device.type == "cuda", persistent_workers=False)
+        loader = DataLoader(
+            self.dataset,
+            batch_size=cfg.batch_size // self.world,
+            drop_last=True,
+            sampler=epoch_order(len(self.dataset), cfg, epoch, self.rank, self.world),
+            num_workers=cfg.workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
         for (x_q, x_k), y in loader:
-            yield (x_q.to(self.device, non_blocking=True), x_k.to(self.device, non_blocking=True)), \
-                y.to(self.device, non_blocking=True)
+            yield (
+                (x_q.to(self.device, non_blocking=True), x_k.to(self.device, non_blocking=True)),
+                y.to(self.device, non_blocking=True),
+            )
 
 
 def knn_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
@@ -99,8 +116,10 @@ def knn_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
     transform = eval_transform(cfg.image_size, r.mean, r.std)
     bank = load_split(cfg.dataset, cfg.data_root, "train", transform, cfg.download)
     test = load_split(cfg.dataset, cfg.data_root, "test", transform, cfg.download)
-    return (seeded_subset(bank, cfg.knn_bank_size, cfg.seed, "knn bank"),
-            seeded_subset(test, cfg.knn_test_size, cfg.seed, "knn test"))
+    return (
+        seeded_subset(bank, cfg.knn_bank_size, cfg.seed, "knn bank"),
+        seeded_subset(test, cfg.knn_test_size, cfg.seed, "knn test"),
+    )
 
 
 def eval_loader(dataset: Dataset, batch_size: int = 512, workers: int = 4, pin_memory: bool = False) -> DataLoader:

@@ -14,6 +14,7 @@ files stops the run before training, with the count and the first paths
 (datasets.check_unreadable_share): a folder that broken is more likely the wrong
 folder than a few bad photos.
 """
+
 from __future__ import annotations
 
 import os
@@ -65,7 +66,7 @@ def _paths_in(record: str) -> set[str]:
             new = f.read()
     except FileNotFoundError:
         return set()
-    complete = new[:new.rfind(b"\n") + 1]  # a line still being appended is read next time
+    complete = new[: new.rfind(b"\n") + 1]  # a line still being appended is read next time
     paths |= {line.split(b"\t", 1)[0].decode("utf-8") for line in complete.splitlines() if b"\t" in line}
     _record_read[record] = (offset + len(complete), paths)
     return paths

@@ -1,4 +1,5 @@
 """Evaluations of a pretrained encoder: functions of feature tensors, with extraction kept apart."""
+
 from .features import extract_features
 from .knn import knn_accuracy, knn_scores
 

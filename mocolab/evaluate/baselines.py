@@ -1,5 +1,6 @@
 """The encoders a trained one is compared with: a random initialisation (its BN statistics calibrated on the
 data) and a supervised ImageNet ResNet (torchvision's weights; ResNet-50 through the weights registry)."""
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,9 @@ from ..models import Encoder, build_encoder
 SUPERVISED_RESNET50 = "torchvision_r50_v2"
 
 
-def baseline_encoder(kind: str = "random", arch: str = "resnet50", cifar_stem: bool = False,
-                     seed: int = 0) -> tuple[nn.Module, str]:
+def baseline_encoder(
+    kind: str = "random", arch: str = "resnet50", cifar_stem: bool = False, seed: int = 0
+) -> tuple[nn.Module, str]:
     """A baseline: "random" (seeded initialisation, MoCo-shaped) or "supervised"
     (torchvision's ImageNet weights, downloaded on first use; no projection head)."""
     if kind == "random":

@@ -13,6 +13,7 @@ loss only sees directions.
   Assessing the Downstream Performance of Pretrained Self-Supervised
   Representations by Their Rank" (ICML).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -82,8 +83,14 @@ def retrieval_precision(features: torch.Tensor, labels: torch.Tensor, k: int = 1
     return 100 * (labels[idx] == labels[:, None]).float().mean().item()
 
 
-def project_2d(features: torch.Tensor, method: str = "umap", seed: int = 0, pca_dims: int = 50,
-               n_neighbors: int = 15, perplexity: float = 30.0) -> np.ndarray:
+def project_2d(
+    features: torch.Tensor,
+    method: str = "umap",
+    seed: int = 0,
+    pca_dims: int = 50,
+    n_neighbors: int = 15,
+    perplexity: float = 30.0,
+) -> np.ndarray:
     """N x 2 coordinates of normalised features by UMAP (umap-learn) or t-SNE (scikit-learn).
 
     Features wider than pca_dims are first reduced by PCA (standard practice for
@@ -91,20 +98,24 @@ def project_2d(features: torch.Tensor, method: str = "umap", seed: int = 0, pca_
     Euclidean distance ranks neighbours as cosine similarity does.
     """
     from sklearn.decomposition import PCA
+
     x = F.normalize(features.float(), dim=1).numpy()
     if x.shape[1] > pca_dims and len(x) > pca_dims:
         x = PCA(pca_dims, random_state=seed).fit_transform(x)
     if method == "umap":
         import umap  # umap-learn: imported late, it is slow to import
+
         # The exact neighbour graph from torch: faster than UMAP's approximate search, and it
         # spares numba compiling that search (~45 s of a 10k-point map on a laptop CPU).
         distances, indices = _exact_knn(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), n_neighbors)
         with warnings.catch_warnings():  # "no NNDescent index": only UMAP.transform of new points needs one
             warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
-            return umap.UMAP(n_neighbors=n_neighbors, random_state=seed, n_jobs=1,
-                             precomputed_knn=(indices, distances, None)).fit_transform(x)
+            return umap.UMAP(
+                n_neighbors=n_neighbors, random_state=seed, n_jobs=1, precomputed_knn=(indices, distances, None)
+            ).fit_transform(x)
     if method == "tsne":
         from sklearn.manifold import TSNE
+
         return TSNE(2, perplexity=min(perplexity, (len(x) - 1) / 3), init="pca", random_state=seed).fit_transform(x)
     raise ValueError(f"unknown method {method!r}; choose 'umap' or 'tsne'")
 
@@ -113,7 +124,7 @@ def _exact_knn(x: torch.Tensor, k: int, chunk: int = 4096) -> tuple[np.ndarray, 
     """Euclidean distances and indices (N x k, nearest first, each point its own first neighbour)."""
     dists, idx = [], []
     for start in range(0, len(x), chunk):  # N x chunk at a time: 50k points never need an N x N matrix
-        d, i = torch.cdist(x[start:start + chunk], x).topk(k, dim=1, largest=False)
+        d, i = torch.cdist(x[start : start + chunk], x).topk(k, dim=1, largest=False)
         dists.append(d)
         idx.append(i)
     return torch.cat(dists).numpy(), torch.cat(idx).numpy()
@@ -134,15 +145,24 @@ class _Views(Dataset):
             return torch.stack([self.transform(image), self.transform(image)]), 0
 
 
-def view_pairs(encoder, images: Dataset, transform, layer: str = "head", seed: int = 0, device="cpu",
-               batch_size: int = 256, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def view_pairs(
+    encoder,
+    images: Dataset,
+    transform,
+    layer: str = "head",
+    seed: int = 0,
+    device="cpu",
+    batch_size: int = 256,
+    workers: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Features (N x D each) of two augmented views of every image: positive pairs as in training."""
     loader = DataLoader(_Views(images, transform, seed), batch_size=batch_size, num_workers=workers)
     # Both views go through one batch, encoded in eval mode (BN running statistics, no shuffle needed).
     z1, z2 = [], []
     for pair, _ in loader:  # pair: N x 2 x 3 x H x W
-        feats, _ = extract_layers(encoder, [(pair.flatten(0, 1), torch.zeros(2 * len(pair)))], (layer,),
-                                  device, progress=False)
+        feats, _ = extract_layers(
+            encoder, [(pair.flatten(0, 1), torch.zeros(2 * len(pair)))], (layer,), device, progress=False
+        )
         z = feats[layer].unflatten(0, (len(pair), 2))
         z1.append(z[:, 0])
         z2.append(z[:, 1])
@@ -181,8 +201,9 @@ def label_of(model: Pretrained) -> str:
     return "MoCo" if model.format == "mocolab" else model.name
 
 
-def models_to_compare(model: Pretrained, images: Dataset, image_size: int, others=(),
-                      seed: int = 0) -> dict[str, Shown]:
+def models_to_compare(
+    model: Pretrained, images: Dataset, image_size: int, others=(), seed: int = 0
+) -> dict[str, Shown]:
     """{"random init": ..., label_of(model): model, label_of(o): o for o in others}, each with its normalisation.
 
     The random-init encoder has `model`'s architecture and its BN statistics calibrated on a few batches
@@ -199,14 +220,16 @@ def models_to_compare(model: Pretrained, images: Dataset, image_size: int, other
     return shown
 
 
-def embed(shown: dict[str, Shown], images: Dataset, image_size: int, layers, batch_size: int = 256,
-          workers: int = 0) -> tuple[dict[str, dict[str, torch.Tensor]], torch.Tensor]:
+def embed(
+    shown: dict[str, Shown], images: Dataset, image_size: int, layers, batch_size: int = 256, workers: int = 0
+) -> tuple[dict[str, dict[str, torch.Tensor]], torch.Tensor]:
     """({name: {layer: N x D}}, labels): the same images through every encoder, each normalised its own way;
     "head" only for the encoders that have one."""
     features, labels = {}, None
     for name, s in shown.items():
-        loader = DataLoader(_Transformed(images, eval_transform(image_size, s.mean, s.std)), batch_size=batch_size,
-                            num_workers=workers)
+        loader = DataLoader(
+            _Transformed(images, eval_transform(image_size, s.mean, s.std)), batch_size=batch_size, num_workers=workers
+        )
         wanted = [layer for layer in layers if layer != "head" or s.encoder.head is not None]
         features[name], labels = extract_layers(s.encoder, loader, wanted, progress=False)
     return features, labels

@@ -6,6 +6,7 @@ checkpoint (mocolab.weights.load) or a baseline (evaluate.baselines). A cached
 feature file is keyed by the encoder's identity (the checkpoint's content hash),
 the dataset, split, subset, transform and layer, so a changed input never reuses it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,9 +28,11 @@ from .layers import layer_features
 # Extraction
 # ----------------------------------------------------------------------------
 
+
 @torch.no_grad()
-def extract_layers(encoder: nn.Module, loader, layers=("avgpool",), device="cpu",
-                   progress: bool = True, keep_on_device: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def extract_layers(
+    encoder: nn.Module, loader, layers=("avgpool",), device="cpu", progress: bool = True, keep_on_device: bool = False
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Raw (unnormalised) float32 features of every image, per layer (on the CPU unless keep_on_device), and labels."""
     layers = tuple(layers)
     was_training = encoder.training
@@ -42,8 +45,10 @@ def extract_layers(encoder: nn.Module, loader, layers=("avgpool",), device="cpu"
         if "head" in layers:
             if encoder.head is None:
                 name = getattr(encoder, "source", "this encoder")
-                raise ValueError(f"{name} has no projection head (a backbone-only checkpoint, such as a supervised, "
-                                 f"DINO or Barlow Twins ResNet): ask for 'avgpool' features instead of 'head'")
+                raise ValueError(
+                    f"{name} has no projection head (a backbone-only checkpoint, such as a supervised, "
+                    f"DINO or Barlow Twins ResNet): ask for 'avgpool' features instead of 'head'"
+                )
             out["head"] = encoder(images)
         for name in layers:
             # To the CPU for the cache; the kNN monitor keeps them on the GPU (no sync per batch).
@@ -53,8 +58,9 @@ def extract_layers(encoder: nn.Module, loader, layers=("avgpool",), device="cpu"
     return {name: torch.cat(v) for name, v in feats.items()}, torch.cat(labels)
 
 
-def extract_features(encoder, loader, feature: str = "avgpool", device="cpu",
-                     normalize: bool = True, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(
+    encoder, loader, feature: str = "avgpool", device="cpu", normalize: bool = True, progress: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(features, labels) on `device` for the kNN monitor: "avgpool" (the backbone's global average pool)
     or "head" (the projection)."""
     if feature not in ("avgpool", "head"):
@@ -64,9 +70,18 @@ def extract_features(encoder, loader, feature: str = "avgpool", device="cpu",
     return (F.normalize(f, dim=1) if normalize else f), labels.to(device)
 
 
-def cached_features(encoder: nn.Module, encoder_id: str, dataset: Dataset, dataset_id: str,
-                    layers=("avgpool",), cache_dir: str | Path = "runs/feature_cache", device="cpu",
-                    batch_size: int = 256, workers: int = 4, progress: bool = True):
+def cached_features(
+    encoder: nn.Module,
+    encoder_id: str,
+    dataset: Dataset,
+    dataset_id: str,
+    layers=("avgpool",),
+    cache_dir: str | Path = "runs/feature_cache",
+    device="cpu",
+    batch_size: int = 256,
+    workers: int = 4,
+    progress: bool = True,
+):
     """extract_layers with a disk cache per layer.
 
     dataset_id names the data (e.g. "cifar10:/data/cifar10:test"); the key adds the
@@ -76,11 +91,19 @@ def cached_features(encoder: nn.Module, encoder_id: str, dataset: Dataset, datas
     never returns features of images that are no longer there.
     """
     cache_dir = Path(cache_dir)
-    base = {"encoder": encoder_id, "dataset": dataset_id, "transform": repr(_transform_of(dataset)),
-            "subset": _subset_digest(dataset), "size": len(dataset), "files": files_digest(dataset)}
+    base = {
+        "encoder": encoder_id,
+        "dataset": dataset_id,
+        "transform": repr(_transform_of(dataset)),
+        "subset": _subset_digest(dataset),
+        "size": len(dataset),
+        "files": files_digest(dataset),
+    }
     keys = {name: {**base, "layer": name} for name in layers}
-    paths = {name: cache_dir / (hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:24] + ".pt")
-             for name, k in keys.items()}
+    paths = {
+        name: cache_dir / (hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:24] + ".pt")
+        for name, k in keys.items()
+    }
     feats, labels = {}, None
     for name, path in paths.items():
         if path.exists():

@@ -4,6 +4,7 @@ For each test feature take the k most cosine-similar bank features; each
 neighbour votes for its label with weight exp(sim / T); the class with the
 largest summed weight wins (docs/protocols.md section 2, "kNN classification").
 """
+
 from __future__ import annotations
 
 import torch
@@ -11,8 +12,15 @@ import torch.nn.functional as F
 
 
 @torch.no_grad()
-def knn_scores(test_f: torch.Tensor, bank_f: torch.Tensor, bank_y: torch.Tensor, num_classes: int,
-               ks=(200,), T: float = 0.07, chunk_size: int = 1024) -> dict[int, torch.Tensor]:
+def knn_scores(
+    test_f: torch.Tensor,
+    bank_f: torch.Tensor,
+    bank_y: torch.Tensor,
+    num_classes: int,
+    ks=(200,),
+    T: float = 0.07,
+    chunk_size: int = 1024,
+) -> dict[int, torch.Tensor]:
     """Class scores (N_test x num_classes) for every k in `ks`, from one neighbour search.
 
     Features are L2-normalised here, so cosine similarity is a dot product. The
@@ -25,7 +33,7 @@ def knn_scores(test_f: torch.Tensor, bank_f: torch.Tensor, bank_y: torch.Tensor,
     bank_y = bank_y.to(bank_f.device)
     scores = {k: [] for k in ks}
     for start in range(0, test_f.shape[0], chunk_size):
-        f = F.normalize(test_f[start:start + chunk_size].to(bank_f.device).float(), dim=1)
+        f = F.normalize(test_f[start : start + chunk_size].to(bank_f.device).float(), dim=1)
         sim, idx = (f @ bank_f.T).topk(ks[-1], dim=1)  # sim, idx: B x kmax, most similar first
         weight, labels = (sim / T).exp(), bank_y[idx]  # B x kmax each
         for k in ks:
@@ -34,9 +42,16 @@ def knn_scores(test_f: torch.Tensor, bank_f: torch.Tensor, bank_y: torch.Tensor,
     return {k: torch.cat(v) for k, v in scores.items()}
 
 
-def knn_accuracy(test_f: torch.Tensor, test_y: torch.Tensor, bank_f: torch.Tensor, bank_y: torch.Tensor,
-                 num_classes: int, ks=(10, 20, 100, 200), T: float = 0.07,
-                 chunk_size: int = 1024) -> dict[int, dict[str, float]]:
+def knn_accuracy(
+    test_f: torch.Tensor,
+    test_y: torch.Tensor,
+    bank_f: torch.Tensor,
+    bank_y: torch.Tensor,
+    num_classes: int,
+    ks=(10, 20, 100, 200),
+    T: float = 0.07,
+    chunk_size: int = 1024,
+) -> dict[int, dict[str, float]]:
     """Top-1 (and top-5 when there are more than 5 classes) accuracy in percent, for every k."""
     result = {}
     test_y = test_y.cpu()

@@ -5,6 +5,7 @@ is the benchmark's fixed table below. For other backbones and input sizes
 (ResNet-18 on 32 px CIFAR, say) an analogous pooling is derived: each stage is
 average-pooled to the square grid that brings it closest to 9,216 dimensions.
 """
+
 from __future__ import annotations
 
 import math

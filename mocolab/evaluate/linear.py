@@ -11,6 +11,7 @@ gradient; afterwards every backbone tensor, buffers included, is compared with
 its state before training. Epoch counts scale down for small runs and the lr
 steps move with them (same fractions of training).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -77,8 +78,13 @@ def probe_transforms(recipe: str, size: int = 224, mean=IMAGENET_MEAN, std=IMAGE
     if recipe == "avgpool":
         train = [v2.RandomResizedCrop(size), v2.RandomHorizontalFlip(), *tensor]
     elif recipe == "multihead":
-        train = [v2.RandomResizedCrop(size), v2.RandomHorizontalFlip(), v2.ColorJitter(0.4, 0.4, 0.4),
-                 *tensor, Lighting(0.1)]
+        train = [
+            v2.RandomResizedCrop(size),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(0.4, 0.4, 0.4),
+            *tensor,
+            Lighting(0.1),
+        ]
     elif recipe == "places":
         train = [v2.Resize(resize), v2.RandomCrop(size), v2.RandomHorizontalFlip(), *tensor]
     elif recipe == "cifar":  # CIFAR's 32 px images pass the resize unchanged; other sizes are brought to `size`
@@ -98,6 +104,7 @@ def scaled_milestones(epochs: int, reference_epochs: int, reference_steps) -> li
 # ----------------------------------------------------------------------------
 # Heads
 # ----------------------------------------------------------------------------
+
 
 class AvgPoolHead(nn.Module):
     """Global average pool of layer4, Linear to classes, weights N(0, 0.01), bias 0."""
@@ -128,13 +135,15 @@ class MultiHead(nn.Module):
             nn.init.zeros_(self.fcs[name].bias)
 
     def forward(self, maps: dict) -> dict[str, torch.Tensor]:
-        return {name: self.fcs[name](self.bns[name](self.pools[name](maps[STAGE_OF[name]])).flatten(1))
-                for name in LAYERS}
+        return {
+            name: self.fcs[name](self.bns[name](self.pools[name](maps[STAGE_OF[name]])).flatten(1)) for name in LAYERS
+        }
 
 
 # ----------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------
+
 
 def probe_recipe(protocol: str = "avgpool", epochs: int | None = None, lr: float | None = None) -> ProbeRecipe:
     """The protocol's recipe (PROBES), for `epochs` (its lr steps moved to the same fractions) and `lr`."""
@@ -142,12 +151,22 @@ def probe_recipe(protocol: str = "avgpool", epochs: int | None = None, lr: float
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {sorted(PROBES)}")
     ref = PROBES[protocol]
     epochs = epochs or ref.epochs
-    return dataclasses.replace(ref, epochs=epochs, lr=lr or ref.lr,
-                               milestones=tuple(scaled_milestones(epochs, ref.epochs, ref.milestones)))
+    return dataclasses.replace(
+        ref, epochs=epochs, lr=lr or ref.lr, milestones=tuple(scaled_milestones(epochs, ref.epochs, ref.milestones))
+    )
 
 
-def linear_probe(backbone: nn.Module, train_set, test_set, num_classes: int, protocol: str = "avgpool",
-                 recipe: ProbeRecipe | None = None, device="cpu", workers: int = 4, progress: bool = True) -> dict:
+def linear_probe(
+    backbone: nn.Module,
+    train_set,
+    test_set,
+    num_classes: int,
+    protocol: str = "avgpool",
+    recipe: ProbeRecipe | None = None,
+    device="cpu",
+    workers: int = 4,
+    progress: bool = True,
+) -> dict:
     """Train the protocol's linear head(s) on a frozen backbone; top-1/top-5 (%) per head on test_set.
 
     protocol "avgpool": one head on the global average pool; "multihead" (and "places", the
@@ -162,10 +181,12 @@ def linear_probe(backbone: nn.Module, train_set, test_set, num_classes: int, pro
     with torch.no_grad():
         sample = stage_outputs(backbone, train_set[0][0][None].to(device))
     shapes = {k: (v.shape[1], v.shape[-1]) for k, v in sample.items()}
-    head = (AvgPoolHead(shapes["layer4"][0], num_classes) if protocol == "avgpool"
-            else MultiHead(shapes, num_classes)).to(device)
-    optimizer = torch.optim.SGD(head.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay,
-                                nesterov=r.nesterov)
+    head = (
+        AvgPoolHead(shapes["layer4"][0], num_classes) if protocol == "avgpool" else MultiHead(shapes, num_classes)
+    ).to(device)
+    optimizer = torch.optim.SGD(
+        head.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay, nesterov=r.nesterov
+    )
     warn_if_small(len(train_set), len(test_set), r)
     loader = DataLoader(train_set, batch_size=r.batch_size, shuffle=True, num_workers=workers, drop_last=False)
     lrs = lr_schedule(r.lr, r.epochs, shape="step", milestones=r.milestones)  # one lr per epoch
@@ -186,28 +207,40 @@ def linear_probe(backbone: nn.Module, train_set, test_set, num_classes: int, pro
             total, seen = total + loss.item() * len(labels), seen + len(labels)
         history.append({"epoch": epoch + 1, "loss": total / seen, "lr": float(lrs[epoch])})
     verify_unchanged(backbone, before)
-    return {"protocol": protocol, "recipe": dataclasses.asdict(r),
-            **evaluate_heads(backbone, head, test_set, r.batch_size, device, workers), "history": history}
+    return {
+        "protocol": protocol,
+        "recipe": dataclasses.asdict(r),
+        **evaluate_heads(backbone, head, test_set, r.batch_size, device, workers),
+        "history": history,
+    }
 
 
 def warn_if_small(train_size: int, test_size: int, r: ProbeRecipe) -> None:
     """One warning for each set smaller than the probe's batch: the numbers it gives mean less than they seem."""
     if train_size < r.batch_size:
-        warnings.warn(f"the probe's training set holds {train_size} images, fewer than one batch of "
-                      f"{r.batch_size}: each of its {r.epochs} epochs is a single step, not the protocol's "
-                      f"schedule; use more training images (train_size=0 takes the whole split)", stacklevel=3)
+        warnings.warn(
+            f"the probe's training set holds {train_size} images, fewer than one batch of "
+            f"{r.batch_size}: each of its {r.epochs} epochs is a single step, not the protocol's "
+            f"schedule; use more training images (train_size=0 takes the whole split)",
+            stacklevel=3,
+        )
     if test_size < r.batch_size:
-        warnings.warn(f"the probe's test set holds {test_size} images, fewer than one batch of {r.batch_size}: "
-                      f"its accuracy moves in steps of {100 / max(test_size, 1):.1f} points; use more test "
-                      f"images (test_size=0 takes the whole split)", stacklevel=3)
+        warnings.warn(
+            f"the probe's test set holds {test_size} images, fewer than one batch of {r.batch_size}: "
+            f"its accuracy moves in steps of {100 / max(test_size, 1):.1f} points; use more test "
+            f"images (test_size=0 takes the whole split)",
+            stacklevel=3,
+        )
 
 
 def verify_unchanged(backbone: nn.Module, before: dict) -> None:
     """Raise if any backbone tensor (BN buffers included) differs from its state before the probe."""
     changed = [k for k, v in backbone.state_dict().items() if not torch.equal(v.cpu(), before[k].cpu())]
     if changed:
-        raise RuntimeError(f"the frozen backbone changed during the linear probe: {changed[:8]}"
-                           f"{f' (+{len(changed) - 8} more)' if len(changed) > 8 else ''}")
+        raise RuntimeError(
+            f"the frozen backbone changed during the linear probe: {changed[:8]}"
+            f"{f' (+{len(changed) - 8} more)' if len(changed) > 8 else ''}"
+        )
 
 
 @torch.no_grad()
@@ -221,5 +254,7 @@ def evaluate_heads(backbone, head, test_set, batch_size: int, device, workers: i
             correct1[name] = correct1.get(name, 0) + (top[:, 0] == labels).sum().item()
             correct5[name] = correct5.get(name, 0) + (top == labels[:, None]).any(1).sum().item()
         n += len(labels)
-    return {"top1": {k: 100.0 * v / n for k, v in correct1.items()},
-            "top5": {k: 100.0 * v / n for k, v in correct5.items()}}
+    return {
+        "top1": {k: 100.0 * v / n for k, v in correct1.items()},
+        "top5": {k: 100.0 * v / n for k, v in correct5.items()},
+    }

@@ -12,6 +12,7 @@ test set. Two ways to pick the cost, reported side by side:
 - "cv": per class and sample, the cost with the best cross-validated AP inside
   the sample (3 folds, fewer when k < 3; not defined for k = 1).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,8 +20,17 @@ import torch
 
 from ..reference import LOW_SHOT_KS
 from ..seeding import derive_seed
-from .svm import (COSTS, average_precision, cv_folds, fit_svms, normalize_rows, sample_costs, sklearn_svm_scores,
-                  svm_labels, voc_ap)
+from .svm import (
+    COSTS,
+    average_precision,
+    cv_folds,
+    fit_svms,
+    normalize_rows,
+    sample_costs,
+    sklearn_svm_scores,
+    svm_labels,
+    voc_ap,
+)
 
 
 def low_shot_sample(targets: torch.Tensor, cls: int, k: int, sample: int, seed: int = 0, class_name=None):
@@ -29,11 +39,14 @@ def low_shot_sample(targets: torch.Tensor, cls: int, k: int, sample: int, seed: 
     positives, negatives = np.flatnonzero(column == 1), np.flatnonzero(column == 0)  # difficult (-1): neither
     name = class_name if class_name is not None else cls
     if len(positives) < k:
-        raise ValueError(f"low-shot k={k}: class {name!r} has only {len(positives)} positive training "
-                         f"image(s); lower k or use more training data")
+        raise ValueError(
+            f"low-shot k={k}: class {name!r} has only {len(positives)} positive training "
+            f"image(s); lower k or use more training data"
+        )
     if len(negatives) < 19 * k:
-        raise ValueError(f"low-shot k={k}: class {name!r} has only {len(negatives)} negatives, "
-                         f"fewer than 19k = {19 * k}")
+        raise ValueError(
+            f"low-shot k={k}: class {name!r} has only {len(negatives)} negatives, fewer than 19k = {19 * k}"
+        )
     rng = np.random.default_rng(derive_seed(seed, "low-shot sample", k, sample, cls))
     return np.concatenate([rng.choice(positives, k, replace=False), rng.choice(negatives, 19 * k, replace=False)])
 
@@ -53,8 +66,19 @@ def _fit_columns(x, y, columns, solver, device):
     return (x.to(device) @ w[:-1] + w[-1]).cpu().numpy()
 
 
-def low_shot_protocol(train_x, train_targets, test_x, test_targets, ks=LOW_SHOT_KS, samples: int = 5,
-                      seed: int = 0, costs=COSTS, solver: str = "torch", device=None, class_names=None) -> dict:
+def low_shot_protocol(
+    train_x,
+    train_targets,
+    test_x,
+    test_targets,
+    ks=LOW_SHOT_KS,
+    samples: int = 5,
+    seed: int = 0,
+    costs=COSTS,
+    solver: str = "torch",
+    device=None,
+    class_names=None,
+) -> dict:
     """mAP statistics over samples for every k, with the cost picked on test and by CV in the sample."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     train_x, test_x = normalize_rows(train_x), normalize_rows(test_x)
@@ -68,8 +92,13 @@ def low_shot_protocol(train_x, train_targets, test_x, test_targets, ks=LOW_SHOT_
         cv_ap = np.full((samples, classes, len(costs)), np.nan)
         for j in range(classes):
             draws = [low_shot_sample(train_targets, j, k, s, seed, names[j]) for s in range(samples)]
-            scores = _fit_columns(torch.cat([train_x, test_x]), torch.cat([y[:, j], torch.zeros(len(test_x))]),
-                                  [(idx, cost) for idx in draws for cost in costs], solver, device)[len(train_x):]
+            scores = _fit_columns(
+                torch.cat([train_x, test_x]),
+                torch.cat([y[:, j], torch.zeros(len(test_x))]),
+                [(idx, cost) for idx in draws for cost in costs],
+                solver,
+                device,
+            )[len(train_x) :]
             for s in range(samples):
                 for ci in range(len(costs)):
                     test_ap[s, j, ci] = voc_ap(scores[:, s * len(costs) + ci], test_targets[:, j].numpy())
@@ -98,10 +127,16 @@ def _cv_inside_samples(x, y, draws, folds, costs, solver, device) -> np.ndarray:
 
 def _summarise(test_ap: np.ndarray, cv_ap: np.ndarray, costs) -> dict:
     """test_ap, cv_ap: samples x classes x costs."""
+
     def stats(per_sample):
-        return {"mean": float(np.mean(per_sample)), "min": float(np.min(per_sample)),
-                "max": float(np.max(per_sample)), "std": float(np.std(per_sample)),
-                "per_sample": [float(v) for v in per_sample]}
+        return {
+            "mean": float(np.mean(per_sample)),
+            "min": float(np.min(per_sample)),
+            "max": float(np.max(per_sample)),
+            "std": float(np.std(per_sample)),
+            "per_sample": [float(v) for v in per_sample],
+        }
+
     sample_map = test_ap.mean(axis=1)  # samples x costs
     best = int(sample_map.mean(axis=0).argmax())
     out = {"cost_picked_on_test": {**stats(sample_map[:, best]), "cost": costs[best]}}

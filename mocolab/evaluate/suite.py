@@ -27,6 +27,7 @@ warning) and the remaining benchmarks still run. Run again into the same
 output_dir, evaluate() reuses the benchmarks already there for the same encoder,
 data sizes and settings, and computes only the missing or failed ones.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,8 +49,15 @@ from ..data import DATASETS, classes_of, load_split, seeded_subset, unreadable, 
 from ..data.fingerprint import files_digest
 from ..job import atomic_write_text, code_version
 from ..reference import LOW_SHOT_KS
-from .benchmarks import (KNN_KS, Features, knn_benchmark, linear_benchmark, lowshot_benchmark, rankme_benchmark,
-                         svm_benchmark)
+from .benchmarks import (
+    KNN_KS,
+    Features,
+    knn_benchmark,
+    linear_benchmark,
+    lowshot_benchmark,
+    rankme_benchmark,
+    svm_benchmark,
+)
 from .baselines import baseline_encoder, calibrate_bn
 from .layers import LAYERS
 from .linear import probe_transforms
@@ -78,25 +86,43 @@ def _svm(e: Evaluation) -> dict:
 def _lowshot(e: Evaluation) -> dict:
     i = e.svm_inputs
     layer = e.results["svm"]["best_layer"] if "svm" in e.results else i.layers[-1]
-    return lowshot_benchmark(i.train_f[layer], i.train_t, i.test_f[layer], i.test_t, layer=layer, class_names=i.names,
-                             ks=e.cfg.lowshot_ks, samples=e.cfg.lowshot_samples, seed=e.cfg.seed, device=e.device)
+    return lowshot_benchmark(
+        i.train_f[layer],
+        i.train_t,
+        i.test_f[layer],
+        i.test_t,
+        layer=layer,
+        class_names=i.names,
+        ks=e.cfg.lowshot_ks,
+        samples=e.cfg.lowshot_samples,
+        seed=e.cfg.seed,
+        device=e.device,
+    )
 
 
 def _linear(e: Evaluation) -> dict:
     protocols = ("avgpool", "multihead")
-    transforms = {p: probe_transforms("cifar" if e.what.small_images else p, e.what.image_size, e.what.mean,
-                                      e.what.std) for p in protocols}
+    transforms = {
+        p: probe_transforms("cifar" if e.what.small_images else p, e.what.image_size, e.what.mean, e.what.std)
+        for p in protocols
+    }
     cfg = e.cfg
     return linear_benchmark(
-        e.encoder.backbone, {p: _split(cfg, e.what, "train", cfg.train_size, transforms[p][0]) for p in protocols},
-        {p: _split(cfg, e.what, "test", cfg.test_size, transforms[p][1]) for p in protocols}, len(e.classes),
-        protocols=protocols, epochs=cfg.probe_epochs, lr=cfg.probe_lr, device=e.device, workers=cfg.workers,
-        progress=e.progress)
+        e.encoder.backbone,
+        {p: _split(cfg, e.what, "train", cfg.train_size, transforms[p][0]) for p in protocols},
+        {p: _split(cfg, e.what, "test", cfg.test_size, transforms[p][1]) for p in protocols},
+        len(e.classes),
+        protocols=protocols,
+        epochs=cfg.probe_epochs,
+        lr=cfg.probe_lr,
+        device=e.device,
+        workers=cfg.workers,
+        progress=e.progress,
+    )
 
 
 def _knn(e: Evaluation) -> dict:
-    return knn_benchmark(e.features, e.train_set, e.test_set, e.data_id, len(e.classes), ks=e.cfg.knn_ks,
-                         T=e.cfg.knn_t)
+    return knn_benchmark(e.features, e.train_set, e.test_set, e.data_id, len(e.classes), ks=e.cfg.knn_ks, T=e.cfg.knn_t)
 
 
 def _rankme(e: Evaluation) -> dict:
@@ -104,13 +130,16 @@ def _rankme(e: Evaluation) -> dict:
 
 
 # In the reference page's order (the tables' order too); a benchmark runs after those above it.
-BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
-    Benchmark("svm", _svm, svm_table),
-    Benchmark("lowshot", _lowshot, lowshot_table),
-    Benchmark("linear", _linear, linear_table),
-    Benchmark("knn", _knn, knn_table),
-    Benchmark("rankme", _rankme, rankme_table),
-)}
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in (
+        Benchmark("svm", _svm, svm_table),
+        Benchmark("lowshot", _lowshot, lowshot_table),
+        Benchmark("linear", _linear, linear_table),
+        Benchmark("knn", _knn, knn_table),
+        Benchmark("rankme", _rankme, rankme_table),
+    )
+}
 
 
 def tables(results: dict) -> str:
@@ -153,10 +182,14 @@ class EvalConfig:
         settings.check_fields(self)
         unknown = sorted(set(self.benchmarks) - set(BENCHMARKS))
         settings.need(not unknown, f"unknown benchmarks {unknown}; choose from {list(BENCHMARKS)}")
-        settings.need(self.model != "moco" or self.checkpoint,
-                      "model='moco' evaluates a checkpoint: pass checkpoint=..., or model='random' / 'supervised'")
-        settings.need(not self.published or self.published in weights.REGISTRY,
-                      f"published={self.published!r} is no registry name; choose from {list(weights.REGISTRY)}")
+        settings.need(
+            self.model != "moco" or self.checkpoint,
+            "model='moco' evaluates a checkpoint: pass checkpoint=..., or model='random' / 'supervised'",
+        )
+        settings.need(
+            not self.published or self.published in weights.REGISTRY,
+            f"published={self.published!r} is no registry name; choose from {list(weights.REGISTRY)}",
+        )
         bad = [name for name in self.svm_layers if name not in LAYERS + ("avgpool",)]
         settings.need(not bad, f"unknown svm_layers {bad}; choose from {list(LAYERS) + ['avgpool']}")
         for name in ("train_size", "test_size", "workers", "seed"):
@@ -166,8 +199,9 @@ class EvalConfig:
         return dataclasses.asdict(self)
 
 
-def evaluate(cfg: EvalConfig | None = None, progress: bool = True, pretrained: weights.Pretrained | None = None,
-             **overrides) -> dict:
+def evaluate(
+    cfg: EvalConfig | None = None, progress: bool = True, pretrained: weights.Pretrained | None = None, **overrides
+) -> dict:
     """Run cfg's benchmarks (or those of EvalConfig(**overrides)); writes output_dir/results.json.
 
     pretrained: the checkpoint already loaded (weights.load), so that it is read once; cfg.checkpoint, when
@@ -175,8 +209,10 @@ def evaluate(cfg: EvalConfig | None = None, progress: bool = True, pretrained: w
     """
     cfg = settings.build(EvalConfig, cfg.to_dict() if cfg else {}, overrides)
     if pretrained is not None:
-        settings.need(cfg.checkpoint in ("", pretrained.source),
-                      f"checkpoint={cfg.checkpoint!r} is not the model passed ({pretrained.source}); pass one of them")
+        settings.need(
+            cfg.checkpoint in ("", pretrained.source),
+            f"checkpoint={cfg.checkpoint!r} is not the model passed ({pretrained.source}); pass one of them",
+        )
         cfg = dataclasses.replace(cfg, checkpoint=pretrained.source)
     model = weights.load(pretrained or cfg.checkpoint) if cfg.checkpoint else None
     record = Path(cfg.output_dir) / "unreadable.txt"  # the images the evaluation loaders skip (and their workers)
@@ -201,16 +237,28 @@ def _evaluate(cfg: EvalConfig, model: weights.Pretrained | None, record: Path, p
     classes = classes_of(train_set)
     warn_if_uninformative(len(classes), len(train_set), 1, f"{cfg.dataset} at {cfg.data_root}")
     encoder, identity = _encoder(cfg, model, train_set, device)
-    features = Features(encoder, identity, cfg.cache_dir or out / "feature_cache", device, cfg.workers,
-                        progress)
-    results = {"encoder": identity, "checkpoint": cfg.checkpoint or None, "model": cfg.model,
-               "checkpoint_summary": model.summary() if model else None, "published": _published(cfg, model),
-               "image_size": what.image_size, "normalisation": {"mean": list(what.mean), "std": list(what.std)},
-               "code_version": code_version(), "torch": torch.__version__, "device": str(device),
-               "config": cfg.to_dict(), "dataset": cfg.dataset, "data_root": cfg.data_root,
-               "train_size": len(train_set), "test_size": len(test_set),
-               "data_fingerprint": {"train": files_digest(train_set), "test": files_digest(test_set)},
-               "seconds": {}, "errors": {}, "unreadable_files": {}}
+    features = Features(encoder, identity, cfg.cache_dir or out / "feature_cache", device, cfg.workers, progress)
+    results = {
+        "encoder": identity,
+        "checkpoint": cfg.checkpoint or None,
+        "model": cfg.model,
+        "checkpoint_summary": model.summary() if model else None,
+        "published": _published(cfg, model),
+        "image_size": what.image_size,
+        "normalisation": {"mean": list(what.mean), "std": list(what.std)},
+        "code_version": code_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "config": cfg.to_dict(),
+        "dataset": cfg.dataset,
+        "data_root": cfg.data_root,
+        "train_size": len(train_set),
+        "test_size": len(test_set),
+        "data_fingerprint": {"train": files_digest(train_set), "test": files_digest(test_set)},
+        "seconds": {},
+        "errors": {},
+        "unreadable_files": {},
+    }
     if "svm" in cfg.benchmarks or "lowshot" in cfg.benchmarks:
         results["svm_data"] = "voc07" if cfg.voc_root else cfg.dataset
     out.mkdir(parents=True, exist_ok=True)
@@ -235,8 +283,11 @@ def _evaluate(cfg: EvalConfig, model: weights.Pretrained | None, record: Path, p
             results[name] = benchmark.run(run)
         except Exception as error:  # recorded, not lost: the finished benchmarks stay in results.json
             results["errors"][name] = f"{type(error).__name__}: {error}"
-            warnings.warn(f"benchmark {name!r} failed ({results['errors'][name]}); the others go on and "
-                          f"{out / 'results.json'} records the error", stacklevel=3)
+            warnings.warn(
+                f"benchmark {name!r} failed ({results['errors'][name]}); the others go on and "
+                f"{out / 'results.json'} records the error",
+                stacklevel=3,
+            )
         else:
             results["seconds"][name] = time.perf_counter() - tic
         save()
@@ -247,8 +298,9 @@ def _evaluate(cfg: EvalConfig, model: weights.Pretrained | None, record: Path, p
 def _split(cfg: EvalConfig, what: Evaluated, name: str, n: int, transform=None):
     """A seeded subset of one split, under the test transform unless another is given."""
     transform = transform or eval_transform(what.image_size, what.mean, what.std)
-    return seeded_subset(load_split(cfg.dataset, cfg.data_root, name, transform, download=True), n, cfg.seed,
-                         f"eval {name}")
+    return seeded_subset(
+        load_split(cfg.dataset, cfg.data_root, name, transform, download=True), n, cfg.seed, f"eval {name}"
+    )
 
 
 @dataclass
@@ -286,8 +338,11 @@ def _finished(path: Path, results: dict) -> dict:
         return {}
     now = json.loads(json.dumps({k: results[k] for k in ("encoder", "config", "data_fingerprint")}))
     same = all(earlier.get(k) == v for k, v in now.items())  # compared as JSON: tuples were saved as lists
-    return {name: (earlier[name], earlier.get("seconds", {}).get(name)) for name in BENCHMARKS
-            if same and name in earlier and name not in earlier.get("errors", {})}
+    return {
+        name: (earlier[name], earlier.get("seconds", {}).get(name))
+        for name in BENCHMARKS
+        if same and name in earlier and name not in earlier.get("errors", {})
+    }
 
 
 def _what(cfg: EvalConfig, model: weights.Pretrained | None) -> Evaluated:
@@ -312,8 +367,11 @@ def _encoder(cfg: EvalConfig, model: weights.Pretrained | None, train_set, devic
     encoder = encoder.to(device)
     if cfg.model == "random":
         # Untrained BN statistics make eval-mode activations explode; use the data's.
-        calibrate_bn(encoder, DataLoader(train_set, batch_size=256, shuffle=True,
-                                         generator=torch.Generator().manual_seed(cfg.seed)), device=device)
+        calibrate_bn(
+            encoder,
+            DataLoader(train_set, batch_size=256, shuffle=True, generator=torch.Generator().manual_seed(cfg.seed)),
+            device=device,
+        )
         identity += f"-bn-calibrated-on:{cfg.dataset}:{cfg.data_root}:{len(train_set)}:{cfg.seed}"
     return encoder, identity
 
@@ -326,9 +384,14 @@ def _published(cfg: EvalConfig, model: weights.Pretrained | None) -> dict | None
     if entry is None:
         return None
     is_file = model is not None and model.published is not None and model.published.name == entry.name
-    return {"name": entry.name, "title": entry.title, "numbers": json.loads(json.dumps(entry.numbers)),
-            "source": entry.source_link(entry.numbers_source.split(" ")[0]), "pretrained_on": entry.pretrained_on,
-            "this_file": is_file}
+    return {
+        "name": entry.name,
+        "title": entry.title,
+        "numbers": json.loads(json.dumps(entry.numbers)),
+        "source": entry.source_link(entry.numbers_source.split(" ")[0]),
+        "pretrained_on": entry.pretrained_on,
+        "this_file": is_file,
+    }
 
 
 class SvmInputs(NamedTuple):
@@ -346,8 +409,10 @@ def _svm_inputs(cfg: EvalConfig, what: Evaluated, features: Features, train_set,
     """The SVM and low-shot data: VOC07 when cfg.voc_root, else one-vs-rest on the dataset."""
     if cfg.voc_root:
         voc_t = voc_svm_transform(what.image_size, what.mean, what.std)
-        svm_train, svm_test = VOC07Classification(cfg.voc_root, "trainval", voc_t), VOC07Classification(
-            cfg.voc_root, "test", voc_t)
+        svm_train, svm_test = (
+            VOC07Classification(cfg.voc_root, "trainval", voc_t),
+            VOC07Classification(cfg.voc_root, "test", voc_t),
+        )
         names, svm_id = list(svm_train.classes), "voc07"
     else:
         svm_train, svm_test, names, svm_id = train_set, test_set, classes, cfg.dataset

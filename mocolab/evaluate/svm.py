@@ -12,6 +12,7 @@ objective for every class, cost and fold at once by Newton's method with
 conjugate gradients, a few large matrix products per iteration, on the GPU
 when given one.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -19,7 +20,7 @@ import warnings
 import numpy as np
 import torch
 
-COSTS = (1.0, 10.0, 100.0) + tuple(0.5 ** i for i in range(4, 20))  # 19 costs
+COSTS = (1.0, 10.0, 100.0) + tuple(0.5**i for i in range(4, 20))  # 19 costs
 POS_WEIGHT = 2.0  # class weights {positive: 2, negative: 1}
 
 
@@ -32,6 +33,7 @@ def normalize_rows(x) -> torch.Tensor:
 # ----------------------------------------------------------------------------
 # Average precision
 # ----------------------------------------------------------------------------
+
 
 def voc_ap(scores, targets) -> float:
     """VOC AP in percent: area under the interpolated precision envelope at every recall change.
@@ -57,6 +59,7 @@ def voc_ap(scores, targets) -> float:
 def average_precision(scores, positives) -> float:
     """scikit-learn's (non-interpolated) average precision, the reference's CV score; in percent."""
     from sklearn.metrics import average_precision_score
+
     return 100.0 * float(average_precision_score(np.asarray(positives), np.asarray(scores)))
 
 
@@ -64,8 +67,10 @@ def average_precision(scores, positives) -> float:
 # The batched solver
 # ----------------------------------------------------------------------------
 
-def fit_svms(x: torch.Tensor, y: torch.Tensor, c: torch.Tensor, tol: float = 1e-6,
-             max_newton: int = 50, max_cg: int = 200) -> torch.Tensor:
+
+def fit_svms(
+    x: torch.Tensor, y: torch.Tensor, c: torch.Tensor, tol: float = 1e-6, max_newton: int = 50, max_cg: int = 200
+) -> torch.Tensor:
     """Solve P squared-hinge SVMs on one feature matrix at once.
 
     x: N x D features; y: N x P labels in {+1, -1}; c: N x P per-sample costs
@@ -113,8 +118,11 @@ def _newton(x1: torch.Tensor, y: torch.Tensor, c: torch.Tensor, tol: float, max_
             t = torch.where(bad, t / 2, t)
         w = w + step * t
     else:
-        warnings.warn(f"fit_svms: {int(todo.sum())} of {len(todo)} problems stopped after {max_newton} "
-                      f"Newton steps before reaching tol={tol}", stacklevel=3)
+        warnings.warn(
+            f"fit_svms: {int(todo.sum())} of {len(todo)} problems stopped after {max_newton} "
+            f"Newton steps before reaching tol={tol}",
+            stacklevel=3,
+        )
     return w
 
 
@@ -145,6 +153,7 @@ def _conjugate_gradient(hvp, b: torch.Tensor, max_iter: int, rtol: float = 0.1) 
 # The protocol: cost by cross-validation, refit, test
 # ----------------------------------------------------------------------------
 
+
 def svm_labels(targets: torch.Tensor) -> torch.Tensor:
     """+1 for present, -1 otherwise: training treats difficult images as negatives."""
     return torch.where(torch.as_tensor(targets) == 1, 1.0, -1.0).double()
@@ -157,6 +166,7 @@ def sample_costs(y: torch.Tensor, cost: float) -> torch.Tensor:
 def cv_folds(positives: np.ndarray, folds: int = 3) -> list[np.ndarray]:
     """Held-out indices of each fold: scikit-learn's StratifiedKFold, as cross_val_score(cv=3) uses."""
     from sklearn.model_selection import StratifiedKFold
+
     splitter = StratifiedKFold(n_splits=folds)
     return [test for _, test in splitter.split(np.zeros(len(positives)), positives)]
 
@@ -170,8 +180,17 @@ def sklearn_svm_scores(x_train, y_train, cost: float, x_eval, max_iter: int = 50
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.svm import LinearSVC
-    clf = LinearSVC(C=cost, class_weight={1: POS_WEIGHT, -1: 1.0}, penalty="l2", loss="squared_hinge",
-                    dual=True, max_iter=max_iter, tol=1e-4, intercept_scaling=1.0)
+
+    clf = LinearSVC(
+        C=cost,
+        class_weight={1: POS_WEIGHT, -1: 1.0},
+        penalty="l2",
+        loss="squared_hinge",
+        dual=True,
+        max_iter=max_iter,
+        tol=1e-4,
+        intercept_scaling=1.0,
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         clf.fit(np.asarray(x_train), np.asarray(y_train))
@@ -180,8 +199,9 @@ def sklearn_svm_scores(x_train, y_train, cost: float, x_eval, max_iter: int = 50
     return clf.decision_function(np.asarray(x_eval))
 
 
-def cross_validated_ap(x: torch.Tensor, targets: torch.Tensor, costs=COSTS, folds: int = 3,
-                       solver: str = "torch", device=None) -> np.ndarray:
+def cross_validated_ap(
+    x: torch.Tensor, targets: torch.Tensor, costs=COSTS, folds: int = 3, solver: str = "torch", device=None
+) -> np.ndarray:
     """Mean held-out average precision (%) per class and cost: classes x costs."""
     y = svm_labels(targets)  # N x classes
     n, classes = y.shape
@@ -223,16 +243,26 @@ def fit_and_score(x_train, targets_train, chosen_costs, x_test, solver: str = "t
     """Refit every class at its chosen cost on all training data; decision values on x_test (N x classes)."""
     y = svm_labels(targets_train)
     if solver == "sklearn":
-        return np.stack([sklearn_svm_scores(x_train, y[:, j], chosen_costs[j], x_test)
-                         for j in range(y.shape[1])], axis=1)
+        return np.stack(
+            [sklearn_svm_scores(x_train, y[:, j], chosen_costs[j], x_test) for j in range(y.shape[1])], axis=1
+        )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     c = torch.stack([sample_costs(y[:, j], chosen_costs[j]) for j in range(y.shape[1])], 1)
     w = fit_svms(x_train.to(device), y.to(device), c.to(device))
     return (x_test.to(device) @ w[:-1] + w[-1]).cpu().numpy()
 
 
-def svm_protocol(train_x, train_targets, test_x, test_targets, costs=COSTS, folds: int = 3,
-                 solver: str = "torch", device=None, class_names=None) -> dict:
+def svm_protocol(
+    train_x,
+    train_targets,
+    test_x,
+    test_targets,
+    costs=COSTS,
+    folds: int = 3,
+    solver: str = "torch",
+    device=None,
+    class_names=None,
+) -> dict:
     """The VOC07 SVM protocol on one layer's features.
 
     targets: N x classes with 1 / 0 / -1 (difficult). Returns per-class AP and
@@ -245,8 +275,13 @@ def svm_protocol(train_x, train_targets, test_x, test_targets, costs=COSTS, fold
     chosen = [costs[i] for i in cv.argmax(axis=1)]  # the first of equally good costs, in list order
     scores = fit_and_score(train_x, train_targets, chosen, test_x, solver, device)
     ap = [voc_ap(scores[:, j], test_targets[:, j].numpy()) for j in range(scores.shape[1])]
-    result = {"ap": ap, "mAP": float(np.mean(ap)), "cost": chosen, "cv_ap": cv.tolist(),
-              "classes": list(class_names) if class_names is not None else list(range(len(ap)))}
+    result = {
+        "ap": ap,
+        "mAP": float(np.mean(ap)),
+        "cost": chosen,
+        "cv_ap": cv.tolist(),
+        "classes": list(class_names) if class_names is not None else list(range(len(ap))),
+    }
     single_label = bool(((test_targets == 1).sum(1) == 1).all())
     if single_label:
         truth = (test_targets == 1).float().argmax(1).numpy()

@@ -10,6 +10,7 @@ the MoCo v2 reference page's numbers where the data is the reference's
 what it was measured on: a subset, another dataset or another image size is
 stated, never implied to be the published setting.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,6 +23,7 @@ REFERENCE_PAGE = "the MoCo v2 reference page (MMSelfSup, 200 epochs)"
 # ----------------------------------------------------------------------------
 # What is compared with what
 # ----------------------------------------------------------------------------
+
 
 def _reference(results: dict, benchmark: str, same_data: bool) -> tuple[str, dict] | None:
     """(column label, numbers) for one benchmark, or None when there is nothing to put beside it."""
@@ -61,17 +63,25 @@ def _caption(results: dict, data: str, same_setting: bool, reference, setting: s
     measured = f"{data}{f', {size} px' if size else ''}"
     if reference and not same_setting:
         published = results.get("published")
-        whose = (f"{published['name']}'s numbers: pretrained on {published['pretrained_on']}, evaluated on "
-                 if published else "the reference's: ")
-        return [f"*Measured on {measured}; not the setting of {whose}{setting}. The difference shows how far "
-                f"this setting is from it, not whether the number is reproduced.*", ""]
+        whose = (
+            f"{published['name']}'s numbers: pretrained on {published['pretrained_on']}, evaluated on "
+            if published
+            else "the reference's: "
+        )
+        return [
+            f"*Measured on {measured}; not the setting of {whose}{setting}. The difference shows how far "
+            f"this setting is from it, not whether the number is reproduced.*",
+            "",
+        ]
     return [f"*Measured on {measured}.*", ""]
 
 
 def _split_data(results: dict) -> str:
     subset = "" if _full(results) else ", seeded subsets"
-    return (f"{results.get('dataset')} at {results.get('data_root')} ({results.get('train_size', 0):,} training, "
-            f"{results.get('test_size', 0):,} test images{subset})")
+    return (
+        f"{results.get('dataset')} at {results.get('data_root')} ({results.get('train_size', 0):,} training, "
+        f"{results.get('test_size', 0):,} test images{subset})"
+    )
 
 
 def _svm_data(results: dict, sizes: dict) -> str:
@@ -98,6 +108,7 @@ def _header(first: str, measured: str, reference) -> list[str]:
 # The tables
 # ----------------------------------------------------------------------------
 
+
 def svm_table(results: dict) -> list[str]:
     svm, same = results["svm"], _voc(results) and _at_224(results)
     reference = _reference(results, "svm_voc07", _voc(results))
@@ -115,8 +126,7 @@ def lowshot_table(results: dict) -> list[str]:
     reference = _reference(results, "lowshot_voc07", _voc(results))
     ks = list(low["by_k"])
     lines = [f"**Low-shot linear SVM ({low['layer']}), mAP mean over samples**", ""]
-    lines += _caption(results, _svm_data(results, results.get("svm", {}).get("data", {})), same, reference,
-                      VOC_SETTING)
+    lines += _caption(results, _svm_data(results, results.get("svm", {}).get("data", {})), same, reference, VOC_SETTING)
     lines += ["| cost picked | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
     for how, label in (("cost_picked_on_test", "on test (reference)"), ("cost_picked_by_cv", "by CV in sample")):
         row = [f"{low['by_k'][k][how]['mean']:.2f}" if how in low["by_k"][k] else "n/a" for k in ks]
@@ -125,8 +135,11 @@ def lowshot_table(results: dict) -> list[str]:
         numbers = reference[1]
         lines.append(f"| {reference[0]} | " + " | ".join(_number(numbers.get(str(k))) for k in ks) + " |")
         measured = [low["by_k"][k]["cost_picked_on_test"]["mean"] for k in ks]
-        lines.append("| difference (on test) | " + " | ".join(
-            f"{m - numbers[str(k)]:+.2f}" if str(k) in numbers else "" for m, k in zip(measured, ks)) + " |")
+        lines.append(
+            "| difference (on test) | "
+            + " | ".join(f"{m - numbers[str(k)]:+.2f}" if str(k) in numbers else "" for m, k in zip(measured, ks))
+            + " |"
+        )
     return lines + [""]
 
 
@@ -138,8 +151,9 @@ def linear_table(results: dict) -> list[str]:
     lines += _header("head", "top-1", reference)
     for protocol, r in results["linear"]["protocols"].items():
         for name, top1 in r["top1"].items():
-            lines.append("| " + " | ".join([f"{protocol}: {name}", f"{top1:.2f}",
-                                            *_cells(top1, reference, name)]) + " |")
+            lines.append(
+                "| " + " | ".join([f"{protocol}: {name}", f"{top1:.2f}", *_cells(top1, reference, name)]) + " |"
+            )
     return lines + [""]
 
 
@@ -150,13 +164,19 @@ def knn_table(results: dict) -> list[str]:
     lines += _caption(results, _split_data(results), same, reference, IMAGENET_SETTING)
     for feature, by_k in results["knn"]["features"].items():
         ks = list(by_k)
-        lines += [f"| {feature} | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|",
-                  "| measured | " + " | ".join(f"{by_k[k]['top1']:.2f}" for k in ks) + " |"]
+        lines += [
+            f"| {feature} | " + " | ".join(f"k={k}" for k in ks) + " |",
+            "|---" * (len(ks) + 1) + "|",
+            "| measured | " + " | ".join(f"{by_k[k]['top1']:.2f}" for k in ks) + " |",
+        ]
         if reference and feature == "avgpool":
             numbers = reference[1]
             lines.append(f"| {reference[0]} | " + " | ".join(_number(numbers.get(str(k))) for k in ks) + " |")
-            lines.append("| difference | " + " | ".join(
-                f"{by_k[k]['top1'] - numbers[str(k)]:+.2f}" if str(k) in numbers else "" for k in ks) + " |")
+            lines.append(
+                "| difference | "
+                + " | ".join(f"{by_k[k]['top1'] - numbers[str(k)]:+.2f}" if str(k) in numbers else "" for k in ks)
+                + " |"
+            )
         lines.append("")
     return lines
 
@@ -169,7 +189,10 @@ def rankme_table(results: dict) -> list[str]:
     r = results["rankme"]
     lines = ["**RankMe (effective rank of the avgpool features, label-free)**", ""]
     lines += _caption(results, _split_data(results), False, None, IMAGENET_SETTING)
-    lines += ["| features | images | dims | RankMe | at most |", "|---|---|---|---|---|",
-              f"| {r['settings']['layer']} of the training images | {r['data']['images']:,} | {r['data']['dims']:,} | "
-              f"{r['rankme']:.1f} | {min(r['data']['images'], r['data']['dims']):,} |"]
+    lines += [
+        "| features | images | dims | RankMe | at most |",
+        "|---|---|---|---|---|",
+        f"| {r['settings']['layer']} of the training images | {r['data']['images']:,} | {r['data']['dims']:,} | "
+        f"{r['rankme']:.1f} | {min(r['data']['images'], r['data']['dims']):,} |",
+    ]
     return lines + [""]

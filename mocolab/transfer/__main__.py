@@ -10,6 +10,7 @@ with gpus > 1 it starts the processes itself; under torchrun each process
 joins the group. `python -m mocolab.transfer.export` writes the backbone for
 detectron2 or MMDetection instead.
 """
+
 import argparse
 import sys
 
@@ -19,8 +20,9 @@ from .job import fine_tune, make_transfer_config
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mocolab.transfer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m mocolab.transfer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("overrides", nargs="*", help="TransferConfig fields as key=value")
     args = parser.parse_args(argv)
     fine_tune(make_transfer_config(**dict(parse_override(o) for o in args.overrides)))

@@ -13,6 +13,7 @@
 Images come as float tensors in [0, 1] (3 x H x W), the input torchvision's
 detection models normalise themselves.
 """
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
@@ -42,15 +43,20 @@ def _image(path: Path) -> torch.Tensor:
 class VOCDetection(Dataset):
     """(image, target) with target boxes (K x 4 float), labels (1..20; 0 is the background), difficult."""
 
-    LAYOUT = ("expected <root>/VOC<year>/Annotations/<id>.xml, JPEGImages/<id>.jpg and "
-              "ImageSets/Main/<split>.txt (the VOCdevkit layout); set root to the VOCdevkit folder")
+    LAYOUT = (
+        "expected <root>/VOC<year>/Annotations/<id>.xml, JPEGImages/<id>.jpg and "
+        "ImageSets/Main/<split>.txt (the VOCdevkit layout); set root to the VOCdevkit folder"
+    )
 
-    def __init__(self, root, sets=(("2007", "trainval"), ("2012", "trainval")), keep_difficult: bool = False,
-                 flip: bool = False):
+    def __init__(
+        self, root, sets=(("2007", "trainval"), ("2012", "trainval")), keep_difficult: bool = False, flip: bool = False
+    ):
         self.root, self.keep_difficult, self.flip = Path(root), keep_difficult, flip
-        self.items = [(year, i) for year, split in sets
-                      for i in _read_ids(self.root / f"VOC{year}" / "ImageSets" / "Main" / f"{split}.txt",
-                                         self.LAYOUT)]
+        self.items = [
+            (year, i)
+            for year, split in sets
+            for i in _read_ids(self.root / f"VOC{year}" / "ImageSets" / "Main" / f"{split}.txt", self.LAYOUT)
+        ]
         self.classes = list(VOC_CLASSES)
 
     def __len__(self):
@@ -74,8 +80,12 @@ class VOCDetection(Dataset):
             boxes.append([float(b.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax")])
             labels.append(VOC_CLASSES.index(name) + 1)
             difficult.append(hard)
-        return {"boxes": np.array(boxes, np.float32).reshape(-1, 4), "labels": np.array(labels, np.int64),
-                "difficult": np.array(difficult, bool), "image_id": f"{year}_{image_id}"}
+        return {
+            "boxes": np.array(boxes, np.float32).reshape(-1, 4),
+            "labels": np.array(labels, np.int64),
+            "difficult": np.array(difficult, bool),
+            "image_id": f"{year}_{image_id}",
+        }
 
     def __getitem__(self, index: int):
         year, image_id = self.items[index]
@@ -86,19 +96,32 @@ class VOCDetection(Dataset):
         if self.flip and torch.rand(1).item() < 0.5:
             image = image.flip(-1)
             boxes[:, [0, 2]] = image.shape[-1] - boxes[:, [2, 0]]
-        return image, {"boxes": boxes, "labels": torch.from_numpy(ann["labels"]),
-                       "difficult": torch.from_numpy(ann["difficult"]), "image_id": ann["image_id"]}
+        return image, {
+            "boxes": boxes,
+            "labels": torch.from_numpy(ann["labels"]),
+            "difficult": torch.from_numpy(ann["difficult"]),
+            "image_id": ann["image_id"],
+        }
 
 
 class VOCSegmentation(Dataset):
     """(image, mask) pairs of VOC2012 (+ SBD's augmented set): mask H x W int64, 255 = ignore."""
 
-    LAYOUT = ("expected <root>/VOC2012/JPEGImages/<id>.jpg, SegmentationClass/<id>.png (and, for the "
-              "augmented set, SegmentationClassAug/<id>.png) and ImageSets/Segmentation/<split>.txt "
-              "(aug.txt for SBD); set root to the VOCdevkit folder")
+    LAYOUT = (
+        "expected <root>/VOC2012/JPEGImages/<id>.jpg, SegmentationClass/<id>.png (and, for the "
+        "augmented set, SegmentationClassAug/<id>.png) and ImageSets/Segmentation/<split>.txt "
+        "(aug.txt for SBD); set root to the VOCdevkit folder"
+    )
 
-    def __init__(self, root, split: str = "train", augmented: bool = False, crop: int | None = None,
-                 scale=(0.5, 2.0), flip: bool = False):
+    def __init__(
+        self,
+        root,
+        split: str = "train",
+        augmented: bool = False,
+        crop: int | None = None,
+        scale=(0.5, 2.0),
+        flip: bool = False,
+    ):
         self.base = Path(root) / "VOC2012"
         lists = self.base / "ImageSets" / "Segmentation"
         ids = _read_ids(lists / f"{split}.txt", self.LAYOUT)
@@ -119,8 +142,10 @@ class VOCSegmentation(Dataset):
                     mask = torch.from_numpy(np.array(m, dtype=np.int64))
                 bad = ~(((mask >= 0) & (mask < 21)) | (mask == 255))
                 if bad.any():
-                    raise DatasetError(f"{path} holds label {int(mask[bad][0])}: VOC masks are class indices "
-                                       f"0-20 and 255 (ignore), saved as palette PNGs")
+                    raise DatasetError(
+                        f"{path} holds label {int(mask[bad][0])}: VOC masks are class indices "
+                        f"0-20 and 255 (ignore), saved as palette PNGs"
+                    )
                 return mask
         raise DatasetError(f"no mask for {image_id} in {self.base}; {self.LAYOUT}")
 
@@ -146,7 +171,7 @@ def random_scale_crop(image: torch.Tensor, mask: torch.Tensor, crop: int, scale=
         mask = torch.nn.functional.pad(mask, (0, pw, 0, ph), value=255)
     top = int(torch.randint(0, image.shape[-2] - crop + 1, (1,)))
     left = int(torch.randint(0, image.shape[-1] - crop + 1, (1,)))
-    return image[:, top:top + crop, left:left + crop], mask[top:top + crop, left:left + crop]
+    return image[:, top : top + crop, left : left + crop], mask[top : top + crop, left : left + crop]
 
 
 class COCODetection(Dataset):
@@ -158,6 +183,7 @@ class COCODetection(Dataset):
 
     def __init__(self, images, annotations, flip: bool = False):
         from pycocotools.coco import COCO
+
         self.images, self.flip = Path(images), flip
         if not Path(annotations).is_file():
             raise DatasetError(f"{annotations} is missing: expected COCO's annotations/instances_<split>.json")
@@ -179,8 +205,10 @@ class COCODetection(Dataset):
         boxes, labels, masks = [], [], []
         for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id, iscrowd=False)):
             if ann["category_id"] not in self.label_of:
-                raise DatasetError(f"annotation {ann['id']} names category {ann['category_id']}, "
-                                   f"which the JSON's categories do not list")
+                raise DatasetError(
+                    f"annotation {ann['id']} names category {ann['category_id']}, "
+                    f"which the JSON's categories do not list"
+                )
             x, y, w, h = ann["bbox"]
             if w < 1 or h < 1:
                 continue
@@ -188,10 +216,12 @@ class COCODetection(Dataset):
             labels.append(self.label_of[ann["category_id"]])
             masks.append(self.coco.annToMask(ann))
         h, w = image.shape[-2:]
-        target = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                  "labels": torch.tensor(labels, dtype=torch.int64),
-                  "masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, h, w, dtype=torch.uint8),
-                  "image_id": image_id}
+        target = {
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+            "masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, h, w, dtype=torch.uint8),
+            "image_id": image_id,
+        }
         if self.flip and torch.rand(1).item() < 0.5:
             image, target["masks"] = image.flip(-1), target["masks"].flip(-1)
             target["boxes"][:, [0, 2]] = w - target["boxes"][:, [2, 0]]

@@ -22,6 +22,7 @@ detectron2) with the same features.
 
 The projection head is not exported: transfer uses the backbone alone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,8 @@ def backbone_state(source, allow_cifar_stem: bool = False) -> dict[str, torch.Te
         raise ckpt.CheckpointError(
             f"{model.path}: conv1.weight is {tuple(state['conv1.weight'].shape)}, the CIFAR stem (3x3, stride 1, no "
             f"max-pool); detection and segmentation backbones expect the ImageNet stem (7x7, stride 2). "
-            f"Pretrain with cifar_stem=False (the imagenet_mocov2 preset) to transfer.")
+            f"Pretrain with cifar_stem=False (the imagenet_mocov2 preset) to transfer."
+        )
     return {k: v.detach().cpu().clone() for k, v in state.items()}
 
 

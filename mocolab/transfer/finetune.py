@@ -18,6 +18,7 @@ evaluations shard the test set over the processes and gather the results, so
 each image is evaluated once. `job.fine_tune` runs a whole row, with
 checkpoints, on one device or N processes.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,8 +55,14 @@ class Schedule:
     def lrs(self) -> np.ndarray:
         """The lr of every iteration (mocolab.schedule.lr_schedule, counted in iterations)."""
         if self.poly_power:
-            return lr_schedule(self.lr, self.iterations, shape="poly", power=self.poly_power, min_lr=self.min_lr,
-                               warmup_epochs=self.warmup)
+            return lr_schedule(
+                self.lr,
+                self.iterations,
+                shape="poly",
+                power=self.poly_power,
+                min_lr=self.min_lr,
+                warmup_epochs=self.warmup,
+            )
         return lr_schedule(self.lr, self.iterations, shape="step", milestones=self.steps, warmup_epochs=self.warmup)
 
 
@@ -68,13 +75,21 @@ PRESETS = {
 
 
 # The "tiny" preset's model options: fewer proposals and RoIs (res5 runs on each RoI), small images.
-TINY_MODEL_OPTIONS = {"min_size": 96, "max_size": 160, "rpn_pre_nms_top_n_train": 200,
-                      "rpn_post_nms_top_n_train": 100, "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100,
-                      "box_batch_size_per_image": 32}
+TINY_MODEL_OPTIONS = {
+    "min_size": 96,
+    "max_size": 160,
+    "rpn_pre_nms_top_n_train": 200,
+    "rpn_post_nms_top_n_train": 100,
+    "rpn_pre_nms_top_n_test": 200,
+    "rpn_post_nms_top_n_test": 100,
+    "box_batch_size_per_image": 32,
+}
+
 
 def sgd(model, s: Schedule) -> torch.optim.SGD:
-    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=s.lr, momentum=s.momentum,
-                           weight_decay=s.weight_decay)
+    return torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay
+    )
 
 
 def collate_detection(batch):
@@ -85,8 +100,7 @@ def detection_step(model, batch, device) -> tuple[torch.Tensor, dict]:
     """The sum of torchvision's detection losses (RPN objectness and boxes, RoI classes and boxes, masks)."""
     images, targets = batch
     images = [im.to(device, non_blocking=True) for im in images]
-    targets = [{k: t[k].to(device, non_blocking=True) for k in ("boxes", "labels", "masks") if k in t}
-               for t in targets]
+    targets = [{k: t[k].to(device, non_blocking=True) for k in ("boxes", "labels", "masks") if k in t} for t in targets]
     losses = model(images, targets)
     return sum(losses.values()), losses
 
@@ -102,10 +116,23 @@ def segmentation_step(model, batch, device, aux_weight: float = 0.4) -> tuple[to
     return sum(losses.values()), losses
 
 
-def train(model, step: Callable, dataset, schedule: Schedule, optimizer=None, device="cpu", seed: int = 0,
-          start: int = 0, rows: list | None = None, log_every: int = 20, workers: int = 2,
-          collate_fn=None, checkpoint: Callable | None = None, checkpoint_every: int = 0,
-          progress=print) -> list[dict]:
+def train(
+    model,
+    step: Callable,
+    dataset,
+    schedule: Schedule,
+    optimizer=None,
+    device="cpu",
+    seed: int = 0,
+    start: int = 0,
+    rows: list | None = None,
+    log_every: int = 20,
+    workers: int = 2,
+    collate_fn=None,
+    checkpoint: Callable | None = None,
+    checkpoint_every: int = 0,
+    progress=print,
+) -> list[dict]:
     """SGD from iteration `start` to schedule.iterations; returns (and extends) the logged rows.
 
     model: the module to call (DDP-wrapped under several processes); step(model, batch, device) gives
@@ -117,9 +144,13 @@ def train(model, step: Callable, dataset, schedule: Schedule, optimizer=None, de
     optimizer = optimizer or sgd(model, schedule)
     rows = [] if rows is None else rows
     model.train()
-    loader = DataLoader(SeededStream(dataset, seed), batch_sampler=IterationBatches(
-        schedule.batch_size, start, schedule.iterations, rank, world), num_workers=workers,
-        collate_fn=collate_fn, pin_memory=torch.device(device).type == "cuda")
+    loader = DataLoader(
+        SeededStream(dataset, seed),
+        batch_sampler=IterationBatches(schedule.batch_size, start, schedule.iterations, rank, world),
+        num_workers=workers,
+        collate_fn=collate_fn,
+        pin_memory=torch.device(device).type == "cuda",
+    )
     lrs = schedule.lrs()
     offset = rows[-1]["seconds"] if rows else 0.0  # a resumed run keeps counting its time
     tic = time.perf_counter()
@@ -129,17 +160,23 @@ def train(model, step: Callable, dataset, schedule: Schedule, optimizer=None, de
         torch.manual_seed(iteration_seed(seed, it, rank))  # multi-scale size, RPN / RoI sampling
         loss, parts = step(model, batch, device)
         if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"the loss is {loss.item()} at iteration {it + 1}: lower the lr "
-                                     f"(a random backbone needs a smaller one than a pretrained one)")
+            raise FloatingPointError(
+                f"the loss is {loss.item()} at iteration {it + 1}: lower the lr "
+                f"(a random backbone needs a smaller one than a pretrained one)"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         done = it + 1
         if done % log_every == 0 or it == 0 or done == schedule.iterations:
             values = dist_.all_reduce_mean(torch.stack([loss.detach(), *[v.detach() for v in parts.values()]]))
-            row = {"iteration": done, "lr": float(lrs[it]), "loss": values[0].item(),
-                   **{k: v.item() for k, v in zip(parts, values[1:])},
-                   "seconds": round(offset + time.perf_counter() - tic, 3)}
+            row = {
+                "iteration": done,
+                "lr": float(lrs[it]),
+                "loss": values[0].item(),
+                **{k: v.item() for k, v in zip(parts, values[1:])},
+                "seconds": round(offset + time.perf_counter() - tic, 3),
+            }
             rows.append(row)
             progress(f"iteration {done}/{schedule.iterations}  loss {row['loss']:.3f}  lr {row['lr']:.4g}")
         if checkpoint and ((checkpoint_every and done % checkpoint_every == 0) or done == schedule.iterations):
@@ -209,17 +246,23 @@ def evaluate_coco(model, dataset, device="cpu", masks: bool = True) -> dict:
     from pycocotools import mask as mask_utils
 
     from .metrics import coco_metrics
+
     model.to(device).eval()
     results, image_ids = [], []
     for index in shard(len(dataset)):
         image, target = dataset[index]
         image_ids.append(target["image_id"])
         out = model([image.to(device)])[0]
-        for k, (box, score, label) in enumerate(zip(out["boxes"].tolist(), out["scores"].tolist(),
-                                                    out["labels"].tolist())):
+        for k, (box, score, label) in enumerate(
+            zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist())
+        ):
             x1, y1, x2, y2 = box
-            result = {"image_id": target["image_id"], "category_id": dataset.category_ids[label - 1],
-                      "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+            result = {
+                "image_id": target["image_id"],
+                "category_id": dataset.category_ids[label - 1],
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "score": score,
+            }
             if masks and "masks" in out:
                 binary = (out["masks"][k, 0] > 0.5).cpu().numpy().astype(np.uint8)
                 rle = mask_utils.encode(np.asfortranarray(binary))

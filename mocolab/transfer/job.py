@@ -26,6 +26,7 @@ model's random draws depend on (seed, iteration) only (stream.py), so a
 resumed run takes the steps the uninterrupted one would have. The lifecycle
 (preflight, processes, output folder) is pretraining's too: mocolab.job.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -81,19 +82,25 @@ class TransferConfig:
     def __post_init__(self):
         settings.check_fields(self)
         for name in ("iterations", "batch_size", "lr"):
-            need(getattr(self, name) is None or getattr(self, name) > 0,
-                 f"{name} must be positive, or None for the preset's, got {getattr(self, name)}")
+            need(
+                getattr(self, name) is None or getattr(self, name) > 0,
+                f"{name} must be positive, or None for the preset's, got {getattr(self, name)}",
+            )
         need(self.crop > 0, f"crop must be positive, got {self.crop}")
         need(self.log_every is None or self.log_every > 0, f"log_every must be positive or None, got {self.log_every}")
         for name in ("workers", "seed", "train_limit", "test_limit", "checkpoint_every"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         check_processes(self.gpus, self.processes)
-        need(self.schedule.batch_size % self.world_size == 0,
-             f"batch_size={self.schedule.batch_size} does not split over {self.world_size} processes; "
-             f"use a multiple of {self.world_size}")
-        need(not (self.sync_bn and self.gpus == 0 and self.processes > 1),
-             "sync_bn=True needs GPUs (SyncBatchNorm runs on CUDA only); pass sync_bn=False to fine-tune "
-             "with per-process BN on CPU processes")
+        need(
+            self.schedule.batch_size % self.world_size == 0,
+            f"batch_size={self.schedule.batch_size} does not split over {self.world_size} processes; "
+            f"use a multiple of {self.world_size}",
+        )
+        need(
+            not (self.sync_bn and self.gpus == 0 and self.processes > 1),
+            "sync_bn=True needs GPUs (SyncBatchNorm runs on CUDA only); pass sync_bn=False to fine-tune "
+            "with per-process BN on CPU processes",
+        )
 
     @property
     def world_size(self) -> int:
@@ -106,8 +113,12 @@ class TransferConfig:
     @property
     def schedule(self) -> finetune.Schedule:
         s = finetune.PRESETS[self.preset]
-        return dataclasses.replace(s, iterations=self.iterations or s.iterations,
-                                   batch_size=self.batch_size or s.batch_size, lr=self.lr or s.lr)
+        return dataclasses.replace(
+            s,
+            iterations=self.iterations or s.iterations,
+            batch_size=self.batch_size or s.batch_size,
+            lr=self.lr or s.lr,
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -140,6 +151,7 @@ class TransferRun:
 # The row's data and model
 # ----------------------------------------------------------------------------
 
+
 def datasets(cfg: TransferConfig):
     """(train set, test set) of the task, in their real on-disk layouts (see datasets.py)."""
     train, test = TASKS[cfg.task].datasets(cfg)
@@ -167,6 +179,7 @@ def build_model(cfg: TransferConfig, num_classes: int, backbone: dict | None = N
 # Running it
 # ----------------------------------------------------------------------------
 
+
 def fine_tune(cfg: TransferConfig, progress: bool = True) -> TransferRun:
     """Fine-tune and evaluate as `cfg` says, writing everything to cfg.output_dir (see the module doc).
 
@@ -180,13 +193,16 @@ def preflight(cfg: TransferConfig) -> job.Checked:
     """What can fail before any process starts: the output directory, the checkpoint, the device."""
     checked = job.open_run(cfg, "fine-tuning")
     if checked.saved is not None and checked.saved["config"]["task"] != cfg.task:
-        raise ConfigError(f"{Path(cfg.output_dir) / 'checkpoint_last.pt'} is a {checked.saved['config']['task']} "
-                          f"run, not {cfg.task}; use another output_dir")
+        raise ConfigError(
+            f"{Path(cfg.output_dir) / 'checkpoint_last.pt'} is a {checked.saved['config']['task']} "
+            f"run, not {cfg.task}; use another output_dir"
+        )
     return checked
 
 
-def transfer_worker(cfg: TransferConfig, progress: bool = True, echo: bool = True,
-                    checked: job.Checked | None = None) -> TransferRun:
+def transfer_worker(
+    cfg: TransferConfig, progress: bool = True, echo: bool = True, checked: job.Checked | None = None
+) -> TransferRun:
     """One process of the job (the only one, or one rank of a distributed run); checked: its preflight."""
     _, device, saved, _ = checked if checked is not None else preflight(cfg)
     with job.process_group(device) as (rank, world):
@@ -194,10 +210,14 @@ def transfer_worker(cfg: TransferConfig, progress: bool = True, echo: bool = Tru
         folder = job.RunFolder(cfg.output_dir, main, echo and progress)
         folder.remove_stale_temporaries()
         schedule = cfg.schedule
-        need(schedule.batch_size % world == 0,  # under torchrun the world comes from the launcher
-             f"batch_size={schedule.batch_size} does not split over {world} processes; use a multiple of {world}")
-        need(not (world > 1 and cfg.sync_bn and device.type != "cuda"),
-             "sync_bn=True needs GPUs (SyncBatchNorm runs on CUDA only); pass sync_bn=False")
+        need(
+            schedule.batch_size % world == 0,  # under torchrun the world comes from the launcher
+            f"batch_size={schedule.batch_size} does not split over {world} processes; use a multiple of {world}",
+        )
+        need(
+            not (world > 1 and cfg.sync_bn and device.type != "cuda"),
+            "sync_bn=True needs GPUs (SyncBatchNorm runs on CUDA only); pass sync_bn=False",
+        )
 
         train_set, test_set = datasets(cfg)  # a wrong layout fails before the model is built
         classes = train_set.classes
@@ -209,21 +229,51 @@ def transfer_worker(cfg: TransferConfig, progress: bool = True, echo: bool = Tru
             ckpt.load_state(model, saved["model"], folder.path / "checkpoint_last.pt")
             optimizer.load_state_dict(saved["optimizer"])
             start, rows = saved["iteration"], saved["rows"]
-        folder.write_config(cfg, device, world, schedule=dataclasses.asdict(schedule),
-                            train_images=len(train_set), test_images=len(test_set))
+        folder.write_config(
+            cfg,
+            device,
+            world,
+            schedule=dataclasses.asdict(schedule),
+            train_images=len(train_set),
+            test_images=len(test_set),
+        )
 
         def save(iteration: int, rows: list) -> None:
-            folder.save({"kind": "fine-tuning", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "iteration": iteration, "rows": rows, "config": cfg.to_dict(), "classes": classes})
+            folder.save(
+                {
+                    "kind": "fine-tuning",
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "iteration": iteration,
+                    "rows": rows,
+                    "config": cfg.to_dict(),
+                    "classes": classes,
+                }
+            )
             folder.write_csv(rows, "losses.csv")
             dist_.barrier()
 
-        folder.log(f"{cfg.task}: {task.model_name}, {len(train_set)} training images, {world} process(es) on "
-                   f"{device}" + (f", resuming at iteration {start}" if start else ""))
-        rows = finetune.train(step_model, task.step, train_set, schedule, optimizer, device=device, seed=cfg.seed,
-                              start=start, rows=rows, log_every=cfg.log_interval, workers=cfg.workers,
-                              collate_fn=task.collate,
-                              checkpoint=save, checkpoint_every=cfg.checkpoint_every, progress=folder.log)
+        folder.log(
+            f"{cfg.task}: {task.model_name}, {len(train_set)} training images, {world} process(es) on "
+            f"{device}" + (f", resuming at iteration {start}" if start else "")
+        )
+        rows = finetune.train(
+            step_model,
+            task.step,
+            train_set,
+            schedule,
+            optimizer,
+            device=device,
+            seed=cfg.seed,
+            start=start,
+            rows=rows,
+            log_every=cfg.log_interval,
+            workers=cfg.workers,
+            collate_fn=task.collate,
+            checkpoint=save,
+            checkpoint_every=cfg.checkpoint_every,
+            progress=folder.log,
+        )
         metrics = _evaluate(cfg, model, test_set, device, folder) if cfg.evaluate else {}
     return TransferRun(folder.path, cfg, model.cpu(), classes, rows, metrics)
 
@@ -245,7 +295,8 @@ def _model(cfg: TransferConfig, saved, classes, device, world):
         return model, model
     # Every rank starts from rank 0's weights (DDP broadcasts them); gradients are averaged over the ranks.
     return model, torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None)
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )
 
 
 def _evaluate(cfg: TransferConfig, model, test_set, device, folder: job.RunFolder) -> dict:
@@ -254,12 +305,24 @@ def _evaluate(cfg: TransferConfig, model, test_set, device, folder: job.RunFolde
     dist_.broadcast_buffers(model)
     tic = time.perf_counter()
     metrics = TASKS[cfg.task].evaluate(model, test_set, device=device)
-    folder.log(f"evaluated {len(test_set)} test images in {time.perf_counter() - tic:.0f} s: "
-               + "  ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)))
+    folder.log(
+        f"evaluated {len(test_set)} test images in {time.perf_counter() - tic:.0f} s: "
+        + "  ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float))
+    )
     if folder.main:
-        (folder.path / "metrics.json").write_text(json.dumps(_finite(
-            {"metrics": metrics, "reference": TRANSFER[cfg.task], "iterations": cfg.schedule.iterations,
-             "test_images": len(test_set)}), indent=2))
+        (folder.path / "metrics.json").write_text(
+            json.dumps(
+                _finite(
+                    {
+                        "metrics": metrics,
+                        "reference": TRANSFER[cfg.task],
+                        "iterations": cfg.schedule.iterations,
+                        "test_images": len(test_set),
+                    }
+                ),
+                indent=2,
+            )
+        )
     return metrics
 
 
@@ -277,8 +340,9 @@ def load_transfer_run(output_dir) -> TransferRun:
     out = Path(output_dir)
     state = ckpt.load_checkpoint(out / "checkpoint_last.pt")
     if ckpt.kind_of(state) != "fine-tuning":
-        raise ckpt.CheckpointError(f"{out / 'checkpoint_last.pt'} is not a fine-tuning checkpoint "
-                                   f"({ckpt.kind_of(state) or 'unknown kind'})")
+        raise ckpt.CheckpointError(
+            f"{out / 'checkpoint_last.pt'} is not a fine-tuning checkpoint ({ckpt.kind_of(state) or 'unknown kind'})"
+        )
     cfg = transfer_config_from_dict(state["config"])
     model = build_model(cfg, TASKS[cfg.task].num_classes(state["classes"]))
     ckpt.load_state(model, state["model"], out / "checkpoint_last.pt")

@@ -9,6 +9,7 @@
 - mIoU: per-class IoU from a confusion matrix, pixels labelled 255 ignored,
   the mean over classes that occur (in prediction or ground truth).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,11 +20,13 @@ import torch
 # VOC detection
 # ----------------------------------------------------------------------------
 
+
 def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = True) -> float:
     """Area under the precision-recall curve: the 11-point rule (VOC2007) or the exact area (VOC2010+)."""
     if use_07_metric:
-        return float(np.mean([precision[recall >= t].max() if (recall >= t).any() else 0.0
-                              for t in np.arange(0.0, 1.1, 0.1)]))
+        return float(
+            np.mean([precision[recall >= t].max() if (recall >= t).any() else 0.0 for t in np.arange(0.0, 1.1, 0.1)])
+        )
     mrec = np.concatenate(([0.0], recall, [1.0]))
     mpre = np.concatenate(([0.0], precision, [0.0]))
     mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # the precision envelope
@@ -36,8 +39,11 @@ def _iou_inclusive(box: np.ndarray, gts: np.ndarray) -> np.ndarray:
     iw = np.maximum(np.minimum(gts[:, 2], box[2]) - np.maximum(gts[:, 0], box[0]) + 1.0, 0.0)
     ih = np.maximum(np.minimum(gts[:, 3], box[3]) - np.maximum(gts[:, 1], box[1]) + 1.0, 0.0)
     inter = iw * ih
-    union = ((box[2] - box[0] + 1.0) * (box[3] - box[1] + 1.0)
-             + (gts[:, 2] - gts[:, 0] + 1.0) * (gts[:, 3] - gts[:, 1] + 1.0) - inter)
+    union = (
+        (box[2] - box[0] + 1.0) * (box[3] - box[1] + 1.0)
+        + (gts[:, 2] - gts[:, 0] + 1.0) * (gts[:, 3] - gts[:, 1] + 1.0)
+        - inter
+    )
     return inter / union
 
 
@@ -71,21 +77,27 @@ def voc_class_ap(detections: list, ground_truth: dict, iou: float = 0.5, use_07_
     return voc_ap(recall, precision, use_07_metric)
 
 
-def voc_detection_metrics(detections: dict, ground_truth: dict, classes: list,
-                          use_07_metric: bool = True) -> dict:
+def voc_detection_metrics(detections: dict, ground_truth: dict, classes: list, use_07_metric: bool = True) -> dict:
     """AP, AP50, AP75 (in %) over classes, detectron2's way. detections: class -> list of
     (image_id, score, box); ground_truth: class -> {image_id: (boxes, difficult)}."""
     thresholds = np.arange(0.5, 0.96, 0.05)
-    per_t = {round(t, 2): [voc_class_ap(detections.get(c, []), ground_truth.get(c, {}), t, use_07_metric)
-                           for c in classes] for t in thresholds}
+    per_t = {
+        round(t, 2): [voc_class_ap(detections.get(c, []), ground_truth.get(c, {}), t, use_07_metric) for c in classes]
+        for t in thresholds
+    }
     mean = {t: 100 * float(np.nanmean(v)) for t, v in per_t.items()}
-    return {"AP": float(np.mean(list(mean.values()))), "AP50": mean[0.5], "AP75": mean[0.75],
-            "AP50_per_class": dict(zip(classes, (100 * np.array(per_t[0.5])).tolist()))}
+    return {
+        "AP": float(np.mean(list(mean.values()))),
+        "AP50": mean[0.5],
+        "AP75": mean[0.75],
+        "AP50_per_class": dict(zip(classes, (100 * np.array(per_t[0.5])).tolist())),
+    }
 
 
 # ----------------------------------------------------------------------------
 # COCO
 # ----------------------------------------------------------------------------
+
 
 def coco_metrics(coco_gt, results: list[dict], iou_type: str = "bbox", image_ids=None) -> dict:
     """pycocotools' COCOeval of results (COCO result dicts) against a COCO ground-truth object.
@@ -94,6 +106,7 @@ def coco_metrics(coco_gt, results: list[dict], iou_type: str = "bbox", image_ids
     APs, APm, APl in %; an empty result list scores 0.
     """
     from pycocotools.cocoeval import COCOeval
+
     names = ("AP", "AP50", "AP75", "APs", "APm", "APl")
     if not results:
         return dict.fromkeys(names, 0.0)
@@ -111,12 +124,14 @@ def coco_metrics(coco_gt, results: list[dict], iou_type: str = "bbox", image_ids
 # Segmentation
 # ----------------------------------------------------------------------------
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int = 21,
-                     ignore_index: int = 255) -> torch.Tensor:
+
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int = 21, ignore_index: int = 255
+) -> torch.Tensor:
     """num_classes x num_classes counts (rows: ground truth, columns: prediction), ignored pixels dropped."""
     keep = target != ignore_index
     index = target[keep].long() * num_classes + pred[keep].long()
-    return torch.bincount(index, minlength=num_classes ** 2).view(num_classes, num_classes)
+    return torch.bincount(index, minlength=num_classes**2).view(num_classes, num_classes)
 
 
 def mean_iou(confusion: torch.Tensor) -> dict:
@@ -126,5 +141,4 @@ def mean_iou(confusion: torch.Tensor) -> dict:
     union = confusion.sum(0) + confusion.sum(1) - tp
     iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
     acc = tp.sum() / confusion.sum().clamp(min=1)
-    return {"mIoU": 100 * float(np.nanmean(iou.numpy())), "aAcc": 100 * float(acc),
-            "IoU": (100 * iou).tolist()}
+    return {"mIoU": 100 * float(np.nanmean(iou.numpy())), "aAcc": 100 * float(acc), "IoU": (100 * iou).tolist()}

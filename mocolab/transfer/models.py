@@ -13,6 +13,7 @@ export.backbone_state), or None for a random initialisation. The backbone keeps
 trainable BatchNorm layers (nothing frozen, as the protocol says); on several
 GPUs job.py turns them into SyncBatchNorm.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -54,8 +55,9 @@ def load_backbone(module: nn.Module, weights: dict | None, name: str = "backbone
     try:
         load_state(module, weights, f"(the ResNet-50 {name} weights)")
     except CheckpointError as err:
-        raise CheckpointError(f"{err}; transfer needs a ResNet-50 with the ImageNet stem "
-                              f"(arch='resnet50', cifar_stem=False)") from err
+        raise CheckpointError(
+            f"{err}; transfer needs a ResNet-50 with the ImageNet stem (arch='resnet50', cifar_stem=False)"
+        ) from err
 
 
 class Res5Head(nn.Module):
@@ -69,38 +71,54 @@ class Res5Head(nn.Module):
         return self.res5(x).mean(dim=(2, 3))  # R x 2048
 
 
-def faster_rcnn_c4(num_classes: int = 21, backbone: dict | None = None, min_size=MIN_SIZES,
-                   max_size: int = 1333, **options) -> FasterRCNN:
+def faster_rcnn_c4(
+    num_classes: int = 21, backbone: dict | None = None, min_size=MIN_SIZES, max_size: int = 1333, **options
+) -> FasterRCNN:
     """Faster R-CNN R50-C4 (num_classes counts the background); options go to torchvision's FasterRCNN
     (e.g. box_batch_size_per_image, 512 by default as in detectron2)."""
     resnet = torchvision.models.resnet50(weights=None, norm_layer=nn.BatchNorm2d)
     resnet.fc = nn.Identity()  # no parameters: the state_dict is the exported one exactly
     load_backbone(resnet, backbone)
-    trunk = nn.Sequential(OrderedDict([(n, getattr(resnet, n)) for n in
-                                       ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")]))
+    trunk = nn.Sequential(
+        OrderedDict(
+            [(n, getattr(resnet, n)) for n in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")]
+        )
+    )
     trunk.out_channels = 1024
     anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))
-    return FasterRCNN(trunk, rpn_anchor_generator=anchors,
-                      box_roi_pool=MultiScaleRoIAlign(["0"], output_size=14, sampling_ratio=0),
-                      box_head=Res5Head(resnet.layer4), box_predictor=FastRCNNPredictor(2048, num_classes),
-                      min_size=min_size, max_size=max_size, **options)
+    return FasterRCNN(
+        trunk,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=MultiScaleRoIAlign(["0"], output_size=14, sampling_ratio=0),
+        box_head=Res5Head(resnet.layer4),
+        box_predictor=FastRCNNPredictor(2048, num_classes),
+        min_size=min_size,
+        max_size=max_size,
+        **options,
+    )
 
 
-def faster_rcnn_fpn(num_classes: int = 21, backbone: dict | None = None, min_size=MIN_SIZES, max_size=1333,
-                    **options):
+def faster_rcnn_fpn(num_classes: int = 21, backbone: dict | None = None, min_size=MIN_SIZES, max_size=1333, **options):
     """torchvision's Faster R-CNN R50-FPN; without torchvision weights its BN is trainable and every
     stage is trained."""
-    model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes,
-                                    min_size=min_size, max_size=max_size, **options)
+    model = fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=num_classes, min_size=min_size, max_size=max_size, **options
+    )
     load_backbone(model.backbone.body, backbone)
     return model
 
 
-def mask_rcnn_fpn(num_classes: int = 81, backbone: dict | None = None, min_size=(640, 672, 704, 736, 768, 800),
-                  max_size=1333, **options):
+def mask_rcnn_fpn(
+    num_classes: int = 81,
+    backbone: dict | None = None,
+    min_size=(640, 672, 704, 736, 768, 800),
+    max_size=1333,
+    **options,
+):
     """torchvision's Mask R-CNN R50-FPN (COCO: 80 classes + background; multi-scale 640-800)."""
-    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes,
-                                  min_size=min_size, max_size=max_size, **options)
+    model = maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=num_classes, min_size=min_size, max_size=max_size, **options
+    )
     load_backbone(model.backbone.body, backbone)
     return model
 

@@ -11,6 +11,7 @@ So what an iteration sees depends on (seed, i) alone: W processes together
 see the global batch one process would, whatever the number of loader workers,
 and a run resumed at iteration i continues exactly where it stopped.
 """
+
 from __future__ import annotations
 
 import torch

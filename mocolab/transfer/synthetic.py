@@ -11,6 +11,7 @@ VOCdevkit layout that `transfer.datasets` reads, written as the real one is:
     VOC2012/JPEGImages/*.jpg, SegmentationClass/*.png (VOC's palette, 255 on object borders),
             ImageSets/Segmentation/{train,val,aug}.txt
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -80,9 +81,14 @@ def write_voc(root: str | Path, n_images: int = 24, test_images: int = 8, seed: 
         raise ValueError(f"test_images must be between 1 and n_images - 1, got {test_images} of {n_images}")
     root = Path(root)
     detection, segmentation = root / "VOC2007", root / "VOC2012"
-    for folder in (detection / "JPEGImages", detection / "Annotations", detection / "ImageSets" / "Main",
-                   segmentation / "JPEGImages", segmentation / "SegmentationClass",
-                   segmentation / "ImageSets" / "Segmentation"):
+    for folder in (
+        detection / "JPEGImages",
+        detection / "Annotations",
+        detection / "ImageSets" / "Main",
+        segmentation / "JPEGImages",
+        segmentation / "SegmentationClass",
+        segmentation / "ImageSets" / "Segmentation",
+    ):
         folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     ids = [f"{i:06d}" for i in range(n_images)]
@@ -90,19 +96,24 @@ def write_voc(root: str | Path, n_images: int = 24, test_images: int = 8, seed: 
         pixels, objects, mask = _scene(rng)
         for base in (detection, segmentation):
             Image.fromarray(pixels).save(base / "JPEGImages" / f"{image_id}.jpg", quality=95)
-        xml = [f"<annotation><filename>{image_id}.jpg</filename><size><width>{SIZE[0]}</width>"
-               f"<height>{SIZE[1]}</height><depth>3</depth></size>"]
+        xml = [
+            f"<annotation><filename>{image_id}.jpg</filename><size><width>{SIZE[0]}</width>"
+            f"<height>{SIZE[1]}</height><depth>3</depth></size>"
+        ]
         for name, (x1, y1, x2, y2) in objects:
-            xml.append(f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x1}</xmin>"
-                       f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>")
+            xml.append(
+                f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x1}</xmin>"
+                f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+            )
         (detection / "Annotations" / f"{image_id}.xml").write_text("".join(xml) + "</annotation>")
         png = Image.fromarray(mask, mode="P")
         png.putpalette(voc_palette())
         png.save(segmentation / "SegmentationClass" / f"{image_id}.png")
     train, test = ids[:-test_images], ids[-test_images:]
-    for folder, lists in ((detection / "ImageSets" / "Main", {"trainval": train, "test": test}),
-                          (segmentation / "ImageSets" / "Segmentation",
-                           {"train": train, "val": test, "aug": train})):  # aug.txt: SBD's list, here none new
+    for folder, lists in (
+        (detection / "ImageSets" / "Main", {"trainval": train, "test": test}),
+        (segmentation / "ImageSets" / "Segmentation", {"train": train, "val": test, "aug": train}),
+    ):  # aug.txt: SBD's list, here none new
         for split, names in lists.items():
             (folder / f"{split}.txt").write_text("\n".join(names) + "\n")
     return root
@@ -111,6 +122,8 @@ def write_voc(root: str | Path, n_images: int = 24, test_images: int = 8, seed: 
 def dataset_for(task: str, root: str | Path) -> tuple[str, str]:
     """(data_root, train_sets) for a transfer task on generated scenes written under `root` (notebook 05)."""
     if task not in ("voc_detection", "voc_segmentation"):
-        raise ConfigError(f"data='synthetic' generates the VOC layout, not {task!r}: choose task='voc_detection' "
-                          f"or 'voc_segmentation', or data='real' with the dataset's root")
+        raise ConfigError(
+            f"data='synthetic' generates the VOC layout, not {task!r}: choose task='voc_detection' "
+            f"or 'voc_segmentation', or data='real' with the dataset's root"
+        )
     return str(write_voc(root)), "2007/trainval"

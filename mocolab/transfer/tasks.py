@@ -9,6 +9,7 @@ together, its metric and how one prediction is drawn. The job and the
 `TransferConfig.task` choices are built from this table; a new task is one
 more record.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,20 +43,20 @@ class Task:
 def _voc_detection_sets(cfg):
     root = Path(cfg.data_root)
     sets = tuple(tuple(s.strip().split("/")) for s in cfg.train_sets.split(","))
-    return (VOCDetection(root, sets=sets, flip=True),
-            VOCDetection(root, sets=(("2007", "test"),), keep_difficult=True))
+    return (VOCDetection(root, sets=sets, flip=True), VOCDetection(root, sets=(("2007", "test"),), keep_difficult=True))
 
 
 def _coco_sets(cfg):
     root = Path(cfg.data_root)
-    return (COCODetection(root / "train2017", root / "annotations" / "instances_train2017.json", flip=True),
-            COCODetection(root / "val2017", root / "annotations" / "instances_val2017.json"))
+    return (
+        COCODetection(root / "train2017", root / "annotations" / "instances_train2017.json", flip=True),
+        COCODetection(root / "val2017", root / "annotations" / "instances_val2017.json"),
+    )
 
 
 def _voc_segmentation_sets(cfg):
     root = Path(cfg.data_root)
-    return (VOCSegmentation(root, "train", augmented=True, crop=cfg.crop, flip=True),
-            VOCSegmentation(root, "val"))
+    return (VOCSegmentation(root, "train", augmented=True, crop=cfg.crop, flip=True), VOCSegmentation(root, "val"))
 
 
 def _fcn(num_classes: int, backbone: dict | None = None, **options) -> nn.Module:
@@ -63,11 +64,33 @@ def _fcn(num_classes: int, backbone: dict | None = None, **options) -> nn.Module
 
 
 TASKS: dict[str, Task] = {
-    "voc_detection": Task("Faster R-CNN R50-C4", _voc_detection_sets, models.faster_rcnn_c4, True,
-                          finetune.detection_step, finetune.evaluate_voc_detection, finetune.predict_detection,
-                          finetune.collate_detection),
-    "coco": Task("Mask R-CNN R50-FPN", _coco_sets, models.mask_rcnn_fpn, True, finetune.detection_step,
-                 finetune.evaluate_coco, finetune.predict_detection, finetune.collate_detection),
-    "voc_segmentation": Task("FCN R50-D8", _voc_segmentation_sets, _fcn, False, finetune.segmentation_step,
-                             finetune.evaluate_segmentation, finetune.predict_segmentation),
+    "voc_detection": Task(
+        "Faster R-CNN R50-C4",
+        _voc_detection_sets,
+        models.faster_rcnn_c4,
+        True,
+        finetune.detection_step,
+        finetune.evaluate_voc_detection,
+        finetune.predict_detection,
+        finetune.collate_detection,
+    ),
+    "coco": Task(
+        "Mask R-CNN R50-FPN",
+        _coco_sets,
+        models.mask_rcnn_fpn,
+        True,
+        finetune.detection_step,
+        finetune.evaluate_coco,
+        finetune.predict_detection,
+        finetune.collate_detection,
+    ),
+    "voc_segmentation": Task(
+        "FCN R50-D8",
+        _voc_segmentation_sets,
+        _fcn,
+        False,
+        finetune.segmentation_step,
+        finetune.evaluate_segmentation,
+        finetune.predict_segmentation,
+    ),
 }

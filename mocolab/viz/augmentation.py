@@ -4,6 +4,7 @@ Images are PIL images or C x H x W tensors with pixels in [0, 1] (the recipes
 with normalize=False). Draws are seeded, so a figure is reproducible and two
 figures with the same seed show the same random crops.
 """
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -28,12 +29,12 @@ def seeded_draws(transform, image, n: int, seed: int) -> list:
         return [transform(image) for _ in range(n)]
 
 
-def image_grid(rows: list[list], row_titles=None, col_titles=None, cell: float = 1.6, save_to=None,
-               captions=None):
+def image_grid(rows: list[list], row_titles=None, col_titles=None, cell: float = 1.6, save_to=None, captions=None):
     """A grid of images, one list per row; row titles on the left, column titles on top, captions under cells."""
     ncols = max(len(r) for r in rows)
-    fig, grid = plt.subplots(len(rows), ncols, figsize=(cell * ncols + (1.5 if row_titles else 0), cell * len(rows)),
-                             squeeze=False)
+    fig, grid = plt.subplots(
+        len(rows), ncols, figsize=(cell * ncols + (1.5 if row_titles else 0), cell * len(rows)), squeeze=False
+    )
     for i, row in enumerate(rows):
         for j in range(ncols):
             ax = grid[i, j]
@@ -55,9 +56,12 @@ def image_grid(rows: list[list], row_titles=None, col_titles=None, cell: float =
 def plot_operations(image, operations: dict, draws: int = 4, seed: int = 0, save_to=None):
     """Each operation alone (one row each: the original, then `draws` random draws)."""
     rows = [[image, *seeded_draws(op, image, draws, seed)] for op in operations.values()]
-    return image_grid(rows, row_titles=list(operations), col_titles=["original"] + [f"draw {i + 1}"
-                                                                                     for i in range(draws)],
-                      save_to=save_to)
+    return image_grid(
+        rows,
+        row_titles=list(operations),
+        col_titles=["original"] + [f"draw {i + 1}" for i in range(draws)],
+        save_to=save_to,
+    )
 
 
 def plot_views(images: list, transform, views: int = 4, seed: int = 0, save_to=None):
@@ -72,15 +76,17 @@ def plot_positive_pairs(images: list, transform, seed: int = 0, save_to=None):
     In a column, q and k are a positive pair; every other key in the row is a negative.
     """
     pairs = [seeded_draws(transform, image, 2, seed + i) for i, image in enumerate(images)]
-    return image_grid([[p[0] for p in pairs], [p[1] for p in pairs]], row_titles=["query x_q", "key x_k"],
-                      save_to=save_to)
+    return image_grid(
+        [[p[0] for p in pairs], [p[1] for p in pairs]], row_titles=["query x_q", "key x_k"], save_to=save_to
+    )
 
 
 def is_gray(view) -> bool:
     """Whether a view came out grey (its three channels equal): grayscale fired, or jitter took all saturation."""
     array = to_array(view)
-    return bool(np.allclose(array[..., 0], array[..., 1], atol=1e-3) and
-                np.allclose(array[..., 1], array[..., 2], atol=1e-3))
+    return bool(
+        np.allclose(array[..., 0], array[..., 1], atol=1e-3) and np.allclose(array[..., 1], array[..., 2], atol=1e-3)
+    )
 
 
 def plot_recipes(image, recipes: dict, draws: int = 5, seed: int = 0, save_to=None):
@@ -93,8 +99,9 @@ def plot_recipes(image, recipes: dict, draws: int = 5, seed: int = 0, save_to=No
     rows = [seeded_draws(transform, image, draws, seed) for transform in recipes.values()]
     grey = [[is_gray(view) for view in row] for row in rows]
     titles = [f"{name}\n({sum(g)} of {draws} grey)" for name, g in zip(recipes, grey)]
-    return image_grid(rows, row_titles=titles, captions=[["grey" if g else "" for g in row] for row in grey],
-                      save_to=save_to)
+    return image_grid(
+        rows, row_titles=titles, captions=[["grey" if g else "" for g in row] for row in grey], save_to=save_to
+    )
 
 
 def plot_blur_scales(image, sigmas=(0.1, 1.0, 2.0), sizes=(32, 224), save_to=None):
@@ -112,8 +119,9 @@ def plot_blur_scales(image, sigmas=(0.1, 1.0, 2.0), sizes=(32, 224), save_to=Non
         blurred = [v2.functional.gaussian_blur(resized, _kernel(sigma), [sigma]).float() / 255 for sigma in sigmas]
         rows.append([resized.float() / 255] + blurred)
         captions.append(["original"] + [f"sigma {sigma:g} px" for sigma in sigmas])
-    return image_grid(rows, row_titles=[f"{size} x {size}" for size in sizes], captions=captions, cell=2.0,
-                      save_to=save_to)
+    return image_grid(
+        rows, row_titles=[f"{size} x {size}" for size in sizes], captions=captions, cell=2.0, save_to=save_to
+    )
 
 
 def _kernel(sigma: float) -> int:

@@ -1,5 +1,6 @@
 """Figures of an embedding: 2-D maps coloured by class, thumbnails, retrieval, similarity histograms,
 and the alignment-uniformity plane (the numbers come from evaluate.embedding)."""
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -22,18 +23,18 @@ def plot_embeddings(maps: dict, labels, classes: list, ncols: int = 2, save_to=N
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    for ax in list(grid.flat)[len(maps):]:
+    for ax in list(grid.flat)[len(maps) :]:
         ax.axis("off")
     handles, names = grid.flat[0].get_legend_handles_labels()
     # One row of classes under the maps: beside a wide grid a legend would float far from the last column.
     rows = -(-len(names) // 10)
-    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 10), markerscale=3, fontsize=8,
-               frameon=False)
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 10), markerscale=3, fontsize=8, frameon=False)
     return finish(fig, save_to, rect=(0, 0.3 * rows / fig.get_figheight(), 1, 1))
 
 
-def plot_thumbnails(xy, images: list, labels=None, classes=None, max_images: int = 300, zoom: float = 0.6,
-                    seed: int = 0, save_to=None):
+def plot_thumbnails(
+    xy, images: list, labels=None, classes=None, max_images: int = 300, zoom: float = 0.6, seed: int = 0, save_to=None
+):
     """A 2-D map with image thumbnails at (a random subset of) the points: what lies near what."""
     xy = np.asarray(xy)
     fig, ax = plt.subplots(figsize=(9, 9))
@@ -49,8 +50,15 @@ def plot_thumbnails(xy, images: list, labels=None, classes=None, max_images: int
     return finish(fig, save_to)
 
 
-def plot_retrieval(queries: list, neighbours: list[list], query_labels, neighbour_labels, classes: list,
-                   similarities=None, save_to=None):
+def plot_retrieval(
+    queries: list,
+    neighbours: list[list],
+    query_labels,
+    neighbour_labels,
+    classes: list,
+    similarities=None,
+    save_to=None,
+):
     """Each query (left column) with its nearest neighbours; green frame: same class, red: another."""
     k = len(neighbours[0])
     fig, grid = plt.subplots(len(queries), k + 1, figsize=(1.4 * (k + 1), 1.5 * len(queries)), squeeze=False)
@@ -100,7 +108,10 @@ def plot_alignment_uniformity(points: dict, save_to=None):
     for name, (align, unif) in points.items():
         ax.scatter(unif, align, s=40)
         ax.annotate(name, (unif, align), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set(xlabel="uniformity  log E exp(-2 |f(x) - f(y)|²)", ylabel="alignment  E |f(x) - f(x+)|²",
-           title="alignment and uniformity")
+    ax.set(
+        xlabel="uniformity  log E exp(-2 |f(x) - f(y)|²)",
+        ylabel="alignment  E |f(x) - f(x+)|²",
+        title="alignment and uniformity",
+    )
     ax.grid(alpha=0.3)
     return finish(fig, save_to)

@@ -1,4 +1,5 @@
 """Figures of the evaluation suite: the results of evaluate.suite.evaluate, one dict per model."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,12 @@ def plot_svm_layers(results: dict[str, dict], save_to=None):
     layers = list(results[names[0]]["svm"]["layers"]) if names else []
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
-        ax.bar(np.arange(len(layers)) + i * width, [results[name]["svm"]["layers"][layer]["mAP"] for layer in layers],
-               width, label=name)
+        ax.bar(
+            np.arange(len(layers)) + i * width,
+            [results[name]["svm"]["layers"][layer]["mAP"] for layer in layers],
+            width,
+            label=name,
+        )
     ax.set_xticks(np.arange(len(layers)) + width * (len(names) - 1) / 2, layers)
     ax.set(ylabel="mAP", title="linear SVM per layer")
     ax.legend(fontsize=8)
@@ -35,10 +40,15 @@ def plot_low_shot(results: dict[str, dict], save_to=None):
             pts = [(k, row) for k, row in zip(ks, rows) if row]
             if pts:
                 x, rows = zip(*pts)
-                line, = ax.plot(x, [row["mean"] for row in rows], style,
-                                label=f"{name}, cost {'on test' if how.endswith('test') else 'by CV'}")
-                ax.fill_between(x, [row["min"] for row in rows], [row["max"] for row in rows],
-                                color=line.get_color(), alpha=0.15)
+                (line,) = ax.plot(
+                    x,
+                    [row["mean"] for row in rows],
+                    style,
+                    label=f"{name}, cost {'on test' if how.endswith('test') else 'by CV'}",
+                )
+                ax.fill_between(
+                    x, [row["min"] for row in rows], [row["max"] for row in rows], color=line.get_color(), alpha=0.15
+                )
     ax.set_xscale("log", base=2)
     ax.set(xlabel="positives per class k", ylabel="mAP", title="low-shot SVM")
     ax.legend(fontsize=7)

@@ -1,4 +1,5 @@
 """What every figure function shares: draw into given axes or a new figure, and save it as a PNG."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Figures of sweeps (mocolab.sweep): curves of several runs, and the ablations' verdicts at a glance."""
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,7 @@ def plot_sweep(rows: list[dict], title: str = "", save_to=None):
         runs = [r for r in rows if r["variant"] == variant and r["epoch"] is not None]
         knn = [(r["epoch"], r["knn_top1"]) for r in runs if r["knn_top1"] is not None]
         loss = [(r["epoch"], r["loss"]) for r in runs if r["loss"] is not None]
-        line, = knn_ax.plot(*zip(*knn), "o-", ms=3, label=variant) if knn else knn_ax.plot([], [], label=variant)
+        (line,) = knn_ax.plot(*zip(*knn), "o-", ms=3, label=variant) if knn else knn_ax.plot([], [], label=variant)
         if loss:
             loss_ax.plot(*zip(*loss), "o-", ms=3, color=line.get_color())
     knn_ax.set(xlabel="epoch", ylabel="kNN top-1 %", title=f"{title}: kNN" if title else "kNN")
@@ -30,14 +31,18 @@ def plot_sweep(rows: list[dict], title: str = "", save_to=None):
 def plot_verdicts(results: dict[str, list[dict]], save_to=None):
     """One bar chart per ablation: each variant's final kNN top-1, titled with the claim's verdict."""
     from ..ablations import verdict
+
     n = len(results)
     cols = min(n, 4)
     fig, axs = plt.subplots(math.ceil(n / cols), cols, figsize=(3.2 * cols, 2.9 * math.ceil(n / cols)), squeeze=False)
     for ax, (name, rows) in zip(axs.flat, results.items()):
         knn, says = verdict(name, rows)
         names = [v for v, value in knn.items() if value is not None]
-        bars = ax.bar(range(len(names)), [knn[v] for v in names], color="tab:green" if says == "holds" else
-                      "tab:red" if says == "does not hold here" else "tab:gray")
+        bars = ax.bar(
+            range(len(names)),
+            [knn[v] for v in names],
+            color="tab:green" if says == "holds" else "tab:red" if says == "does not hold here" else "tab:gray",
+        )
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{name}: {says}", fontsize=9)

@@ -6,6 +6,7 @@ and `.output_dir`), draws into `ax` when given, and otherwise makes its own
 figure and saves it as `<output_dir>/<name>.png`. `plot_training_curves` puts
 them all on one page.
 """
+
 from __future__ import annotations
 
 import math
@@ -64,8 +65,9 @@ def plot_loss(run, ax=None, save=True):
 def plot_instance_accuracy(run, ax=None, save=True):
     """How often the positive key beats all K negatives (instance discrimination), with chance 1/(K+1)."""
     fig, ax, owned = axes(ax)
-    ax.plot(_column(run.steps, "epoch"), 100 * _column(run.steps, "acc"), lw=1, label="per log step",
-            **_style(run.steps))
+    ax.plot(
+        _column(run.steps, "epoch"), 100 * _column(run.steps, "acc"), lw=1, label="per log step", **_style(run.steps)
+    )
     ax.plot(_column(run.history, "epoch"), 100 * _column(run.history, "acc"), "o-", label="epoch mean")
     ax.axhline(100 / (run.config.K + 1), color="gray", ls="--", label="chance 1/(K+1)")
     ax.set(xlabel="epoch", ylabel="%", title="instance-discrimination accuracy")
@@ -107,8 +109,14 @@ def plot_queue_age(run, ax=None, save=True):
         window = f"; key encoder window 1/(1-m) = {1 / (1 - cfg.m):.0f} steps" if cfg.m < 1 else ""
         ax.set_title(f"queue: keys of the last {cfg.K // per_step} steps{window}", fontsize=9)
         share = ax.twinx()
-        share.plot(x, 100 * _column(run.steps, "random_keys"), color="tab:red", ls=":", label="random initial keys",
-                   **_style(run.steps))
+        share.plot(
+            x,
+            100 * _column(run.steps, "random_keys"),
+            color="tab:red",
+            ls=":",
+            label="random initial keys",
+            **_style(run.steps),
+        )
         share.set(ylabel="random initial keys (%)", ylim=(-2, 102))
         share.legend(fontsize=8, loc="center right")
     ax.set(xlabel="step", ylabel="age (steps)")
@@ -158,8 +166,7 @@ def plot_lr_applied(run, ax=None, save=True):
     return _done(run, fig, ax, owned, "lr", save)
 
 
-DIAGNOSTICS = (plot_loss, plot_instance_accuracy, plot_similarities, plot_queue_age, plot_knn_curve,
-               plot_lr_applied)
+DIAGNOSTICS = (plot_loss, plot_instance_accuracy, plot_similarities, plot_queue_age, plot_knn_curve, plot_lr_applied)
 
 
 def plot_training_curves(run, save=True):

@@ -1,4 +1,5 @@
 """Figures of the transfer benchmarks: fine-tuning loss, predicted boxes, predicted masks."""
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -22,20 +23,33 @@ def plot_finetune_loss(rows: list[dict], title: str = "fine-tuning", save_to=Non
     return finish(fig, save_to) if owned else fig
 
 
-def plot_detections(images: list, outputs: list[dict], classes: list, score_threshold: float = 0.5,
-                    targets: list[dict] | None = None, save_to=None):
+def plot_detections(
+    images: list,
+    outputs: list[dict],
+    classes: list,
+    score_threshold: float = 0.5,
+    targets: list[dict] | None = None,
+    save_to=None,
+):
     """Images with predicted boxes (solid, labelled with class and score) and ground truth (dashed)."""
     fig, grid = plt.subplots(1, len(images), figsize=(4 * len(images), 3.6), squeeze=False)
     for i, (ax, image, out) in enumerate(zip(grid[0], images, outputs)):
         ax.imshow(to_array(image))
-        for box in (targets[i]["boxes"].tolist() if targets else []):
+        for box in targets[i]["boxes"].tolist() if targets else []:
             ax.add_patch(Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, ls="--", ec="white"))
         keep = out["scores"] >= score_threshold
-        for box, label, score in zip(out["boxes"][keep].tolist(), out["labels"][keep].tolist(),
-                                     out["scores"][keep].tolist()):
+        for box, label, score in zip(
+            out["boxes"][keep].tolist(), out["labels"][keep].tolist(), out["scores"][keep].tolist()
+        ):
             ax.add_patch(Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, ec="yellow", lw=2))
-            ax.text(box[0], box[1], f"{classes[label - 1]} {score:.2f}", color="black", fontsize=7,
-                    bbox={"facecolor": "yellow", "pad": 1, "lw": 0})
+            ax.text(
+                box[0],
+                box[1],
+                f"{classes[label - 1]} {score:.2f}",
+                color="black",
+                fontsize=7,
+                bbox={"facecolor": "yellow", "pad": 1, "lw": 0},
+            )
         ax.set_title(f"{int(keep.sum())} boxes >= {score_threshold}", fontsize=8)
         ax.axis("off")
     return finish(fig, save_to)

@@ -5,6 +5,7 @@ download (download.py) and one loaded object for every consumer (pretrained.py).
     model = weights.load("moco_v2_800ep")   # or a path to any checkpoint of a known format
     print(model.summary())
 """
+
 from .download import DownloadError, cache_dir, fetch
 from .formats import FORMATS
 from .pretrained import Pretrained, load

@@ -1,9 +1,10 @@
 """Published checkpoints from the command line.
 
-    python -m mocolab.weights list                  # the registry: name, format, checksum, published numbers
-    python -m mocolab.weights fetch moco_v2_800ep   # download into the cache (resumes, checks the checksum)
-    python -m mocolab.weights info FILE_OR_NAME     # read a checkpoint: its format, model, identity, load time
+python -m mocolab.weights list                  # the registry: name, format, checksum, published numbers
+python -m mocolab.weights fetch moco_v2_800ep   # download into the cache (resumes, checks the checksum)
+python -m mocolab.weights info FILE_OR_NAME     # read a checkpoint: its format, model, identity, load time
 """
+
 import argparse
 import sys
 
@@ -14,8 +15,9 @@ from .registry import REGISTRY
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mocolab.weights", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m mocolab.weights", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the registry")
     sub.add_parser("fetch", help="download one into the cache").add_argument("name", choices=sorted(REGISTRY))
@@ -30,9 +32,11 @@ def main(argv=None) -> None:
         print(fetch(args.name))
     else:
         model = load(args.checkpoint, download_missing=False)
-        print(f"{model.summary()}\nidentity {model.identity}; image size {model.image_size}, mean {model.mean}, "
-              f"std {model.std}; read and converted in {model.seconds:.2f} s"
-              + (f"\nset aside: {', '.join(model.set_aside)}" if model.set_aside else ""))
+        print(
+            f"{model.summary()}\nidentity {model.identity}; image size {model.image_size}, mean {model.mean}, "
+            f"std {model.std}; read and converted in {model.seconds:.2f} s"
+            + (f"\nset aside: {', '.join(model.set_aside)}" if model.set_aside else "")
+        )
 
 
 if __name__ == "__main__":

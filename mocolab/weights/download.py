@@ -9,6 +9,7 @@ publishes; a mismatch deletes it. Offline, or with MOCOLAB_OFFLINE=1 (the
 tests set it), it says in one line which URL to fetch and where to put the
 file. Nothing downloads at import or without a call.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,8 +60,9 @@ def matches(checksum: str | None, found: dict[str, str]) -> bool:
     return found[algorithm].startswith(prefix.lower())
 
 
-def fetch(name: str | Published, folder: str | Path | None = None, progress: bool = True,
-          timeout: float = 30.0) -> Path:
+def fetch(
+    name: str | Published, folder: str | Path | None = None, progress: bool = True, timeout: float = 30.0
+) -> Path:
     """The path of published checkpoint `name` in the cache, downloaded (or its download resumed) if needed.
 
     A file already in the cache is returned as it is (weights.load checks its checksum as it reads it).
@@ -78,9 +80,11 @@ def fetch(name: str | Published, folder: str | Path | None = None, progress: boo
     found = digests(part)
     if published.checksum and not matches(published.checksum, found):
         part.unlink()
-        raise DownloadError(f"{published.url} arrived with {published.checksum.split(':')[0]} "
-                            f"{found[published.checksum.split(':')[0]][:16]}..., not the published "
-                            f"{published.checksum}: the file was deleted; run fetch again (or {hint})")
+        raise DownloadError(
+            f"{published.url} arrived with {published.checksum.split(':')[0]} "
+            f"{found[published.checksum.split(':')[0]][:16]}..., not the published "
+            f"{published.checksum}: the file was deleted; run fetch again (or {hint})"
+        )
     os.replace(part, path)
     return path
 
@@ -107,17 +111,29 @@ def _download(url: str, part: Path, progress: bool, timeout: float, hint: str) -
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
         got = have
-        with open(part, "ab" if resumed else "wb") as f, tqdm(
-                total=total, initial=have, unit="B", unit_scale=True, desc=part.name.removesuffix(".part"),
-                disable=not progress, leave=False) as bar:
+        with (
+            open(part, "ab" if resumed else "wb") as f,
+            tqdm(
+                total=total,
+                initial=have,
+                unit="B",
+                unit_scale=True,
+                desc=part.name.removesuffix(".part"),
+                disable=not progress,
+                leave=False,
+            ) as bar,
+        ):
             try:
                 for block in iter(lambda: response.read(BLOCK), b""):
                     f.write(block)
                     got += len(block)
                     bar.update(len(block))
             except (OSError, http.client.HTTPException) as err:
-                raise DownloadError(f"download of {url} broke off at {got:,} of {total or '?'} bytes ({err}); "
-                                    f"run fetch again to resume it from {part}") from None
+                raise DownloadError(
+                    f"download of {url} broke off at {got:,} of {total or '?'} bytes ({err}); "
+                    f"run fetch again to resume it from {part}"
+                ) from None
     if total is not None and got < total:
-        raise DownloadError(f"download of {url} broke off at {got:,} of {total:,} bytes; run fetch again to resume "
-                            f"it from {part}")
+        raise DownloadError(
+            f"download of {url} broke off at {got:,} of {total:,} bytes; run fetch again to resume it from {part}"
+        )

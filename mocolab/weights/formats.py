@@ -16,6 +16,7 @@ file it was read from; weights.registry cites them per checkpoint.
     torchvision      torchvision, DINO, Barlow Twins, mocolab's export  conv1.*, layer1.* ...  (fc.* set aside)
     detectron2       moco's convert-pretrain-to-detectron2.py, mocolab  model stem.*, res2-5.* model stem.fc.*
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class Format:
 # Reading keys
 # ----------------------------------------------------------------------------
 
+
 def _tensors(state) -> dict | None:
     """A dict's `state_dict` (or the dict itself) with DDP's "module." prefix removed, or None."""
     if not isinstance(state, dict):
@@ -58,7 +60,7 @@ def _tensors(state) -> dict | None:
     if not isinstance(inner, dict) or not inner:
         return None
     if all(isinstance(k, str) and k.startswith("module.") for k in inner):
-        inner = {k[len("module."):]: v for k, v in inner.items()}
+        inner = {k[len("module.") :]: v for k, v in inner.items()}
     return inner
 
 
@@ -73,18 +75,21 @@ def _partition(weights: dict, backbone: str, head: str | None, set_aside: dict[s
     leftover = []
     for key, value in weights.items():
         if head and key.startswith(head):
-            parts.head[key[len(head):]] = torch.as_tensor(value)
+            parts.head[key[len(head) :]] = torch.as_tensor(value)
         elif any(key.startswith(prefix) for prefix in set_aside):
             continue
         elif key.startswith(backbone):
-            parts.backbone[key[len(backbone):]] = torch.as_tensor(value)
+            parts.backbone[key[len(backbone) :]] = torch.as_tensor(value)
         else:
             leftover.append(key)
     if leftover:
-        raise ckpt.CheckpointError(f"{where}: unexpected keys {_few(leftover)} (neither the backbone "
-                                   f"{backbone}*, the head {head or '(none)'}* nor set aside)")
-    parts.set_aside = [f"{prefix}* ({why})" for prefix, why in set_aside.items()
-                       if any(k.startswith(prefix) for k in weights)]
+        raise ckpt.CheckpointError(
+            f"{where}: unexpected keys {_few(leftover)} (neither the backbone "
+            f"{backbone}*, the head {head or '(none)'}* nor set aside)"
+        )
+    parts.set_aside = [
+        f"{prefix}* ({why})" for prefix, why in set_aside.items() if any(k.startswith(prefix) for k in weights)
+    ]
     if parts.head is not None and not parts.head:
         parts.head = None
     return parts
@@ -99,43 +104,71 @@ def _few(items, n: int = 8) -> str:
 # The formats
 # ----------------------------------------------------------------------------
 
+
 def _mocolab(state) -> Parts:
-    return _partition(state["model"], "encoder_q.backbone.", "encoder_q.head.",
-                      {"encoder_k.": "the key encoder", "queue.": "the queue of keys"}, "mocolab checkpoint")
+    return _partition(
+        state["model"],
+        "encoder_q.backbone.",
+        "encoder_q.head.",
+        {"encoder_k.": "the key encoder", "queue.": "the queue of keys"},
+        "mocolab checkpoint",
+    )
 
 
 def _moco_official(state) -> Parts:
-    return _partition(_tensors(state), "encoder_q.", "encoder_q.fc.",
-                      {"encoder_k.": "the key encoder", "queue": "the queue of keys and its pointer"},
-                      "MoCo v1/v2 checkpoint")
+    return _partition(
+        _tensors(state),
+        "encoder_q.",
+        "encoder_q.fc.",
+        {"encoder_k.": "the key encoder", "queue": "the queue of keys and its pointer"},
+        "MoCo v1/v2 checkpoint",
+    )
 
 
 def _mocov3_official(state) -> Parts:
-    return _partition(_tensors(state), "base_encoder.", "base_encoder.fc.",
-                      {"momentum_encoder.": "the momentum encoder", "predictor.": "the query predictor"},
-                      "MoCo v3 checkpoint")
+    return _partition(
+        _tensors(state),
+        "base_encoder.",
+        "base_encoder.fc.",
+        {"momentum_encoder.": "the momentum encoder", "predictor.": "the query predictor"},
+        "MoCo v3 checkpoint",
+    )
 
 
 def _openmmlab(state) -> Parts:
     weights = _tensors(state)
     zero_x = "backbone.conv1.weight" not in weights  # MMSelfSup 0.x registers encoder_q.0 also as `backbone`
     backbone, head = ("encoder_q.0.", "encoder_q.1.mlp.") if zero_x else ("backbone.", "neck.mlp.")
-    set_aside = {"encoder_k.": "the key encoder", "queue": "the queue of keys and its pointer",
-                 "head.": "the loss head", "data_preprocessor.": "the input normalisation"}
+    set_aside = {
+        "encoder_k.": "the key encoder",
+        "queue": "the queue of keys and its pointer",
+        "head.": "the loss head",
+        "data_preprocessor.": "the input normalisation",
+    }
     if not zero_x:
         set_aside["encoder_q."] = "a second name of backbone and neck"
     return _partition(weights, backbone, head, set_aside, "OpenMMLab checkpoint")
 
 
 def _torchvision(state) -> Parts:
-    return _partition(_tensors(state), "", None, {"fc.": "a supervised classifier, not a projection head"},
-                      "torchvision-layout state dict")
+    return _partition(
+        _tensors(state),
+        "",
+        None,
+        {"fc.": "a supervised classifier, not a projection head"},
+        "torchvision-layout state dict",
+    )
 
 
 def _detectron2(state) -> Parts:
     weights = from_detectron2(state["model"])  # the official converter also renames encoder_q.fc to stem.fc
-    parts = _partition({("head." + k[3:] if k.startswith("fc.") else k): v for k, v in weights.items()},
-                       "", "head.", {}, "detectron2 file")
+    parts = _partition(
+        {("head." + k[3:] if k.startswith("fc.") else k): v for k, v in weights.items()},
+        "",
+        "head.",
+        {},
+        "detectron2 file",
+    )
     return parts
 
 
@@ -151,21 +184,48 @@ def _is_torchvision(state) -> bool:
     return not _is_mocolab(state) and _has(state, "conv1.weight") and _has(state, "layer1.0.conv1.weight")
 
 
-FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("mocolab", "mocolab's pretraining", "mocolab/runlog.py (end_of_epoch)", _is_mocolab, _mocolab),
-    Format("moco_official", "the official MoCo v1/v2 code", "facebookresearch/moco:main_moco.py, moco/builder.py",
-           lambda s: _has(s, "encoder_q.conv1.weight"), _moco_official),
-    Format("mocov3_official", "the official MoCo v3 code", "facebookresearch/moco-v3:main_moco.py, moco/builder.py",
-           lambda s: _has(s, "base_encoder.conv1.weight"), _mocov3_official),
-    Format("openmmlab", "MMSelfSup 0.x and 1.x, mmpretrain, mocolab's mmdet export",
-           "open-mmlab/mmselfsup:mmselfsup/models/algorithms/moco.py; open-mmlab/mmpretrain:"
-           "mmpretrain/models/selfsup/moco.py", lambda s: _has(s, "backbone.conv1.weight") or
-           _has(s, "encoder_q.0.conv1.weight"), _openmmlab),
-    Format("torchvision", "torchvision, DINO, Barlow Twins, MMSelfSup's extract_backbone_weights, mocolab's export",
-           "pytorch/vision:torchvision/models/resnet.py", _is_torchvision, _torchvision),
-    Format("detectron2", "facebookresearch/moco's convert-pretrain-to-detectron2.py, mocolab's export",
-           "facebookresearch/moco:detection/convert-pretrain-to-detectron2.py", _is_detectron2, _detectron2),
-)}
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format("mocolab", "mocolab's pretraining", "mocolab/runlog.py (end_of_epoch)", _is_mocolab, _mocolab),
+        Format(
+            "moco_official",
+            "the official MoCo v1/v2 code",
+            "facebookresearch/moco:main_moco.py, moco/builder.py",
+            lambda s: _has(s, "encoder_q.conv1.weight"),
+            _moco_official,
+        ),
+        Format(
+            "mocov3_official",
+            "the official MoCo v3 code",
+            "facebookresearch/moco-v3:main_moco.py, moco/builder.py",
+            lambda s: _has(s, "base_encoder.conv1.weight"),
+            _mocov3_official,
+        ),
+        Format(
+            "openmmlab",
+            "MMSelfSup 0.x and 1.x, mmpretrain, mocolab's mmdet export",
+            "open-mmlab/mmselfsup:mmselfsup/models/algorithms/moco.py; open-mmlab/mmpretrain:"
+            "mmpretrain/models/selfsup/moco.py",
+            lambda s: _has(s, "backbone.conv1.weight") or _has(s, "encoder_q.0.conv1.weight"),
+            _openmmlab,
+        ),
+        Format(
+            "torchvision",
+            "torchvision, DINO, Barlow Twins, MMSelfSup's extract_backbone_weights, mocolab's export",
+            "pytorch/vision:torchvision/models/resnet.py",
+            _is_torchvision,
+            _torchvision,
+        ),
+        Format(
+            "detectron2",
+            "facebookresearch/moco's convert-pretrain-to-detectron2.py, mocolab's export",
+            "facebookresearch/moco:detection/convert-pretrain-to-detectron2.py",
+            _is_detectron2,
+            _detectron2,
+        ),
+    )
+}
 
 
 def recognise(state, path) -> Format:
@@ -174,10 +234,14 @@ def recognise(state, path) -> Format:
         if fmt.matches(state):
             return fmt
     if ckpt.kind_of(state) is not None:  # a mocolab checkpoint of another kind (fine-tuning)
-        raise ckpt.CheckpointError(f"{path} is {ckpt.describe(state)}, not a pretrained encoder; pass a pretraining "
-                                   f"checkpoint, a published checkpoint's name or file")
-    raise ckpt.CheckpointError(f"{path} is in no checkpoint format mocolab knows ({', '.join(FORMATS)}; "
-                               f"docs/protocols.md section 5); {key_sample(state)}")
+        raise ckpt.CheckpointError(
+            f"{path} is {ckpt.describe(state)}, not a pretrained encoder; pass a pretraining "
+            f"checkpoint, a published checkpoint's name or file"
+        )
+    raise ckpt.CheckpointError(
+        f"{path} is in no checkpoint format mocolab knows ({', '.join(FORMATS)}; "
+        f"docs/protocols.md section 5); {key_sample(state)}"
+    )
 
 
 def key_sample(state) -> str:
@@ -194,6 +258,7 @@ def key_sample(state) -> str:
 # ----------------------------------------------------------------------------
 # detectron2's names (MoCo's convert-pretrain-to-detectron2.py renaming)
 # ----------------------------------------------------------------------------
+
 
 def to_detectron2(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """torchvision ResNet keys to detectron2's: stem.conv1, res2..res5, convN.norm, shortcut."""
@@ -227,24 +292,31 @@ def from_detectron2(weights: dict) -> dict[str, torch.Tensor]:
 # Building the encoder
 # ----------------------------------------------------------------------------
 
-STANDARD = {("basic", (2, 2, 2, 2), 64): "resnet18", ("basic", (3, 4, 6, 3), 64): "resnet34",
-            ("bottleneck", (3, 4, 6, 3), 64): "resnet50"}
+STANDARD = {
+    ("basic", (2, 2, 2, 2), 64): "resnet18",
+    ("basic", (3, 4, 6, 3), 64): "resnet34",
+    ("bottleneck", (3, 4, 6, 3), 64): "resnet50",
+}
 STANDARD.update({("basic", blocks, widths[0]): name for name, (blocks, widths) in NARROW.items()})
 
 
 def infer_arch(backbone: dict, where) -> tuple[str, bool]:
     """(arch, cifar_stem) of ResNet weights with torchvision's names; a CheckpointError for another network."""
     if "conv1.weight" not in backbone or "layer1.0.conv1.weight" not in backbone:
-        raise ckpt.CheckpointError(f"{where}: not a ResNet (no conv1.weight / layer1.0.conv1.weight among "
-                                   f"{_few(backbone, 5)}); mocolab builds ResNets: {', '.join(STANDARD.values())}")
+        raise ckpt.CheckpointError(
+            f"{where}: not a ResNet (no conv1.weight / layer1.0.conv1.weight among "
+            f"{_few(backbone, 5)}); mocolab builds ResNets: {', '.join(STANDARD.values())}"
+        )
     block = "bottleneck" if "layer1.0.conv3.weight" in backbone else "basic"
     blocks = tuple(len({k.split(".")[1] for k in backbone if k.startswith(f"layer{i}.")}) for i in (1, 2, 3, 4))
     width = backbone["conv1.weight"].shape[0]
     arch = STANDARD.get((block, blocks, width))
     if arch is None:
-        raise ckpt.CheckpointError(f"{where}: a ResNet of {block} blocks {blocks}, stem width {width}, which mocolab "
-                                   f"does not build (it builds {', '.join(STANDARD.values())}); ResNet-101 is "
-                                   f"bottleneck (3, 4, 23, 3)")
+        raise ckpt.CheckpointError(
+            f"{where}: a ResNet of {block} blocks {blocks}, stem width {width}, which mocolab "
+            f"does not build (it builds {', '.join(STANDARD.values())}); ResNet-101 is "
+            f"bottleneck (3, 4, 23, 3)"
+        )
     return arch, backbone["conv1.weight"].shape[-1] == 3  # the CIFAR stem's conv1 is 3x3
 
 
@@ -262,8 +334,10 @@ def build_head(weights: dict | None, where) -> nn.Module | None:
         hidden, in_dim = weights["0.weight"].shape
         head = mocov3_head(in_dim, weights["3.weight"].shape[0], hidden=hidden)
     else:
-        raise ckpt.CheckpointError(f"{where}: a projection head mocolab does not know (keys {_few(weights, 6)}); "
-                                   f"it knows one Linear, MoCo v2's Linear-ReLU-Linear and MoCo v3's projector")
+        raise ckpt.CheckpointError(
+            f"{where}: a projection head mocolab does not know (keys {_few(weights, 6)}); "
+            f"it knows one Linear, MoCo v2's Linear-ReLU-Linear and MoCo v3's projector"
+        )
     ckpt.load_state(head, weights, f"{where} (head)")
     return head
 

@@ -13,6 +13,7 @@ was pretrained on, and the registry entry it is when its checksum is a
 published one. Notebooks 03-05, evaluate(), the transfer job and the export
 take a `Pretrained` or anything `load` accepts.
 """
+
 from __future__ import annotations
 
 import time
@@ -74,8 +75,10 @@ class Pretrained:
         head = "with its projection head" if self.has_head else "backbone only (no projection head)"
         if self.config is not None:
             cfg = self.config
-            what = (f"{cfg.arch}, {self.epochs_trained} of {cfg.epochs} epochs of {cfg.preset} on {cfg.dataset} "
-                    f"({cfg.augmentation} augmentation, K={cfg.K}, m={cfg.m}, T={cfg.T})")
+            what = (
+                f"{cfg.arch}, {self.epochs_trained} of {cfg.epochs} epochs of {cfg.preset} on {cfg.dataset} "
+                f"({cfg.augmentation} augmentation, K={cfg.K}, m={cfg.m}, T={cfg.T})"
+            )
         elif self.published is not None:
             what = f"{self.published.name}: {self.published.title}, {self.arch} {head}, on {self.pretrained_on}"
         else:
@@ -83,8 +86,12 @@ class Pretrained:
         return f"{what}; {self.path} ({'; '.join((f'{self.format} format', *self.notes))})"
 
 
-def load(source: str | Path | Pretrained, folder: str | Path | None = None, download_missing: bool = True,
-         progress: bool = True) -> Pretrained:
+def load(
+    source: str | Path | Pretrained,
+    folder: str | Path | None = None,
+    download_missing: bool = True,
+    progress: bool = True,
+) -> Pretrained:
     """Read a checkpoint once: a registry name (weights.REGISTRY; fetched into the cache when absent and
     download_missing) or a file of any known format. A Pretrained passes through unchanged."""
     if isinstance(source, Pretrained):
@@ -96,13 +103,17 @@ def load(source: str | Path | Pretrained, folder: str | Path | None = None, down
         if download_missing:
             path = download.fetch(published, folder, progress)
         elif not path.is_file():
-            raise download.DownloadError(f"{published.name} is not in the cache ({path}): run `python -m "
-                                         f"mocolab.weights fetch {published.name}`, or download {published.url} there")
+            raise download.DownloadError(
+                f"{published.name} is not in the cache ({path}): run `python -m "
+                f"mocolab.weights fetch {published.name}`, or download {published.url} there"
+            )
     else:
         path = Path(source)
         if not path.is_file():
-            raise ckpt.CheckpointError(f"no checkpoint at {path.resolve()}, and no published checkpoint is called "
-                                       f"{str(source)!r} (python -m mocolab.weights list shows them)")
+            raise ckpt.CheckpointError(
+                f"no checkpoint at {path.resolve()}, and no published checkpoint is called "
+                f"{str(source)!r} (python -m mocolab.weights list shows them)"
+            )
     state = ckpt.read(path)
     fmt = formats.recognise(state, path)
     parts = fmt.split(state)
@@ -112,12 +123,23 @@ def load(source: str | Path | Pretrained, folder: str | Path | None = None, down
         raise download.DownloadError(
             f"{path} is not the published {published.name}: its {published.checksum.split(':')[0]} begins "
             f"{found[published.checksum.split(':')[0]][:8]}, the source publishes {published.checksum}. Delete it "
-            f"and run `python -m mocolab.weights fetch {published.name}`.")
+            f"and run `python -m mocolab.weights fetch {published.name}`."
+        )
     published = published or next((p for p in REGISTRY.values() if download.matches(p.checksum, found)), None)
     about = _describe(state, fmt.name, published, cifar_stem, found)
-    return Pretrained(encoder=encoder, source=str(source), path=path, format=fmt.name, arch=arch,
-                      cifar_stem=cifar_stem, published=published, set_aside=tuple(parts.set_aside),
-                      sha256=found["sha256"], seconds=time.perf_counter() - tic, **about)
+    return Pretrained(
+        encoder=encoder,
+        source=str(source),
+        path=path,
+        format=fmt.name,
+        arch=arch,
+        cifar_stem=cifar_stem,
+        published=published,
+        set_aside=tuple(parts.set_aside),
+        sha256=found["sha256"],
+        seconds=time.perf_counter() - tic,
+        **about,
+    )
 
 
 def _describe(state, fmt: str, published: Published | None, cifar_stem: bool, found: dict) -> dict:
@@ -125,20 +147,43 @@ def _describe(state, fmt: str, published: Published | None, cifar_stem: bool, fo
     if fmt == "mocolab":
         cfg = config_from_dict(state["config"])
         recipe = augment.recipe(cfg.augmentation)
-        return dict(identity=f"moco-{found['sha256'][:16]}", image_size=cfg.image_size, mean=recipe.mean,
-                    std=recipe.std, augmentation=cfg.augmentation, config=cfg,
-                    pretrained_on=f"{cfg.dataset} at {cfg.data_root}",
-                    epochs_trained=max((int(row["epoch"]) for row in state.get("history", [])), default=0))
+        return dict(
+            identity=f"moco-{found['sha256'][:16]}",
+            image_size=cfg.image_size,
+            mean=recipe.mean,
+            std=recipe.std,
+            augmentation=cfg.augmentation,
+            config=cfg,
+            pretrained_on=f"{cfg.dataset} at {cfg.data_root}",
+            epochs_trained=max((int(row["epoch"]) for row in state.get("history", [])), default=0),
+        )
     notes = []
     if published is not None:
-        notes.append(f"{published.checksum.split(':')[0]} matches the published {published.checksum}"
-                     if published.checksum else "its source publishes no checksum")
+        notes.append(
+            f"{published.checksum.split(':')[0]} matches the published {published.checksum}"
+            if published.checksum
+            else "its source publishes no checksum"
+        )
         recipe = augment.recipe(published.augmentation)
-        return dict(identity=f"{published.name}-{found['sha256'][:16]}", image_size=published.image_size,
-                    mean=recipe.mean, std=recipe.std, augmentation=published.augmentation,
-                    pretrained_on=published.pretrained_on, epochs_trained=published.epochs, notes=tuple(notes))
+        return dict(
+            identity=f"{published.name}-{found['sha256'][:16]}",
+            image_size=published.image_size,
+            mean=recipe.mean,
+            std=recipe.std,
+            augmentation=published.augmentation,
+            pretrained_on=published.pretrained_on,
+            epochs_trained=published.epochs,
+            notes=tuple(notes),
+        )
     # A file of a known format that is no published one: the conventions of the data its stem was made for.
     recipe = augment.recipe("cifar" if cifar_stem else "aug_plus")
     notes.append(f"assumed: trained at {recipe.size} px with {'CIFAR' if cifar_stem else 'ImageNet'} normalisation")
-    return dict(identity=f"{fmt}-{found['sha256'][:16]}", image_size=recipe.size, mean=recipe.mean, std=recipe.std,
-                augmentation=recipe.name, pretrained_on="unknown", notes=tuple(notes))
+    return dict(
+        identity=f"{fmt}-{found['sha256'][:16]}",
+        image_size=recipe.size,
+        mean=recipe.mean,
+        std=recipe.std,
+        augmentation=recipe.name,
+        pretrained_on="unknown",
+        notes=tuple(notes),
+    )
