@@ -1,6 +1,7 @@
 """Command line: pretrain from a preset with key=value overrides; the entry point for torchrun.
 
     python -m mocolab --preset cifar10_demo epochs=200 gpus=1 output_dir=runs/c10
+    python -m mocolab --config runs/c10/config.json epochs=400 resume=True   # a run's own config, changed
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
         -m mocolab --preset imagenet_mocov2 data_root=/data/imagenet output_dir=runs/in
 
@@ -13,7 +14,7 @@ import argparse
 import sys
 
 from . import cli
-from .config import AUTO, PRESETS, make_config
+from .config import AUTO, PRESETS, config_from_file, make_config
 from .settings import parse_override
 from .train import pretrain
 
@@ -22,10 +23,20 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m mocolab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", default="cifar10_demo", choices=sorted(PRESETS) + [AUTO])
+    parser.add_argument("--preset", choices=sorted(PRESETS) + [AUTO], help="the recipe (default cifar10_demo)")
+    parser.add_argument(
+        "--config", metavar="FILE", help="start from a saved config instead: a run's config.json, or a sweep's"
+    )
     parser.add_argument("overrides", nargs="*", help="config fields as key=value")
     args = parser.parse_args(argv)
-    cfg = make_config(args.preset, **dict(parse_override(o) for o in args.overrides))
+    overrides = dict(parse_override(o) for o in args.overrides)
+    if args.config and args.preset:
+        parser.error("give --preset or --config, not both: a saved config already names its preset")
+    cfg = (
+        config_from_file(args.config, **overrides)
+        if args.config
+        else make_config(args.preset or "cifar10_demo", **overrides)
+    )
     pretrain(cfg)
 
 

@@ -245,6 +245,20 @@ def make_config(preset: str = "cifar10_demo", **overrides) -> Config:
     return settings.build(Config, {**PRESETS[preset], "preset": preset}, overrides)
 
 
+def config_from_file(path, **overrides) -> Config:
+    """The Config a JSON file holds, with `overrides` applied: a run's config.json (under its "config" key) or
+    a bare `Config.to_dict()`, such as a sweep writes for each run it starts. Exact: a JSON number reads back as
+    the float it was written from."""
+    import json
+    from pathlib import Path
+
+    values = json.loads(Path(path).read_text())
+    values = values.get("config", values) if isinstance(values, dict) else values
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} holds no config (a JSON object of config fields, or a run's config.json)")
+    return settings.build(Config, config_from_dict(values).to_dict(), overrides)
+
+
 def config_from_dict(values: dict) -> Config:
     """Rebuild a Config saved by `Config.to_dict` (in config.json or a checkpoint); a key this version
     does not know is named (settings.from_dict)."""

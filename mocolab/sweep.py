@@ -25,6 +25,7 @@ folders to its run (`share_runs`), so that every sweep still reads as whole.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shlex
@@ -38,6 +39,8 @@ from pathlib import Path
 from .config import EXECUTION_FIELDS, Config, ConfigError, make_config
 from .device import visible_gpus
 from .settings import format_value
+
+RUN_CONFIG = "sweep_config.json"  # the config a sweep's process runs, written into the run's folder
 
 COLUMNS = (
     "variant",
@@ -163,14 +166,17 @@ class Sweep:
             )
         return todo
 
+    def run_config(self, name: str) -> Config:
+        """The variant's config as a run starts it: resumed when its folder holds a checkpoint."""
+        cfg = self.configs[name]
+        return dataclasses.replace(cfg, resume=(Path(cfg.output_dir) / "checkpoint_last.pt").exists())
+
     def _run_here(self, name: str, progress: bool) -> None:
         from .train import pretrain
 
-        cfg = self.configs[name]
-        resume = (Path(cfg.output_dir) / "checkpoint_last.pt").exists()
         tic = time.perf_counter()
         try:
-            pretrain(make_config(self.preset, **self.overrides(name), resume=resume), progress=progress)
+            pretrain(self.run_config(name), progress=progress)
         except Exception as error:  # recorded; the other variants still run
             _write_status(self.folder / name, "failed", f"{type(error).__name__}: {error}", traceback.format_exc())
             warnings.warn(
@@ -214,8 +220,10 @@ def run_in_processes(jobs: list[tuple[Sweep, str]], parallel: int, gpus: bool, p
                 env["CUDA_VISIBLE_DEVICES"] = str(slot)
             folder.mkdir(parents=True, exist_ok=True)
             out = open(folder / "output.txt", "w")
-            resume = (folder / "checkpoint_last.pt").exists()
-            process = subprocess.Popen(sweep.argv(name, resume), stdout=out, stderr=subprocess.STDOUT, env=env)
+            # The config itself, not key=value text to parse back: argv is only for the printed commands.
+            (folder / RUN_CONFIG).write_text(json.dumps(sweep.run_config(name).to_dict(), indent=2))
+            command = [sys.executable, "-m", "mocolab", "--config", str(folder / RUN_CONFIG)]
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
             running[label] = (process, slot, out, folder, time.perf_counter())
             if progress:
                 print(f"{label}: started" + (f" on GPU {slot}" if gpus else ""), flush=True)

@@ -191,3 +191,22 @@ def test_one_parser_for_values_typed_as_text_and_its_inverse():
         text = format_value(value)
         assert parse_value(text) == value and type(parse_value(text)) is type(value), (value, text)
     assert format_value("runs/x") == "runs/x"  # a plain string stays bare, as a user types it
+
+
+def test_a_saved_config_reads_back_exactly_with_overrides_on_top(tmp_path):
+    import json
+
+    from mocolab.config import config_from_file
+
+    cfg = make_config("tiny", lr=0.1 + 0.2, m=1 - 1e-9, output_dir=str(tmp_path / "run"))
+    (tmp_path / "config.json").write_text(json.dumps({"config": cfg.to_dict(), "torch": "2.x"}))  # a run's
+    (tmp_path / "bare.json").write_text(json.dumps(cfg.to_dict()))  # what a sweep writes
+    assert config_from_file(tmp_path / "config.json") == cfg == config_from_file(tmp_path / "bare.json")
+    assert config_from_file(tmp_path / "bare.json", resume=True, epochs=4) == dataclasses.replace(
+        cfg, resume=True, epochs=4
+    )
+    with pytest.raises(ConfigError, match="unknown config key 'epoch'; did you mean 'epochs'"):
+        config_from_file(tmp_path / "bare.json", epoch=4)
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="holds no config"):
+        config_from_file(tmp_path / "list.json")
