@@ -47,6 +47,21 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, T: float):
     return F.cross_entropy(logits, labels), logits
 
 
+@torch.no_grad()
+def momentum_average_(theta_k, theta_q, m: float) -> None:
+    """theta_k[i] <- m * theta_k[i] + (1 - m) * theta_q[i] for each pair of tensors, in place.
+
+    Per tensor this is `theta_k[i].mul_(m).add_(theta_q[i], alpha=1 - m)`, bit for bit (tests/test_moco.py);
+    written as two list operations it is 2 dispatched operations per step instead of 128 for ResNet-18 (326
+    for ResNet-50), which on a GPU are 2 fused kernels instead of 128 launches, in a step of about 1,025
+    operations that is bound by its launches. On the CPU both forms take the same time (5.9 ms for
+    ResNet-18's parameters, 15-20 ms for ResNet-50's, one thread; benchmarks/momentum_update.py).
+    """
+    theta_k, theta_q = list(theta_k), list(theta_q)  # no_grad: theta_q is read, not recorded for autograd
+    torch._foreach_mul_(theta_k, m)
+    torch._foreach_add_(theta_k, theta_q, alpha=1.0 - m)
+
+
 class MoCo(nn.Module):
     """Momentum Contrast around an encoder (see models.build_encoder).
 
@@ -93,11 +108,9 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def momentum_update(self) -> None:
-        """theta_k = m * theta_k + (1 - m) * theta_q over parameters; BN buffers are not averaged."""
-        k_params = list(self.encoder_k.parameters())
-        q_params = [p.detach() for p in self.encoder_q.parameters()]
-        torch._foreach_mul_(k_params, self.m)  # one fused kernel per list, not one per tensor
-        torch._foreach_add_(k_params, q_params, alpha=1.0 - self.m)
+        """theta_k <- m * theta_k + (1 - m) * theta_q (MoCo v1 eq. 2) for every parameter of the two encoders.
+        BN buffers are not averaged: the key encoder keeps its own running statistics, as in the official code."""
+        momentum_average_(self.encoder_k.parameters(), self.encoder_q.parameters(), self.m)
 
     @torch.no_grad()
     def encode_keys(self, x: torch.Tensor) -> torch.Tensor:

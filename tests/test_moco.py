@@ -100,6 +100,7 @@ def test_momentum_update_matches_formula_and_key_encoder_gets_no_gradient():
     model.momentum_update()
     for pq, pk0, pk in zip(q0, k0, model.encoder_k.parameters()):
         assert torch.allclose(pk, 0.75 * pk0 + 0.25 * pq, atol=1e-6)
+        assert torch.equal(pk, pk0.clone().mul_(0.75).add_(pq, alpha=0.25))  # the fused form, bit for bit
     assert torch.equal(model.encoder_k.backbone.bn1.running_mean, bn_k0)  # buffers are not averaged
 
     out = model(torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16))

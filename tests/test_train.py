@@ -248,40 +248,13 @@ def test_gpu_requests_without_a_gpu_fail_clearly():
 
 
 @pytest.mark.slow
-def test_short_run_on_real_cifar10_learns(cifar10_root, tmp_path):
-    """Once the queue holds real keys (after K/B = 8 steps) the loss falls clearly and
-    instance discrimination improves: 1,024 CIFAR-10 images, ResNet-18 at 32 px, 6 epochs,
-    with torchvision's pipeline in loader workers. The device path learns in the next test (it is the
-    cifar10_cpu recipe's), and its views are tied to these by the replay test in test_batched_augment.py."""
-    cfg = tiny(
-        cifar10_root,
-        tmp_path,
-        image_size=32,
-        batch_size=64,
-        K=512,
-        bn_splits=8,
-        train_subset=1024,
-        lr=0.0075,
-        epochs=6,
-        knn_every=0,
-        workers=2,
-        log_every=4,
-        data_path="cpu",
-    )
-    run = pretrain(cfg, progress=False)
-    loss = [r["loss"] for r in run.history]
-    acc = [r["acc"] for r in run.history]
-    peak = max(range(len(loss)), key=loss.__getitem__)  # the queue has filled with real keys
-    assert peak <= 2, f"loss should peak early, as the random queue is replaced: {loss}"
-    assert loss[-1] < loss[peak] - 0.4, f"loss did not fall clearly after its peak: {loss}"
-    assert acc[-1] > 1.5 * acc[peak] and acc[-1] > 10 / (cfg.K + 1), f"instance accuracy did not rise: {acc}"
-
-
-@pytest.mark.slow
 def test_the_cpu_recipe_learns_a_representation_above_the_random_network(cifar10_root, tmp_path):
-    """Representation learning, not only the pretext loss: a short run of the cifar10_cpu recipe on real
-    CIFAR-10 images ends with kNN top-1 (pooled backbone, 5,000-image bank, 2,000 test images) clearly above
-    the same network's before its first step (epoch 0: the same bank and test set)."""
+    """A short run of the cifar10_cpu recipe on real CIFAR-10 images (16,384 of them, 2 epochs, the device
+    path) learns its pretext task and a representation. The pretext task: once the queue holds real keys
+    (K/B = 16 steps, the first two logged rows) the loss falls clearly and the instance accuracy rises. The
+    representation: kNN top-1 (pooled backbone, 5,000-image bank, 2,000 test images) ends clearly above the
+    same network's before its first step (epoch 0: the same bank and test set). The reference path's views
+    are tied to the device path's by the replay test in test_batched_augment.py."""
     cfg = make_config(
         "cifar10_cpu",
         dataset="imagefolder",
@@ -297,6 +270,12 @@ def test_the_cpu_recipe_learns_a_representation_above_the_random_network(cifar10
     # Measured on the 2-core CI machine: 27.8, 32.0, 33.5 (+5.7 points). A 3-point margin is three standard
     # errors of an accuracy near 30% on 2,000 test images.
     assert knn[2] > knn[1] > knn[0] and knn[2] > knn[0] + 3, f"kNN did not rise above the random network: {knn}"
+    # Measured there: the loss peaks at 7.42 (step 10) and ends at 6.70 (step 128); accuracy 1.6% -> 10.9%.
+    loss, acc = [r["loss"] for r in run.steps], [r["acc"] for r in run.steps]
+    peak = max(range(len(loss)), key=loss.__getitem__)
+    assert peak <= 1, f"loss should peak early, as the random queue is replaced: {loss}"
+    assert loss[-1] < loss[peak] - 0.4, f"loss did not fall clearly after its peak: {loss}"
+    assert acc[-1] > 3 * acc[peak] and acc[-1] > 10 / (cfg.K + 1), f"instance accuracy did not rise: {acc}"
 
 
 @pytest.fixture(scope="module")
