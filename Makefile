@@ -35,7 +35,7 @@ demo: venv
 	    echo "the run that was in $(DEMO_OUT) is now in $$old"; fi
 	@echo "running notebooks/02_pretrain.ipynb headless into $(DEMO_OUT)/; without a GPU, the cifar10_cpu recipe" \
 	    "takes about 5 minutes on 2 cores. One line per epoch:"
-	@$(PY) -m mocolab.headless notebooks/02_pretrain.ipynb $(DEMO_OUT)/02_pretrain.ipynb --log $(DEMO_OUT)/log.txt \
+	@$(PY) -m mocolab.ui.headless notebooks/02_pretrain.ipynb $(DEMO_OUT)/02_pretrain.ipynb --log $(DEMO_OUT)/log.txt \
 	    -p dataset $(DATASET) -p data_root $(DATA_ROOT) -p output_dir $(DEMO_OUT) $(DEMO_PARAMS) \
 	    --hint "DatasetError=No network, or CIFAR-10 already on disk? make demo DATASET=imagefolder DATA_ROOT=/path/to/cifar10 (a folder with train/ and test/)"
 	@echo "metrics, curves and checkpoints: $(DEMO_OUT)/; next: open notebooks/03_evaluate.ipynb or 04_embeddings.ipynb"

@@ -37,7 +37,7 @@ from PIL import Image
 
 from mocolab import make_config, pretrain
 from mocolab.data import cached_split, pretrain_batches
-from mocolab.device import resolve_device
+from mocolab.run.device import resolve_device
 
 ROWS = {
     "reference": dict(data_path="cpu", precision="fp32"),

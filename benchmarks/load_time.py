@@ -21,7 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the layout writers
 import layouts  # noqa: E402
 
-from mocolab import build_model, checkpoint, make_config, weights  # noqa: E402
+from mocolab import build_model, make_config, weights  # noqa: E402
+from mocolab.run import checkpoint  # noqa: E402
 from mocolab.weights import download, formats  # noqa: E402
 
 

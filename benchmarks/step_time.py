@@ -15,7 +15,7 @@ import time
 import torch
 
 import mocolab
-from mocolab.device import resolve_device, resolve_precision
+from mocolab.run.device import resolve_device, resolve_precision
 from mocolab.train import build_optimizer
 
 

@@ -13,7 +13,7 @@ starts the processes itself, like the notebook.
 import argparse
 import sys
 
-from . import cli
+from .ui import cli
 from .config import AUTO, PRESETS, config_from_file, make_config
 from .settings import parse_override
 from .train import pretrain

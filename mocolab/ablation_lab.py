@@ -22,8 +22,8 @@ from . import settings, viz
 from .ablations import ABLATIONS, read_ablations, sweep_for
 from .config import resolve_preset
 from .data import DATASETS
-from .device import visible_gpus
-from .project import project_path
+from .run.device import visible_gpus
+from .ui.project import project_path
 from .sweep import run_sweeps, share_runs
 
 EXECUTORS = ("auto", "inline", "gpus", "processes", "commands")

@@ -21,7 +21,7 @@ from typing import Literal
 from . import settings
 from .augment import RECIPES
 from .data.datasets import DATASETS
-from .device import visible_gpus
+from .run.device import visible_gpus
 from .models import ARCHS
 from .settings import ConfigError, need
 

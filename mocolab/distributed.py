@@ -2,7 +2,7 @@
 
 Every function works in a single process too (then it is local): the same
 training code runs on one device, on N GPUs (NCCL) and on P CPU processes
-(gloo). Processes are started by torch's own launchers (`mocolab.launch`
+(gloo). Processes are started by torch's own launchers (`mocolab.run.launch`
 uses torch.distributed's elastic_launch; `torchrun` for several nodes), which
 set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT.
 """

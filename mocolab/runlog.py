@@ -21,10 +21,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import checkpoint as ckpt
+from .run import checkpoint as ckpt
 from .config import Config
-from .data import unreadable
-from .job import RunFolder
+from .run import unreadable
+from .run.job import RunFolder
 from .moco import MoCo
 
 UNREADABLE = "unreadable.txt"  # the run's record of skipped files (unreadable.recording; loader workers append)

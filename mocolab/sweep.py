@@ -37,7 +37,7 @@ import warnings
 from pathlib import Path
 
 from .config import EXECUTION_FIELDS, Config, ConfigError, make_config
-from .device import visible_gpus
+from .run.device import visible_gpus
 from .settings import format_value
 
 RUN_CONFIG = "sweep_config.json"  # the config a sweep's process runs, written into the run's folder

@@ -4,7 +4,7 @@ One loop serves every layout: the only process, or one rank of a distributed
 run (DDP on the query encoder, every rank its share of the global batch,
 all-reduced metrics). Where the batches come from is `mocolab.data`'s
 business, the job's lifecycle (preflight, processes, output folder)
-`mocolab.job`'s, and what a run writes `runlog`'s.
+`mocolab.run.job`'s, and what a run writes `runlog`'s.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint as ckpt
+from .run import checkpoint as ckpt
 from . import data
 from . import distributed as dist_
-from . import job, runlog
+from .run import job
+from . import runlog
 from .config import MODEL_FIELDS, Config, ConfigError, check_world, config_from_dict
-from .data import unreadable
-from .device import resolve_precision
+from .run import unreadable
+from .run.device import resolve_precision
 from .evaluate import extract_features, knn_accuracy
 from .models import build_encoder
 from .moco import MoCo

@@ -92,7 +92,7 @@ def test_every_dataset_name_the_configs_accept_comes_from_the_one_table():
     from mocolab.config import Config
     from mocolab.data import SPECS
     from mocolab.evaluate.suite import EvalConfig
-    from mocolab.notebook import AugmentationsConfig, EmbeddingsConfig
+    from mocolab.ui.notebook import AugmentationsConfig, EmbeddingsConfig
 
     for cls in (Config, EvalConfig, LabConfig, AugmentationsConfig, EmbeddingsConfig):
         assert typing.get_args(typing.get_type_hints(cls)["dataset"]) == tuple(SPECS), cls

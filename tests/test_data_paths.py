@@ -241,7 +241,7 @@ def messy_folder(root):
 
 @pytest.mark.parametrize("path", ["cpu", "device", "jpeg"])
 def test_every_data_path_skips_and_reports_each_unreadable_file_once(path, tmp_path, monkeypatch):
-    from mocolab.data import unreadable
+    from mocolab.run import unreadable
 
     monkeypatch.setattr(unreadable, "_reported", set())
     monkeypatch.setattr(unreadable, "MAX_UNREADABLE", 0.1)  # 3 of 43 files
@@ -259,7 +259,7 @@ def test_every_data_path_skips_and_reports_each_unreadable_file_once(path, tmp_p
 
 
 def test_a_folder_with_too_many_unreadable_files_is_refused_naming_them(tmp_path, monkeypatch):
-    from mocolab.data import unreadable
+    from mocolab.run import unreadable
 
     monkeypatch.setattr(unreadable, "_reported", set())
     root, bad = messy_folder(tmp_path / "data")  # 3 of 43: more than the default 1%

@@ -14,8 +14,8 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 import dist_workers
 from mocolab import ConfigError, make_config, pretrain
-from mocolab.device import resolve_device
-from mocolab.launch import start_processes
+from mocolab.run.device import resolve_device
+from mocolab.run.launch import start_processes
 
 # The tiny preset (16 px, batch 16, K 64, 64 images, 2 epochs) without its kNN pass, at lr 0.002 and m 0.9.
 TINY = dict(dataset="imagefolder", gpus=0, knn_every=0, log_every=1, lr=0.002, m=0.9)

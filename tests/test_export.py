@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from mocolab import build_model, make_config
-from mocolab.checkpoint import CheckpointError, atomic_save
+from mocolab.run.checkpoint import CheckpointError, atomic_save
 from mocolab.transfer import export, from_detectron2
 from mocolab.transfer.export import main
 

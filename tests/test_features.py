@@ -7,7 +7,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from mocolab import augment, make_config
-from mocolab.checkpoint import CheckpointError, atomic_save
+from mocolab.run.checkpoint import CheckpointError, atomic_save
 from mocolab.data import DatasetError, load_split, seeded_subset
 from mocolab import weights
 from mocolab.evaluate.baselines import baseline_encoder

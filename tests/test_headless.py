@@ -3,7 +3,7 @@
 import nbformat
 import pytest
 
-from mocolab import headless
+from mocolab.ui import headless
 
 
 def test_headless_relays_the_log_and_puts_a_failure_first_and_last(tmp_path, capsys):
@@ -48,7 +48,7 @@ def test_headless_relays_the_log_and_puts_a_failure_first_and_last(tmp_path, cap
 
 
 def test_a_command_line_error_is_one_line_first_and_last_with_the_traceback_between(tmp_path, capsys):
-    from mocolab import cli
+    from mocolab.ui import cli
     from mocolab.__main__ import main
 
     missing = tmp_path / "nowhere"

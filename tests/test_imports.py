@@ -62,8 +62,8 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_the_graph_sees_relative_and_function_level_imports():
     graph = import_graph()
-    assert "mocolab.job" in graph["mocolab.train"] and "mocolab.launch" in graph["mocolab.job"]
-    assert "mocolab.checkpoint" in graph["mocolab.evaluate.features"]  # `from .. import checkpoint as ckpt`
+    assert "mocolab.run.job" in graph["mocolab.train"] and "mocolab.run.launch" in graph["mocolab.run.job"]
+    assert "mocolab.run.checkpoint" in graph["mocolab.evaluate.features"]  # `from .. import checkpoint as ckpt`
 
 
 def test_no_module_imports_one_that_imports_it_back():
@@ -84,5 +84,30 @@ def test_the_launcher_and_the_fine_tuning_job_do_not_import_the_training_loop():
                 todo.extend(graph.get(node, ()))
         return False
 
-    for module in ("mocolab.launch", "mocolab.job", "mocolab.device", "mocolab.transfer.job"):
+    for module in ("mocolab.run.launch", "mocolab.run.job", "mocolab.run.device", "mocolab.transfer.job"):
         assert not reaches(module, "mocolab.train"), module
+
+
+def test_the_layers_show_in_the_tree():
+    """The run machinery (mocolab.run) stands beneath the algorithm: it imports only the validation helpers
+    and the process group, never MoCo, the config or the data. The algorithm's modules do not import the
+    faces (mocolab.ui)."""
+    graph = import_graph()
+    for module, imports in graph.items():
+        if module == "mocolab.run" or module.startswith("mocolab.run."):
+            outside = {m for m in imports if not m.startswith("mocolab.run.")}
+            assert outside <= {"mocolab.settings", "mocolab.distributed"}, (module, outside)
+    algorithm = (
+        "mocolab.moco",
+        "mocolab.queue",
+        "mocolab.models",
+        "mocolab.train",
+        "mocolab.config",
+        "mocolab.runlog",
+        "mocolab.data",
+        "mocolab.augment",
+        "mocolab.evaluate",
+    )
+    for module, imports in graph.items():
+        if module.startswith(algorithm):
+            assert not {m for m in imports if m.startswith("mocolab.ui")}, module

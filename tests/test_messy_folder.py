@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from mocolab import make_config, pretrain
-from mocolab.data import unreadable
+from mocolab.run import unreadable
 from mocolab.evaluate.suite import BENCHMARKS, evaluate
 
 CLASSES = ("cat", "dog house", "café")  # a space and a non-ASCII letter in class names

@@ -11,9 +11,9 @@ import papermill
 import pytest
 
 import mocolab
-from mocolab.checkpoint import CheckpointError
-from mocolab.notebook import find_checkpoint, training_data
-from mocolab.project import home, project_path
+from mocolab.run.checkpoint import CheckpointError
+from mocolab.ui.notebook import find_checkpoint, training_data
+from mocolab.ui.project import home, project_path
 from test_notebooks import NOTEBOOKS
 
 REPOSITORY = NOTEBOOKS.parent
@@ -146,7 +146,7 @@ def test_the_checkpoint_summary_counts_trained_epochs_not_the_epoch_0_row(tiny_c
 
 def test_a_presets_relative_data_root_lands_in_the_project_folder(tmp_path, monkeypatch):
     from mocolab import make_config
-    from mocolab.notebook import in_project
+    from mocolab.ui.notebook import in_project
 
     monkeypatch.setenv("MOCOLAB_HOME", str(tmp_path))
     cfg = make_config("cifar10_cpu", output_dir="runs/x")

@@ -11,9 +11,9 @@ import torch
 import mocolab.train
 from conftest import write_image_folder
 from mocolab import ConfigError, Run, make_config, pretrain
-from mocolab.checkpoint import CheckpointError, atomic_save, load_checkpoint
+from mocolab.run.checkpoint import CheckpointError, atomic_save, load_checkpoint
 from mocolab.data import DatasetError, knn_sets
-from mocolab.device import resolve_device, resolve_precision
+from mocolab.run.device import resolve_device, resolve_precision
 from mocolab.train import _restore, build_trainer, knn_monitor
 
 
@@ -139,10 +139,10 @@ def test_stop_after_runs_the_first_epochs_of_the_longer_schedule_and_resume_goes
 def test_a_run_is_checked_once_and_reads_its_checkpoint_once(cifar10_root, tmp_path, monkeypatch):
     """preflight's result (notebook 02 checks in its config cell) goes on to the run; checks that no longer
     hold (a cell run again after the run finished) are made again."""
-    import mocolab.checkpoint
+    import mocolab.run.checkpoint
 
-    reads, read = [], mocolab.checkpoint.read
-    monkeypatch.setattr(mocolab.checkpoint, "read", lambda path: reads.append(path.name) or read(path))
+    reads, read = [], mocolab.run.checkpoint.read
+    monkeypatch.setattr(mocolab.run.checkpoint, "read", lambda path: reads.append(path.name) or read(path))
     cfg = tiny(cifar10_root, tmp_path, knn_every=0, stop_after=1)
     checked = mocolab.train.preflight(cfg)
     pretrain(cfg, progress=False, checked=checked)
@@ -293,7 +293,7 @@ def test_a_crash_between_the_epoch_end_writes_is_repaired_on_resume(
 ):
     """end_of_epoch writes checkpoint_last.pt, the kept checkpoint, the CSVs, then the log line; a crash after
     checkpoint_last.pt at any later point must leave, after resume, a folder that agrees with the checkpoint."""
-    from mocolab.job import RunFolder
+    from mocolab.run.job import RunFolder
 
     straight = straight_two_epochs
     real_save, real_csv, real_log = RunFolder.save, RunFolder.write_csv, RunFolder.log
@@ -368,7 +368,7 @@ def test_a_file_of_another_kind_is_named_as_such(tmp_path):
     """Evaluating, exporting or resuming from the wrong file says what the file is, not KeyError: 'config'."""
     import torchvision
 
-    from mocolab.checkpoint import load_pretraining
+    from mocolab.run.checkpoint import load_pretraining
 
     files = {
         "finetune.pt": (

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mocolab.checkpoint import CheckpointError
+from mocolab.run.checkpoint import CheckpointError
 from mocolab.data import DatasetError
 from mocolab.settings import ConfigError
 from mocolab.transfer import finetune

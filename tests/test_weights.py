@@ -20,7 +20,7 @@ from torch import nn
 import layouts
 from layouts import mlp_v2, randomise_bn, resnet50, state
 from mocolab import weights
-from mocolab.checkpoint import CheckpointError, UnsafeFileError
+from mocolab.run.checkpoint import CheckpointError, UnsafeFileError
 from mocolab.evaluate.features import extract_layers
 from mocolab.evaluate.layers import LAYERS, layer_features, layer_pool
 from mocolab.weights import registry
@@ -122,7 +122,7 @@ def test_detectron2_layout_of_the_official_converter(tmp_path):
 
 def test_every_export_loads_back_with_the_same_features(tmp_path):
     from mocolab import build_model, make_config
-    from mocolab.checkpoint import atomic_save
+    from mocolab.run.checkpoint import atomic_save
     from mocolab.transfer import export
 
     cfg = make_config("imagenet_mocov2", K=256)

@@ -9,7 +9,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from mocolab import augment
-from mocolab.widgets import AugmentationExplorer
+from mocolab.ui.widgets import AugmentationExplorer
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 Everything that augments is built from a `Recipe`: the torchvision pipeline
 (`transforms.pipeline`, the reference), the batched tensor ops of the fast
-data path (`batched`), and the ipywidgets explorer (`mocolab.widgets`).
+data path (`batched`), and the ipywidgets explorer (`mocolab.ui.widgets`).
 docs/protocols.md section 1 lists the recipes and their sources:
 
 - "aug_plus": MoCo v2's aug+ (main_moco.py with --aug-plus): crop 0.2-1,

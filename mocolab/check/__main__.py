@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .. import project
-from ..job import atomic_write_text
+from ..ui import project
+from ..run.job import atomic_write_text
 from . import paths, stages
 
 

@@ -21,8 +21,8 @@ import torch
 import torchvision
 from torch.utils.data import Dataset, Subset
 
-from .. import seeding
-from . import unreadable
+from ..run import seeding
+from ..run import unreadable
 
 
 @dataclass(frozen=True)

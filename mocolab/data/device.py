@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import seeding
+from ..run import seeding
 from ..augment import batched, recipe
-from ..checkpoint import atomic_save
-from . import unreadable
+from ..run.checkpoint import atomic_save
+from ..run import unreadable
 from .datasets import DatasetError, check_unreadable_share, classes_of, load_split, spec, subset_indices
 from .fingerprint import files_digest
 from .loader import check_enough_images, epoch_order, pretrain_split

@@ -23,9 +23,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode
 
-from .. import seeding
+from ..run import seeding
 from ..augment import Recipe, batched, recipe
-from . import unreadable
+from ..run import unreadable
 from .datasets import DatasetError, check_signatures, load_split, spec, subset_indices
 from .loader import check_enough_images, epoch_order
 

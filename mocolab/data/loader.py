@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .. import seeding
+from ..run import seeding
 from ..augment import TwoViews, eval_transform, pretrain_transform, recipe
 from .datasets import DatasetError, check_signatures, load_split, seeded_subset, spec
 

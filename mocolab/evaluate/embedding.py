@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..augment import eval_transform, pipeline, recipe
-from ..seeding import seeded
+from ..run.seeding import seeded
 from ..weights import Pretrained
 from .baselines import baseline_encoder, calibrate_bn
 from .features import extract_layers

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from .. import checkpoint as ckpt
+from ..run import checkpoint as ckpt
 from ..data.fingerprint import files_digest
 from .layers import layer_features
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..reference import LOW_SHOT_KS
-from ..seeding import derive_seed
+from ..run.seeding import derive_seed
 from .svm import (
     COSTS,
     average_precision,

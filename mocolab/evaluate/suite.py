@@ -45,9 +45,10 @@ from torch.utils.data import DataLoader
 
 from .. import settings, weights
 from ..augment import eval_transform, normalisation
-from ..data import DATASETS, classes_of, load_split, seeded_subset, unreadable, warn_if_uninformative
+from ..data import DATASETS, classes_of, load_split, seeded_subset, warn_if_uninformative
+from ..run import unreadable
 from ..data.fingerprint import files_digest
-from ..job import atomic_write_text, code_version
+from ..run.job import atomic_write_text, code_version
 from ..reference import LOW_SHOT_KS
 from .benchmarks import (
     KNN_KS,

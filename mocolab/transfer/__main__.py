@@ -14,7 +14,7 @@ detectron2 or MMDetection instead.
 import argparse
 import sys
 
-from .. import cli
+from ..ui import cli
 from ..settings import parse_override
 from .job import fine_tune, make_transfer_config
 

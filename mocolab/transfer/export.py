@@ -32,8 +32,9 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint as ckpt
-from .. import cli, weights
+from ..run import checkpoint as ckpt
+from ..ui import cli
+from .. import weights
 from ..weights.formats import to_detectron2
 
 FORMATS = ("torchvision", "detectron2", "mmdet")

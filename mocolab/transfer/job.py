@@ -24,7 +24,7 @@ The output directory holds:
 `resume=True` continues from checkpoint_last.pt: the data stream and the
 model's random draws depend on (seed, iteration) only (stream.py), so a
 resumed run takes the steps the uninterrupted one would have. The lifecycle
-(preflight, processes, output folder) is pretraining's too: mocolab.job.
+(preflight, processes, output folder) is pretraining's too: mocolab.run.job.
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ from typing import Literal
 import torch
 from torch.utils.data import Subset
 
-from .. import checkpoint as ckpt
+from ..run import checkpoint as ckpt
 from .. import distributed as dist_
-from .. import job, settings
+from ..run import job
+from .. import settings
 from ..config import check_processes, world_size_of
 from ..reference import TRANSFER, transfer_reference
 from ..reference import TRANSFER_METRICS as REFERENCE_METRICS

@@ -27,7 +27,7 @@ from torchvision.models.detection.rpn import AnchorGenerator
 from torchvision.models.segmentation import fcn_resnet50
 from torchvision.ops import MultiScaleRoIAlign
 
-from ..checkpoint import CheckpointError, load_state
+from ..run.checkpoint import CheckpointError, load_state
 from .export import backbone_state
 
 MIN_SIZES = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)  # multi-scale training, short side

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from ..seeding import derive_seed, generator, seeded
+from ..run.seeding import derive_seed, generator, seeded
 
 
 class SeededStream(Dataset):

@@ -8,7 +8,7 @@ python -m mocolab.weights info FILE_OR_NAME     # read a checkpoint: its format,
 import argparse
 import sys
 
-from .. import cli
+from ..ui import cli
 from .download import cache_dir, cached_path, fetch
 from .pretrained import load
 from .registry import REGISTRY

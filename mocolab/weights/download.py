@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import CheckpointError
+from ..run.checkpoint import CheckpointError
 from .registry import Published, entry
 
 BLOCK = 1 << 20

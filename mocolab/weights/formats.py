@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .. import checkpoint as ckpt
+from ..run import checkpoint as ckpt
 from ..models import NARROW, Encoder, linear_head, mlp_head, mocov3_head, resnet
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import augment
-from .. import checkpoint as ckpt
+from ..run import checkpoint as ckpt
 from ..config import Config, config_from_dict
 from ..models import Encoder
 from . import download, formats

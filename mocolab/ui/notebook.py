@@ -6,7 +6,7 @@ Every notebook turns its `parameters` cell into a frozen, validated config
 05_transfer a `TransferConfig`, 06_ablations a `LabConfig` (mocolab.ablation_lab). A wrong key or type
 fails in that cell, by name.
 Relative paths in the parameters are resolved against the project folder
-(mocolab.project) first, wherever the kernel was started.
+(mocolab.ui.project) first, wherever the kernel was started.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from . import checkpoint as ckpt
-from . import settings, weights
-from .data import DATASETS
-from .evaluate.layers import LAYERS
+from ..run import checkpoint as ckpt
+from .. import settings, weights
+from ..data import DATASETS
+from ..evaluate.layers import LAYERS
 from .project import DEMO_CHECKPOINT, project_path
 
 
@@ -83,7 +83,7 @@ class EmbeddingsConfig:
 
 
 def in_project(cfg, fields=("data_root", "output_dir")):
-    """A copy of a frozen config with its relative paths taken from the project folder (mocolab.project).
+    """A copy of a frozen config with its relative paths taken from the project folder (mocolab.ui.project).
 
     Applied after the presets fill in their defaults, so a preset's "data" lands in the
     project folder too, not in the folder the kernel happens to start in.

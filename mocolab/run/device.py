@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from . import distributed as dist_
-from .settings import ConfigError
+from .. import distributed as dist_
+from ..settings import ConfigError
 
 
 def visible_gpus() -> int:

@@ -17,8 +17,8 @@ import io
 import ipywidgets as W
 import matplotlib.pyplot as plt
 
-from .augment import RECIPES, Recipe, pipeline
-from .viz.augmentation import plot_views
+from ..augment import RECIPES, Recipe, pipeline
+from ..viz.augmentation import plot_views
 
 # Sliders sit in a two-column grid above the image, each as wide as its column: beside the image, at a fixed
 # width, their readouts ("0.20 – 1.00") were cut off and the output scrolled sideways.

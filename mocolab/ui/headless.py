@@ -1,6 +1,6 @@
 """Run a notebook headless (papermill) the way a terminal user needs it: live progress, one-line errors.
 
-    python -m mocolab.headless notebooks/02_pretrain.ipynb runs/demo/02_pretrain.ipynb \\
+    python -m mocolab.ui.headless notebooks/02_pretrain.ipynb runs/demo/02_pretrain.ipynb \\
         --log runs/demo/log.txt -p dataset imagefolder -p data_root /data/cifar10
 
 papermill itself shows a cell counter ("Executing: 40%") that stands still for the
@@ -18,8 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from .launch import relay_log
-from .settings import parse_value
+from ..run.launch import relay_log
+from ..settings import parse_value
 
 
 def failure_line(error, hints: dict[str, str]) -> str:
@@ -63,7 +63,7 @@ def run_notebook(notebook, output, parameters: dict, log=None, hints: dict | Non
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mocolab.headless", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m mocolab.ui.headless", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("notebook")
     parser.add_argument("output", help="the executed notebook")

@@ -1,6 +1,6 @@
 """Start N local processes running one function, relay their progress, stop them all on the first failure.
 
-A generic launcher that knows nothing of training: `mocolab.job` uses it for
+A generic launcher that knows nothing of training: `mocolab.run.job` uses it for
 every job (pretraining, fine-tuning). torch's elastic launcher (the Python
 API behind torchrun) starts the processes on this machine and sets RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT for each; if one raises

@@ -11,9 +11,9 @@ from __future__ import annotations
 import sys
 import traceback
 
-from .checkpoint import CheckpointError
-from .data import DatasetError
-from .settings import ConfigError
+from ..run.checkpoint import CheckpointError
+from ..data import DatasetError
+from ..settings import ConfigError
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError)
 

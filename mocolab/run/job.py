@@ -33,10 +33,11 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from . import checkpoint as ckpt
-from . import distributed as dist_
-from . import launch, settings
+from .. import distributed as dist_
+from . import launch
+from .. import settings
 from .device import resolve_device
-from .settings import ConfigError
+from ..settings import ConfigError
 
 
 class Checked(NamedTuple):
