@@ -238,8 +238,9 @@ def test_the_transfer_config_is_frozen_and_none_means_the_presets_value(tmp_path
     assert (cfg.schedule.iterations, cfg.schedule.batch_size, cfg.schedule.lr) == (4, 2, 0.01)  # tiny's, but 4 its
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.iterations = 5
-    old = {**cfg.to_dict(), "iterations": 0, "lr": 0.0}  # how earlier versions saved "the preset's value"
-    assert job.transfer_config_from_dict(old).schedule == finetune.PRESETS["tiny"]
+    assert job.transfer_config_from_dict(cfg.to_dict()) == cfg  # as a checkpoint saves it
+    with pytest.raises(ConfigError, match="iterations must be positive, or None for the preset's"):
+        job.transfer_config_from_dict({**cfg.to_dict(), "iterations": 0})  # no value stands for "the preset's"
 
 
 def test_more_gpus_than_visible_fail_before_any_process_starts(tmp_path):

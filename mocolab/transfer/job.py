@@ -131,8 +131,7 @@ def make_transfer_config(**overrides) -> TransferConfig:
 
 
 def transfer_config_from_dict(values: dict) -> TransferConfig:
-    """Rebuild a saved TransferConfig; 0 for "the preset's value" (older checkpoints) becomes None."""
-    values = {k: None if k in ("iterations", "batch_size", "lr") and v == 0 else v for k, v in values.items()}
+    """Rebuild a saved TransferConfig (a checkpoint's "config"); a key this version does not know is named."""
     return settings.from_dict(TransferConfig, values)
 
 
