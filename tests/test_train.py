@@ -249,8 +249,8 @@ def test_gpu_requests_without_a_gpu_fail_clearly():
 
 @pytest.mark.slow
 def test_the_cpu_recipe_learns_a_representation_above_the_random_network(cifar10_root, tmp_path):
-    """A short run of the cifar10_cpu recipe on real CIFAR-10 images (16,384 of them, 2 epochs, the device
-    path) learns its pretext task and a representation. The pretext task: once the queue holds real keys
+    """A short run of the cifar10_cpu recipe on real CIFAR-10 images (16,384 of them, one epoch, the
+    device path) learns its pretext task and a representation. The pretext task: once the queue holds real keys
     (K/B = 16 steps, the first two logged rows) the loss falls clearly and the instance accuracy rises. The
     representation: kNN top-1 (pooled backbone, 5,000-image bank, 2,000 test images) ends clearly above the
     same network's before its first step (epoch 0: the same bank and test set). The reference path's views
@@ -261,16 +261,16 @@ def test_the_cpu_recipe_learns_a_representation_above_the_random_network(cifar10
         data_root=str(cifar10_root),
         gpus=0,
         train_subset=16384,
-        epochs=2,
+        epochs=1,
         output_dir=str(tmp_path / "run"),
     )
     run = pretrain(cfg, progress=False)
     knn = [r["knn_top1"] for r in run.history]
-    assert [r["epoch"] for r in run.history] == [0, 1, 2]
-    # Measured on the 2-core CI machine: 27.8, 32.0, 33.5 (+5.7 points). A 3-point margin is three standard
-    # errors of an accuracy near 30% on 2,000 test images.
-    assert knn[2] > knn[1] > knn[0] and knn[2] > knn[0] + 3, f"kNN did not rise above the random network: {knn}"
-    # Measured there: the loss peaks at 7.42 (step 10) and ends at 6.70 (step 128); accuracy 1.6% -> 10.9%.
+    assert [r["epoch"] for r in run.history] == [0, 1]
+    # Measured on the 2-core CI machine: 27.8 before the first step, 32.0 after one epoch (33.5 after a second).
+    # A 3-point margin is three standard errors of an accuracy near 30% on 2,000 test images.
+    assert knn[1] > knn[0] + 3, f"kNN did not rise above the random network: {knn}"
+    # Measured there: the loss peaks at 7.42 (step 10) and is 6.30 at step 64; accuracy 1.6% -> 10.5%.
     loss, acc = [r["loss"] for r in run.steps], [r["acc"] for r in run.steps]
     peak = max(range(len(loss)), key=loss.__getitem__)
     assert peak <= 1, f"loss should peak early, as the random queue is replaced: {loss}"
