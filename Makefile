@@ -14,7 +14,7 @@ DEMO_OUT ?= runs/demo
 # More notebook parameters, e.g. DEMO_PARAMS="-p epochs 20"; the notebook's defaults are the short demo.
 DEMO_PARAMS ?=
 
-.PHONY: venv demo test test-fast lint format gpu-check wheel clean
+.PHONY: venv demo test test-fast lint format exercises gpu-check wheel clean
 
 # Quiet pip, but every step says what it does and how long it took on a 2-core machine.
 $(VENV)/.installed: pyproject.toml Makefile
@@ -58,6 +58,11 @@ lint: venv
 format: venv
 	$(PY) -m ruff format $(LINTED)
 	$(PY) -m ruff check --fix $(LINTED)
+
+# The exercise notebook's two versions from notebooks/exercises/source.ipynb (solutions between BEGIN / END SOLUTION
+# lines): exercises.ipynb for students (committed; a test checks it is this build) and solutions.ipynb (not committed).
+exercises: venv
+	$(PY) -m mocolab.ui.exercise_book notebooks/exercises/source.ipynb
 
 # The machine check (python -m mocolab.check): does this GPU machine run every mocolab path, and how fast?
 # Stages 1-4 in under 9 minutes on one H100/H200; the table is printed and written to runs/gpu_check/.
