@@ -85,6 +85,12 @@ def test_02_pretrain_runs_headless(cifar10_root, tmp_path):
     steps = list(csv.DictReader(open(out_dir / "steps.csv")))
     # 32 images in batches of 16: after 2 steps, 32 of the 64 slots hold keys, the oldest 1 step old.
     assert float(steps[-1]["key_age_max"]) == 1 and float(steps[-1]["random_keys"]) == 0.5
+    # The look-inside cells: InfoNCE by hand equals info_nce, the momentum update decays as m^n, the queue wraps.
+    text = "".join(o.get("text", "") for o in outputs)
+    by_hand, ours = re.search(r"loss by hand (\S+), info_nce (\S+)", text).groups()
+    assert by_hand == ours
+    assert re.search(r"after 100 steps theta_k = (\S+) \(m\^100 = \1\)", text)
+    assert "after step 3: pointer 0" in text and "share still random 0.00" in text
 
 
 @pytest.mark.slow
