@@ -45,7 +45,8 @@ class LabConfig:
     executor: Literal[EXECUTORS] = "auto"  # "auto": gpus with several GPUs, else inline
     parallel: int = 0  # runs at a time for "gpus" / "processes"; 0: every visible GPU, or 2 processes
     extra: dict = field(default_factory=dict)  # more settings for every run
-    seed: int = 0
+    seed: int = 0  # the first seed
+    seeds: int | None = None  # runs per variant (seed, seed + 1, ...); None: 2 with the CPU recipe, 3 on a GPU
     output_dir: str = "runs/ablations"
 
     def __post_init__(self):
@@ -57,6 +58,7 @@ class LabConfig:
             f"{list(self.ablations_to_run)}: add them there or drop them from variants",
         )
         settings.need(self.parallel >= 0, f"parallel must be 0 (automatic) or more, got {self.parallel}")
+        settings.need(self.seeds is None or self.seeds >= 1, f"seeds must be 1 or more (or None), got {self.seeds}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -78,7 +80,11 @@ class AblationLab:
         if self.executor == "processes":
             self.base["gpus"] = 0
         self.output_dir = Path(project_path(cfg.output_dir))
-        self.sweeps = {n: sweep_for(n, self.output_dir, self.base, cfg.variants.get(n)) for n in cfg.ablations_to_run}
+        # Several seeds per variant, so that a verdict can say when a difference is within the runs' noise.
+        self.seeds = cfg.seeds or (2 if self.on_cpu else 3)
+        self.sweeps = {
+            n: sweep_for(n, self.output_dir, self.base, cfg.variants.get(n), self.seeds) for n in cfg.ablations_to_run
+        }
         self.shared = share_runs(list(self.sweeps.values()))
 
     def _base_recipe(self) -> dict:
@@ -112,7 +118,8 @@ class AblationLab:
         return (
             f"base recipe: {self.preset} ({'no GPU visible' if self.on_cpu else 'a GPU'}); "
             f"{self.base['epochs']} epochs of {images} training images per run\n"
-            f"{len(self.sweeps)} ablations, {runs} variants, {runs - len(self.shared)} runs to train, "
+            f"{len(self.sweeps)} ablations, {runs // self.seeds} variants x {self.seeds} seed(s), "
+            f"{runs - len(self.shared)} runs to train, "
             f"executor {self.executor!r}{at_a_time}"
         )
 

@@ -182,23 +182,29 @@ def test_06_ablations_runs_two_ablations_and_judges_their_claims(cifar10_root, t
             knn_bank_size=128,
             knn_test_size=64,
             extra={"batch_size": 64, "K": 128, "knn_k": 20},
+            seeds=2,
             output_dir=str(out),
         ),
     )
     for name in ("momentum", "shuffle_bn", "verdicts"):
         assert (out / f"{name}.png").stat().st_size > 10_000, name
-    assert sorted(p.name for p in (out / "momentum").iterdir() if p.is_dir()) == ["m=0", "m=0.99"]
+    runs = ["m=0 seed=0", "m=0 seed=1", "m=0.99 seed=0", "m=0.99 seed=1"]
+    assert sorted(p.name for p in (out / "momentum").iterdir() if p.is_dir()) == runs
     rows = list(csv.DictReader(open(out / "shuffle_bn" / "results.csv")))
-    assert {r["variant"] for r in rows} == {"shuffle BN", "no shuffle"} and {r["state"] for r in rows} == {"done"}
+    assert {r["variant"] for r in rows} == {f"{v} seed={s}" for v in ("shuffle BN", "no shuffle") for s in (0, 1)}
+    assert {r["state"] for r in rows} == {"done"}
     claims = (out / "claims.md").read_text()
     assert claims.count("\n| ") == 2 and "| momentum |" in claims and "| shuffle_bn |" in claims
-    verdicts = re.findall(r"\*\*(holds|does not hold here)\*\*", claims)  # both ran: a verdict each, not "cannot tell"
-    assert len(verdicts) == 2
+    # both ran: a verdict each, with each variant's mean and spread over its two seeds
+    verdicts = re.findall(r"\*\*(holds|does not hold here|cannot tell at this scale: [^*]+)\*\*", claims)
+    assert len(verdicts) == 2 and claims.count("(2 seeds)") == 4
     executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     text = "".join(str(o.get("text", "")) for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     # "shuffle BN" has the settings of m=0.99: trained once, its folder a link to that run
-    assert "2 ablations, 4 variants, 3 runs to train, executor 'inline'" in text
-    assert (out / "shuffle_bn" / "shuffle BN").resolve() == (out / "momentum" / "m=0.99").resolve()
+    assert "2 ablations, 4 variants x 2 seed(s), 6 runs to train, executor 'inline'" in text
+    for seed in (0, 1):
+        shuffled, base = out / "shuffle_bn" / f"shuffle BN seed={seed}", out / "momentum" / f"m=0.99 seed={seed}"
+        assert shuffled.resolve() == base.resolve()
 
 
 @pytest.fixture(scope="module")

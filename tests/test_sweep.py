@@ -225,6 +225,30 @@ def test_verdicts_read_the_claims_direction_and_say_when_they_cannot():
     assert set(ABLATIONS) == {"momentum", "queue", "shuffle_bn", "temperature", "head", "augmentation", "symmetric"}
 
 
+def test_with_several_seeds_a_difference_within_their_noise_cannot_be_told(tmp_path):
+    """The verdict is judged for every choice of one seed per variant: all agree, or 'cannot tell'."""
+
+    def rows(knn):
+        return [
+            {"variant": f"{v} seed={s}", "state": "done", "epoch": 3, "knn_top1": x}
+            for v, values in knn.items()
+            for s, x in enumerate(values)
+        ]
+
+    clear = rows({"shuffle BN": [33.0, 33.4], "no shuffle": [31.0, 30.6]})
+    assert verdict("shuffle_bn", clear) == ({"shuffle BN": 33.2, "no shuffle": 30.8}, "holds")
+    noisy = rows({"shuffle BN": [32.0, 33.4], "no shuffle": [32.1, 31.6]})  # 32.7 against 31.85, but seeds overlap
+    knn, says = verdict("shuffle_bn", noisy)
+    assert knn["shuffle BN"] > knn["no shuffle"]  # the means alone would say "holds"
+    assert says.startswith("cannot tell at this scale: it holds for 3 of 4 choices of one seed per variant")
+    table = claims_table({"shuffle_bn": noisy})
+    assert "shuffle BN 32.7 ± 1.0 (2 seeds)" in table and "for every choice of one seed per variant" in table
+    worse = rows({"shuffle BN": [30.0, 30.2], "no shuffle": [31.0, 31.5]})
+    assert verdict("shuffle_bn", worse)[1] == "does not hold here"
+    runs = list(sweep_for("shuffle_bn", tmp_path, {"seed": 5}, seeds=2).configs)
+    assert runs == ["shuffle BN seed=5", "shuffle BN seed=6", "no shuffle seed=5", "no shuffle seed=6"]
+
+
 def test_the_lab_plans_every_sweep_before_any_run_and_refuses_bad_parameters(cifar10_root, tmp_path):
     """Notebook 06's parameters as a LabConfig: a wrong name fails there; the plan counts the shared run once,
     and the commands executor writes one command per run without training."""
@@ -243,15 +267,17 @@ def test_the_lab_plans_every_sweep_before_any_run_and_refuses_bad_parameters(cif
             output_dir=str(tmp_path / "lab"),
         )
     )
-    assert lab.summary().endswith("2 ablations, 4 variants, 3 runs to train, executor 'commands'")
+    assert lab.seeds == 2  # the CPU recipe's default
+    assert lab.summary().endswith("2 ablations, 4 variants x 2 seed(s), 6 runs to train, executor 'commands'")
     assert lab.base["train_subset"] == 128 and lab.base["knn_feature"] == "avgpool" and lab.parallel == 1
     assert list(lab.run()) == ["momentum", "shuffle_bn"]
     commands = (tmp_path / "lab" / "commands.sh").read_text().splitlines()
-    assert len(commands) == 3 and not list((tmp_path / "lab").rglob("checkpoint_last.pt"))  # nothing trained
+    assert len(commands) == 6 and not list((tmp_path / "lab").rglob("checkpoint_last.pt"))  # nothing trained
     for bad, message in (
         (dict(ablations_to_run="momentum,nope"), "ablations_to_run\\[1\\]='nope' is not one of"),
         (dict(ablations_to_run="momentum", variants={"queue": ["K=256"]}), "not in ablations_to_run"),
         (dict(executor="slurm"), "executor='slurm'"),
+        (dict(seeds=0), "seeds must be 1 or more"),
     ):
         with pytest.raises(ConfigError, match=message):
             LabConfig(**bad)

@@ -29,8 +29,9 @@ def plot_sweep(rows: list[dict], title: str = "", save_to=None):
 
 
 def plot_verdicts(results: dict[str, list[dict]], save_to=None):
-    """One bar chart per ablation: each variant's final kNN top-1, titled with the claim's verdict."""
-    from ..ablations import verdict
+    """One bar chart per ablation: each variant's final kNN top-1 (mean over its seeds, their standard deviation
+    as the error bar), titled with the claim's verdict."""
+    from ..ablations import seed_values, spread, verdict
 
     n = len(results)
     cols = min(n, 4)
@@ -38,14 +39,17 @@ def plot_verdicts(results: dict[str, list[dict]], save_to=None):
     for ax, (name, rows) in zip(axs.flat, results.items()):
         knn, says = verdict(name, rows)
         names = [v for v, value in knn.items() if value is not None]
+        values = seed_values(rows)
         bars = ax.bar(
             range(len(names)),
             [knn[v] for v in names],
+            yerr=[spread(values[v])[1] for v in names],  # the seeds' standard deviation (0 for one seed)
+            capsize=3,
             color="tab:green" if says == "holds" else "tab:red" if says == "does not hold here" else "tab:gray",
         )
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-        ax.set_title(f"{name}: {says}", fontsize=9)
+        ax.set_title(f"{name}: {says.split(':')[0]}", fontsize=9)
         ax.set_ylabel("final kNN top-1 %", fontsize=8)
         if names:
             low = min(knn[v] for v in names)
