@@ -15,7 +15,9 @@ work starts.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from . import settings
@@ -249,9 +251,6 @@ def config_from_file(path, **overrides) -> Config:
     """The Config a JSON file holds, with `overrides` applied: a run's config.json (under its "config" key) or
     a bare `Config.to_dict()`, such as a sweep writes for each run it starts. Exact: a JSON number reads back as
     the float it was written from."""
-    import json
-    from pathlib import Path
-
     values = json.loads(Path(path).read_text())
     values = values.get("config", values) if isinstance(values, dict) else values
     if not isinstance(values, dict):
