@@ -45,13 +45,26 @@ def report(path, reason) -> None:
         return
     _reported.add((record, key))
     if record:
-        if key in _paths_in(record):  # another worker, process or epoch of this run reported it already
-            return
         reason = " ".join(str(reason).split())  # one line per file in the record
         Path(record).parent.mkdir(parents=True, exist_ok=True)
-        with open(record, "a", encoding="utf-8") as f:  # one short append: whole lines even with several writers
-            f.write(f"{key}\t{reason}\n")
+        with open(record, "a", encoding="utf-8") as f:
+            # Look and append under one lock: two loader workers that meet the same broken file at once (a
+            # training and a kNN worker) would otherwise both find it unrecorded and both warn.
+            _lock(f)
+            if key in _paths_in(record):  # another worker, process or epoch of this run reported it already
+                return
+            f.write(f"{key}\t{reason}\n")  # one short append: whole lines even with several writers
+            f.flush()
     warnings.warn(f"skipping unreadable image {path}: {reason}", stacklevel=3)
+
+
+def _lock(f) -> None:
+    """An exclusive lock on an open file, released when it is closed (POSIX; elsewhere nothing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock, and a rare second warning for one file
+        return
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
 
 
 def _paths_in(record: str) -> set[str]:
