@@ -81,7 +81,8 @@ def test_02_pretrain_runs_headless(cifar10_root, tmp_path):
         assert (out_dir / f"{name}.png").stat().st_size > 10_000, name
     assert json.loads((out_dir / "config.json").read_text())["config"]["K"] == 64
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 7  # the lr schedule, five diagnostics and the page of all of them
+    assert len(images) == 8  # the lr schedule, five diagnostics, the page of all of them, beside the full run
+    assert (out_dir / "beside_full_run.png").stat().st_size > 10_000
     steps = list(csv.DictReader(open(out_dir / "steps.csv")))
     # 32 images in batches of 16: after 2 steps, 32 of the 64 slots hold keys, the oldest 1 step old.
     assert float(steps[-1]["key_age_max"]) == 1 and float(steps[-1]["random_keys"]) == 0.5
@@ -125,14 +126,15 @@ def test_01_augmentations_runs_headless_and_shows_the_explorer_as_a_png(cifar10_
 
 
 @pytest.mark.slow
-def test_04_embeddings_runs_headless(tiny_checkpoint, cifar10_root, tmp_path):
+def test_04_embeddings_runs_headless_on_the_teaching_checkpoint(cifar10_root, tmp_path):
+    """No runs/demo checkpoint in the project folder: 04 shows the shipped teaching checkpoint, and says so."""
     papermill.execute_notebook(
         str(NOTEBOOKS / "04_embeddings.ipynb"),
         str(tmp_path / "out.ipynb"),
         cwd=str(tmp_path),
         progress_bar=False,
         parameters=dict(
-            checkpoint=str(tiny_checkpoint),
+            dataset="imagefolder",
             data_root=str(cifar10_root),
             n_points=120,
             layers="feat2,feat5",
@@ -159,7 +161,12 @@ def test_04_embeddings_runs_headless(tiny_checkpoint, cifar10_root, tmp_path):
         if c.cell_type == "code"
         for o in c.outputs
     )
-    assert "MoCo: precision@4 over all 120 images" in text and "| random init | head |" in text
+    assert "| random init | head |" in text
+    assert f"{tmp_path}/runs/demo/checkpoint_last.pt does not exist yet" in text and "showing teaching_cifar10" in text
+    # the model has learnt: its neighbours share the query's class far more often than a random network's
+    moco, random = (float(re.search(rf"{name}: precision@4 over all 120 images: ([\d.]+)%", text).group(1))
+                    for name in ("MoCo", "random init"))  # fmt: skip
+    assert moco > random + 10, (moco, random)
 
 
 @pytest.mark.slow

@@ -3,7 +3,9 @@
 A pretraining checkpoint holds the MoCo module (both encoders, the queue and
 its pointer), the optimiser, the epoch reached, the RNG states, the config and
 the metric history; a fine-tuning checkpoint the model, optimiser, iteration
-and logged rows. Each records its `kind`. A checkpoint is written to a
+and logged rows; an encoder export (weights.teaching.compact) the query
+encoder, config and history of a pretraining run, nothing a resume needs.
+Each records its `kind`. A checkpoint is written to a
 temporary file and renamed into place, so a crash while saving leaves the
 previous checkpoint intact.
 
@@ -27,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-KINDS = ("pretraining", "fine-tuning")
+KINDS = ("pretraining", "fine-tuning", "encoder")
 
 
 class CheckpointError(RuntimeError):
@@ -168,7 +170,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def kind_of(state: dict) -> str | None:
-    """ "pretraining" or "fine-tuning", as the checkpoint's `kind` says, or None for any other file."""
+    """ "pretraining", "fine-tuning" or "encoder", as the checkpoint's `kind` says, or None for any other file."""
     return state["kind"] if isinstance(state, dict) and state.get("kind") in KINDS else None
 
 
@@ -178,6 +180,11 @@ def describe(state) -> str:
     if kind == "fine-tuning":
         task = state.get("config", {}).get("task", "?")
         return f"a mocolab fine-tuning checkpoint (task {task})"
+    if kind == "encoder":
+        return (
+            "a mocolab encoder export (the query encoder alone: no key encoder, queue or optimiser, so it "
+            "can be evaluated but not resumed)"
+        )
     if kind is not None:
         return f"a mocolab {kind} checkpoint"
     if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -91,15 +91,24 @@ def in_project(cfg, fields=("data_root", "output_dir")):
     return dataclasses.replace(cfg, **{name: project_path(getattr(cfg, name)) for name in fields})
 
 
-def find_checkpoint(path, how: str | None = None) -> str:
+def find_checkpoint(path, how: str | None = None, fallback: str | None = None) -> str:
     """A published checkpoint's name as it is, or the absolute path of a checkpoint that exists, or an error that
     says where it looked and how to make one.
 
     how: the way to train one; by default notebook 02 or `make demo`, which write the default checkpoint.
+    fallback: a registry name used, with a printed line saying so, when `path` is the default runs/demo
+    checkpoint and there is none yet (notebooks 03 and 04 pass weights.TEACHING: a class without a GPU
+    starts on a model that has learnt). Any other missing path is an error.
     """
     if str(path) in weights.REGISTRY:
         return str(path)
     found = project_path(path)
+    if fallback and str(path) == DEMO_CHECKPOINT and not Path(found).is_file():
+        print(
+            f"{found} does not exist yet (notebook 02 or `make demo` writes it): showing {fallback}, "
+            f"{weights.entry(fallback).title}. Set `checkpoint` to show another model."
+        )
+        return fallback
     if not found or not Path(found).is_file():
         how = how or (
             f"run notebook 02 or `make demo` (both write {project_path(DEMO_CHECKPOINT)}), or set "

@@ -18,6 +18,7 @@ from .transfer import plot_detections, plot_finetune_loss, plot_segmentations
 from .training import (
     DIAGNOSTICS,
     plot_instance_accuracy,
+    plot_beside_full_run,
     plot_knn_curve,
     plot_loss,
     plot_lr_applied,
@@ -34,6 +35,7 @@ __all__ = [
     "plot_embeddings",
     "plot_instance_accuracy",
     "plot_knn",
+    "plot_beside_full_run",
     "plot_knn_curve",
     "plot_loss",
     "plot_low_shot",

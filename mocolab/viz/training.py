@@ -166,6 +166,22 @@ def plot_lr_applied(run, ax=None, save=True):
     return _done(run, fig, ax, owned, "lr", save)
 
 
+def plot_beside_full_run(run, full: list[dict], full_label: str = "teaching checkpoint's run", save=True):
+    """kNN top-1 and epoch-mean loss of `run` beside a longer run's metrics.csv rows (`full`; notebook 02 passes
+    weights.teaching.history(), the 60-epoch cifar10_cpu run mocolab ships): what a short run would become."""
+    fig, (knn_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 3.5))
+    for rows, label in ((full, f"{full_label} ({len(full) - 1} epochs)"), (run.history, "this run")):
+        epochs, top1 = _column(rows, "epoch"), _column(rows, "knn_top1")
+        knn_ax.plot(epochs[~np.isnan(top1)], top1[~np.isnan(top1)], ".-", label=label)
+        loss_ax.plot(epochs[1:], _column(rows, "loss")[1:], ".-", label=label)
+    knn_ax.set(xlabel="epoch", ylabel="top-1 %", title="kNN monitor")
+    loss_ax.set(xlabel="epoch", ylabel="InfoNCE loss", title="epoch-mean loss")
+    for ax in (knn_ax, loss_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return finish(fig, run_png(run, "beside_full_run", save))
+
+
 DIAGNOSTICS = (plot_loss, plot_instance_accuracy, plot_similarities, plot_queue_age, plot_knn_curve, plot_lr_applied)
 
 

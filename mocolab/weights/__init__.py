@@ -10,5 +10,17 @@ from .download import DownloadError, cache_dir, fetch
 from .formats import FORMATS
 from .pretrained import Pretrained, load
 from .registry import REGISTRY, Published, entry
+from .teaching import NAME as TEACHING
 
-__all__ = ["DownloadError", "FORMATS", "Pretrained", "Published", "REGISTRY", "cache_dir", "entry", "fetch", "load"]
+__all__ = [
+    "DownloadError",
+    "FORMATS",
+    "Pretrained",
+    "Published",
+    "REGISTRY",
+    "TEACHING",
+    "cache_dir",
+    "entry",
+    "fetch",
+    "load",
+]

@@ -3,6 +3,7 @@
 python -m mocolab.weights list                  # the registry: name, format, checksum, published numbers
 python -m mocolab.weights fetch moco_v2_800ep   # download into the cache (resumes, checks the checksum)
 python -m mocolab.weights info FILE_OR_NAME     # read a checkpoint: its format, model, identity, load time
+python -m mocolab.weights compact RUN/checkpoint_last.pt OUT.pt [--fp32]   # the query encoder alone (teaching.py)
 """
 
 import argparse
@@ -12,6 +13,7 @@ from ..ui import cli
 from .download import cache_dir, cached_path, fetch
 from .pretrained import load
 from .registry import REGISTRY
+from .teaching import compact
 
 
 def main(argv=None) -> None:
@@ -22,6 +24,13 @@ def main(argv=None) -> None:
     sub.add_parser("list", help="the registry")
     sub.add_parser("fetch", help="download one into the cache").add_argument("name", choices=sorted(REGISTRY))
     sub.add_parser("info", help="read a checkpoint and describe it").add_argument("checkpoint")
+    small = sub.add_parser("compact", help="a pretraining checkpoint's query encoder alone, fp16 by default")
+    small.add_argument("checkpoint")
+    small.add_argument("out")
+    small.add_argument("--fp32", action="store_true", help="keep fp32 tensors")
+    small.add_argument("--dataset", help="the data its config names (the default evaluation data)")
+    small.add_argument("--data-root")
+    small.add_argument("--trained-on", help="the data it saw, in words")
     args = parser.parse_args(argv)
     if args.command == "list":
         print(f"cache: {cache_dir()}")
@@ -30,6 +39,9 @@ def main(argv=None) -> None:
             print(f"{p.name:24} {p.format:16} {p.checksum or 'no checksum':16} {here:6} {p.title}; {p.numbers}")
     elif args.command == "fetch":
         print(fetch(args.name))
+    elif args.command == "compact":
+        out = compact(args.checkpoint, args.out, not args.fp32, args.dataset, args.data_root, args.trained_on)
+        print(f"{out}: {out.stat().st_size / 1e6:.2f} MB")
     else:
         model = load(args.checkpoint, download_missing=False)
         print(

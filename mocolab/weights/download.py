@@ -39,6 +39,9 @@ def cache_dir() -> Path:
 
 
 def cached_path(published: Published, folder: str | Path | None = None) -> Path:
+    """Where the file of `published` is kept: the cache, or inside the package for a packaged one."""
+    if published.packaged:
+        return Path(__file__).parent / published.packaged
     return Path(folder or cache_dir()) / published.filename
 
 
@@ -71,6 +74,11 @@ def fetch(
     path = cached_path(published, folder)
     if path.is_file():
         return path
+    if published.packaged:
+        raise DownloadError(
+            f"{published.name} ships with mocolab, but {path} is missing from this installation: reinstall "
+            f"mocolab (`pip install -e .` in a clone, or the wheel again)"
+        )
     hint = f"download {published.url} by hand and put it at {path}"
     if os.environ.get("MOCOLAB_OFFLINE") == "1":
         raise DownloadError(f"{published.name} is not in the cache and MOCOLAB_OFFLINE=1 forbids downloads: {hint}")

@@ -9,7 +9,8 @@ docs/protocols.md section 5 lists each format's key mapping and the source
 file it was read from; weights.registry cites them per checkpoint.
 
     name             written by                                         backbone keys         head keys
-    mocolab          mocolab's pretraining (checkpoint_last.pt)         encoder_q.backbone.*  encoder_q.head.*
+    mocolab          mocolab's pretraining (checkpoint_last.pt) and     encoder_q.backbone.*  encoder_q.head.*
+                     its encoder export (weights.teaching.compact)
     moco_official    facebookresearch/moco main_moco.py                 module.encoder_q.*    module.encoder_q.fc.*
     mocov3_official  facebookresearch/moco-v3 main_moco.py              module.base_encoder.* module.base_encoder.fc.*
     openmmlab        MMSelfSup 0.x / 1.x, mmpretrain, mocolab's mmdet   state_dict backbone.* state_dict neck.mlp.*
@@ -173,7 +174,7 @@ def _detectron2(state) -> Parts:
 
 
 def _is_mocolab(state) -> bool:
-    return ckpt.kind_of(state) == "pretraining"
+    return ckpt.kind_of(state) in ("pretraining", "encoder")  # a run's checkpoint, or its encoder export
 
 
 def _is_detectron2(state) -> bool:
@@ -187,7 +188,13 @@ def _is_torchvision(state) -> bool:
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
-        Format("mocolab", "mocolab's pretraining", "mocolab/runlog.py (end_of_epoch)", _is_mocolab, _mocolab),
+        Format(
+            "mocolab",
+            "mocolab's pretraining and its encoder export",
+            "mocolab/runlog.py (end_of_epoch), mocolab/weights/teaching.py (compact)",
+            _is_mocolab,
+            _mocolab,
+        ),
         Format(
             "moco_official",
             "the official MoCo v1/v2 code",

@@ -79,6 +79,8 @@ class Pretrained:
                 f"{cfg.arch}, {self.epochs_trained} of {cfg.epochs} epochs of {cfg.preset} on {cfg.dataset} "
                 f"({cfg.augmentation} augmentation, K={cfg.K}, m={cfg.m}, T={cfg.T})"
             )
+            if self.published is not None:  # a run mocolab ships: the teaching checkpoint
+                what = f"{self.published.name}: {self.published.title}; {what}, trained on {self.pretrained_on}"
         elif self.published is not None:
             what = f"{self.published.name}: {self.published.title}, {self.arch} {head}, on {self.pretrained_on}"
         else:
@@ -154,7 +156,7 @@ def _describe(state, fmt: str, published: Published | None, cifar_stem: bool, fo
             std=recipe.std,
             augmentation=cfg.augmentation,
             config=cfg,
-            pretrained_on=f"{cfg.dataset} at {cfg.data_root}",
+            pretrained_on=state.get("trained_on") or f"{cfg.dataset} at {cfg.data_root}",
             epochs_trained=max((int(row["epoch"]) for row in state.get("history", [])), default=0),
         )
     notes = []

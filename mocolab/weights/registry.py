@@ -43,10 +43,11 @@ class Published:
     image_size: int = 224
     pretrained_on: str = IMAGENET
     self_supervised: bool = True
+    packaged: str = ""  # a file shipped inside mocolab, relative to mocolab/weights/ (then url is "")
 
     @property
     def filename(self) -> str:
-        return PurePosixPath(self.url).name
+        return PurePosixPath(self.packaged or self.url).name
 
     def source_link(self, path: str) -> str:
         return f"https://github.com/{self.repo}/blob/{self.commit}/{path}"
@@ -211,7 +212,29 @@ def _entries() -> list[Published]:
         )
         for version, digest, epochs, top1 in (("V1", "0676ba61", 90, 76.13), ("V2", "11ad3fa6", 600, 80.858))
     ]
-    return moco + openmmlab + mocov3 + others + supervised
+    teaching = [
+        Published(
+            "teaching_cifar10",
+            "mocolab's teaching checkpoint (shipped with mocolab): cifar10_cpu recipe, 60 epochs on CIFAR-10",
+            "",
+            "eafe692474abc1dec7befdd5b56b85d7f5e3a37c",  # the mocolab commit that trained it
+            "",
+            "sha256:b2a0b43d",
+            "mocolab",
+            "mocolab/weights/teaching.py (compact: the query encoder of a pretraining checkpoint, fp16, with "
+            "its config and history)",
+            numbers_source="mocolab/weights/teaching/metrics.csv (the kNN monitor of every epoch); "
+            "docs/workshop.md (kNN and SVMs against a random network)",
+            epochs=60,
+            arch="resnet10_w16",
+            head="linear",
+            augmentation="cifar",
+            image_size=32,
+            pretrained_on="CIFAR-10 train (50,000 images), no labels used",
+            packaged="teaching/cifar10_resnet10_w16.pt",
+        )
+    ]
+    return moco + openmmlab + mocov3 + others + supervised + teaching
 
 
 REGISTRY: dict[str, Published] = {entry.name: entry for entry in _entries()}
