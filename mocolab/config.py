@@ -112,6 +112,9 @@ class Config:
     knn_feature: Literal["head", "avgpool"] = "head"  # 128-d head output, or the backbone's global average pool
     knn_bank_size: int = 0  # seeded subset of the train split used as the bank; 0: all
     knn_test_size: int = 0  # seeded subset of the test split; 0: all
+    # a linear head on the detached pooled features of each step's query view, trained on the labels beside
+    # MoCo and read on the kNN test set (metrics.csv's probe_top1; mocolab.online_probe); changes no MoCo weight
+    online_probe: bool = False
 
     # --- run ----------------------------------------------------------------
     output_dir: str = execution("runs/moco")  # config.json, metrics.csv, checkpoints, TensorBoard logs
@@ -317,6 +320,11 @@ def _check_values(cfg: Config) -> None:
     need(
         cfg.batch_size % cfg.bn_splits == 0,
         f"batch_size={cfg.batch_size} must be divisible by bn_splits={cfg.bn_splits}",
+    )
+    need(
+        not cfg.online_probe or cfg.knn_every > 0,
+        "online_probe=True is read on the kNN monitor's test images, but knn_every=0 turns the monitor off; "
+        "set knn_every (e.g. 1), or online_probe=False",
     )
     check_processes(cfg.gpus, cfg.processes)
     check_world(cfg, cfg.world_size)

@@ -33,6 +33,7 @@ class MoCoOutput:
     acc: torch.Tensor  # instance-discrimination accuracy: fraction of queries whose positive wins
     pos_sim: torch.Tensor  # mean cosine similarity q.k+ of positive pairs
     neg_sim: torch.Tensor  # mean cosine similarity q.queue against the negatives
+    features: torch.Tensor | None = None  # the query view's pooled backbone features, detached (online probe)
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, T: float):
@@ -121,26 +122,27 @@ class MoCo(nn.Module):
         return batch_unshuffle(k, unshuffle) if self.shuffle_bn else k
 
     def contrastive_loss(self, x_q: torch.Tensor, x_k: torch.Tensor):
-        q = F.normalize(self.encoder_q(x_q).to(self.queue.keys.dtype), dim=1)  # q: N x C, fp32 like the queue
+        z, h = self.encoder_q(x_q, with_features=True)  # h: the pooled backbone features the head read
+        q = F.normalize(z.to(self.queue.keys.dtype), dim=1)  # q: N x C, fp32 like the queue
         k = self.encode_keys(x_k)  # k: N x C
         # A detached copy: enqueue() overwrites the queue before backward needs it. The logits stay fp32
         # under autocast: a bf16 cosine is off by ~4e-3, i.e. ~0.04 in a logit at T = 0.1.
         with torch.autocast(q.device.type, enabled=False):
             loss, logits = info_nce(q, k, self.queue.keys.clone().detach(), self.T)
-        return loss, logits, k
+        return loss, logits, k, h.detach()
 
     def forward(self, x_q: torch.Tensor, x_k: torch.Tensor) -> MoCoOutput:
         """x_q, x_k: two augmented views of the same N images (N x 3 x H x W)."""
         self.momentum_update()
         if self.symmetric:
-            loss_12, logits_12, k2 = self.contrastive_loss(x_q, x_k)
-            loss_21, logits_21, k1 = self.contrastive_loss(x_k, x_q)
+            loss_12, logits_12, k2, h = self.contrastive_loss(x_q, x_k)
+            loss_21, logits_21, k1, _ = self.contrastive_loss(x_k, x_q)
             loss, logits, k = loss_12 + loss_21, torch.cat([logits_12, logits_21]), torch.cat([k1, k2])
         else:
-            loss, logits, k = self.contrastive_loss(x_q, x_k)
+            loss, logits, k, h = self.contrastive_loss(x_q, x_k)
         self.queue.enqueue(gather_keys(k))
         with torch.no_grad():
             logits = logits.detach() * self.T  # back to cosine similarities
             acc = (logits.argmax(dim=1) == 0).float().mean()
             pos_sim, neg_sim = logits[:, 0].mean(), logits[:, 1:].mean()
-        return MoCoOutput(loss=loss, acc=acc, pos_sim=pos_sim, neg_sim=neg_sim)
+        return MoCoOutput(loss=loss, acc=acc, pos_sim=pos_sim, neg_sim=neg_sim, features=h)

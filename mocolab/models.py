@@ -166,8 +166,12 @@ class Encoder(nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+    def forward(self, x: torch.Tensor, with_features: bool = False):
+        """The embedding; with_features: (embedding, pooled backbone features), from one pass (the online
+        probe reads the features of the step's own forward). Through `__call__`, so a compiled encoder stays
+        compiled."""
+        h = self.backbone(x)
+        return (self.head(h), h) if with_features else self.head(h)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Globally average-pooled backbone output: 512-d (ResNet-18) or 2048-d (ResNet-50)."""

@@ -1,7 +1,8 @@
 """A pretraining run's output directory: everything about a run, written by rank 0 as it goes.
 
     config.json           the config, mocolab's git SHA, torch version, device, processes
-    metrics.csv           one row per epoch: loss, lr, instance acc, similarities, kNN top-1, seconds
+    metrics.csv           one row per epoch: loss, lr, instance acc, similarities, kNN top-1, seconds (and with
+                          online_probe the probe's loss, train accuracy and top-1 on the kNN test set)
     steps.csv             one row per `log_every` steps: loss, acc, similarities, lr, queue key ages
     log.txt               one line per epoch (relayed into the notebook by the launcher)
     unreadable.txt        the image files the run skipped, one "path<TAB>reason" line each (only when
@@ -26,6 +27,7 @@ from .config import Config
 from .run import unreadable
 from .run.job import RunFolder
 from .moco import MoCo
+from .online_probe import OnlineProbe
 
 UNREADABLE = "unreadable.txt"  # the run's record of skipped files (unreadable.recording; loader workers append)
 
@@ -39,6 +41,7 @@ class Run:
     model: MoCo
     history: list[dict] = field(default_factory=list)  # one row per epoch (as in metrics.csv)
     steps: list[dict] = field(default_factory=list)  # one row per log_every steps (steps.csv)
+    probe: OnlineProbe | None = None  # the online linear probe (cfg.online_probe), in rank 0
 
 
 def start_outputs(
@@ -70,8 +73,8 @@ def start_outputs(
 def end_of_epoch(run: Run, row: dict, optimizer, scaler, writer, folder: RunFolder) -> None:
     """Log, checkpoint (atomically) and rewrite the CSVs: what a crash must not lose."""
     cfg, epoch = run.config, row["epoch"]
-    for key in ("loss", "acc", "pos_sim", "neg_sim", "knn_top1", "images_per_s"):
-        if row[key] is not None:
+    for key in ("loss", "acc", "pos_sim", "neg_sim", "knn_top1", "probe_top1", "images_per_s"):
+        if row.get(key) is not None:
             writer.add_scalar(f"epoch/{key}", row[key], epoch)
     writer.flush()
     state = {
@@ -84,6 +87,7 @@ def end_of_epoch(run: Run, row: dict, optimizer, scaler, writer, folder: RunFold
         "config": cfg.to_dict(),
         "history": run.history,
         "steps": run.steps,
+        "probe": run.probe.state_dict() if run.probe is not None else None,
     }
     folder.save(state)
     if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
@@ -136,6 +140,8 @@ def epoch_line(row: dict, cfg: Config) -> str:
     if row["epoch"] == 0:
         return f"epoch 0/{cfg.epochs}  kNN {row['knn_top1']:.2f}% (the random network, before any step)"
     knn = f"  kNN {row['knn_top1']:.2f}%" if row["knn_top1"] is not None else ""
+    if row.get("probe_top1") is not None:
+        knn += f"  probe {row['probe_top1']:.2f}%"
     return (
         f"epoch {row['epoch']}/{cfg.epochs}  loss {row['loss']:.4f}  acc {100 * row['acc']:.1f}%  "
         f"lr {row['lr']:.4g}{knn}  {row['train_s']:.1f} s ({row['images_per_s']:.0f} img/s)"

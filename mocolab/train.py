@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .run import checkpoint as ckpt
@@ -31,9 +32,10 @@ from . import runlog
 from .config import MODEL_FIELDS, Config, ConfigError, check_world, config_from_dict
 from .run import unreadable
 from .run.device import resolve_precision
-from .evaluate import extract_features, knn_accuracy
+from .evaluate import extract_features, extract_layers, knn_accuracy
 from .models import build_encoder
 from .moco import MoCo
+from .online_probe import OnlineProbe
 from .runlog import Run, end_of_epoch, epoch_line, restore_outputs, start_outputs
 from .schedule import lr_schedule as schedule_array
 
@@ -182,20 +184,25 @@ def train_one_epoch(
     steps_log: list,
     writer=None,
     progress: bool = True,
+    probe: OnlineProbe | None = None,
 ) -> dict:
-    """Train for num_steps batches; returns the epoch means (one host sync per log_every steps)."""
+    """Train for num_steps batches; returns the epoch means (one host sync per log_every steps).
+    probe: the online linear probe (cfg.online_probe), stepped on each batch's query features and labels."""
     trainer.step_model.train()  # both encoders: BN uses batch statistics for keys too
     device = next(trainer.model.parameters()).device
     totals = torch.zeros(4, device=device)  # running sums of loss, acc, pos_sim, neg_sim
     bar = tqdm(total=num_steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
     start = epoch * num_steps
-    for i, ((x_q, x_k), _) in enumerate(batches):
+    probe_totals = torch.zeros(2, device=device)  # the online probe's loss and accuracy on the query views
+    for i, ((x_q, x_k), labels) in enumerate(batches):
         if i == num_steps:
             break
         step = start + i
         out = trainer.step(x_q, x_k, step)
         stats = torch.stack([out.loss.detach(), out.acc, out.pos_sim, out.neg_sim])
         totals += stats
+        if probe is not None:  # after the MoCo step, on its detached features: the step is the same without it
+            probe_totals += probe.step(out.features, labels, float(trainer.lrs[step]) / cfg.lr)
         if (step + 1) % cfg.log_every == 0 or i == num_steps - 1:
             row = _log_step(trainer, stats, step, epoch + (i + 1) / num_steps, writer)
             steps_log.append(row)
@@ -203,7 +210,10 @@ def train_one_epoch(
         bar.update(1)
     bar.close()
     loss, acc, pos, neg = dist_.all_reduce_mean(totals / num_steps).tolist()
-    return {"loss": loss, "acc": acc, "pos_sim": pos, "neg_sim": neg}
+    means = {"loss": loss, "acc": acc, "pos_sim": pos, "neg_sim": neg}
+    if probe is not None:  # rank 0's alone: the probe lives there
+        means["probe_loss"], means["probe_train_acc"] = (probe_totals / num_steps).tolist()
+    return means
 
 
 def _log_step(trainer: Trainer, stats: torch.Tensor, step: int, epoch: float, writer) -> dict:
@@ -244,10 +254,22 @@ def _log_step(trainer: Trainer, stats: torch.Tensor, step: int, epoch: float, wr
 
 def knn_monitor(encoder, monitor: data.KnnSets, cfg: Config, device, progress: bool = True) -> float:
     """kNN top-1 (%) of the test set against the bank, on head or pooled features (the demo's monitor)."""
+    return monitor_readings(encoder, monitor, cfg, device, progress=progress)["knn_top1"]
+
+
+def monitor_readings(
+    encoder, monitor: data.KnnSets, cfg: Config, device, probe: OnlineProbe | None = None, progress: bool = True
+) -> dict:
+    """The labelled readings of an epoch: kNN top-1 (%), and with the online probe its top-1 on the same test
+    images, read from the same pass over them (a pass of its own would also draw a loader seed from torch's
+    generator and so shift the run's later augmentations)."""
     bank_f, bank_y = extract_features(encoder, monitor.bank, cfg.knn_feature, device, progress=progress)
-    test_f, test_y = extract_features(encoder, monitor.test, cfg.knn_feature, device, progress=progress)
+    layers = tuple(dict.fromkeys((cfg.knn_feature, "avgpool"))) if probe is not None else (cfg.knn_feature,)
+    test, test_y = extract_layers(encoder, monitor.test, layers, device, progress, keep_on_device=True)
+    test_f, test_y = F.normalize(test[cfg.knn_feature], dim=1), test_y.to(device)
     k = min(cfg.knn_k, len(bank_f))
-    return knn_accuracy(test_f, test_y, bank_f, bank_y, monitor.num_classes, ks=(k,), T=cfg.knn_t)[k]["top1"]
+    knn = knn_accuracy(test_f, test_y, bank_f, bank_y, monitor.num_classes, ks=(k,), T=cfg.knn_t)[k]["top1"]
+    return {"knn_top1": knn} if probe is None else {"knn_top1": knn, "probe_top1": probe.top1(test["avgpool"], test_y)}
 
 
 # ----------------------------------------------------------------------------
@@ -303,7 +325,12 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True, checked:
         num_steps = steps_per_epoch(cfg, len(batches))  # >= 1: every path refuses fewer images than a batch
 
         trainer = build_trainer(cfg, device, world, num_steps)
-        run = Run(folder.path, cfg, trainer.model)
+        probe = (
+            OnlineProbe(trainer.model.query_encoder.backbone.out_dim, monitor.num_classes, device)
+            if cfg.online_probe and monitor
+            else None
+        )
+        run = Run(folder.path, cfg, trainer.model, probe=probe)
         start_epoch = _restore(saved, trainer, run, cfg) if saved is not None else 0
         writer = (
             start_outputs(folder, cfg, device, trainer.autocast_dtype, num_steps, world, start_epoch, batches.path)
@@ -324,7 +351,9 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True, checked:
             disable=not progress,
         ):
             tic = time.perf_counter()
-            means = train_one_epoch(trainer, batches.epoch(epoch), cfg, epoch, num_steps, run.steps, writer, progress)
+            means = train_one_epoch(
+                trainer, batches.epoch(epoch), cfg, epoch, num_steps, run.steps, writer, progress, probe
+            )
             train_s = time.perf_counter() - tic
             last_step = (epoch + 1) * num_steps
             row = {
@@ -339,7 +368,7 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True, checked:
             }
             if monitor and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.final_epoch):
                 tic = time.perf_counter()
-                row["knn_top1"] = knn_monitor(trainer.model.query_encoder, monitor, cfg, device, progress)
+                row.update(monitor_readings(trainer.model.query_encoder, monitor, cfg, device, probe, progress))
                 row["knn_s"] = round(time.perf_counter() - tic, 3)
             run.history.append(row)
             if main:
@@ -380,6 +409,8 @@ def _restore(saved: dict, trainer: Trainer, run: Run, cfg: Config) -> int:
     if saved.get("scaler"):  # empty when the saved run did not use fp16 loss scaling
         trainer.scaler.load_state_dict(saved["scaler"])
     ckpt.set_rng_state(saved["rng"])
+    if run.probe is not None and saved.get("probe"):  # None: the saved run had no probe; this one starts it
+        run.probe.load_state_dict(saved["probe"])
     run.history, run.steps = saved["history"], saved["steps"]
     before, now = config_from_dict(saved["config"]).to_dict(), cfg.to_dict()
     changed = {k: (v, now[k]) for k, v in before.items() if k != "resume" and now.get(k) != v}

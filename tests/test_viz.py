@@ -107,6 +107,15 @@ def test_knn_curve_draws_epoch_0_as_the_random_networks_dashed_baseline(run):
     assert np.isnan(lines(loss_ax)["epoch mean"].get_ydata()[0])  # no loss before the first step
 
 
+def test_knn_curve_draws_the_online_probe_beside_knn_where_it_was_read(run):
+    run.history.insert(0, {"epoch": 0, "loss": None, "acc": None, "knn_top1": 25.9})
+    run.history[-1]["probe_top1"] = 40.5  # read with the last kNN pass only
+    (ax,) = viz.plot_knn_curve(run).axes
+    probe = lines(ax)["online linear probe (avgpool)"]
+    assert probe.get_xdata().tolist() == [2.0] and probe.get_ydata().tolist() == [40.5]
+    assert "MoCo encoder" in lines(ax)
+
+
 def test_training_curves_page_has_every_diagnostic(run):
     fig = viz.plot_training_curves(run)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]

@@ -136,7 +136,8 @@ def _at_least_a_span(ax, values, span: float, low: float = 0.0, high: float = 10
 
 
 def plot_knn_curve(run, ax=None, save=True):
-    """kNN top-1 of the test split against epochs: the labelled check of a label-free training.
+    """kNN top-1 of the test split against epochs: the labelled check of a label-free training, with the online
+    linear probe's top-1 on the same test images when the run trained one (cfg.online_probe).
 
     Epoch 0 is the random network before any step (same bank and test set): a dashed
     baseline, since a random encoder's features already classify well above chance;
@@ -145,12 +146,16 @@ def plot_knn_curve(run, ax=None, save=True):
     fig, ax, owned = axes(ax)
     epochs, top1 = _column(run.history, "epoch"), _column(run.history, "knn_top1")
     measured = ~np.isnan(top1)
+    probe = _column(run.history, "probe_top1")
     if measured.any():
         ax.plot(epochs[measured], top1[measured], "o-", label="MoCo encoder")
+        if (~np.isnan(probe)).any():  # the second reading of the same features (cfg.online_probe)
+            read = ~np.isnan(probe)
+            ax.plot(epochs[read], probe[read], "s-", label="online linear probe (avgpool)")
         if (epochs[measured] == 0).any():
             baseline = top1[measured][epochs[measured] == 0][0]
             ax.axhline(baseline, color="gray", ls="--", label=f"random network (epoch 0): {baseline:.1f}%")
-        _at_least_a_span(ax, top1[measured], KNN_MIN_SPAN)
+        _at_least_a_span(ax, np.concatenate([top1[measured], probe[~np.isnan(probe)]]), KNN_MIN_SPAN)
     else:
         ax.text(0.5, 0.5, "no kNN pass yet (knn_every)", ha="center", va="center", transform=ax.transAxes)
     cfg = run.config
