@@ -10,7 +10,14 @@ from mocolab.data import DatasetError
 from mocolab.settings import ConfigError
 from mocolab.transfer import finetune
 from mocolab.transfer.datasets import VOCDetection, VOCSegmentation
-from mocolab.transfer.models import faster_rcnn_c4, faster_rcnn_fpn, fcn_r50_d8, load_backbone, mask_rcnn_fpn
+from mocolab.transfer.models import (
+    backbone_weights,
+    faster_rcnn_c4,
+    faster_rcnn_fpn,
+    fcn_r50_d8,
+    load_backbone,
+    mask_rcnn_fpn,
+)
 
 VOC_PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (256 * 3 - 9)
 
@@ -133,8 +140,52 @@ def test_pretrained_weights_land_in_every_model_and_a_wrong_backbone_is_named():
     assert torch.equal(fcn.backbone.layer1[0].conv1.weight, weights["layer1.0.conv1.weight"])
     assert fcn.backbone.layer4[0].conv2.dilation == (2, 2)  # output stride 8
     resnet18 = {k: v for k, v in __import__("torchvision").models.resnet18().state_dict().items() if "fc" not in k}
-    with pytest.raises(CheckpointError, match=r"ResNet-50 backbone weights\) does not fit.*ImageNet stem"):
+    with pytest.raises(CheckpointError, match=r"ResNet backbone weights\) does not fit"):
         load_backbone(fcn.backbone, resnet18)
+    with pytest.raises(CheckpointError, match="segmentation needs output stride 8: a resnet18 with the ImageNet stem"):
+        fcn_r50_d8(backbone=resnet18)
+
+
+def test_the_builders_make_torchvisions_reference_models_tensor_for_tensor():
+    """For ResNet-50 each builder is torchvision's own builder, down to the random initialisation: the same
+    modules built in the same order draw the same numbers."""
+    import torchvision.models.detection as D
+    from torchvision.models.segmentation import fcn_resnet50
+
+    pairs = [
+        (lambda: D.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=81), mask_rcnn_fpn, 81),
+        (lambda: D.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=21), faster_rcnn_fpn, 21),
+        (lambda: fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True), fcn_r50_d8, 21),
+    ]
+    for torchvisions, ours, num_classes in pairs:
+        torch.manual_seed(0)
+        expected = torchvisions().state_dict()
+        torch.manual_seed(0)
+        got = ours(num_classes).state_dict()
+        assert list(got) == list(expected) and all(torch.equal(got[k], expected[k]) for k in got), ours.__name__
+
+
+def test_the_teaching_checkpoint_fits_every_task_on_its_own_stage_widths():
+    """The CIFAR-10 teaching checkpoint (resnet10_w16, CIFAR stem) as the backbone of each task's model: its
+    weights land, the heads take its widths (64 channels at layer3, 128 at layer4), and a training step runs."""
+    from mocolab import weights
+
+    backbone = backbone_weights(weights.TEACHING)
+    image = torch.rand(3, 96, 128)
+    target = {"boxes": torch.tensor([[10.0, 20.0, 60.0, 70.0]]), "labels": torch.tensor([1])}
+    target["masks"] = torch.zeros(1, 96, 128, dtype=torch.uint8)
+    target["masks"][:, 20:70, 10:60] = 1
+    c4 = faster_rcnn_c4(3, backbone, **finetune.TINY_MODEL_OPTIONS)
+    assert c4.backbone.out_channels == 64 and c4.roi_heads.box_predictor.cls_score.in_features == 128
+    assert torch.equal(c4.backbone.layer3[0].conv1.weight, backbone["layer3.0.conv1.weight"])
+    mask = mask_rcnn_fpn(3, backbone, **finetune.TINY_MODEL_OPTIONS)
+    assert torch.equal(mask.backbone.body.layer4[0].conv2.weight, backbone["layer4.0.conv2.weight"])
+    for model in (c4.train(), mask.train()):
+        losses = model([image], [target])
+        assert all(torch.isfinite(v) for v in losses.values())
+    fcn = fcn_r50_d8(3, backbone).eval()
+    assert fcn.backbone.conv1.kernel_size == (3, 3)  # undilated: the CIFAR stem keeps output stride 8
+    assert fcn(image[None])["out"].shape == (1, 3, 96, 128)
 
 
 def test_schedules_follow_the_presets():
@@ -290,11 +341,13 @@ def test_05_transfer_runs_headless(task, tmp_path):
 
 @pytest.mark.slow
 def test_05_transfer_runs_on_generated_scenes_by_default(tmp_path, monkeypatch):
-    """No VOC, no checkpoint, no GPU: the notebook's defaults generate VOC-layout scenes under the project folder.
+    """No VOC, no checkpoint, no GPU: the notebook's defaults generate VOC-layout scenes under the project folder
+    and fine-tune the teaching checkpoint's backbone, saying so.
     One task suffices (segmentation, the quicker): the scenes are the same for both, detection reads them in
     test_generated_scenes_read_as_voc_with_boxes_around_their_masks and trains in test_05_transfer_runs_headless."""
     import json
 
+    import nbformat
     import papermill
 
     from test_notebooks import NOTEBOOKS
@@ -309,7 +362,10 @@ def test_05_transfer_runs_on_generated_scenes_by_default(tmp_path, monkeypatch):
     )
     out = tmp_path / "runs" / "05"  # relative paths land in the project folder, not the kernel's notebooks/
     assert (out / "predictions.png").stat().st_size > 10_000
-    assert json.loads((out / "config.json").read_text())["config"]["weights"] == "none"
+    assert json.loads((out / "config.json").read_text())["config"]["weights"] == "teaching_cifar10"
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "does not exist yet" in text and "showing teaching_cifar10" in text
     generated = tmp_path / "runs" / "05_synthetic_voc"
     assert len(list((generated / "VOC2007" / "JPEGImages").glob("*.jpg"))) == 24
 

@@ -19,6 +19,7 @@ from mocolab.transfer.datasets import VOCDetection
 from mocolab.transfer.models import faster_rcnn_c4
 from mocolab.transfer.stream import IterationBatches, SeededStream, iteration_seed
 from mocolab.transfer.tasks import TASKS
+from mocolab.weights import TEACHING
 from test_distributed import free_port
 from test_transfer import write_voc_detection, write_voc_segmentation
 
@@ -186,10 +187,11 @@ def test_sharded_voc_evaluation_equals_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_a_crashed_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+    """On the teaching checkpoint's backbone (resnet10_w16, CIFAR stem): the resumed run must rebuild that
+    network from the checkpoint's record, not the reference ResNet-50, before loading the saved state."""
     root = write_voc_segmentation(tmp_path / "VOCdevkit")
-    whole = job.fine_tune(
-        job.make_transfer_config(**seg_config(root, tmp_path / "whole", evaluate=False)), progress=False
-    )
+    seg = lambda out, **kw: seg_config(root, out, evaluate=False, weights=TEACHING, **kw)  # noqa: E731
+    whole = job.fine_tune(job.make_transfer_config(**seg(tmp_path / "whole")), progress=False)
 
     calls, task = count(), TASKS["voc_segmentation"]
 
@@ -199,7 +201,7 @@ def test_a_crashed_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatc
         return task.step(*args)
 
     monkeypatch.setitem(TASKS, "voc_segmentation", dataclasses.replace(task, step=crash_at_the_fourth))
-    cfg = job.make_transfer_config(**seg_config(root, tmp_path / "cut", evaluate=False, checkpoint_every=2))
+    cfg = job.make_transfer_config(**seg(tmp_path / "cut", checkpoint_every=2))
     with pytest.raises(RuntimeError, match="power cut"):
         job.fine_tune(cfg, progress=False)
     assert torch.load(tmp_path / "cut" / "checkpoint_last.pt", weights_only=True)["iteration"] == 2
@@ -211,8 +213,25 @@ def test_a_crashed_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatc
     for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
     assert "resuming at iteration 2" in (tmp_path / "cut" / "log.txt").read_text()
+    loaded = job.load_transfer_run(tmp_path / "cut")
+    assert loaded.model.backbone.conv1.weight.shape == (16, 3, 3, 3)  # the teaching network, not ResNet-50
     with pytest.raises(ConfigError, match="is a voc_segmentation run, not voc_detection"):
         job.fine_tune(dataclasses.replace(cfg, resume=True, task="voc_detection"))
+
+
+def test_a_random_backbone_of_another_arch_is_the_pretrained_ones_network_from_random_weights(tmp_path):
+    """weights='none' with arch: the comparison row for a pretrained network of that arch (notebook 05's
+    init='random' beside the teaching checkpoint), the same heads on the same widths."""
+    root = write_voc_segmentation(tmp_path / "VOCdevkit")
+
+    def run(out, **fields):
+        cfg = job.make_transfer_config(**{**seg_config(root, out), "evaluate": False, "iterations": 1, **fields})
+        return job.fine_tune(cfg, progress=False)
+
+    random = run(tmp_path / "r", arch="resnet10_w16", cifar_stem=True)
+    taught = run(tmp_path / "t", weights=TEACHING)
+    shapes = lambda run: {k: v.shape for k, v in run.model.state_dict().items()}  # noqa: E731
+    assert shapes(random) == shapes(taught) and random.model.backbone.conv1.weight.shape == (16, 3, 3, 3)
 
 
 @pytest.mark.parametrize(
@@ -226,6 +245,8 @@ def test_a_crashed_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatc
         (dict(lr="0.1"), "lr must be float, got str"),
         (dict(iteratons=5), "unknown transfer config key 'iteratons'; did you mean 'iterations'"),
         (dict(gpus=1, processes=2), "processes=2 is for CPU runs"),
+        (dict(arch="resnet101"), "arch='resnet101' is not a network mocolab builds"),
+        (dict(weights="supervised", arch="resnet18"), "arch and cifar_stem choose the network for weights='none'"),
     ],
 )
 def test_impossible_configs_are_refused_naming_the_fix(fields, message, tmp_path):

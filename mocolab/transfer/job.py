@@ -44,6 +44,7 @@ from .. import distributed as dist_
 from ..run import job
 from .. import settings
 from ..config import check_processes, world_size_of
+from ..models import ARCHS
 from ..reference import TRANSFER, transfer_reference
 from ..reference import TRANSFER_METRICS as REFERENCE_METRICS
 from ..settings import ConfigError, need
@@ -57,6 +58,10 @@ class TransferConfig:
 
     task: Literal[tuple(TASKS)] = "voc_detection"  # tasks.TASKS: the reference page's three rows
     weights: str = "none"  # a checkpoint (a ResNet-50 file or published name, weights.load), "supervised" or "none"
+    # with weights="none": the randomly initialised backbone; None: the reference's ResNet-50 (ImageNet stem);
+    # a mocolab arch (models.ARCHS) to compare with a pretrained network of that arch from the same start
+    arch: str | None = None
+    cifar_stem: bool = False  # with arch: the CIFAR stem (conv1 3x3, stride 1, no max-pool)
     data_root: str = "data/VOCdevkit"  # VOCdevkit (VOC2007/, VOC2012/) or the COCO folder (train2017/, ...)
     train_sets: str = "2007/trainval,2012/trainval"  # voc_detection: year/split lists to train on
     preset: Literal[tuple(finetune.PRESETS)] = "tiny"  # finetune.PRESETS: the references' schedules, and tiny
@@ -88,6 +93,15 @@ class TransferConfig:
                 f"{name} must be positive, or None for the preset's, got {getattr(self, name)}",
             )
         need(self.crop > 0, f"crop must be positive, got {self.crop}")
+        need(
+            self.arch is None or self.arch in ARCHS,
+            f"arch={self.arch!r} is not a network mocolab builds; choose one of {list(ARCHS)}, or None",
+        )
+        need(
+            (self.arch is None and not self.cifar_stem) or self.weights in ("", "none", "random"),
+            f"arch and cifar_stem choose the network for weights='none'; weights={self.weights!r} brings its own "
+            f"(read off its shapes): leave arch=None and cifar_stem=False",
+        )
         need(self.log_every is None or self.log_every > 0, f"log_every must be positive or None, got {self.log_every}")
         for name in ("workers", "seed", "train_limit", "test_limit", "checkpoint_every"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
@@ -169,10 +183,13 @@ def _first(dataset, n: int):
     return subset
 
 
-def build_model(cfg: TransferConfig, num_classes: int, backbone: dict | None = None) -> torch.nn.Module:
-    """The task's reference model (models.py); the tiny preset shrinks the detectors' image sizes."""
+def build_model(
+    cfg: TransferConfig, num_classes: int, backbone: dict | None = None, arch: tuple[str, bool] | None = None
+) -> torch.nn.Module:
+    """The task's reference model (models.py) on the backbone's ResNet (arch: (name, cifar_stem) when there are
+    no weights to read it from; None: the weights', else ResNet-50); the tiny preset shrinks the image sizes."""
     options = cfg.model_options or (finetune.TINY_MODEL_OPTIONS if cfg.preset == "tiny" else {})
-    return TASKS[cfg.task].build(num_classes, backbone, **options)
+    return TASKS[cfg.task].build(num_classes, backbone, arch=arch, **options)
 
 
 # ----------------------------------------------------------------------------
@@ -222,7 +239,7 @@ def transfer_worker(
         train_set, test_set = datasets(cfg)  # a wrong layout fails before the model is built
         classes = train_set.classes
         task = TASKS[cfg.task]
-        model, step_model = _model(cfg, saved, classes, device, world)
+        model, step_model, arch = _model(cfg, saved, classes, device, world)
         optimizer = finetune.sgd(model, schedule)
         start, rows = 0, []
         if saved is not None:
@@ -248,6 +265,7 @@ def transfer_worker(
                     "rows": rows,
                     "config": cfg.to_dict(),
                     "classes": classes,
+                    "backbone_arch": list(arch),  # (name, cifar_stem): what a resumed run or load_run builds
                 }
             )
             folder.write_csv(rows, "losses.csv")
@@ -279,7 +297,8 @@ def transfer_worker(
 
 
 def _model(cfg: TransferConfig, saved, classes, device, world):
-    """(the model, what a step calls: the model or DDP around it), with the backbone's weights."""
+    """(the model, what a step calls: the model or DDP around it, the backbone's (arch, cifar_stem)), with the
+    backbone's weights; a resumed run builds the saved arch and loads the saved state over it."""
     torch.manual_seed(cfg.seed)  # the new layers start the same on every rank
     fetch = saved is None and world > 1  # rank 0 reads (or downloads) the weights first, then the others
     if fetch and dist_.rank() != 0:
@@ -287,15 +306,23 @@ def _model(cfg: TransferConfig, saved, classes, device, world):
     backbone = None if saved is not None else models.backbone_weights(cfg.weights)
     if fetch and dist_.rank() == 0:
         dist_.barrier()
-    model = build_model(cfg, TASKS[cfg.task].num_classes(classes), backbone)
+    if saved is not None:
+        arch = tuple(saved["backbone_arch"])
+    elif backbone is None and cfg.arch is not None:
+        arch = (cfg.arch, cfg.cifar_stem)
+    else:
+        arch = models.backbone_arch(backbone)
+    model = build_model(cfg, TASKS[cfg.task].num_classes(classes), backbone, arch)
     if world > 1 and cfg.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state_dict keys as BatchNorm2d
     model.to(device)
     if world == 1:
-        return model, model
+        return model, model, arch
     # Every rank starts from rank 0's weights (DDP broadcasts them); gradients are averaged over the ranks.
-    return model, torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None
+    return (
+        model,
+        torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None),
+        arch,
     )
 
 
@@ -344,7 +371,7 @@ def load_transfer_run(output_dir) -> TransferRun:
             f"{out / 'checkpoint_last.pt'} is not a fine-tuning checkpoint ({ckpt.kind_of(state) or 'unknown kind'})"
         )
     cfg = transfer_config_from_dict(state["config"])
-    model = build_model(cfg, TASKS[cfg.task].num_classes(state["classes"]))
+    model = build_model(cfg, TASKS[cfg.task].num_classes(state["classes"]), arch=tuple(state["backbone_arch"]))
     ckpt.load_state(model, state["model"], out / "checkpoint_last.pt")
     metrics = json.loads((out / "metrics.json").read_text())["metrics"] if (out / "metrics.json").exists() else {}
     return TransferRun(out, cfg, model, state["classes"], state["rows"], metrics)

@@ -8,10 +8,16 @@
 - `fcn_r50_d8`: FCN on a dilated ResNet-50 (layer3 and layer4 dilated, output
   stride 8) with the auxiliary head on layer3 (the VOC12 + aug row).
 
-Every model takes `backbone` weights: a torchvision ResNet-50 state_dict (see
+Every model takes `backbone` weights: a torchvision ResNet state_dict (see
 export.backbone_state), or None for a random initialisation. The backbone keeps
 trainable BatchNorm layers (nothing frozen, as the protocol says); on several
 GPUs job.py turns them into SyncBatchNorm.
+
+The reference's backbone is ResNet-50 with the ImageNet stem. Any ResNet that
+mocolab builds also fits (`arch`, read off the weights' shapes), so that a
+notebook can fine-tune the CIFAR-10 teaching checkpoint (resnet10_w16 with the
+CIFAR stem) in a minute on a CPU: the same heads on the stage widths of that
+network. Its numbers say nothing about the reference rows.
 """
 
 from __future__ import annotations
@@ -21,13 +27,19 @@ from collections import OrderedDict
 import torch
 import torchvision
 from torch import nn
-from torchvision.models.detection import FasterRCNN, fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.rpn import AnchorGenerator
-from torchvision.models.segmentation import fcn_resnet50
+from torchvision.models.segmentation import FCN
+from torchvision.models.segmentation.fcn import FCNHead
 from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from ..models import resnet
 from ..run.checkpoint import CheckpointError, load_state
+from ..weights.formats import infer_arch
 from .export import backbone_state
 
 MIN_SIZES = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)  # multi-scale training, short side
@@ -36,6 +48,7 @@ MIN_SIZES = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)  # multi-sca
 # The supervised row of the transfer benchmarks: torchvision's original weights (weights.registry), as in
 # MoCo's detection/README.md and detectron2's R-50 baselines.
 SUPERVISED = "torchvision_r50_v1"
+REFERENCE_ARCH = ("resnet50", False)  # (arch, cifar_stem) of every reference row's backbone
 
 
 def backbone_weights(source: str | None) -> dict | None:
@@ -44,20 +57,41 @@ def backbone_weights(source: str | None) -> dict | None:
     None / "none" / "random" (random initialisation)."""
     if source in (None, "", "none", "random"):
         return None
-    return backbone_state(SUPERVISED if source == "supervised" else source)
+    return backbone_state(SUPERVISED if source == "supervised" else source, allow_cifar_stem=True)
+
+
+def backbone_arch(weights: dict | None) -> tuple[str, bool]:
+    """(arch, cifar_stem) of backbone weights, read off their shapes; the reference's for None (random)."""
+    return REFERENCE_ARCH if weights is None else infer_arch(weights, "the backbone weights")
 
 
 def load_backbone(module: nn.Module, weights: dict | None, name: str = "backbone") -> None:
     """Load ResNet weights into a torchvision ResNet body (an IntermediateLayerGetter or a ResNet without fc),
-    naming the mismatching keys when they do not fit (another architecture, say)."""
-    if weights is None:
-        return
-    try:
-        load_state(module, weights, f"(the ResNet-50 {name} weights)")
-    except CheckpointError as err:
-        raise CheckpointError(
-            f"{err}; transfer needs a ResNet-50 with the ImageNet stem (arch='resnet50', cifar_stem=False)"
-        ) from err
+    naming the mismatching keys when they do not fit."""
+    if weights is not None:
+        load_state(module, weights, f"(the ResNet {name} weights)")
+
+
+def resnet_body(weights: dict | None, arch: tuple[str, bool] | None = None, dilated: bool = False) -> nn.Module:
+    """The ResNet (fc removed) of `arch` (default: the weights'), with the weights loaded. dilated: layer3 and
+    layer4 dilated instead of strided (output stride 8, torchvision's segmentation backbones; bottleneck blocks
+    only, as in torchvision)."""
+    name, cifar_stem = arch or backbone_arch(weights)
+    if dilated:
+        net = getattr(torchvision.models, name)(weights=None, replace_stride_with_dilation=[False, True, True])
+        net.fc = nn.Identity()
+    else:
+        net = resnet(name, cifar_stem=cifar_stem)
+    load_backbone(net, weights)
+    return net
+
+
+def stage_channels(net: nn.Module) -> list[int]:
+    """Output channels of layer1..layer4: the last BN of each stage normalises its output."""
+    return [
+        [m for m in getattr(net, f"layer{i}").modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
+        for i in (1, 2, 3, 4)
+    ]
 
 
 class Res5Head(nn.Module):
@@ -72,40 +106,54 @@ class Res5Head(nn.Module):
 
 
 def faster_rcnn_c4(
-    num_classes: int = 21, backbone: dict | None = None, min_size=MIN_SIZES, max_size: int = 1333, **options
+    num_classes: int = 21,
+    backbone: dict | None = None,
+    min_size=MIN_SIZES,
+    max_size: int = 1333,
+    arch: tuple[str, bool] | None = None,
+    **options,
 ) -> FasterRCNN:
     """Faster R-CNN R50-C4 (num_classes counts the background); options go to torchvision's FasterRCNN
-    (e.g. box_batch_size_per_image, 512 by default as in detectron2)."""
-    resnet = torchvision.models.resnet50(weights=None, norm_layer=nn.BatchNorm2d)
-    resnet.fc = nn.Identity()  # no parameters: the state_dict is the exported one exactly
-    load_backbone(resnet, backbone)
+    (e.g. box_batch_size_per_image, 512 by default as in detectron2). arch: (name, cifar_stem) of the ResNet
+    when there are no weights to read it from (a resumed run); default the weights', else ResNet-50."""
+    net = resnet_body(backbone, arch)  # fc is Identity: no parameters, the state_dict is the exported one exactly
     trunk = nn.Sequential(
-        OrderedDict(
-            [(n, getattr(resnet, n)) for n in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")]
-        )
+        OrderedDict([(n, getattr(net, n)) for n in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")])
     )
-    trunk.out_channels = 1024
+    channels = stage_channels(net)
+    trunk.out_channels = channels[2]  # 1024 for ResNet-50
     anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))
     return FasterRCNN(
         trunk,
         rpn_anchor_generator=anchors,
         box_roi_pool=MultiScaleRoIAlign(["0"], output_size=14, sampling_ratio=0),
-        box_head=Res5Head(resnet.layer4),
-        box_predictor=FastRCNNPredictor(2048, num_classes),
+        box_head=Res5Head(net.layer4),
+        box_predictor=FastRCNNPredictor(channels[3], num_classes),  # 2048 for ResNet-50
         min_size=min_size,
         max_size=max_size,
         **options,
     )
 
 
-def faster_rcnn_fpn(num_classes: int = 21, backbone: dict | None = None, min_size=MIN_SIZES, max_size=1333, **options):
+def _fpn(backbone: dict | None, arch) -> BackboneWithFPN:
+    """The ResNet with torchvision's FPN on layer1-4 (256 channels, a max-pooled extra level), every stage
+    trained: what torchvision's *_resnet50_fpn builders make without pretrained weights, for any ResNet."""
+    net = resnet_body(backbone, arch)
+    return BackboneWithFPN(
+        net,
+        return_layers={f"layer{i}": str(i - 1) for i in (1, 2, 3, 4)},
+        in_channels_list=stage_channels(net),
+        out_channels=256,
+        extra_blocks=LastLevelMaxPool(),
+    )
+
+
+def faster_rcnn_fpn(
+    num_classes: int = 21, backbone: dict | None = None, min_size=MIN_SIZES, max_size=1333, arch=None, **options
+):
     """torchvision's Faster R-CNN R50-FPN; without torchvision weights its BN is trainable and every
     stage is trained."""
-    model = fasterrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=num_classes, min_size=min_size, max_size=max_size, **options
-    )
-    load_backbone(model.backbone.body, backbone)
-    return model
+    return FasterRCNN(_fpn(backbone, arch), num_classes, min_size=min_size, max_size=max_size, **options)
 
 
 def mask_rcnn_fpn(
@@ -113,18 +161,26 @@ def mask_rcnn_fpn(
     backbone: dict | None = None,
     min_size=(640, 672, 704, 736, 768, 800),
     max_size=1333,
+    arch=None,
     **options,
 ):
     """torchvision's Mask R-CNN R50-FPN (COCO: 80 classes + background; multi-scale 640-800)."""
-    model = maskrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=num_classes, min_size=min_size, max_size=max_size, **options
-    )
-    load_backbone(model.backbone.body, backbone)
-    return model
+    return MaskRCNN(_fpn(backbone, arch), num_classes, min_size=min_size, max_size=max_size, **options)
 
 
-def fcn_r50_d8(num_classes: int = 21, backbone: dict | None = None) -> nn.Module:
-    """FCN on a ResNet-50 dilated to output stride 8, with the auxiliary FCN head on layer3."""
-    model = fcn_resnet50(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=True)
-    load_backbone(model.backbone, backbone)
-    return model
+def fcn_r50_d8(num_classes: int = 21, backbone: dict | None = None, arch=None) -> nn.Module:
+    """FCN on a ResNet-50 dilated to output stride 8, with the auxiliary FCN head on layer3 (torchvision's
+    fcn_resnet50). A ResNet with the CIFAR stem has output stride 8 undilated (no stride in its stem) and is
+    used as it is; a ResNet of basic blocks with the ImageNet stem cannot be dilated (torchvision's BasicBlock)."""
+    name, cifar_stem = arch or backbone_arch(backbone)
+    bottleneck = name in ("resnet50",)
+    if not (cifar_stem or bottleneck):
+        raise CheckpointError(
+            f"segmentation needs output stride 8: a {name} with the ImageNet stem would need dilated basic "
+            f"blocks, which torchvision does not build; use a ResNet-50 or a network with the CIFAR stem"
+        )
+    net = resnet_body(backbone, (name, cifar_stem), dilated=not cifar_stem)
+    channels = stage_channels(net)
+    body = IntermediateLayerGetter(net, return_layers={"layer4": "out", "layer3": "aux"})
+    aux = FCNHead(channels[2], num_classes)  # built before the main head, as torchvision does: the same draws
+    return FCN(body, FCNHead(channels[3], num_classes), aux)

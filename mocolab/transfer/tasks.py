@@ -28,7 +28,7 @@ class Task:
 
     model_name: str  # as the reference page names the model
     datasets: Callable  # (a TransferConfig) -> (train set, test set), read from its data_root
-    build: Callable[..., nn.Module]  # (num_classes, backbone weights or None, **model options) -> the model
+    build: Callable[..., nn.Module]  # (num_classes, backbone weights or None, arch=, **model options) -> the model
     background: bool  # the detectors count a background class beside the dataset's classes
     step: Callable  # (model, batch, device) -> (loss, its terms): one training step's loss (finetune.py)
     evaluate: Callable  # (model, test set, device) -> {metric: value}
@@ -59,8 +59,8 @@ def _voc_segmentation_sets(cfg):
     return (VOCSegmentation(root, "train", augmented=True, crop=cfg.crop, flip=True), VOCSegmentation(root, "val"))
 
 
-def _fcn(num_classes: int, backbone: dict | None = None, **options) -> nn.Module:
-    return models.fcn_r50_d8(num_classes, backbone)  # its sizes are the crop's: no detector options
+def _fcn(num_classes: int, backbone: dict | None = None, arch=None, **options) -> nn.Module:
+    return models.fcn_r50_d8(num_classes, backbone, arch)  # its sizes are the crop's: no detector options
 
 
 TASKS: dict[str, Task] = {
