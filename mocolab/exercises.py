@@ -20,6 +20,9 @@ The exercises and the signatures they ask for:
     enqueue(queue, ptr, keys) -> new ptr     queue: K x C, written in place at ptr, ptr wrapping
     knn_vote(sim, labels, num_classes, T)    sim, labels: N x k of the nearest neighbours -> N x classes
     shuffle(x) -> (x[perm], unshuffle)       shuffle BN's permutation and the indices that undo it
+    design question: () -> a choice          which change of the CPU lesson's recipe costs the most kNN;
+                                             judged on notebook 06's measurement (DESIGN_MEASURED, or a
+                                             class's own runs)
 """
 
 from __future__ import annotations
@@ -56,8 +59,8 @@ def _checker(check: Callable[[Callable], Verdict]) -> Callable:
     """check(fn) with a `strict` keyword: strict=True raises ExerciseError instead of returning "not yet"."""
 
     @functools.wraps(check)
-    def run(fn: Callable, strict: bool = False) -> Verdict:
-        verdict = check(fn)
+    def run(fn: Callable, strict: bool = False, **options) -> Verdict:
+        verdict = check(fn, **options)
         if strict and not verdict:
             raise ExerciseError(str(verdict))
         return verdict
@@ -324,3 +327,92 @@ def check_shuffle(fn: Callable) -> Verdict:
             )
         return Verdict(False, "shuffled[unshuffle] does not give back the input batch")
     return Verdict(True, "a real permutation, and unshuffle undoes it")
+
+
+# ----------------------------------------------------------------------------
+# A design question with a measured answer
+# ----------------------------------------------------------------------------
+
+# "Starting from the cifar10_cpu lesson, which single change costs the representation the most?" Each choice is
+# one variant of notebook 06's ablation sweeps (ablation, variant), compared with the base recipe's runs (m =
+# 0.99, K = 4096, shuffle BN, T = 0.1, the demo's augmentation): the "m=0.99" variant of the momentum sweep.
+DESIGN_BASE = ("momentum", "m=0.99")
+DESIGN_CHOICES = {
+    "m = 0": (
+        ("momentum", "m=0"),
+        "the key encoder is the query encoder itself, so the queue holds keys of K/B "
+        "different encoders that do not agree with each other",
+    ),
+    "m = 0.9": (
+        ("momentum", "m=0.9"),
+        "the key encoder follows the query encoder within about 10 steps, so the "
+        "queue's older keys come from noticeably different encoders",
+    ),
+    "K = 256": (("queue", "K=256"), "one batch of negatives instead of sixteen"),
+    "no shuffle BN": (("shuffle_bn", "no shuffle"), "a query and its key share their BN statistics"),
+}
+# Final kNN top-1 (%) of each seed of those variants: notebook 06 at its CPU defaults (3 epochs on 10,000
+# CIFAR-10 images, kNN on the pooled backbone, 2 seeds), measured on this project's 2-core CPU and listed in
+# docs/ablations_cpu.md (tests/test_exercises.py checks the two agree).
+DESIGN_MEASURED = {
+    "base": [31.999999, 34.799999],
+    "m = 0": [24.250001, 26.4],
+    "m = 0.9": [26.800001, 27.500001],
+    "K = 256": [35.4, 37.099999],
+    "no shuffle BN": [32.100001, 34.200001],
+}
+
+
+def _choice(answer) -> str | None:
+    """The DESIGN_CHOICES key an answer names, spaces and case aside."""
+    squeeze = lambda text: "".join(str(text).split()).lower()  # noqa: E731
+    return next((name for name in DESIGN_CHOICES if squeeze(name) == squeeze(answer)), None)
+
+
+@_checker
+def check_design_question(fn: Callable, results: dict | None = None) -> Verdict:
+    """Check `fn() -> one of DESIGN_CHOICES`: the change that lowers the final kNN most below the base recipe's.
+
+    results: notebook 06's own runs (`ablations.read_ablations(folder)`), to judge against the class's
+    measurement; by default the one measured here (DESIGN_MEASURED). A choice whose cost lies within the seeds'
+    spread of the largest one is named as a tie with it.
+    """
+    if results is not None:
+        from .ablations import seed_values  # only for a class's own runs: the package's answer needs no sweep
+
+        values = {key: seed_values(rows) for key, rows in results.items()}
+        measured = {
+            v: values[a][name]
+            for v, (a, name) in [*((n, c[0]) for n, c in DESIGN_CHOICES.items()), ("base", DESIGN_BASE)]
+            if a in values and name in values[a]
+        }
+    else:
+        measured = DESIGN_MEASURED
+    answer, error = _call(fn)
+    if error is not None:
+        return error
+    chosen = _choice(answer)
+    if chosen is None:
+        return Verdict(False, f"{answer!r} is not one of the choices: {', '.join(DESIGN_CHOICES)}")
+    if "base" not in measured or chosen not in measured:
+        return Verdict(False, f"the runs given hold no {'base recipe' if 'base' not in measured else chosen!r} run")
+    mean = lambda vs: sum(vs) / len(vs)  # noqa: E731
+    spread = lambda vs: (max(vs) - min(vs)) / 2  # noqa: E731
+    base = mean(measured["base"])
+    cost = {name: base - mean(vs) for name, vs in measured.items() if name != "base"}
+    worst = max(cost, key=cost.get)
+    noise = {name: spread(measured[name]) + spread(measured["base"]) for name in cost}
+
+    def said(name):
+        change = f"costs {cost[name]:.1f} points" if cost[name] >= 0 else f"gains {-cost[name]:.1f} points"
+        return f"{name} {change} ({mean(measured[name]):.1f} against the base's {base:.1f})"
+
+    if chosen == worst:
+        ties = [n for n in cost if n != worst and cost[worst] - cost[n] <= noise[worst] + noise[n]]
+        tie = f"; {', '.join(ties)} lies within the seeds' spread of it" if ties else ""
+        return Verdict(True, f"{said(worst)}: {DESIGN_CHOICES[worst][1]}{tie}")
+    if cost[worst] - cost[chosen] <= noise[worst] + noise[chosen]:
+        return Verdict(True, f"{said(chosen)}, within the seeds' spread of {said(worst)}: at this scale a tie")
+    return Verdict(
+        False, f"{said(chosen)} ({DESIGN_CHOICES[chosen][1]}), but {said(worst)}: {DESIGN_CHOICES[worst][1]}"
+    )

@@ -217,6 +217,69 @@ def test_strict_raises_the_sentence_instead_of_returning_it():
 
 
 # ----------------------------------------------------------------------------
+# The design question
+# ----------------------------------------------------------------------------
+
+
+def _costs(measured):
+    base = sum(measured["base"]) / 2
+    return {name: base - sum(vs) / len(vs) for name, vs in measured.items() if name != "base"}
+
+
+def test_the_design_question_is_judged_on_the_measurement():
+    """The right answer is the largest mean cost in DESIGN_MEASURED, computed here from the seeds' values; every
+    other choice is either named as a tie (within the seeds' spread) or told its cost beside the largest."""
+    measured = exercises.DESIGN_MEASURED
+    assert set(measured) == {*exercises.DESIGN_CHOICES, "base"} and all(len(v) == 2 for v in measured.values())
+    cost = _costs(measured)
+    worst = max(cost, key=cost.get)
+    verdict = exercises.check_design_question(lambda: worst.upper().replace(" ", "  "))  # spaces and case aside
+    assert verdict and f"{worst} costs {cost[worst]:.1f} points" in verdict.message, verdict
+    half = {n: (max(v) - min(v)) / 2 for n, v in measured.items()}
+    for name in cost:
+        if name == worst:
+            continue
+        verdict = exercises.check_design_question(lambda: name)
+        tie = cost[worst] - cost[name] <= half[worst] + half[name] + 2 * half["base"]
+        assert bool(verdict) == tie and worst in verdict.message, (name, verdict)
+    unknown = exercises.check_design_question(lambda: "a bigger GPU")
+    assert not unknown and "is not one of the choices: m = 0, m = 0.9" in unknown.message
+
+
+def test_the_design_question_can_be_judged_on_a_class_s_own_runs():
+    """Rows as sweep.collect gives them (one final row per seed of each variant): here no shuffle BN is the
+    worst by far, so it is the answer, whatever the shipped measurement says."""
+
+    def rows(ablation_values):
+        return [
+            {"variant": f"{variant} seed={seed}", "epoch": 3, "knn_top1": value, "state": "done"}
+            for variant, values in ablation_values.items()
+            for seed, value in enumerate(values)
+        ]
+
+    results = {
+        "momentum": rows({"m=0": [30.0, 30.2], "m=0.9": [31.0, 31.2], "m=0.99": [32.0, 32.2]}),
+        "queue": rows({"K=256": [33.0, 33.1]}),
+        "shuffle_bn": rows({"no shuffle": [20.0, 20.4]}),
+    }
+    verdict = exercises.check_design_question(lambda: "no shuffle BN", results=results)
+    assert verdict and "no shuffle BN costs 11.9 points (20.2 against the base's 32.1)" in verdict.message
+    verdict = exercises.check_design_question(lambda: "m = 0", results=results)
+    assert not verdict and "m = 0 costs 2.0 points" in verdict.message and "K = 256" not in verdict.message
+    del results["queue"]
+    assert "hold no 'K = 256' run" in exercises.check_design_question(lambda: "K = 256", results=results).message
+
+
+def test_the_shipped_measurement_is_the_one_in_docs_ablations_cpu():
+    """DESIGN_MEASURED's means are those of the claims table in docs/ablations_cpu.md (one copy cannot drift)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "ablations_cpu.md").read_text()
+    for name, ((ablation, variant), _) in [*exercises.DESIGN_CHOICES.items(), ("base", (exercises.DESIGN_BASE, ""))]:
+        mean = sum(exercises.DESIGN_MEASURED[name]) / 2
+        row = next(line for line in text.splitlines() if line.startswith(f"| {ablation} |"))
+        assert f"{variant} {mean:.1f} ± " in row, (name, variant, mean, row)
+
+
+# ----------------------------------------------------------------------------
 # The exercise notebook: two versions from one source
 # ----------------------------------------------------------------------------
 
@@ -229,7 +292,7 @@ def test_the_committed_exercises_are_the_build_of_the_source_without_its_solutio
     built = nbformat.read(student, as_version=4)
     assert [c.source for c in committed.cells] == [c.source for c in built.cells], "run make exercises"
     code = "\n".join(c.source for c in built.cells if c.cell_type == "code")
-    assert code.count('raise NotImplementedError("your code here")') == 5 and "BEGIN SOLUTION" not in code
+    assert code.count('raise NotImplementedError("your code here")') == 6 and "BEGIN SOLUTION" not in code
     assert "torch.argsort(perm)" in "\n".join(c.source for c in nbformat.read(solutions, as_version=4).cells)
     with pytest.raises(ValueError, match="without its"):
         exercise_book._strip("x = 1\n# BEGIN SOLUTION\ny = 2", keep=False)
@@ -255,9 +318,9 @@ def test_the_solutions_pass_every_checker_strictly_and_the_blank_exercises_say_n
         progress_bar=False,
     )
     lines = _checker_lines(nbformat.read(tmp_path / "solved.ipynb", as_version=4))
-    assert len(lines) == 5 and all(line.startswith("correct: ") for line in lines), lines
+    assert len(lines) == 6 and all(line.startswith("correct: ") for line in lines), lines
     papermill.execute_notebook(str(student), str(tmp_path / "blank.ipynb"), cwd=str(tmp_path), progress_bar=False)
     lines = _checker_lines(nbformat.read(tmp_path / "blank.ipynb", as_version=4))
-    assert len(lines) == 5 and all(
+    assert len(lines) == 6 and all(
         line.startswith("not yet: the function raised NotImplementedError") for line in lines
     )
