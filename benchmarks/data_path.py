@@ -36,7 +36,8 @@ import torch
 from PIL import Image
 
 from mocolab import make_config, pretrain
-from mocolab.data import cached_split, pretrain_batches
+from mocolab.data import pretrain_batches
+from mocolab.data.device import cached_split
 from mocolab.run.device import resolve_device
 
 ROWS = {

@@ -15,7 +15,7 @@ import time
 from mocolab import augment, weights
 from mocolab.data import load_split, seeded_subset
 from mocolab.evaluate.embedding import project_2d
-from mocolab.evaluate.features import cached_features
+from mocolab.evaluate.feature_cache import cached_features
 
 
 def main():

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from mocolab import augment, weights
 from mocolab.data import load_split, seeded_subset
-from mocolab.evaluate.features import cached_features
+from mocolab.evaluate.feature_cache import cached_features
 from mocolab.evaluate.svm import svm_protocol
 
 

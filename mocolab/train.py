@@ -319,9 +319,7 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True, checked:
         torch.manual_seed(cfg.seed)  # seeds the CPU and every GPU: the same initial weights on every rank
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
-        with data.one_read_per_split():  # the train split feeds the batches and the kNN bank: read it once
-            batches = data.pretrain_batches(cfg, device, rank, world)
-            monitor = data.knn_sets(cfg, device) if cfg.knn_every and main else None
+        batches, monitor = data.run_data(cfg, device, rank, world, monitor=bool(cfg.knn_every and main))
         num_steps = steps_per_epoch(cfg, len(batches))  # >= 1: every path refuses fewer images than a batch
 
         trainer = build_trainer(cfg, device, world, num_steps)

@@ -13,9 +13,11 @@ from PIL import Image
 from conftest import write_image_folder
 from mocolab import make_config, pretrain
 from mocolab.augment import batched, recipe
-from mocolab.data import DatasetError, cached_split, knn_datasets, knn_sets, pretrain_batches
+from mocolab.data import DatasetError, knn_datasets, knn_sets, pretrain_batches
 from mocolab.data import jpeg as jpeg_data
-from mocolab.data.device import device_batches, device_knn_sets
+from mocolab.data.device import batches as device_batches
+from mocolab.data.device import cached_split, one_read_per_split
+from mocolab.data.device import knn_sets as device_knn_sets
 from mocolab.train import knn_monitor
 
 
@@ -54,7 +56,7 @@ def test_folder_is_decoded_once_into_a_cache_keyed_by_its_files(tmp_path):
 
 
 def test_a_run_fingerprints_each_split_once_and_the_next_run_looks_again(tmp_path, monkeypatch):
-    from mocolab.data import device, one_read_per_split
+    from mocolab.data import device
 
     root = write_image_folder(tmp_path / "d", per_class=8, size=16, splits=("train", "test"))
     read = []

@@ -11,7 +11,8 @@ from mocolab.run.checkpoint import CheckpointError, atomic_save
 from mocolab.data import DatasetError, load_split, seeded_subset
 from mocolab import weights
 from mocolab.evaluate.baselines import baseline_encoder
-from mocolab.evaluate.features import cached_features, extract_layers
+from mocolab.evaluate.feature_cache import cached_features
+from mocolab.evaluate.features import extract_layers
 from mocolab.evaluate.layers import layer_features, layer_pool
 from mocolab.evaluate.voc import VOC_CLASSES, VOC07Classification, voc_svm_transform
 from mocolab.train import build_model

@@ -11,6 +11,10 @@
     device  the split decoded once into a uint8 tensor on the device, augmented there (device.py)
     jpeg    workers read an image folder's files, the device decodes and augments them (jpeg.py)
 
+The two fast paths are modules named in FAST_PATHS and imported when a run takes
+one: a CPU run (and a reader following it) never loads the batched augmentation
+or the JPEG reader.
+
 Every path takes the same seeded subset of images in the same epoch order;
 each draws its views from (seed, epoch, position), so a resumed run continues
 exactly. datasets.py loads one split of a dataset.
@@ -18,7 +22,10 @@ exactly. datasets.py loads one split of a dataset.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import warnings
+from types import ModuleType
 from typing import TYPE_CHECKING, Iterator, NamedTuple, Protocol
 
 import torch
@@ -34,8 +41,6 @@ from .datasets import (
     spec,
     subset_indices,
 )
-from .device import cached_split, device_batches, device_knn_sets, one_read_per_split
-from .jpeg import jpeg_batches
 from .loader import LoaderBatches, eval_loader, knn_datasets, pretrain_dataset
 
 if TYPE_CHECKING:  # annotations only: the config imports the dataset table (SPECS) from here
@@ -48,16 +53,15 @@ __all__ = [
     "DatasetSpec",
     "KnnSets",
     "PretrainBatches",
-    "cached_split",
     "classes_of",
     "eval_loader",
     "knn_datasets",
     "knn_sets",
     "load_split",
-    "one_read_per_split",
     "pretrain_batches",
     "pretrain_dataset",
     "resolve_path",
+    "run_data",
     "seeded_subset",
     "spec",
     "subset_indices",
@@ -93,20 +97,35 @@ def resolve_path(cfg: Config, device: torch.device) -> str:
     return "jpeg" if spec(cfg.dataset).layout == "files" and cfg.image_size > 96 else "device"
 
 
+# The fast paths: each a module of this package with a `batches(cfg, device, rank, world)`.
+FAST_PATHS = ("device", "jpeg")
+
+
+def fast_path(name: str) -> ModuleType:
+    """The module of a fast path (FAST_PATHS), imported on first use."""
+    return importlib.import_module(f"{__name__}.{name}")
+
+
 def pretrain_batches(cfg: Config, device: torch.device, rank: int = 0, world: int = 1) -> PretrainBatches:
     """This process's pretraining batches on the path `resolve_path` picks."""
     path = resolve_path(cfg, device)
-    if path == "device":
-        return device_batches(cfg, device, rank, world)
-    if path == "jpeg":
-        return jpeg_batches(cfg, device, rank, world)
+    if path in FAST_PATHS:
+        return fast_path(path).batches(cfg, device, rank, world)
     return LoaderBatches(pretrain_dataset(cfg), cfg, device, rank, world)
+
+
+def run_data(cfg: Config, device: torch.device, rank: int = 0, world: int = 1, monitor: bool = True):
+    """(pretraining batches, kNN monitor sets or None) of one process's run, each split listed,
+    fingerprinted and read once: the device path reads the train split for its batches and its kNN bank."""
+    on_device = resolve_path(cfg, device) == "device"
+    with fast_path("device").one_read_per_split() if on_device else contextlib.nullcontext():
+        return pretrain_batches(cfg, device, rank, world), knn_sets(cfg, device) if monitor else None
 
 
 def knn_sets(cfg: Config, device: torch.device) -> KnnSets:
     """The kNN monitor's bank and test set: kept on the device on the device path when the images are
     already image_size pixels (no resizing needed), else loader batches under the test transform."""
-    sets = device_knn_sets(cfg, device) if resolve_path(cfg, device) == "device" else None
+    sets = fast_path("device").knn_sets(cfg, device) if resolve_path(cfg, device) == "device" else None
     if sets is None:
         bank, test = knn_datasets(cfg)
         pin = device.type == "cuda"

@@ -173,7 +173,7 @@ class DeviceBatches:
             )
 
 
-def device_batches(cfg: Config, device, rank: int = 0, world: int = 1) -> DeviceBatches:
+def batches(cfg: Config, device, rank: int = 0, world: int = 1) -> DeviceBatches:
     """The training split (its seeded subset, as the reference path's) as DeviceBatches on `device`."""
     split = pretrain_split(cfg)
     images, labels = cached_split(cfg.dataset, cfg.data_root, split, cfg.download)
@@ -199,7 +199,7 @@ class DeviceEvalBatches:
             yield batched.normalize(x, self.mean, self.std), self.labels[start : start + self.batch_size]
 
 
-def device_knn_sets(cfg: Config, device, batch_size: int = 1024):
+def knn_sets(cfg: Config, device, batch_size: int = 1024):
     """(bank, test, classes) batches for the kNN monitor on the device, or None when the images
     are not already image_size pixels (the eval transform would resize; the CPU loaders do that)."""
     r = recipe(cfg.augmentation)

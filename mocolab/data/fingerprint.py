@@ -1,6 +1,6 @@
 """A fingerprint of the images a dataset reads, for cache keys that cannot go stale.
 
-The feature cache (evaluate.features) and the device path's decoded-image cache
+The feature cache (evaluate.feature_cache) and the device path's decoded-image cache
 (data.device) key their files with it: a file changed, swapped between classes or
 relabelled in place changes the fingerprint, so neither cache returns what was
 computed from images that are no longer there.

@@ -190,7 +190,7 @@ class JpegBatches:
             yield (views(images, self.recipe, generator), views(images, self.recipe, generator)), labels.to(self.device)
 
 
-def jpeg_batches(cfg: Config, device, rank: int = 0, world: int = 1) -> JpegBatches:
+def batches(cfg: Config, device, rank: int = 0, world: int = 1) -> JpegBatches:
     """The training split of an ImageFolder (its seeded subset, as the reference path's) as JpegBatches."""
     if spec(cfg.dataset).layout != "files":
         raise DatasetError(

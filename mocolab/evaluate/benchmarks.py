@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from ..reference import LOW_SHOT_KS
 from .embedding import rank_me
-from .features import cached_features
+from .feature_cache import cached_features
 from .knn import knn_accuracy
 from .linear import linear_probe, probe_recipe
 from .lowshot import low_shot_protocol
@@ -29,7 +29,7 @@ KNN_KS = (10, 20, 100, 200)
 
 class Features:
     """An encoder's features of datasets, extracted once per (encoder, data, transform, subset, layer)
-    and cached on disk (evaluate.features.cached_features)."""
+    and cached on disk (evaluate.feature_cache.cached_features)."""
 
     def __init__(self, encoder, identity: str, cache_dir: str | Path, device, workers: int = 4, progress: bool = True):
         self.encoder, self.identity, self.cache_dir = encoder, identity, Path(cache_dir)
