@@ -41,12 +41,16 @@ demo: venv
 	@echo "metrics, curves and checkpoints: $(DEMO_OUT)/; next: open notebooks/03_evaluate.ipynb or 04_embeddings.ipynb"
 
 # Real-data tests read CIFAR-10 as an ImageFolder from $$MOCOLAB_CIFAR10 (default ../shared/data/cifar10).
+# TEST_WORKERS pytest-xdist processes share the cores (conftest.py gives each cores / workers threads); a module's
+# tests stay in one process (--dist loadscope), so its module fixtures are built once. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The fast tier: every module's reference tests, no notebook, no multi-epoch or multi-process run (-m "not slow").
 test-fast: venv
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 # ruff check (pyflakes and pycodestyle at 120 columns) and ruff format --check, configured in pyproject.toml;
 # CI fails on either. `make format` rewrites the files as the check wants them.

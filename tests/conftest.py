@@ -12,6 +12,16 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (make test runs two workers) each worker takes its share of the cores, so that two
+    workers training at once do not each start a thread per core and slow each other down."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # for the notebook kernels and processes a test starts
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def cifar10_root() -> Path:
     root = Path(os.environ.get("MOCOLAB_CIFAR10", REPO.parent / "shared" / "data" / "cifar10"))

@@ -239,8 +239,13 @@ def test_a_few_detection_iterations_lower_the_loss(tmp_path):
         collate_fn=finetune.collate_detection,
         progress=lambda _: None,
     )
-    loss = [r["loss"] for r in rows]  # e.g. 4.3 4.5 2.0 1.5 1.7 3.3 3.1 2.5: noisy at batch 2, but falling
-    assert len(loss) == 8 and np.mean(loss[-3:]) < np.mean(loss[:2]) - 0.5, loss
+    # The RPN's objectness loss falls steadily (0.70 -> 0.20 here at 1 or 2 threads). The total does not: the RoI
+    # classifier first learns "background" (3.2 -> 0.7), then rises again as the RPN starts sending it objects.
+    objectness = [r["loss_objectness"] for r in rows]
+    classifier = [r["loss_classifier"] for r in rows]
+    assert len(rows) == 8 and objectness[-1] < 0.5 * objectness[0], objectness
+    assert all(b < a for a, b in zip(objectness[1:], objectness[2:])), objectness
+    assert min(classifier) < 0.5 * classifier[0], classifier
 
 
 def test_voc_evaluation_of_perfect_detections_is_100(tmp_path):
