@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,6 +24,7 @@ from typing import Literal
 from . import settings
 from .augment import RECIPES
 from .data.datasets import DATASETS
+from .run import preemption
 from .run.device import visible_gpus
 from .models import ARCHS
 from .settings import ConfigError, need
@@ -119,6 +121,11 @@ class Config:
     # --- run ----------------------------------------------------------------
     output_dir: str = execution("runs/moco")  # config.json, metrics.csv, checkpoints, TensorBoard logs
     checkpoint_every: int = execution(10)  # epochs between kept checkpoints (checkpoint_last.pt is every epoch)
+    # > 0: checkpoint_last.pt also every this many steps inside an epoch, with the position (long epochs)
+    checkpoint_every_steps: int = execution(0)
+    # signals after which a run finishes its step, saves its position in the epoch and exits 75, "requeue"
+    # (a scheduler's preemption notice; mocolab.run.preemption); "": none
+    stop_signals: str = execution("SIGTERM,SIGUSR1")
     log_every: int = execution(10)  # steps between progress/TensorBoard updates (each forces a GPU sync)
     seed: int = 0
     resume: bool = execution(False)  # continue from output_dir/checkpoint_last.pt
@@ -299,10 +306,18 @@ def _check_values(cfg: Config) -> None:
         "knn_bank_size",
         "knn_test_size",
         "checkpoint_every",
+        "checkpoint_every_steps",
         "seed",
         "stop_after",
     ):
         need(getattr(cfg, name) >= 0, f"{name} must be >= 0, got {getattr(cfg, name)}")
+    for f in dataclasses.fields(cfg):  # 1e400 parses as inf: T=inf trains to "acc 100%", lr=inf to NaN
+        value = getattr(cfg, f.name)
+        need(not isinstance(value, float) or math.isfinite(value), f"{f.name} must be a finite number, got {value}")
+    try:
+        preemption.signal_names(cfg.stop_signals)
+    except ValueError as err:
+        raise ConfigError(f"stop_signals={cfg.stop_signals!r}: {err}") from None
     need(0.0 <= cfg.m <= 1.0, f"m must lie in [0, 1], got {cfg.m}")
     need(cfg.T > 0 and cfg.knn_t > 0, f"temperatures must be positive, got T={cfg.T}, knn_t={cfg.knn_t}")
     need(cfg.lr > 0, f"lr must be positive, got {cfg.lr}")

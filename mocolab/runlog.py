@@ -7,11 +7,13 @@
     log.txt               one line per epoch (relayed into the notebook by the launcher)
     unreadable.txt        the image files the run skipped, one "path<TAB>reason" line each (only when
                           there are any); log.txt and config.json's "unreadable_files" repeat them
-    checkpoint_last.pt    written every epoch (atomically); `resume=True` continues from it
+    checkpoint_last.pt    written every epoch (atomically), every `checkpoint_every_steps` and on a stop
+                          signal (with the position inside the epoch); `resume=True` continues from it
     checkpoint_NNNN.pt    kept every `checkpoint_every` epochs
     tb/                   TensorBoard logs
 
-A crash loses at most the epoch in progress. The folder itself (config.json,
+A crash loses at most the steps since the last checkpoint; a stop signal
+(mocolab.run.preemption) loses nothing. The folder itself (config.json,
 log.txt, atomic writes) is the job lifecycle's `job.RunFolder`.
 """
 
@@ -51,10 +53,11 @@ def start_outputs(
     autocast_dtype,
     num_steps: int,
     world: int,
-    start_epoch: int,
+    start_step: int,
     data_path: str = "cpu",
 ):
-    """config.json, and the TensorBoard writer (rank 0 only)."""
+    """config.json, and the TensorBoard writer (rank 0 only), which drops what an interrupted sitting logged
+    after start_step (the step the run continues from)."""
     skipped = folder.read_config().get("unreadable_files", {})  # a resumed run keeps what it skipped before
     folder.write_config(
         cfg,
@@ -67,7 +70,7 @@ def start_outputs(
     )
     from torch.utils.tensorboard import SummaryWriter  # imported late: tensorboard is slow to import
 
-    return SummaryWriter(str(folder.path / "tb"), purge_step=start_epoch * num_steps + 1)
+    return SummaryWriter(str(folder.path / "tb"), purge_step=start_step + 1)
 
 
 def end_of_epoch(run: Run, row: dict, optimizer, scaler, writer, folder: RunFolder) -> None:
@@ -77,18 +80,7 @@ def end_of_epoch(run: Run, row: dict, optimizer, scaler, writer, folder: RunFold
         if row.get(key) is not None:
             writer.add_scalar(f"epoch/{key}", row[key], epoch)
     writer.flush()
-    state = {
-        "kind": "pretraining",
-        "model": run.model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "epoch": epoch,
-        "rng": ckpt.rng_state(),
-        "config": cfg.to_dict(),
-        "history": run.history,
-        "steps": run.steps,
-        "probe": run.probe.state_dict() if run.probe is not None else None,
-    }
+    state = run_state(run, epoch, optimizer, scaler)
     folder.save(state)
     if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
         folder.save(state, f"checkpoint_{epoch:04d}.pt")
@@ -96,6 +88,41 @@ def end_of_epoch(run: Run, row: dict, optimizer, scaler, writer, folder: RunFold
     folder.write_csv(run.steps, "steps.csv")
     note_unreadable(folder)
     folder.log(epoch_line(row, cfg))
+
+
+def run_state(run: Run, epoch: int, optimizer, scaler, position: dict | None = None) -> dict:
+    """What checkpoint_last.pt holds: everything a resume needs to continue exactly.
+
+    epoch: the epochs finished. position: where the run stopped inside epoch `epoch` + 1 (`save_position`);
+    None at an epoch's end.
+    """
+    return {
+        "kind": "pretraining",
+        "model": run.model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+        "position": position,
+        "rng": ckpt.rng_state(),
+        "config": run.config.to_dict(),
+        "history": run.history,
+        "steps": run.steps,
+        "probe": run.probe.state_dict() if run.probe is not None else None,
+    }
+
+
+def save_position(run: Run, epoch: int, position: dict, optimizer, scaler, folder: RunFolder, why: str) -> None:
+    """checkpoint_last.pt in the middle of epoch `epoch` + 1 (steps.csv with it), and a log line saying why.
+
+    position: {"step": steps of the epoch done, "world": processes, "totals": every process's running sums of
+    the epoch's means, "probe_totals": the online probe's}.
+    """
+    folder.save(run_state(run, epoch, optimizer, scaler, position))
+    folder.write_csv(run.steps, "steps.csv")
+    folder.log(
+        f"{why}: saved step {position['step']} of epoch {epoch + 1} in checkpoint_last.pt; resume=True "
+        f"continues from that step exactly"
+    )
 
 
 def note_unreadable(folder: RunFolder) -> None:
@@ -124,7 +151,8 @@ def restore_outputs(run: Run, saved: dict, folder: RunFolder) -> None:
     """
     cfg, epoch = run.config, saved["epoch"]
     kept = f"checkpoint_{epoch:04d}.pt"
-    if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and not (folder.path / kept).exists():
+    due = cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and not (folder.path / kept).exists()
+    if due and saved.get("position") is None:  # a state saved inside the next epoch is not this epoch's copy
         folder.save(saved, kept)
         folder.log(f"wrote {kept}, which a crash prevented, from checkpoint_last.pt (the same state)")
     folder.write_csv(run.history, "metrics.csv")

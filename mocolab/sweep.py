@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ import warnings
 from pathlib import Path
 
 from .config import EXECUTION_FIELDS, Config, ConfigError, make_config
+from .run import preemption
 from .run.device import visible_gpus
 from .settings import format_value
 
@@ -177,6 +179,8 @@ class Sweep:
         tic = time.perf_counter()
         try:
             pretrain(self.run_config(name), progress=progress)
+        except preemption.Preempted:  # a stop signal stops the sweep, not just this variant
+            raise
         except Exception as error:  # recorded; the other variants still run
             _write_status(self.folder / name, "failed", f"{type(error).__name__}: {error}", traceback.format_exc())
             warnings.warn(
@@ -210,7 +214,41 @@ def run_in_processes(jobs: list[tuple[Sweep, str]], parallel: int, gpus: bool, p
     several = len({id(sweep) for sweep, _ in jobs}) > 1
     threads = max(1, (os.cpu_count() or 1) // parallel)
     jobs, free, running = list(jobs), list(range(parallel)), {}
+    with preemption.StopSignals(("SIGTERM", "SIGUSR1")) as stop:
+        try:
+            _pool(jobs, free, running, several, threads, gpus, progress, stop)
+        except KeyboardInterrupt:
+            _stop_runs(running, signal.SIGINT, progress)
+            raise
+
+
+def _stop_runs(running: dict, sig: signal.Signals, progress: bool) -> None:
+    """Pass `sig` on to the running runs and wait for them (a minute, then kill): no run trains on as an orphan.
+    On a stop signal each saves its position and exits REQUEUE; the next run() resumes it."""
+    for process, *_ in running.values():
+        process.send_signal(sig)
+    for label, (process, slot, out, folder, tic) in running.items():
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        out.close()
+        if progress:
+            print(f"{label}: stopped by {sig.name} (exit status {process.returncode})", flush=True)
+    running.clear()
+
+
+def _pool(jobs, free, running, several, threads, gpus, progress, stop) -> None:
+    """run_in_processes' loop: start jobs into free slots, record the ones that end, stop all on a stop signal."""
     while jobs or running:
+        if stop.received:
+            names = ", ".join(running)
+            _stop_runs(running, signal.Signals[stop.received], progress)
+            raise preemption.Preempted(
+                f"sweep stopped by {stop.received}: the running runs ({names}) saved their position; run the "
+                f"sweep again to resume them and start the {len(jobs)} not started"
+            )
         while jobs and free:
             (sweep, name), slot = jobs.pop(0), free.pop(0)
             folder = sweep.folder / name
@@ -237,6 +275,9 @@ def run_in_processes(jobs: list[tuple[Sweep, str]], parallel: int, gpus: bool, p
             if process.returncode == 0:
                 _write_status(folder, "done")
                 message = f"done in {time.perf_counter() - tic:.0f} s"
+            elif process.returncode == preemption.REQUEUE:  # its own stop signal: saved; the next run() resumes it
+                _write_status(folder, "stopped")
+                message = "stopped by a stop signal, its position saved; the next run() resumes it"
             else:
                 tail = (folder / "output.txt").read_text().strip().splitlines()[-1:] or ["?"]
                 _write_status(folder, "failed", f"exit status {process.returncode}: {tail[0]}")

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .run import checkpoint as ckpt
 from . import data
 from . import distributed as dist_
-from .run import job
+from .run import job, preemption
 from . import runlog
 from .config import MODEL_FIELDS, Config, ConfigError, check_world, config_from_dict
 from .run import unreadable
@@ -185,16 +185,28 @@ def train_one_epoch(
     writer=None,
     progress: bool = True,
     probe: OnlineProbe | None = None,
+    position: dict | None = None,
+    pause=None,
 ) -> dict:
     """Train for num_steps batches; returns the epoch means (one host sync per log_every steps).
-    probe: the online linear probe (cfg.online_probe), stepped on each batch's query features and labels."""
+    probe: the online linear probe (cfg.online_probe), stepped on each batch's query features and labels.
+    position: where a saved run stopped inside this epoch (`batches` starts there): the epoch goes on from that
+    step with its running sums. pause(epoch, steps done, totals, probe_totals), after each step: saves the
+    position when due, and stops the run on a stop signal (`Pause`)."""
     trainer.step_model.train()  # both encoders: BN uses batch statistics for keys too
     device = next(trainer.model.parameters()).device
+    first = position["step"] if position else 0
     totals = torch.zeros(4, device=device)  # running sums of loss, acc, pos_sim, neg_sim
-    bar = tqdm(total=num_steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
-    start = epoch * num_steps
     probe_totals = torch.zeros(2, device=device)  # the online probe's loss and accuracy on the query views
-    for i, ((x_q, x_k), labels) in enumerate(batches):
+    if position:
+        totals += position["totals"][dist_.rank()].to(device)
+        if position["probe_totals"] is not None:
+            probe_totals += position["probe_totals"].to(device)
+    bar = tqdm(
+        total=num_steps, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress
+    )
+    start = epoch * num_steps
+    for i, ((x_q, x_k), labels) in enumerate(batches, start=first):
         if i == num_steps:
             break
         step = start + i
@@ -208,12 +220,73 @@ def train_one_epoch(
             steps_log.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{100 * row['acc']:.1f}%")
         bar.update(1)
+        if pause is not None:
+            pause(epoch, i + 1, totals, probe_totals if probe is not None else None)
     bar.close()
     loss, acc, pos, neg = dist_.all_reduce_mean(totals / num_steps).tolist()
     means = {"loss": loss, "acc": acc, "pos_sim": pos, "neg_sim": neg}
     if probe is not None:  # rank 0's alone: the probe lives there
         means["probe_loss"], means["probe_train_acc"] = (probe_totals / num_steps).tolist()
     return means
+
+
+@dataclass
+class Pause:
+    """What happens between two steps: the position saved every cfg.checkpoint_every_steps steps, and on a stop
+    signal saved and the run stopped (`Preempted`), all processes after the same step."""
+
+    run: Run
+    trainer: Trainer
+    folder: job.RunFolder
+    stop: preemption.StopSignals
+    num_steps: int
+    started: float  # when this sitting's epoch started (perf_counter): the position keeps the epoch's seconds
+
+    def __call__(self, epoch: int, done: int, totals: torch.Tensor, probe_totals: torch.Tensor | None) -> None:
+        signal_name = self.stop.requested()
+        every = self.run.config.checkpoint_every_steps
+        if done == self.num_steps or not (signal_name or (every and (epoch * self.num_steps + done) % every == 0)):
+            return  # an epoch's last step: its end writes the checkpoint, then `after_epoch` stops
+        position = {
+            "step": done,
+            "world": dist_.world_size(),
+            "totals": dist_.all_gather_cat(totals[None]).cpu(),  # every process's sums: the epoch means need all
+            "probe_totals": None if probe_totals is None else probe_totals.cpu(),
+            "seconds": self.seconds(),
+        }
+        why = f"stopped by {signal_name}" if signal_name else f"checkpoint_every_steps={every}"
+        runlog.save_position(self.run, epoch, position, self.trainer.optimizer, self.trainer.scaler, self.folder, why)
+        dist_.barrier()
+        if signal_name:
+            self.stopped(signal_name, f"step {done} of epoch {epoch + 1}")
+
+    def after_epoch(self, epoch: int) -> None:
+        """At an epoch's end (its checkpoint written): stop if a stop signal came."""
+        signal_name = self.stop.requested()
+        if signal_name and epoch + 1 < self.run.config.final_epoch:
+            self.folder.log(f"stopped by {signal_name} at the end of epoch {epoch + 1} (checkpoint_last.pt holds it)")
+            self.stopped(signal_name, f"the end of epoch {epoch + 1}")
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    def stopped(self, signal_name: str, where: str):
+        raise preemption.Preempted(
+            f"stopped by {signal_name} after {where}: {self.folder.path / 'checkpoint_last.pt'} holds it, and "
+            f"resume=True (python -m mocolab ... resume=True) continues from there exactly"
+        )
+
+
+def _continued(batches, epoch: int, start: int, rng: dict):
+    """The batches of `epoch` from step `start` on, with torch's RNG where the saved run had it: set after the
+    epoch's loader has started, since starting one draws a seed from torch's generator (as the uninterrupted
+    run's loader did at the epoch's start, before the state was saved)."""
+    stream = iter(batches.epoch(epoch, start))
+    first = next(stream, None)
+    ckpt.set_rng_state(rng)
+    if first is not None:
+        yield first
+        yield from stream
 
 
 def _log_step(trainer: Trainer, stats: torch.Tensor, step: int, epoch: float, writer) -> dict:
@@ -307,7 +380,11 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True, checked:
     preflight, when job.run made it.
     """
     _, device, saved, _ = checked if checked is not None else preflight(cfg)
-    with job.process_group(device) as (rank, world), unreadable.recording(Path(cfg.output_dir) / runlog.UNREADABLE):
+    with (
+        job.process_group(device) as (rank, world),
+        unreadable.recording(Path(cfg.output_dir) / runlog.UNREADABLE),
+        preemption.StopSignals(preemption.signal_names(cfg.stop_signals)) as stop,
+    ):
         if world != cfg.world_size:  # torchrun chose the world: the config checked its own (config.check_world)
             check_world(cfg, world)
         main = rank == 0
@@ -330,15 +407,17 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True, checked:
         )
         run = Run(folder.path, cfg, trainer.model, probe=probe)
         start_epoch = _restore(saved, trainer, run, cfg) if saved is not None else 0
+        position = _saved_position(saved, world)
+        start_step = start_epoch * num_steps + (position["step"] if position else 0)
         writer = (
-            start_outputs(folder, cfg, device, trainer.autocast_dtype, num_steps, world, start_epoch, batches.path)
+            start_outputs(folder, cfg, device, trainer.autocast_dtype, num_steps, world, start_step, batches.path)
             if main
             else None
         )
         if main and saved is not None:
             restore_outputs(run, saved, folder)
         runlog.note_unreadable(folder)  # what the data set-up skipped (the device cache, the jpeg path's check)
-        if monitor and start_epoch == 0:  # the random network's kNN: the baseline every curve is read against
+        if monitor and start_epoch == 0 and position is None:  # the random network's kNN: every curve's baseline
             run.history.append(_random_network_row(trainer, monitor, cfg, device, writer, folder, progress))
         dist_.barrier()
         for epoch in tqdm(
@@ -348,11 +427,17 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True, checked:
             total=cfg.final_epoch,
             disable=not progress,
         ):
-            tic = time.perf_counter()
+            pause = Pause(run, trainer, folder, stop, num_steps, time.perf_counter())
+            if position is not None:  # resumed inside this epoch: the rest of it, and the seconds spent before
+                stream = _continued(batches, epoch, position["step"], saved["rng"])
+                pause.started -= position["seconds"]
+            else:
+                stream = batches.epoch(epoch)
+            done_before, seconds_before = (position["step"], position["seconds"]) if position else (0, 0.0)
             means = train_one_epoch(
-                trainer, batches.epoch(epoch), cfg, epoch, num_steps, run.steps, writer, progress, probe
+                trainer, stream, cfg, epoch, num_steps, run.steps, writer, progress, probe, position, pause
             )
-            train_s = time.perf_counter() - tic
+            position, train_s = None, pause.seconds()
             last_step = (epoch + 1) * num_steps
             row = {
                 "epoch": epoch + 1,
@@ -362,7 +447,7 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True, checked:
                 "knn_top1": None,
                 "train_s": round(train_s, 3),
                 "knn_s": None,
-                "images_per_s": round(num_steps * cfg.batch_size / train_s, 1),
+                "images_per_s": round((num_steps - done_before) * cfg.batch_size / (train_s - seconds_before), 1),
             }
             if monitor and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.final_epoch):
                 tic = time.perf_counter()
@@ -372,6 +457,7 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True, checked:
             if main:
                 end_of_epoch(run, row, trainer.optimizer, trainer.scaler, writer, folder)
             dist_.barrier()  # the other ranks wait for the kNN pass and the checkpoint
+            pause.after_epoch(epoch)
         if writer is not None:
             writer.close()
     return run
@@ -397,6 +483,19 @@ def _random_network_row(trainer: Trainer, monitor, cfg: Config, device, writer, 
     writer.add_scalar("epoch/knn_top1", top1, 0)
     folder.log(epoch_line(row, cfg))
     return row
+
+
+def _saved_position(saved: dict | None, world: int) -> dict | None:
+    """The position inside an epoch where the saved run stopped (None: at an epoch's end), checked against
+    this run's processes: each continues its own share of the epoch."""
+    position = (saved or {}).get("position")
+    if position is not None and position["world"] != world:
+        raise ckpt.CheckpointError(
+            f"checkpoint_last.pt stopped inside epoch {saved['epoch'] + 1} with {position['world']} processes; "
+            f"resume it with {position['world']} (each continues its own share of the epoch), or resume a kept "
+            f"checkpoint_NNNN.pt of an epoch's end"
+        )
+    return position
 
 
 def _restore(saved: dict, trainer: Trainer, run: Run, cfg: Config) -> int:

@@ -76,8 +76,9 @@ class PretrainBatches(Protocol):
     def __len__(self) -> int:
         """The number of training images (after train_subset)."""
 
-    def epoch(self, epoch: int) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]]:
-        """This process's ((x_q, x_k), labels) batches of one epoch, normalised, on the training device."""
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]]:
+        """This process's ((x_q, x_k), labels) batches of one epoch from step `start` on (a run resumed inside
+        the epoch: the same batches the uninterrupted run took there), normalised, on the training device."""
 
 
 class KnnSets(NamedTuple):

@@ -31,7 +31,7 @@ from ..run.checkpoint import atomic_save
 from ..run import unreadable
 from .datasets import DatasetError, check_unreadable_share, classes_of, load_split, spec, subset_indices
 from .fingerprint import files_digest
-from .loader import check_enough_images, epoch_order, pretrain_split
+from .loader import check_enough_images, epoch_indices, pretrain_split
 
 if TYPE_CHECKING:  # annotations only: the config imports the dataset table (SPECS) from here
     from ..config import Config
@@ -158,13 +158,13 @@ class DeviceBatches:
     def __len__(self) -> int:
         return len(self.images)
 
-    def epoch(self, epoch: int):
+    def epoch(self, epoch: int, start: int = 0):
         cfg, per_rank = self.cfg, self.cfg.batch_size // self.world
         order = torch.as_tensor(
-            list(epoch_order(len(self.images), cfg, epoch, self.rank, self.world)), device=self.images.device
+            epoch_indices(len(self.images), cfg, epoch, self.rank, self.world, start), device=self.images.device
         )
-        for step in range(len(order) // per_rank):
-            idx = order[step * per_rank : (step + 1) * per_rank]
+        for step in range(start, start + len(order) // per_rank):
+            idx = order[(step - start) * per_rank : (step - start + 1) * per_rank]
             generator = seeding.generator(cfg.seed, "device views", epoch, step, self.rank, device=self.images.device)
             x = self.images[idx]
             yield (

@@ -27,7 +27,7 @@ from ..run import seeding
 from ..augment import Recipe, batched, recipe
 from ..run import unreadable
 from .datasets import DatasetError, check_signatures, load_split, spec, subset_indices
-from .loader import check_enough_images, epoch_order
+from .loader import check_enough_images, epoch_indices
 
 if TYPE_CHECKING:  # annotations only: the config imports the dataset table (SPECS) from here
     from ..config import Config
@@ -167,9 +167,9 @@ class JpegBatches:
     def __len__(self):
         return len(self.files)
 
-    def epoch(self, epoch: int):
+    def epoch(self, epoch: int, start: int = 0):
         cfg = self.cfg
-        sampler = epoch_order(len(self.files), cfg, epoch, self.rank, self.world)  # the reference's order
+        sampler = epoch_indices(len(self.files), cfg, epoch, self.rank, self.world, start)  # the reference's order
         loader = DataLoader(
             self.files,
             batch_size=cfg.batch_size // self.world,
@@ -179,7 +179,7 @@ class JpegBatches:
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
         )
-        for step, (buffer, offsets, labels, indices) in enumerate(loader):
+        for step, (buffer, offsets, labels, indices) in enumerate(loader, start=start):
             # Paths are looked up only when a file fails to decode: no per-step work on the fast path.
             images = decode(
                 split_buffer(buffer, offsets),

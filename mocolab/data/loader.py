@@ -37,6 +37,12 @@ def epoch_order(size: int, cfg: Config, epoch: int, rank: int = 0, world: int = 
     return sampler
 
 
+def epoch_indices(size: int, cfg: Config, epoch: int, rank: int = 0, world: int = 1, start: int = 0) -> list[int]:
+    """This process's share of the epoch's order from step `start` on: a run resumed inside an epoch skips the
+    batches it took before it stopped, rather than replaying them."""
+    return list(epoch_order(size, cfg, epoch, rank, world))[start * (cfg.batch_size // world) :]
+
+
 def check_enough_images(n: int, cfg: Config) -> None:
     if n < cfg.batch_size:
         raise DatasetError(
@@ -91,14 +97,14 @@ class LoaderBatches:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def epoch(self, epoch: int) -> Iterator:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator:
         cfg = self.cfg
         self.dataset.epoch = epoch  # read by the workers, which start below (persistent_workers=False)
         loader = DataLoader(
             self.dataset,
             batch_size=cfg.batch_size // self.world,
             drop_last=True,
-            sampler=epoch_order(len(self.dataset), cfg, epoch, self.rank, self.world),
+            sampler=epoch_indices(len(self.dataset), cfg, epoch, self.rank, self.world, start),
             num_workers=cfg.workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,

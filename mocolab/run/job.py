@@ -34,7 +34,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from . import checkpoint as ckpt
 from .. import distributed as dist_
-from . import launch
+from . import launch, preemption
 from .. import settings
 from .device import resolve_device
 from ..settings import ConfigError
@@ -74,27 +74,49 @@ def run(cfg, worker, preflight, read_back, progress: bool = True, checked: Check
     if checked is None or not checked.still_holds(cfg):
         checked = preflight(cfg)  # too many GPUs, no checkpoint to resume, ...: fail before any process starts
     if cfg.world_size > 1 and not dist_.launched_by_torchrun() and not dist_.is_distributed():
-        launch.start_processes(
-            entry,
-            (worker, type(cfg), cfg.to_dict()),
-            cfg.world_size,
-            cfg.gpus > 1,
-            Path(cfg.output_dir) / "log.txt",
-            progress,
-        )
+        logged = len(RunFolder(cfg.output_dir).logged_lines())
+        try:
+            launch.start_processes(
+                entry,
+                (worker, type(cfg), cfg.to_dict()),
+                cfg.world_size,
+                cfg.gpus > 1,
+                Path(cfg.output_dir) / "log.txt",
+                progress,
+                preemption.signal_names(getattr(cfg, "stop_signals", "")),
+            )
+        except Exception as err:
+            stopped = _stop_line(cfg, err, logged)
+            if stopped is None:
+                raise
+            raise preemption.Preempted(f"{stopped} (in {cfg.output_dir})") from None
         return read_back(cfg.output_dir)
     return worker(cfg, progress, checked=checked)
+
+
+def _stop_line(cfg, err: Exception, logged: int) -> str | None:
+    """When the processes ended on a stop signal (each exits REQUEUE; or this process got the signal, and the
+    launcher passed it on), the line in which rank 0 said where it stopped; else None."""
+    codes = [failure.exitcode for failure in getattr(err, "failures", {}).values()]
+    if not (codes and all(code == preemption.REQUEUE for code in codes)) and type(err).__name__ != "SignalException":
+        return None
+    lines = RunFolder(cfg.output_dir).logged_lines()[logged:]
+    return next((line for line in reversed(lines) if line.startswith("stopped by")), None)
 
 
 @record  # a worker's exception reaches the launching process with its traceback
 def entry(payload: tuple) -> None:
     """What each launched process runs, given (worker function, config class, config dict): rebuild the
-    config, share the CPU cores, run the worker quietly. (The functions travel pickled by name.)"""
+    config, share the CPU cores, run the worker quietly. (The functions travel pickled by name.) A worker
+    stopped by a stop signal exits REQUEUE, which the launching process recognises."""
     worker, config_type, config = payload
     cfg = settings.from_dict(config_type, config)
     if cfg.gpus == 0:
         launch.cpu_threads(cfg.world_size)
-    worker(cfg, progress=False, echo=False)
+    try:
+        worker(cfg, progress=False, echo=False)
+    except preemption.Preempted:
+        raise SystemExit(preemption.REQUEUE) from None
 
 
 def open_run(cfg, kind: str) -> Checked:

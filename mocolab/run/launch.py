@@ -21,13 +21,19 @@ import torch
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 
-def start_processes(fn, arg, world_size: int, use_cuda: bool, log: str | Path, progress: bool = True) -> None:
+def start_processes(
+    fn, arg, world_size: int, use_cuda: bool, log: str | Path, progress: bool = True, stop_signals: tuple = ()
+) -> None:
     """Run `fn(arg)` in `world_size` local processes (NCCL on GPUs, else gloo) and wait for them.
 
     fn must be a module-level function and `arg` picklable, since the processes are spawned;
     decorate fn with torch's `record` so that its errors reach this process with their traceback. Lines
-    appended to `log` are printed while the processes run.
+    appended to `log` are printed while the processes run. A signal in stop_signals (or SIGTERM, SIGINT,
+    SIGHUP, SIGQUIT) that reaches this process is passed on to the processes, which get 30 s to end.
     """
+    # torch's launcher passes on the signals this variable names (its default: the last four above).
+    handled = ",".join(dict.fromkeys(("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", *stop_signals)))
+    os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = handled
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
     start = log.stat().st_size if log.exists() else 0
