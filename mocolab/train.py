@@ -453,6 +453,12 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True, checked:
                 tic = time.perf_counter()
                 row.update(monitor_readings(trainer.model.query_encoder, monitor, cfg, device, probe, progress))
                 row["knn_s"] = round(time.perf_counter() - tic, 3)
+            bad = ckpt.first_non_finite(trainer.model.state_dict())  # never saved over the last good checkpoint
+            if bad is not None:
+                raise FloatingPointError(
+                    f"the weights hold NaN or Inf after epoch {epoch + 1} ({bad}): lower lr; checkpoint_last.pt, "
+                    f"if the run wrote one, still holds its last good state (it is not overwritten)"
+                )
             run.history.append(row)
             if main:
                 end_of_epoch(run, row, trainer.optimizer, trainer.scaler, writer, folder)

@@ -27,7 +27,7 @@ from PIL import Image
 
 from ..run import seeding
 from ..augment import batched, recipe
-from ..run.checkpoint import atomic_save
+from ..run import cache_file
 from ..run import unreadable
 from .datasets import DatasetError, check_unreadable_share, classes_of, load_split, spec, subset_indices
 from .fingerprint import files_digest
@@ -121,15 +121,14 @@ def _read_split(dataset: str, root, split: str, download: bool, cache_dir=None):
     path = Path(cache_dir or cache_folder()) / (
         hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".pt"
     )
-    stored = torch.load(path, weights_only=True) if path.exists() else None
-    if stored is not None and stored["key"] == key:
+    stored = cache_file.load(path, key)  # None when absent, or damaged (then it warns)
+    if stored is not None:
         for bad, reason in stored.get("unreadable", {}).items():
             unreadable.report(bad, reason)
         images, labels = stored["images"], stored["labels"]
     else:
         images, labels, bad = decode_split(ds, dataset)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save({"key": key, "images": images, "labels": labels, "unreadable": bad}, path)
+        cache_file.save(path, key, {"images": images, "labels": labels, "unreadable": bad})
     if _run_splits is not None:
         _run_splits[seen] = (images, labels, ds)
     return images, labels, ds

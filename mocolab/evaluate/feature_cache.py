@@ -2,7 +2,8 @@
 
 A cached feature file is keyed by the encoder's identity (the checkpoint's
 content hash), the dataset, split, subset, transform, a fingerprint of the images
-(data.fingerprint) and the layer, so a changed input never reuses it.
+(data.fingerprint) and the layer, so a changed input never reuses it; the file
+checks its own content (run.cache_file), so a damaged one is rebuilt, never used.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ import hashlib
 import json
 from pathlib import Path
 
-import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data.fingerprint import files_digest
-from ..run import checkpoint as ckpt
+from ..run import cache_file
 from . import features
 
 
@@ -56,17 +56,15 @@ def cached_features(
     }
     feats, labels = {}, None
     for name, path in paths.items():
-        if path.exists():
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-            if stored["key"] == keys[name]:
-                feats[name], labels = stored["features"], stored["labels"]
+        stored = cache_file.load(path, keys[name])  # None when absent, or damaged (then it warns)
+        if stored is not None:
+            feats[name], labels = stored["features"], stored["labels"]
     missing = [name for name in layers if name not in feats]
     if missing:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
         new, labels = features.extract_layers(encoder, loader, missing, device, progress)
-        cache_dir.mkdir(parents=True, exist_ok=True)
         for name in missing:
-            ckpt.atomic_save({"key": keys[name], "features": new[name], "labels": labels}, paths[name])
+            cache_file.save(paths[name], keys[name], {"features": new[name], "labels": labels})
         feats.update(new)
     return feats, labels
 

@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import codecs
 import collections
+import errno
+import io
 import os
 import pickle
 import random
 import re
+import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -36,15 +40,59 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing or does not fit the run that tries to load it."""
 
 
+class DiskFullError(CheckpointError):
+    """A write failed for want of space; its partial file is removed and the previous version is untouched."""
+
+
 def atomic_save(obj, path: str | Path) -> None:
-    """torch.save to path.tmp, flush to disk, then rename over path (atomic on POSIX)."""
+    """torch.save to a temporary file beside path, flush to disk, then rename over path (atomic on POSIX)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write(path: str | Path, write, mode: str = "wb") -> None:
+    """write(f) into a temporary file beside path, flushed to disk, then renamed over path: a crash leaves the
+    previous version. The temporary name is unique (pid and a random part), so two writers never share one;
+    a failed write removes its temporary file, and a full disk is a DiskFullError that says so."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        written = tmp.stat().st_size if tmp.exists() else 0
+        full = _out_of_space(err, path.parent)
+        tmp.unlink(missing_ok=True)
+        if full:
+            raise DiskFullError(_no_space(path, written)) from err
+        raise
+
+
+def _out_of_space(err: BaseException, folder: Path) -> bool:
+    """ENOSPC or EDQUOT anywhere in the chain, or torch's zip writer failing with (next to) no space left."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(err, RuntimeError) and shutil.disk_usage(folder).free < 2**20:  # torch's words vary
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _no_space(path: Path, written: int) -> str:
+    mount = path.resolve().parent
+    while not os.path.ismount(mount):
+        mount = mount.parent
+    free, mb = shutil.disk_usage(mount).free, 2**20
+    need = f"about {path.stat().st_size / mb:.1f} MB" if path.exists() else f"more than {written / mb:.1f} MB"
+    kept = f"{path} is untouched and still holds the last good version" if path.exists() else "nothing was kept"
+    return (
+        f"no space left on {mount} ({free / mb:.1f} MB free) to write {path.name}, which needs {need}; "
+        f"the partial file is removed and {kept}. Free some space (or choose an output_dir on another "
+        f"file system) and resume."
+    )
 
 
 def rng_state() -> dict:
@@ -89,18 +137,23 @@ class UnsafeFileError(CheckpointError):
     """A file whose unpickling would run code (call a function or build an object that is not data)."""
 
 
-def read(path: str | Path):
+def read(path: str | Path, content: bytes | None = None):
     """The content of a torch file or a plain pickle, read as data only; a CheckpointError names what is wrong.
 
     Refused: a file whose unpickling would call anything but the constructors of tensors, NumPy arrays and
     plain Python values (UnsafeFileError; nothing in it has run), a web page saved under a checkpoint's
-    name, a truncated or otherwise unreadable file.
+    name, a truncated or otherwise unreadable file. content: the file's bytes, already read (so that what is
+    loaded and what is hashed are the same bytes, even while a run replaces the file); path then only names it.
     """
     path = Path(path)
-    if not path.is_file():
+    if content is None and not path.is_file():
         raise CheckpointError(f"no checkpoint at {path.resolve()}")
-    with open(path, "rb") as f:
-        head = f.read(512)
+    if content is None:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    else:
+        head = content[:512]
+    source = path if content is None else io.BytesIO(content)
     if head.lstrip()[:1] == b"<" and re.search(rb"<(!doctype|html|\?xml)", head, re.I):
         raise CheckpointError(
             f"{path} is a web page (HTML), not a checkpoint: the download went wrong (a login or "
@@ -109,8 +162,8 @@ def read(path: str | Path):
     try:
         if head[:4] == b"PK\x03\x04" or _LEGACY_MAGIC in head[:32]:  # torch's zip format, or the one before
             with torch.serialization.safe_globals([(obj, name) for name, obj in _numpy_data().items()]):
-                return torch.load(path, map_location="cpu", weights_only=True)
-        with open(path, "rb") as f:
+                return torch.load(source, map_location="cpu", weights_only=True)
+        with open(path, "rb") if content is None else io.BytesIO(content) as f:
             return _DataUnpickler(f).load()
     except pickle.UnpicklingError as err:
         # torch names the global it refused (and whether its module is blocked); _DataUnpickler likewise.
@@ -164,6 +217,27 @@ class _DataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refused global {module}.{name}")
 
 
+def first_non_finite(tensors: dict) -> str | None:
+    """ "name: 12 NaN and 0 infinite of 1728 values" for the first floating tensor holding NaN or Inf, else None."""
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            return f"{name}: {nan} NaN and {inf} infinite of {t.numel()} values"
+    return None
+
+
+def check_finite(tensors: dict, path) -> None:
+    """Refuse weights holding NaN or Inf (a run that diverged): evaluated, they read as chance; resumed, as
+    a run that goes on."""
+    bad = first_non_finite(tensors)
+    if bad is not None:
+        raise CheckpointError(
+            f"{path} holds weights that are not finite numbers, so it is no model to evaluate, export, fine-tune "
+            f"or resume (first bad tensor {bad}): the run that wrote it diverged. Use a checkpoint from before "
+            f"(a run's checkpoint_NNNN.pt) and a lower lr."
+        )
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """A mocolab checkpoint read as data on the CPU (`read`); a clear error when it is absent or unreadable."""
     return read(path)
@@ -206,6 +280,7 @@ def load_pretraining(path: str | Path) -> dict:
             f"{path} is {describe(state)}; pass the checkpoint_last.pt of a pretraining run "
             f"(notebook 02 or `python -m mocolab`)"
         )
+    check_finite(state["model"], path)
     return state
 
 

@@ -10,7 +10,8 @@
    processes (`launch.start_processes`), each running `worker` on the config,
    and read the finished run back from its folder; otherwise (one process, or
    a rank started by torchrun) run `worker` here;
-3. in the worker: join the process group (`process_group`), and let rank 0
+3. the job holds the folder's lock (`lock.held`) until it ends: one writer per folder;
+4. in the worker: join the process group (`process_group`), and let rank 0
    write the run's folder (`RunFolder`): config.json with the code version,
    log.txt (which the launcher relays), atomic checkpoints, CSVs.
 
@@ -25,7 +26,7 @@ import io
 import json
 import os
 import subprocess
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,7 +35,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from . import checkpoint as ckpt
 from .. import distributed as dist_
-from . import launch, preemption
+from . import launch, lock, preemption
 from .. import settings
 from .device import resolve_device
 from ..settings import ConfigError
@@ -73,6 +74,14 @@ def run(cfg, worker, preflight, read_back, progress: bool = True, checked: Check
     """
     if checked is None or not checked.still_holds(cfg):
         checked = preflight(cfg)  # too many GPUs, no checkpoint to resume, ...: fail before any process starts
+    # One writer per folder: this process (or torchrun's rank 0) holds the lock for the processes it starts.
+    first = not dist_.launched_by_torchrun() or os.environ.get("RANK", "0") == "0"
+    with lock.held(cfg.output_dir) if first else nullcontext():
+        return _run_checked(cfg, worker, read_back, progress, checked)
+
+
+def _run_checked(cfg, worker, read_back, progress: bool, checked: Checked):
+    """run() once the checks are made and the folder is this job's."""
     if cfg.world_size > 1 and not dist_.launched_by_torchrun() and not dist_.is_distributed():
         logged = len(RunFolder(cfg.output_dir).logged_lines())
         try:
@@ -125,6 +134,8 @@ def open_run(cfg, kind: str) -> Checked:
     Returns Checked(cfg, device, the saved checkpoint or None). kind: "pretraining" or "fine-tuning".
     """
     last, stamp = Path(cfg.output_dir) / "checkpoint_last.pt", checkpoint_stamp(cfg)
+    if not dist_.launched_by_torchrun():  # a started process runs under its launcher's lock
+        lock.check_free(cfg.output_dir)  # another live run writes here (a notebook cell run twice, ...)
     if not cfg.resume and last.exists():
         raise ConfigError(
             f"{cfg.output_dir} already holds a {kind} run (checkpoint_last.pt); pass resume=True "
@@ -142,6 +153,8 @@ def open_run(cfg, kind: str) -> Checked:
             f"{last} is {ckpt.describe(saved)}, not a {kind} checkpoint: it cannot be "
             f"resumed as one; use another output_dir"
         )
+    if saved is not None:
+        ckpt.check_finite(saved["model"], last)
     return Checked(cfg, resolve_device(cfg.gpus), saved, stamp)
 
 
@@ -195,10 +208,8 @@ def code_version() -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Replace path's content at once: a crash leaves the previous version (and a *.tmp), never half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Replace path's content at once: a crash leaves the previous version, never half a file."""
+    ckpt.atomic_write(path, lambda f: f.write(text), "w")
 
 
 def write_csv(rows: list[dict], path: Path) -> None:

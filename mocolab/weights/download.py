@@ -55,6 +55,14 @@ def digests(path: str | Path) -> dict[str, str]:
     return {"sha256": sha.hexdigest(), "md5": md5.hexdigest()}
 
 
+def digests_of(content: bytes) -> dict[str, str]:
+    """SHA-256 and MD5 of bytes already read (`digests` of a file, without reading it again)."""
+    return {
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "md5": hashlib.md5(content, usedforsecurity=False).hexdigest(),
+    }
+
+
 def matches(checksum: str | None, found: dict[str, str]) -> bool:
     """Whether digests `found` fit a published "algorithm:prefix" checksum (None fits nothing)."""
     if not checksum:

@@ -116,11 +116,14 @@ def load(
                 f"no checkpoint at {path.resolve()}, and no published checkpoint is called "
                 f"{str(source)!r} (python -m mocolab.weights list shows them)"
             )
-    state = ckpt.read(path)
+    content = path.read_bytes()  # once: the identity is the hash of the very bytes loaded (a run may replace the file)
+    state = ckpt.read(path, content)
     fmt = formats.recognise(state, path)
     parts = fmt.split(state)
     encoder, arch, cifar_stem = formats.build(parts, path)
-    found = download.digests(path)
+    ckpt.check_finite(encoder.state_dict(), path)
+    found = download.digests_of(content)
+    del content
     if published is not None and published.checksum and not download.matches(published.checksum, found):
         raise download.DownloadError(
             f"{path} is not the published {published.name}: its {published.checksum.split(':')[0]} begins "
