@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -135,6 +136,8 @@ class Config:
 
     def __post_init__(self):
         settings.check_fields(self)
+        for name in ("output_dir", "data_root"):  # "~/runs" from a command line: the shell left the ~ to us
+            object.__setattr__(self, name, os.path.expanduser(getattr(self, name)))
         _check_values(self)
 
     def to_dict(self) -> dict:

@@ -296,7 +296,7 @@ def settings(cfg: Config) -> dict:
 def _saved_config(folder: Path) -> dict:
     """The config a run folder's config.json records (empty when there is none yet)."""
     try:
-        return json.loads((folder / "config.json").read_text()).get("config", {})
+        return read_json(folder / "config.json").get("config", {})
     except FileNotFoundError:
         return {}
 
@@ -360,13 +360,30 @@ def run_state(folder: Path, cfg: Config) -> str:
     with a checkpoint; else "new"."""
     metrics = folder / "metrics.csv"
     if metrics.exists():
-        epochs = [int(row["epoch"]) for row in csv.DictReader(open(metrics))]
+        epochs = [int(row["epoch"]) for row in finished_rows(metrics)]
         if epochs and max(epochs) >= cfg.final_epoch:
             return "done"
     status = folder / "status.json"
-    if status.exists() and json.loads(status.read_text()).get("state") == "failed":
+    if status.exists() and read_json(status).get("state") == "failed":
         return "failed"
     return "started" if (folder / "checkpoint_last.pt").exists() else "new"
+
+
+def read_json(path: Path) -> dict:
+    """A sweep's or run's JSON file; a damaged one (cut short, edited by hand) is a ConfigError naming it."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(
+            f"{path} is not valid JSON ({err}): it was cut short or edited. Delete it: "
+            f"{'the sweep writes it again' if path.name in ('sweep.json', 'status.json') else 'the run rewrites it'}"
+        ) from None
+
+
+def finished_rows(metrics: Path) -> list[dict]:
+    """The rows of a metrics.csv that are whole: a last row cut short (a copy interrupted, a full disk) is
+    not an epoch finished."""
+    return [row for row in csv.DictReader(open(metrics)) if None not in row.values() and None not in row]
 
 
 def _write_status(folder: Path, state: str, error: str = "", trace: str = "") -> None:
@@ -388,15 +405,15 @@ def collect(folder: str | Path) -> list[dict]:
             f"{folder} holds no sweep.json, so it is not a sweep's folder (Sweep.run and "
             f"Sweep.commands write it); pass the folder given to Sweep"
         )
-    plan = json.loads((folder / "sweep.json").read_text())
+    plan = read_json(folder / "sweep.json")
     sweep = Sweep(folder, {"preset": plan["preset"], **plan["base"]}, plan["variants"])
     rows = []
     for name, cfg in sweep.configs.items():
         state = sweep.state(name)
         status = folder / name / "status.json"
-        error = json.loads(status.read_text()).get("error", "") if status.exists() and state == "failed" else ""
+        error = read_json(status).get("error", "") if status.exists() and state == "failed" else ""
         metrics = folder / name / "metrics.csv"
-        epochs = list(csv.DictReader(open(metrics))) if metrics.exists() else []
+        epochs = finished_rows(metrics) if metrics.exists() else []
         for row in epochs or [{}]:
             rows.append(
                 {

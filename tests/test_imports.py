@@ -63,7 +63,8 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_the_graph_sees_relative_and_function_level_imports():
     graph = import_graph()
     assert "mocolab.run.job" in graph["mocolab.train"] and "mocolab.run.launch" in graph["mocolab.run.job"]
-    assert "mocolab.run.checkpoint" in graph["mocolab.evaluate.feature_cache"]  # `from ..run import checkpoint as ckpt`
+    assert "mocolab.run.cache_file" in graph["mocolab.evaluate.feature_cache"]  # `from ..run import cache_file`
+    assert "mocolab.run.checkpoint" in graph["mocolab.run.cache_file"]  # `from . import checkpoint as ckpt`
 
 
 def test_no_module_imports_one_that_imports_it_back():

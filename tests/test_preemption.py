@@ -70,9 +70,9 @@ def same_threads() -> dict:
 
 @pytest.mark.slow
 def test_sigterm_mid_epoch_saves_the_step_and_resume_equals_the_uninterrupted_run(cifar10_root, tmp_path):
-    straight = tiny(cifar10_root, tmp_path / "a", epochs=3)
+    straight = tiny(cifar10_root, tmp_path / "a", epochs=2)
     pretrain(straight, progress=False)
-    stopped = tiny(cifar10_root, tmp_path / "b", epochs=3)
+    stopped = tiny(cifar10_root, tmp_path / "b", epochs=2)
     done = subprocess.run(
         [sys.executable, "-c", SIGTERM_AT_STEP_6, "--preset", "tiny", *overrides(stopped)],
         capture_output=True,
@@ -86,14 +86,14 @@ def test_sigterm_mid_epoch_saves_the_step_and_resume_equals_the_uninterrupted_ru
     assert state["epoch"] == 1 and state["position"]["step"] == 2 and len(state["steps"]) == 3  # log_every=2
     assert "stopped by SIGTERM: saved step 2 of epoch 2" in (tmp_path / "b" / "log.txt").read_text()
 
-    pretrain(tiny(cifar10_root, tmp_path / "b", epochs=3, resume=True), progress=False)
+    pretrain(tiny(cifar10_root, tmp_path / "b", epochs=2, resume=True), progress=False)
     assert_same_run(tmp_path / "a", tmp_path / "b")
 
 
 @pytest.mark.slow
 def test_checkpoint_every_steps_lets_a_crash_inside_an_epoch_resume_exactly(cifar10_root, tmp_path, monkeypatch):
     """A crash (here an interrupt in step 7) loses only the steps since the last checkpoint_every_steps."""
-    pretrain(tiny(cifar10_root, tmp_path / "a", epochs=3), progress=False)
+    pretrain(tiny(cifar10_root, tmp_path / "a", epochs=2), progress=False)
     real, calls = mocolab.train.Trainer.step, []
 
     def crash_in_step_7(self, *args):
@@ -104,12 +104,12 @@ def test_checkpoint_every_steps_lets_a_crash_inside_an_epoch_resume_exactly(cifa
 
     monkeypatch.setattr(mocolab.train.Trainer, "step", crash_in_step_7)
     with pytest.raises(KeyboardInterrupt):
-        pretrain(tiny(cifar10_root, tmp_path / "b", epochs=3, checkpoint_every_steps=3), progress=False)
+        pretrain(tiny(cifar10_root, tmp_path / "b", epochs=2, checkpoint_every_steps=3), progress=False)
     monkeypatch.undo()
     state = load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")
     assert (state["epoch"], state["position"]["step"]) == (1, 2)  # global step 6 = step 2 of epoch 2
     assert "checkpoint_every_steps=3: saved step 2 of epoch 2" in (tmp_path / "b" / "log.txt").read_text()
-    pretrain(tiny(cifar10_root, tmp_path / "b", epochs=3, resume=True, checkpoint_every_steps=3), progress=False)
+    pretrain(tiny(cifar10_root, tmp_path / "b", epochs=2, resume=True, checkpoint_every_steps=3), progress=False)
     assert_same_run(tmp_path / "a", tmp_path / "b")
 
 
@@ -117,7 +117,7 @@ def test_checkpoint_every_steps_lets_a_crash_inside_an_epoch_resume_exactly(cifa
 def test_two_processes_stop_after_the_same_step_and_resume_exactly(cifar10_root, tmp_path):
     """SIGTERM to the launching process reaches both gloo processes; they agree on the step, rank 0 saves every
     process's running sums, the launcher exits 75, and the resumed pair equals an uninterrupted pair."""
-    long_epochs = dict(epochs=2, train_subset=512, knn_every=0, processes=2)  # 32 steps an epoch
+    long_epochs = dict(epochs=1, train_subset=256, knn_every=0, processes=2)  # 16 steps
     pretrain(tiny(cifar10_root, tmp_path / "a", **long_epochs), progress=False)
     stopped = tiny(cifar10_root, tmp_path / "b", **long_epochs)
     process = subprocess.Popen(
@@ -127,16 +127,16 @@ def test_two_processes_stop_after_the_same_step_and_resume_exactly(cifar10_root,
         text=True,
         env=same_threads(),
     )
-    log = tmp_path / "b" / "log.txt"
+    started = tmp_path / "b" / "config.json"  # rank 0 writes it as training starts
     deadline = time.monotonic() + 240
-    while not (log.exists() and "epoch 1/2" in log.read_text()) and time.monotonic() < deadline:
+    while not started.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)  # early in epoch 2
+    process.send_signal(signal.SIGTERM)  # in the first steps
     out, err = process.communicate(timeout=120)
     assert process.returncode == REQUEUE, err[-3000:]
     state = load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")
-    assert state["epoch"] == 1 and 0 < state["position"]["step"] < 32 and state["position"]["totals"].shape == (2, 4)
-    assert f"stopped by SIGTERM: saved step {state['position']['step']} of epoch 2" in err
+    assert state["epoch"] == 0 and 0 < state["position"]["step"] < 16 and state["position"]["totals"].shape == (2, 4)
+    assert f"stopped by SIGTERM: saved step {state['position']['step']} of epoch 1" in err
 
     pretrain(tiny(cifar10_root, tmp_path / "b", **long_epochs, resume=True), progress=False)
     assert_same_run(tmp_path / "a", tmp_path / "b")
@@ -174,7 +174,7 @@ SWEEP = """
 import sys
 from mocolab.run.preemption import Preempted
 from mocolab.sweep import Sweep
-base = dict(preset="tiny", dataset="imagefolder", gpus=0, data_root=sys.argv[2], epochs=2, train_subset=256,
+base = dict(preset="tiny", dataset="imagefolder", gpus=0, data_root=sys.argv[2], epochs=1, train_subset=256,
             knn_every=0)
 try:
     Sweep(sys.argv[1], base, {"m=0.9": {"m": 0.9}, "m=0.99": {"m": 0.99}}).run(parallel=2)
@@ -220,9 +220,9 @@ def test_a_stopped_sweep_stops_its_runs_and_a_rerun_resumes_them(cifar10_root, t
         dataset="imagefolder",
         gpus=0,
         data_root=str(cifar10_root),
-        epochs=2,
+        epochs=1,
         train_subset=256,
         knn_every=0,
     )
     rows = Sweep(folder, base, {"m=0.9": {"m": 0.9}, "m=0.99": {"m": 0.99}}).run(progress=False)
-    assert {r["variant"]: (r["state"], r["epoch"]) for r in rows} == {"m=0.9": ("done", 2), "m=0.99": ("done", 2)}
+    assert {r["variant"]: (r["state"], r["epoch"]) for r in rows} == {"m=0.9": ("done", 1), "m=0.99": ("done", 1)}

@@ -222,3 +222,164 @@ def test_the_identity_of_a_loaded_checkpoint_is_the_hash_of_the_bytes_it_was_bui
     finally:
         stop.set()
         thread.join()
+
+
+# ----------------------------------------------------------------------------
+# Odd files in a data folder, and a test split missing a class
+# ----------------------------------------------------------------------------
+
+
+def bomb_png(path, width=30000, height=30000):
+    """A 60-byte PNG whose header claims width x height pixels: what a decompression bomb shows a reader."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)))
+    return path
+
+
+def odd_folder(root):
+    """An ImageFolder of 2 x 4 images plus: a bomb, an image and an empty file named in Latin-1 (not UTF-8),
+    and a symlink from cat/ back to cat/ (a loop)."""
+    from conftest import write_image_folder
+
+    write_image_folder(root, per_class=4, size=16, splits=("train", "test"))
+    cat = root / "train" / "cat"
+    bomb_png(cat / "bomb.png")
+    latin1 = os.fsencode(cat) + b"/caf\xe9.jpg"
+    with open(latin1, "wb") as f:  # a readable image under a name that is not UTF-8
+        f.write((cat / "000.jpg").read_bytes())
+    open(os.fsencode(cat) + b"/vide\xe9.jpg", "wb").close()  # an unreadable one
+    (cat / "loop").symlink_to(cat, target_is_directory=True)
+    return root
+
+
+def test_a_bomb_a_latin1_name_and_a_symlink_loop_are_handled_on_every_data_path(tmp_path, monkeypatch):
+    from mocolab.data.datasets import load_split
+    from mocolab.data.device import decode_split
+    from mocolab.data.jpeg import FileBytes
+    from mocolab.run import unreadable
+
+    root = odd_folder(tmp_path / "data")
+    monkeypatch.setenv(unreadable.SHARE_ENV, "0.5")  # 2 of 11 files are unreadable: more than a real split may hold
+    with pytest.warns(UserWarning, match="not following .*cat/loop: it leads to .*cat, a folder read already"):
+        ds = load_split("imagefolder", root, "train")
+    names = [unreadable.printable(os.path.basename(p)) for p, _ in ds.samples]
+    assert names.count("000.jpg") == 2 and len(ds.samples) == 11  # 8 + bomb + café + vide: the loop adds nothing
+    assert "caf\\xe9.jpg" in names
+
+    with unreadable.recording(tmp_path / "unreadable.txt"), pytest.warns(UserWarning, match="skipping unreadable"):
+        cpu = [ds[i] for i in range(len(ds))]  # SkipCorruptImageFolder serves the next readable image instead
+        images, labels, bad = decode_split(ds, "imagefolder")
+        served = [FileBytes(ds.samples)[i][2] for i in range(len(ds))]
+    assert len(cpu) == 11 and images.shape[0] == 9 and len(served) == 11
+    record = unreadable.recorded(tmp_path / "unreadable.txt")
+    bomb = next(why for path, why in record.items() if path.endswith("bomb.png"))
+    assert "30000x30000 pixels, above the limit of 89,478,485" in bomb or "exceeds limit" in bomb
+    assert any(path.endswith("vide\\xe9.jpg") for path in record) and len(record) == 2
+    readable = {p for p, _ in ds.samples if os.path.basename(p) != "bomb.png" and "vide" not in p}
+    assert {ds.samples[i][0] for i in served} == readable  # the jpeg path serves each readable file, no other
+    just_above = bomb_png(tmp_path / "big.png", 10000, 10000)  # under PIL's own error, above its limit
+    assert "10000x10000 pixels, above the limit of 89,478,485" in unreadable.header_problem(just_above)
+    with pytest.raises(ValueError, match="10000x10000 pixels"):
+        unreadable.open_rgb(just_above)
+
+
+def test_a_test_split_without_one_class_keeps_the_labels_of_train(tmp_path):
+    from conftest import write_image_folder
+    from mocolab.data.datasets import DatasetError, load_split
+
+    root = write_image_folder(tmp_path / "data", classes=("cat", "dog", "frog"), per_class=2, size=8)
+    for f in (root / "val" / "dog").iterdir():
+        f.unlink()
+    (root / "val" / "dog").rmdir()
+    with pytest.warns(UserWarning, match=r"has no folder of 1 of train/'s classes \(dog\)"):
+        test = load_split("imagefolder", root, "test")
+    assert test.classes == ["cat", "dog", "frog"] and [y for _, y in test.samples] == [0, 0, 2, 2]  # frog stays 2
+    (root / "val" / "bird").mkdir()
+    (root / "val" / "bird" / "0.jpg").write_bytes((root / "val" / "cat" / "000.jpg").read_bytes())
+    with pytest.raises(DatasetError, match="holds classes that train/ lacks \\(bird\\)"):
+        load_split("imagefolder", root, "test")
+
+
+# ----------------------------------------------------------------------------
+# Smaller things: ~, damaged JSON, a cut CSV row, Ctrl-C on the command line
+# ----------------------------------------------------------------------------
+
+
+def test_a_home_folder_a_damaged_json_and_a_cut_metrics_row_are_read_as_meant(tmp_path):
+    import json
+
+    from mocolab.sweep import collect, run_state
+
+    cfg = make_config("tiny", output_dir="~/runs/x", data_root="~/data")
+    assert cfg.output_dir == os.path.expanduser("~/runs/x") and not cfg.data_root.startswith("~")
+
+    (tmp_path / "sweep.json").write_text('{"preset": "tiny", "base": {')  # cut short
+    with pytest.raises(ConfigError, match=r"sweep.json is not valid JSON .*Delete it: the sweep writes it again"):
+        collect(tmp_path)
+
+    run = tmp_path / "run"
+    run.mkdir()
+    done = make_config("tiny", epochs=2, output_dir=str(run))
+    header = "epoch,step,lr,loss,acc,pos_sim,neg_sim,knn_top1,train_s,knn_s,images_per_s\n"
+    (run / "metrics.csv").write_text(header + "1,4,0.01,4.1,0.1,0.5,0.1,,1.0,,60\n2,8,0.0")  # the last row cut
+    assert run_state(run, done) == "new"
+    (run / "metrics.csv").write_text(header + "1,4,0.01,4.1,0.1,0.5,0.1,,1.0,,60\n2,8,0.0,4.0,0.2,0.5,0.1,,1.0,,60\n")
+    assert run_state(run, done) == "done"
+    (run / "metrics.csv").unlink()
+    (run / "status.json").write_text(json.dumps({"state": "failed"})[:-3])  # cut short
+    with pytest.raises(ConfigError, match=r"status.json is not valid JSON"):
+        run_state(run, done)
+
+
+def test_the_command_line_says_what_was_kept_on_ctrl_c_and_exits_75_when_preempted(capsys):
+    from mocolab.run.preemption import Preempted
+    from mocolab.ui import cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    def preempted(argv):
+        raise Preempted("stopped by SIGTERM after step 3 of epoch 2: ...")
+
+    assert cli.run(interrupted, prog="python -m mocolab") == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted. What the run wrote is kept" in err and "resume=True" in err
+    assert cli.run(preempted, prog="python -m mocolab") == 75
+    assert capsys.readouterr().err == "python -m mocolab: stopped by SIGTERM after step 3 of epoch 2: ...\n"
+
+
+# ----------------------------------------------------------------------------
+# Loader workers in a notebook's kernel
+# ----------------------------------------------------------------------------
+
+KERNEL_CELL = """
+from mocolab import make_config, pretrain
+cfg = make_config("tiny", dataset="imagefolder", gpus=0, data_root={root!r}, workers=2, output_dir={out!r})
+print("epochs", [row["epoch"] for row in pretrain(cfg).history])
+"""
+
+
+@pytest.mark.slow
+def test_pretraining_with_loader_workers_in_a_jupyter_kernel_runs_cell_after_cell(cifar10_root, tmp_path):
+    """Forked from a kernel, loader workers aborted in ZeroMQ's assertions (3 of 5 cells here, then the kernel
+    died); started from a fork server they do not. Two cells in a row, with progress bars, in one kernel."""
+    from jupyter_client.manager import start_new_kernel
+
+    manager, client = start_new_kernel(kernel_name="python3")
+    try:
+        for cell in range(2):
+            reply = client.execute_interactive(
+                KERNEL_CELL.format(root=str(cifar10_root), out=str(tmp_path / f"run{cell}")),
+                timeout=240,
+                output_hook=lambda msg: None,
+            )
+            assert reply["content"]["status"] == "ok", (cell, reply["content"].get("evalue"))
+            assert manager.is_alive() and (tmp_path / f"run{cell}" / "checkpoint_last.pt").exists()
+    finally:
+        manager.shutdown_kernel(now=True)

@@ -12,6 +12,8 @@ in a folder are reported by path and skipped rather than crashing a long run.
 
 from __future__ import annotations
 
+import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Callable, Literal
 import torch
 import torchvision
 from torch.utils.data import Dataset, Subset
+from torchvision.datasets.folder import has_file_allowed_extension
 
 from ..run import seeding
 from ..run import unreadable
@@ -106,7 +109,7 @@ def check_unreadable_share(bad: list, total: int, where, limit: float | None = N
     """Refuse a split with more than `limit` (unreadable.max_share()) of its files unreadable."""
     limit = unreadable.max_share() if limit is None else limit
     if total and len(bad) / total > limit:
-        first = ", ".join(str(p) for p in bad[:5])
+        first = ", ".join(unreadable.printable(p) for p in bad[:5])
         raise DatasetError(
             f"{len(bad)} of {total} images in {where} cannot be read (more than {limit:.0%}), "
             f"e.g. {first}: is data_root the right folder? Remove or replace the broken files, "
@@ -135,13 +138,58 @@ class SkipCorruptImageFolder(torchvision.datasets.ImageFolder):
 
     max_consecutive_failures = 100
 
+    def __init__(self, root: str, transform=None, classes: list[str] | None = None):
+        self.fixed_classes = classes  # read by find_classes, which ImageFolder's __init__ calls
+        super().__init__(root, transform=transform, allow_empty=classes is not None)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        """The class folders, or with `classes` (the train split's) those, in their order: every split of a
+        dataset numbers its classes alike, so a test split lacking one does not shift the others' labels."""
+        found, _ = super().find_classes(directory)
+        if self.fixed_classes is None:
+            return found, {c: i for i, c in enumerate(found)}
+        extra = sorted(set(found) - set(self.fixed_classes))
+        if extra:
+            raise DatasetError(
+                f"{directory} holds classes that train/ lacks ({', '.join(extra[:5])}): their images have no "
+                f"label the model could have learnt; remove them, or add them to train/"
+            )
+        missing = [c for c in self.fixed_classes if c not in found]
+        if missing:
+            warnings.warn(
+                f"{directory} has no folder of {len(missing)} of train/'s classes ({', '.join(missing[:5])}): the "
+                f"labels follow train/'s numbering, and those classes are not scored",
+                stacklevel=4,
+            )
+        return list(self.fixed_classes), {c: i for i, c in enumerate(self.fixed_classes)}
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        """torchvision's samples in torchvision's order, except that a folder reached twice through symlinks (a
+        loop, a link to a parent or to a folder read already) is read once, and the link reported."""
+        samples, available = [], set()
+        for name in sorted(class_to_idx):
+            top = os.path.join(directory, name)
+            if not os.path.isdir(top):
+                continue
+            for root, files in sorted(_walk_once(top)):
+                for file in sorted(files):
+                    path = os.path.join(root, file)
+                    if has_file_allowed_extension(path, extensions) if extensions else is_valid_file(path):
+                        samples.append((path, class_to_idx[name]))
+                        available.add(name)
+        empty = sorted(set(class_to_idx) - available)
+        if empty and not allow_empty:
+            raise FileNotFoundError(f"Found no valid file for the classes {', '.join(empty)}")
+        return samples
+
     def __getitem__(self, index: int):
         for attempt in range(self.max_consecutive_failures):
             i = (index + attempt) % len(self.samples)
             path, target = self.samples[i]
             try:
-                image = self.loader(path)  # PIL's open + convert("RGB"): decodes the whole file
-            except (OSError, ValueError, SyntaxError) as err:  # what PIL raises on a broken file
+                image = unreadable.open_rgb(path)  # decodes the whole file, after a look at its size
+            except (OSError, ValueError, SyntaxError) as err:  # what PIL raises on a broken file; a bomb
                 unreadable.report(path, unreadable.reason(path, err))
                 continue
             if self.transform is not None:
@@ -153,6 +201,25 @@ class SkipCorruptImageFolder(torchvision.datasets.ImageFolder):
             f"{self.max_consecutive_failures} consecutive unreadable images from "
             f"{self.samples[index][0]} on in {self.root}: is the folder corrupt?"
         )
+
+
+def _walk_once(top: str):
+    """(folder, its file names) under `top`, following symlinks but entering each real folder once."""
+    seen = {os.path.realpath(top)}
+    for root, dirs, files in os.walk(top, followlinks=True):
+        dirs.sort()  # which of two links to one folder is followed does not depend on the listing order
+        for d in list(dirs):
+            real = os.path.realpath(os.path.join(root, d))
+            if real in seen:
+                dirs.remove(d)
+                warnings.warn(
+                    f"not following {unreadable.printable(os.path.join(root, d))}: it leads to "
+                    f"{unreadable.printable(real)}, a folder read already (a symlink loop, or a link to a parent "
+                    f"or a sibling); its images are counted once",
+                    stacklevel=2,
+                )
+            seen.add(real)
+        yield root, files
 
 
 # ----------------------------------------------------------------------------
@@ -195,10 +262,15 @@ def _image_folder(root: Path, split: str, transform) -> Dataset:
     folder = next((root / c for c in candidates if (root / c).is_dir()), None)
     if folder is None:
         raise DatasetError(f"no {' or '.join(c + '/' for c in candidates)} folder in {root}: {layout}")
+    train = root / "train"
+    classes = sorted(e.name for e in os.scandir(train) if e.is_dir()) if split != "train" and train.is_dir() else None
     try:
-        return SkipCorruptImageFolder(str(folder), transform=transform)
+        dataset = SkipCorruptImageFolder(str(folder), transform=transform, classes=classes or None)
     except FileNotFoundError as err:  # no class folders, or no image files in them
         raise DatasetError(f"{folder} holds no images ({err}); {layout}") from err
+    if not dataset.samples:
+        raise DatasetError(f"{folder} holds no images; {layout}")
+    return dataset
 
 
 def classes_of(dataset: Dataset) -> list:

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..run import seeding
 from ..augment import batched, recipe
@@ -59,9 +58,8 @@ def decode_split(ds, dataset: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
     first, images, labels, bad = None, [], [], {}
     for path, label in ds.samples:
         try:
-            with Image.open(path) as image:
-                array = np.array(image.convert("RGB"))
-        except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for an empty, truncated or foreign file
+            array = np.array(unreadable.open_rgb(path))
+        except (OSError, ValueError, SyntaxError) as err:  # an empty, truncated or foreign file; a bomb
             bad[path] = unreadable.reason(path, err)
             unreadable.report(path, bad[path])
             continue

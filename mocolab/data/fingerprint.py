@@ -36,7 +36,8 @@ def files_digest(dataset) -> str:
 
     def stat(path, label) -> None:
         info = os.stat(path)
-        digest.update(f"{path}\0{label}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+        # surrogateescape: a file name that is not UTF-8 hashes as its own bytes
+        digest.update(f"{path}\0{label}\0{info.st_size}\0{info.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
         if info.st_size <= CONTENT_HASH_BYTES:  # cheap for small files; catches a rewrite that keeps size and time
             digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
 

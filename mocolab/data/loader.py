@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..run import seeding
+from ..run.workers import loader_processes
 from ..augment import TwoViews, eval_transform, pretrain_transform, recipe
 from .datasets import DatasetError, check_signatures, load_split, seeded_subset, spec
 
@@ -108,6 +109,7 @@ class LoaderBatches:
             num_workers=cfg.workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
+            **loader_processes(cfg.workers),
         )
         for (x_q, x_k), y in loader:
             yield (
@@ -130,4 +132,11 @@ def knn_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
 
 def eval_loader(dataset: Dataset, batch_size: int = 512, workers: int = 4, pin_memory: bool = False) -> DataLoader:
     """The images of a dataset in order, in batches (feature extraction, the kNN monitor)."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        **loader_processes(workers),
+    )

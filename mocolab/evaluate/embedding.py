@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..augment import eval_transform, pipeline, recipe
 from ..run.seeding import seeded
+from ..run.workers import loader_processes
 from ..weights import Pretrained
 from .baselines import baseline_encoder, calibrate_bn
 from .features import extract_layers
@@ -156,7 +157,9 @@ def view_pairs(
     workers: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features (N x D each) of two augmented views of every image: positive pairs as in training."""
-    loader = DataLoader(_Views(images, transform, seed), batch_size=batch_size, num_workers=workers)
+    loader = DataLoader(
+        _Views(images, transform, seed), batch_size=batch_size, num_workers=workers, **loader_processes(workers)
+    )
     # Both views go through one batch, encoded in eval mode (BN running statistics, no shuffle needed).
     z1, z2 = [], []
     for pair, _ in loader:  # pair: N x 2 x 3 x H x W
@@ -228,7 +231,10 @@ def embed(
     features, labels = {}, None
     for name, s in shown.items():
         loader = DataLoader(
-            _Transformed(images, eval_transform(image_size, s.mean, s.std)), batch_size=batch_size, num_workers=workers
+            _Transformed(images, eval_transform(image_size, s.mean, s.std)),
+            batch_size=batch_size,
+            num_workers=workers,
+            **loader_processes(workers),
         )
         wanted = [layer for layer in layers if layer != "head" or s.encoder.head is not None]
         features[name], labels = extract_layers(s.encoder, loader, wanted, progress=False)

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data.fingerprint import files_digest
 from ..run import cache_file
+from ..run.workers import loader_processes
 from . import features
 
 
@@ -61,7 +62,7 @@ def cached_features(
             feats[name], labels = stored["features"], stored["labels"]
     missing = [name for name in layers if name not in feats]
     if missing:
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, **loader_processes(workers))
         new, labels = features.extract_layers(encoder, loader, missing, device, progress)
         for name in missing:
             cache_file.save(paths[name], keys[name], {"features": new[name], "labels": labels})

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..augment import IMAGENET_MEAN, IMAGENET_STD
 from ..models import stage_outputs
+from ..run.workers import loader_processes
 from ..schedule import lr_schedule
 from .layers import LAYERS, STAGE_OF, layer_pool
 
@@ -188,7 +189,9 @@ def linear_probe(
         head.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay, nesterov=r.nesterov
     )
     warn_if_small(len(train_set), len(test_set), r)
-    loader = DataLoader(train_set, batch_size=r.batch_size, shuffle=True, num_workers=workers, drop_last=False)
+    loader = DataLoader(
+        train_set, batch_size=r.batch_size, shuffle=True, num_workers=workers, **loader_processes(workers)
+    )
     lrs = lr_schedule(r.lr, r.epochs, shape="step", milestones=r.milestones)  # one lr per epoch
     history = []
     for epoch in tqdm(range(r.epochs), desc=f"linear probe ({protocol})", disable=not progress):
@@ -247,7 +250,7 @@ def verify_unchanged(backbone: nn.Module, before: dict) -> None:
 def evaluate_heads(backbone, head, test_set, batch_size: int, device, workers: int) -> dict:
     head.eval()
     correct1, correct5, n = {}, {}, 0
-    for images, labels in DataLoader(test_set, batch_size=batch_size, num_workers=workers):
+    for images, labels in DataLoader(test_set, batch_size=batch_size, num_workers=workers, **loader_processes(workers)):
         images, labels = images.to(device), labels.to(device)
         for name, logits in head(stage_outputs(backbone, images)).items():
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices

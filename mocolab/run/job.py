@@ -244,7 +244,15 @@ class RunFolder:
     def read_config(self) -> dict:
         """config.json as written so far (empty when there is none)."""
         path = self.path / "config.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        if not path.exists():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(
+                f"{path} is not valid JSON ({err}): it was cut short or edited by hand. Delete it; the run "
+                f"writes it again (the checkpoint holds the config)"
+            ) from None
 
     def update_config(self, **entries) -> None:
         """Add or replace top-level entries of config.json (what a run learns as it goes)."""

@@ -22,6 +22,8 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+from PIL import Image
+
 MAX_UNREADABLE = 0.01  # the share of a split's files that may be unreadable before a run refuses it
 SHARE_ENV = "MOCOLAB_MAX_UNREADABLE"  # overrides MAX_UNREADABLE, in this process and the ones it starts
 RECORD_ENV = "MOCOLAB_UNREADABLE_RECORD"  # the record file of the run in progress (workers inherit it)
@@ -40,12 +42,12 @@ def max_share() -> float:
 
 def report(path, reason) -> None:
     """Warn that `path` is skipped and why: once per file and process, and once per run when recording."""
-    key, record = str(path), os.environ.get(RECORD_ENV)
+    key, record = printable(path), os.environ.get(RECORD_ENV)
     if (record, key) in _reported:  # per run: a second run in a notebook's kernel reports its files again
         return
     _reported.add((record, key))
     if record:
-        reason = " ".join(str(reason).split())  # one line per file in the record
+        reason = " ".join(printable(reason).split())  # one line per file in the record
         Path(record).parent.mkdir(parents=True, exist_ok=True)
         with open(record, "a", encoding="utf-8") as f:
             # Look and append under one lock: two loader workers that meet the same broken file at once (a
@@ -55,7 +57,13 @@ def report(path, reason) -> None:
                 return
             f.write(f"{key}\t{reason}\n")  # one short append: whole lines even with several writers
             f.flush()
-    warnings.warn(f"skipping unreadable image {path}: {reason}", stacklevel=3)
+    warnings.warn(f"skipping unreadable image {key}: {reason}", stacklevel=3)
+
+
+def printable(path) -> str:
+    """A path as text that can be written anywhere: bytes of a file name that are not UTF-8 (a name from an
+    old archive or another system) escaped as \\xNN, the rest as it is."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _lock(f) -> None:
@@ -106,6 +114,58 @@ def recording(record):
             os.environ.pop(RECORD_ENV, None)
         else:
             os.environ[RECORD_ENV] = before
+
+
+def too_large(size: tuple[int, int]) -> str | None:
+    """Why an image of `size` (width, height) is refused before it is decoded, or None.
+
+    The limit is PIL's decompression-bomb guard, PIL.Image.MAX_IMAGE_PIXELS (89,478,485 pixels, a
+    9459 x 9459 image, by default; None lifts it): a small file that claims 30000 x 30000 pixels would
+    take 2.7 GB to decode, and no model here needs an image a thousandth that size.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = size
+    if limit and width * height > limit:
+        return (
+            f"{width}x{height} pixels, above the limit of {limit:,} (a decompression bomb, or an image far "
+            f"larger than any model here needs; PIL.Image.MAX_IMAGE_PIXELS sets the limit)"
+        )
+    return None
+
+
+def header_problem(source) -> str | None:
+    """too_large for a file or file object, from its header alone (nothing is decoded); None when the header
+    cannot be read either (the decoder will say why)."""
+    try:
+        with _quiet_bomb_check(), Image.open(source) as image:
+            return too_large(image.size)
+    except Image.DecompressionBombError as err:
+        return str(err)
+    except (OSError, ValueError, SyntaxError):
+        return None
+
+
+def open_rgb(source) -> Image.Image:
+    """A file's image in RGB, decoded by PIL after a look at its header: an image above the pixel limit
+    (too_large) raises ValueError, as a broken file's OSError does, and is skipped like one."""
+    try:
+        with _quiet_bomb_check():
+            image = Image.open(source)
+    except Image.DecompressionBombError as err:
+        raise ValueError(str(err)) from None
+    with image:
+        why = too_large(image.size)
+        if why is not None:
+            raise ValueError(why)
+        return image.convert("RGB")
+
+
+@contextmanager
+def _quiet_bomb_check():
+    """PIL warns between its limit and twice it, and raises above; here the limit itself refuses (too_large)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
 
 
 def looks_like_an_image(data: bytes) -> str | None:

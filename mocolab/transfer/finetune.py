@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 from .. import distributed as dist_
 from ..augment import IMAGENET_MEAN, IMAGENET_STD
 from ..augment.batched import normalize
+from ..run.workers import loader_processes
 from ..schedule import lr_schedule
 from .metrics import confusion_matrix, mean_iou, voc_detection_metrics
 from .stream import IterationBatches, SeededStream, iteration_seed
@@ -150,6 +151,7 @@ def train(
         num_workers=workers,
         collate_fn=collate_fn,
         pin_memory=torch.device(device).type == "cuda",
+        **loader_processes(workers),
     )
     lrs = schedule.lrs()
     offset = rows[-1]["seconds"] if rows else 0.0  # a resumed run keeps counting its time
