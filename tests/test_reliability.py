@@ -169,6 +169,7 @@ def test_nan_weights_are_refused_at_every_entry_point_with_the_tensor_named(tiny
     from mocolab import load_run, weights
     from mocolab.evaluate.suite import evaluate
     from mocolab.transfer import export
+    from mocolab.transfer.models import backbone_weights
 
     state = load_checkpoint(tiny_checkpoint)
     state["model"]["encoder_q.backbone.conv1.weight"][0, 0, 0, 0] = float("nan")
@@ -183,6 +184,7 @@ def test_nan_weights_are_refused_at_every_entry_point_with_the_tensor_named(tiny
             checkpoint=str(bad), dataset="imagefolder", data_root=str(cifar10_root), output_dir=str(tmp_path / "e")
         ),
         "export": lambda: export(bad, tmp_path / "out.pth"),
+        "fine-tuning from it": lambda: backbone_weights(str(bad)),
         "resume": lambda: pretrain(cfg, progress=False),
         "load_run": lambda: load_run(run_dir),
     }
