@@ -39,9 +39,11 @@ from pathlib import Path
 
 from .config import EXECUTION_FIELDS, Config, ConfigError, make_config
 from .run import preemption
+from .run.job import RUN_REWRITES, read_json
 from .run.device import visible_gpus
 from .settings import format_value
 
+SWEEP_REWRITES = "the sweep writes it again"
 RUN_CONFIG = "sweep_config.json"  # the config a sweep's process runs, written into the run's folder
 
 COLUMNS = (
@@ -296,7 +298,7 @@ def settings(cfg: Config) -> dict:
 def _saved_config(folder: Path) -> dict:
     """The config a run folder's config.json records (empty when there is none yet)."""
     try:
-        return read_json(folder / "config.json").get("config", {})
+        return read_json(folder / "config.json", RUN_REWRITES).get("config", {})
     except FileNotFoundError:
         return {}
 
@@ -364,20 +366,9 @@ def run_state(folder: Path, cfg: Config) -> str:
         if epochs and max(epochs) >= cfg.final_epoch:
             return "done"
     status = folder / "status.json"
-    if status.exists() and read_json(status).get("state") == "failed":
+    if status.exists() and read_json(status, SWEEP_REWRITES).get("state") == "failed":
         return "failed"
     return "started" if (folder / "checkpoint_last.pt").exists() else "new"
-
-
-def read_json(path: Path) -> dict:
-    """A sweep's or run's JSON file; a damaged one (cut short, edited by hand) is a ConfigError naming it."""
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError(
-            f"{path} is not valid JSON ({err}): it was cut short or edited. Delete it: "
-            f"{'the sweep writes it again' if path.name in ('sweep.json', 'status.json') else 'the run rewrites it'}"
-        ) from None
 
 
 def finished_rows(metrics: Path) -> list[dict]:
@@ -405,13 +396,13 @@ def collect(folder: str | Path) -> list[dict]:
             f"{folder} holds no sweep.json, so it is not a sweep's folder (Sweep.run and "
             f"Sweep.commands write it); pass the folder given to Sweep"
         )
-    plan = read_json(folder / "sweep.json")
+    plan = read_json(folder / "sweep.json", SWEEP_REWRITES)
     sweep = Sweep(folder, {"preset": plan["preset"], **plan["base"]}, plan["variants"])
     rows = []
     for name, cfg in sweep.configs.items():
         state = sweep.state(name)
         status = folder / name / "status.json"
-        error = read_json(status).get("error", "") if status.exists() and state == "failed" else ""
+        error = read_json(status, SWEEP_REWRITES).get("error", "") if status.exists() and state == "failed" else ""
         metrics = folder / name / "metrics.csv"
         epochs = finished_rows(metrics) if metrics.exists() else []
         for row in epochs or [{}]:

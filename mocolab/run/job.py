@@ -212,6 +212,19 @@ def atomic_write_text(path: Path, text: str) -> None:
     ckpt.atomic_write(path, lambda f: f.write(text), "w")
 
 
+RUN_REWRITES = "the run writes it again (its checkpoint holds the config)"
+
+
+def read_json(path: Path, rewrite: str) -> dict:
+    """A JSON file mocolab wrote; a damaged one (cut short, edited by hand) is a ConfigError that names it and
+    says what deleting it does (`rewrite`)."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        message = f"{path} is not valid JSON ({err}): it was cut short or edited. Delete it: {rewrite}"
+        raise ConfigError(message) from None
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     """rows as a CSV (the union of their keys as columns), replaced atomically."""
     text = io.StringIO(newline="")
@@ -244,15 +257,7 @@ class RunFolder:
     def read_config(self) -> dict:
         """config.json as written so far (empty when there is none)."""
         path = self.path / "config.json"
-        if not path.exists():
-            return {}
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(
-                f"{path} is not valid JSON ({err}): it was cut short or edited by hand. Delete it; the run "
-                f"writes it again (the checkpoint holds the config)"
-            ) from None
+        return read_json(path, RUN_REWRITES) if path.exists() else {}
 
     def update_config(self, **entries) -> None:
         """Add or replace top-level entries of config.json (what a run learns as it goes)."""
