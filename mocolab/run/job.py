@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from . import checkpoint as ckpt
@@ -107,7 +108,7 @@ def _stop_line(cfg, err: Exception, logged: int) -> str | None:
     """When the processes ended on a stop signal (each exits REQUEUE; or this process got the signal, and the
     launcher passed it on), the line in which rank 0 said where it stopped; else None."""
     codes = [failure.exitcode for failure in getattr(err, "failures", {}).values()]
-    if not (codes and all(code == preemption.REQUEUE for code in codes)) and type(err).__name__ != "SignalException":
+    if not (codes and all(code == preemption.REQUEUE for code in codes)) and not isinstance(err, SignalException):
         return None
     lines = RunFolder(cfg.output_dir).logged_lines()[logged:]
     return next((line for line in reversed(lines) if line.startswith("stopped by")), None)

@@ -21,6 +21,9 @@ import torch
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 
+SIGNALS_ENV = "TORCHELASTIC_SIGNALS_TO_HANDLE"
+
+
 def start_processes(
     fn, arg, world_size: int, use_cuda: bool, log: str | Path, progress: bool = True, stop_signals: tuple = ()
 ) -> None:
@@ -31,9 +34,6 @@ def start_processes(
     appended to `log` are printed while the processes run. A signal in stop_signals (or SIGTERM, SIGINT,
     SIGHUP, SIGQUIT) that reaches this process is passed on to the processes, which get 30 s to end.
     """
-    # torch's launcher passes on the signals this variable names (its default: the last four above).
-    handled = ",".join(dict.fromkeys(("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", *stop_signals)))
-    os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = handled
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
     start = log.stat().st_size if log.exists() else 0
@@ -53,11 +53,19 @@ def start_processes(
     stop = threading.Event()
     relay = threading.Thread(target=relay_log, args=(log, start, stop, progress), daemon=True)
     relay.start()
+    # torch's launcher passes on the signals this variable names (its default: the four above), read as it starts.
+    handled = ",".join(dict.fromkeys(("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", *stop_signals)))
+    before = os.environ.get(SIGNALS_ENV)
+    os.environ[SIGNALS_ENV] = handled
     try:
         elastic_launch(launch_config, fn)(arg)
     finally:
         stop.set()
         relay.join()
+        if before is None:
+            os.environ.pop(SIGNALS_ENV, None)
+        else:
+            os.environ[SIGNALS_ENV] = before
 
 
 def cpu_threads(world_size: int) -> None:

@@ -133,30 +133,40 @@ def too_large(size: tuple[int, int]) -> str | None:
     return None
 
 
+class TooLarge(ValueError):
+    """An image above the pixel limit (too_large): refused, and skipped like a broken file (ValueError)."""
+
+
+def _open_checked(source) -> Image.Image:
+    """PIL's lazy open of an image (its header only) within the pixel limit, else TooLarge."""
+    try:
+        with _quiet_bomb_check():
+            image = Image.open(source)
+    except Image.DecompressionBombError as err:  # above twice the limit, PIL refuses by itself
+        raise TooLarge(str(err)) from None
+    why = too_large(image.size)
+    if why is not None:
+        image.close()
+        raise TooLarge(why)
+    return image
+
+
 def header_problem(source) -> str | None:
     """too_large for a file or file object, from its header alone (nothing is decoded); None when the header
     cannot be read either (the decoder will say why)."""
     try:
-        with _quiet_bomb_check(), Image.open(source) as image:
-            return too_large(image.size)
-    except Image.DecompressionBombError as err:
+        _open_checked(source).close()
+    except TooLarge as err:
         return str(err)
     except (OSError, ValueError, SyntaxError):
         return None
+    return None
 
 
 def open_rgb(source) -> Image.Image:
-    """A file's image in RGB, decoded by PIL after a look at its header: an image above the pixel limit
-    (too_large) raises ValueError, as a broken file's OSError does, and is skipped like one."""
-    try:
-        with _quiet_bomb_check():
-            image = Image.open(source)
-    except Image.DecompressionBombError as err:
-        raise ValueError(str(err)) from None
-    with image:
-        why = too_large(image.size)
-        if why is not None:
-            raise ValueError(why)
+    """A file's image in RGB, decoded by PIL after a look at its header: an image above the pixel limit raises
+    TooLarge, a ValueError, so that it is skipped as a broken file's OSError is."""
+    with _open_checked(source) as image:
         return image.convert("RGB")
 
 
