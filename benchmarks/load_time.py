@@ -23,7 +23,7 @@ import layouts  # noqa: E402
 
 from mocolab import build_model, make_config, weights  # noqa: E402
 from mocolab.run import checkpoint  # noqa: E402
-from mocolab.weights import download, formats  # noqa: E402
+from mocolab.weights import download, formats, safe_read  # noqa: E402
 
 
 def write_all(folder: Path) -> dict[str, Path]:
@@ -59,7 +59,7 @@ def write_all(folder: Path) -> dict[str, Path]:
 
 def timed(path: Path) -> dict[str, float]:
     tic = time.perf_counter()
-    state = checkpoint.read(path)
+    state = safe_read.read(path)
     read = time.perf_counter()
     fmt = formats.recognise(state, path)
     formats.build(fmt.split(state), path)

@@ -9,17 +9,15 @@ Each records its `kind`. A checkpoint is written to a
 temporary file and renamed into place, so a crash while saving leaves the
 previous checkpoint intact.
 
-Every file is read as data, never as code (`read`): torch files with
-torch.load(weights_only=True), which rebuilds tensors and plain Python values
-only, and plain pickles (detectron2's .pkl) with an unpickler that knows
-nothing but NumPy arrays. A file whose unpickling would call anything else is
-refused before it runs. So the RNG states are saved as tensors and plain values.
+Every file is read as data, never as code (`read`): torch.load(weights_only=True),
+which rebuilds tensors and plain Python values only; a file whose unpickling
+would call anything else is refused before it runs. So the RNG states are saved
+as tensors and plain values. Foreign files (NumPy arrays in OpenMMLab's
+checkpoints, detectron2's plain pickles) are mocolab.weights.safe_read's.
 """
 
 from __future__ import annotations
 
-import codecs
-import collections
 import errno
 import io
 import os
@@ -28,6 +26,7 @@ import random
 import re
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -129,23 +128,29 @@ def set_rng_state(state: dict) -> None:
 # Reading a file as data
 # ----------------------------------------------------------------------------
 
-# A torch file in the format before torch 1.6 starts with this magic number, pickled (protocol 2, LONG1).
-_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
-
 
 class UnsafeFileError(CheckpointError):
     """A file whose unpickling would run code (call a function or build an object that is not data)."""
 
 
-def read(path: str | Path, content: bytes | None = None):
-    """The content of a torch file or a plain pickle, read as data only; a CheckpointError names what is wrong.
+def read(path: str | Path, content: bytes | None = None, allowed: dict | None = None):
+    """The content of a torch file, read as data only; a CheckpointError names what is wrong.
 
-    Refused: a file whose unpickling would call anything but the constructors of tensors, NumPy arrays and
-    plain Python values (UnsafeFileError; nothing in it has run), a web page saved under a checkpoint's
-    name, a truncated or otherwise unreadable file. content: the file's bytes, already read (so that what is
-    loaded and what is hashed are the same bytes, even while a run replaces the file); path then only names it.
+    Refused: a file whose unpickling would call anything but the constructors of tensors and plain Python
+    values (UnsafeFileError; nothing in it has run), a web page saved under a checkpoint's name, a truncated
+    or otherwise unreadable file. content: the file's bytes, already read (so that what is loaded and what is
+    hashed are the same bytes, even while a run replaces the file); path then only names it. allowed: more
+    constructors by the name a pickle gives them (mocolab.weights.safe_read's NumPy arrays, for foreign files).
     """
     path = Path(path)
+    first_bytes(path, content)  # a missing file or a web page is named before torch tries it
+    with read_as_data(path):
+        with torch.serialization.safe_globals([(obj, name) for name, obj in (allowed or {}).items()]):
+            return torch.load(path if content is None else io.BytesIO(content), map_location="cpu", weights_only=True)
+
+
+def first_bytes(path: Path, content: bytes | None) -> bytes:
+    """The first 512 bytes of the file (or of `content`), refusing a missing file and a web page."""
     if content is None and not path.is_file():
         raise CheckpointError(f"no checkpoint at {path.resolve()}")
     if content is None:
@@ -153,20 +158,21 @@ def read(path: str | Path, content: bytes | None = None):
             head = f.read(512)
     else:
         head = content[:512]
-    source = path if content is None else io.BytesIO(content)
     if head.lstrip()[:1] == b"<" and re.search(rb"<(!doctype|html|\?xml)", head, re.I):
         raise CheckpointError(
             f"{path} is a web page (HTML), not a checkpoint: the download went wrong (a login or "
             f"error page). Delete it and download the file again."
         )
+    return head
+
+
+@contextmanager
+def read_as_data(path: Path):
+    """Turn what unpickling `path` raised into a CheckpointError: UnsafeFileError for a refused global."""
     try:
-        if head[:4] == b"PK\x03\x04" or _LEGACY_MAGIC in head[:32]:  # torch's zip format, or the one before
-            with torch.serialization.safe_globals([(obj, name) for name, obj in _numpy_data().items()]):
-                return torch.load(source, map_location="cpu", weights_only=True)
-        with open(path, "rb") if content is None else io.BytesIO(content) as f:
-            return _DataUnpickler(f).load()
+        yield
     except pickle.UnpicklingError as err:
-        # torch names the global it refused (and whether its module is blocked); _DataUnpickler likewise.
+        # torch names the global it refused (and whether its module is blocked); safe_read's unpickler likewise.
         unsafe = re.search(r"(?:unsupported global: GLOBAL|unsupported GLOBAL|refused global) ([\w.]+)", str(err), re.I)
         # torch's own rebuild functions are allowed: a cut-off name of one means the file ends mid-pickle.
         if unsafe and not unsafe.group(1).startswith("torch."):
@@ -177,6 +183,8 @@ def read(path: str | Path, content: bytes | None = None):
                 f"that wrote it and load that file."
             ) from None
         raise _unreadable(path, err) from err
+    except CheckpointError:
+        raise
     except Exception as err:
         raise _unreadable(path, err) from err
 
@@ -189,32 +197,6 @@ def _unreadable(path: Path, err: Exception) -> CheckpointError:
         f"truncated (an interrupted download or write): download or copy it again. For a run's "
         f"checkpoint_last.pt, the checkpoint_NNNN.pt files beside it are earlier copies."
     )
-
-
-def _numpy_data() -> dict[str, object]:
-    """NumPy's array, scalar and dtype constructors, by every name a pickle may give them (NumPy 1 wrote
-    numpy.core.multiarray, NumPy 2 writes numpy._core.multiarray). They build data and call nothing else:
-    foreign checkpoints hold arrays (OpenMMLab's `meta`, detectron2's .pkl)."""
-    core = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-    found = {"numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype}
-    for package in ("numpy.core", "numpy._core"):
-        found.update({f"{package}.multiarray.{name}": getattr(core, name) for name in ("_reconstruct", "scalar")})
-    dtypes = getattr(np, "dtypes", None)  # the dtype classes (NumPy >= 1.25), which torch's unpickler rebuilds
-    found.update({f"numpy.dtypes.{n}": getattr(dtypes, n) for n in dir(dtypes or ()) if n.endswith("DType")})
-    return found
-
-
-class _DataUnpickler(pickle.Unpickler):
-    """pickle.Unpickler that resolves only NumPy's array constructors (the "Restricting Globals" recipe of
-    Python's pickle documentation): a plain pickle of arrays, as detectron2 writes them, loads; anything
-    that would call other code is refused before it runs."""
-
-    allowed = {**_numpy_data(), "collections.OrderedDict": collections.OrderedDict, "_codecs.encode": codecs.encode}
-
-    def find_class(self, module: str, name: str):
-        if f"{module}.{name}" in self.allowed:
-            return self.allowed[f"{module}.{name}"]
-        raise pickle.UnpicklingError(f"refused global {module}.{name}")
 
 
 def first_non_finite(tensors: dict) -> str | None:

@@ -4,7 +4,7 @@
     model = load("runs/demo/checkpoint_last.pt")   # a mocolab run, or any file of a known format
     model.encoder, model.identity, model.image_size, model.mean, model.std, model.summary()
 
-The file is read as data (checkpoint.read), its format recognised from its
+The file is read as data (safe_read.read), its format recognised from its
 keys (weights.formats), and everything a consumer needs is decided here, once:
 the encoder (backbone and, where the file has one, the projection head), an
 identity for caches (the content's SHA-256), the image size and normalisation
@@ -24,7 +24,7 @@ from .. import augment
 from ..run import checkpoint as ckpt
 from ..config import Config, config_from_dict
 from ..models import Encoder
-from . import download, formats
+from . import download, formats, safe_read
 from .registry import REGISTRY, Published
 
 
@@ -117,7 +117,7 @@ def load(
                 f"{str(source)!r} (python -m mocolab.weights list shows them)"
             )
     content = path.read_bytes()  # once: the identity is the hash of the very bytes loaded (a run may replace the file)
-    state = ckpt.read(path, content)
+    state = safe_read.read(path, content)
     fmt = formats.recognise(state, path)
     parts = fmt.split(state)
     encoder, arch, cifar_stem = formats.build(parts, path)
