@@ -1,6 +1,8 @@
 """SVM protocol: VOC AP on hand-made cases, the batched solver against scikit-learn's LinearSVC
 on real CIFAR-10 features, low-shot sampling."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,18 @@ from mocolab.data import load_split, seeded_subset
 from mocolab.evaluate.baselines import baseline_encoder
 from mocolab.evaluate.features import extract_layers
 from mocolab.evaluate.lowshot import low_shot_protocol, low_shot_sample
-from mocolab.evaluate.svm import COSTS, sample_costs, fit_svms, normalize_rows, svm_protocol, voc_ap
+from mocolab.evaluate.svm import (
+    COSTS,
+    average_precision,
+    basis,
+    cost_path,
+    fit_svms,
+    normalize_rows,
+    sample_costs,
+    solve,
+    svm_protocol,
+    voc_ap,
+)
 
 
 def test_costs_are_the_19_of_the_protocol():
@@ -102,12 +115,70 @@ def test_low_shot_protocol_reports_both_cost_choices(cifar_features):
 
 
 def test_row_space_reduction_solves_the_same_problem_when_dimensions_exceed_samples():
-    from mocolab.evaluate.svm import _newton
-
     torch.manual_seed(1)
     x = normalize_rows(torch.randn(60, 300))
     y = torch.where(torch.randn(60) > 0, 1.0, -1.0).double()[:, None].repeat(1, 3)
     c = torch.stack([sample_costs(y[:, 0], cost) for cost in (0.01, 1.0, 100.0)], 1)
     reduced = fit_svms(x, y, c)  # 301 > 60: solved in the 60-dim row space
-    direct = _newton(torch.cat([x, torch.ones(60, 1, dtype=x.dtype)], 1), y, c, 1e-8, 50, 500)
+    direct = solve(torch.cat([x, torch.ones(60, 1, dtype=x.dtype)], 1), y, c, 1e-10)  # on x1 itself, 301-dim
     assert torch.allclose(reduced, direct, atol=1e-5)
+    b = basis(x)
+    assert torch.allclose(b.to_w.T @ b.to_w, torch.eye(b.z.shape[1], dtype=x.dtype), atol=1e-8)  # |w| = |u|
+
+
+def test_average_precision_equals_scikit_learns_with_ties():
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n = int(rng.integers(2, 60))
+        scores = rng.integers(0, 6, n) / 5 if trial % 2 else rng.normal(size=n)  # even trials: no ties
+        positives = rng.random(n) < rng.uniform(0.05, 0.9)
+        if not positives.any():
+            positives[0] = True
+        assert average_precision(scores, positives) == pytest.approx(100 * average_precision_score(positives, scores))
+
+
+def test_the_cost_path_reaches_liblinears_optimum_at_every_cost_of_the_grid():
+    """Warm-started from the cost below, every one of the 19 costs (C = 100 included) converges to the
+    optimum LinearSVC reaches at tol 1e-9, for a cross-validation fold's columns (held-out images at cost 0)."""
+    from sklearn.svm import LinearSVC
+
+    torch.manual_seed(2)
+    x = normalize_rows(torch.randn(150, 40) + 0.3)
+    y = torch.where(x[:, :2].sum(1) + 0.3 * torch.randn(150, dtype=torch.float64) > 0.3, 1.0, -1.0)
+    keep = torch.ones(150, dtype=torch.float64)
+    keep[:50] = 0  # a held-out fold
+    b = basis(x)
+    weights = torch.stack([sample_costs(y, 1.0), sample_costs(y, 1.0) * keep], 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a problem stopped short of tol would warn
+        u = cost_path(b.z, y[:, None].repeat(1, 2), weights, COSTS)
+    for ci, cost in enumerate(COSTS):
+        for col, rows in ((0, slice(None)), (1, slice(50, None))):
+            w = b.weights(u[ci])[:, col]
+            ref = LinearSVC(C=cost, class_weight={1: 2, -1: 1}, dual=True, tol=1e-10, max_iter=1_000_000)
+            ref.fit(x[rows], y[rows])
+            scale = max(1.0, float(np.abs(ref.coef_).max()))
+            assert torch.allclose(w[:-1], torch.as_tensor(ref.coef_[0]), atol=1e-4 * scale), (cost, col)
+            assert w[-1].item() == pytest.approx(ref.intercept_[0], abs=1e-4 * scale), (cost, col)
+        cold = solve(b.z, y[:, None].repeat(1, 2), cost * weights, 1e-6)  # warm and cold: one optimum
+        assert torch.allclose(u[ci], cold, atol=1e-5 * max(1.0, float(cold.abs().max())))
+
+
+def test_the_protocol_converges_at_every_cost_on_real_features(cifar_features):
+    """The earlier solver stopped at its 50-step Newton cap at C = 100 (it warned); every column of the CV
+    path must now reach tol, and the gradient there is checked directly."""
+    train_x, train_t, _, _ = cifar_features
+    x = normalize_rows(train_x)
+    y = torch.where(train_t == 1, 1.0, -1.0).double()
+    b = basis(x)
+    weights = sample_costs(y, 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        u = cost_path(b.z, y, weights, COSTS)
+    g0 = (2 * b.z.T @ (100.0 * weights * y)).norm(dim=0)
+    f = b.z @ u[COSTS.index(100.0)]
+    grad = u[COSTS.index(100.0)] - 2 * b.z.T @ (100.0 * weights * (y * f < 1) * (y - f))
+    assert (grad.norm(dim=0) <= 1e-6 * g0).all()
+

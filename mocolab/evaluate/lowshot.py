@@ -22,9 +22,11 @@ from ..reference import LOW_SHOT_KS
 from ..run.seeding import derive_seed
 from .svm import (
     COSTS,
+    Basis,
     average_precision,
+    basis,
+    cost_path,
     cv_folds,
-    fit_svms,
     normalize_rows,
     sample_costs,
     sklearn_svm_scores,
@@ -51,19 +53,26 @@ def low_shot_sample(targets: torch.Tensor, cls: int, k: int, sample: int, seed: 
     return np.concatenate([rng.choice(positives, k, replace=False), rng.choice(negatives, 19 * k, replace=False)])
 
 
-def _fit_columns(x, y, columns, solver, device):
-    """Scores on x of one SVM per column; a column is (training indices, cost)."""
+def _path_scores(b: Basis | None, x, y, groups, costs, score_on, solver: str) -> np.ndarray:
+    """Decision values on `score_on` of one SVM per (group, cost): columns ordered group-major.
+
+    groups: training index arrays into x / y (one sample, or one sample's CV training part, each).
+    On the torch solver every group's SVMs are solved along the cost path in the basis of all
+    training images (b), restricted to the rows the groups use; score_on is then in b's coordinates.
+    """
     if solver == "sklearn":
-        return np.stack([sklearn_svm_scores(x[idx], y[idx], cost, x) for idx, cost in columns], axis=1)
-    rows = np.unique(np.concatenate([idx for idx, _ in columns]))  # fit on the rows any column uses
-    where = {r: i for i, r in enumerate(rows)}
-    c = torch.zeros(len(rows), len(columns), dtype=torch.float64)
-    for j, (idx, cost) in enumerate(columns):
-        local = torch.as_tensor([where[r] for r in idx])
-        c[local, j] = sample_costs(y[idx], cost)
-    xs = x[torch.as_tensor(rows)].to(device)
-    w = fit_svms(xs, y[torch.as_tensor(rows)][:, None].expand(-1, len(columns)).contiguous().to(device), c.to(device))
-    return (x.to(device) @ w[:-1] + w[-1]).cpu().numpy()
+        return np.stack([sklearn_svm_scores(x[idx], y[idx], cost, score_on) for idx in groups for cost in costs], 1)
+    rows = np.unique(np.concatenate(groups))
+    member = torch.zeros(len(rows), len(groups), dtype=torch.float64)
+    for g, idx in enumerate(groups):
+        member[torch.as_tensor(np.searchsorted(rows, idx)), g] = 1
+    index = torch.as_tensor(rows, device=b.z.device)
+    z, yr = b.z[index], y[torch.as_tensor(rows)]
+    weights = (sample_costs(yr, 1.0)[:, None] * member).to(z.device)
+    gram = b.gram[index][:, index] if b.gram is not None else None
+    u = cost_path(z, yr[:, None].expand(-1, len(groups)).contiguous().to(z.device), weights, costs, gram=gram)
+    scores = (score_on @ u).cpu().numpy()  # costs x images x groups
+    return scores.transpose(1, 2, 0).reshape(len(score_on), len(groups) * len(costs))
 
 
 def low_shot_protocol(
@@ -85,6 +94,9 @@ def low_shot_protocol(
     train_targets, test_targets = torch.as_tensor(train_targets), torch.as_tensor(test_targets)
     y = svm_labels(train_targets)
     classes = y.shape[1]
+    # One basis for every sample of every class and k; the test images in its coordinates.
+    b = basis(train_x.to(device)) if solver == "torch" else None
+    test_on = b.project(test_x.to(device)) if b is not None else test_x
     names = list(class_names) if class_names is not None else list(range(classes))
     result = {}
     for k in ks:
@@ -92,36 +104,28 @@ def low_shot_protocol(
         cv_ap = np.full((samples, classes, len(costs)), np.nan)
         for j in range(classes):
             draws = [low_shot_sample(train_targets, j, k, s, seed, names[j]) for s in range(samples)]
-            scores = _fit_columns(
-                torch.cat([train_x, test_x]),
-                torch.cat([y[:, j], torch.zeros(len(test_x))]),
-                [(idx, cost) for idx in draws for cost in costs],
-                solver,
-                device,
-            )[len(train_x) :]
+            scores = _path_scores(b, train_x, y[:, j], draws, costs, test_on, solver)
             for s in range(samples):
                 for ci in range(len(costs)):
                     test_ap[s, j, ci] = voc_ap(scores[:, s * len(costs) + ci], test_targets[:, j].numpy())
             if k >= 2:
-                cv_ap[:, j] = _cv_inside_samples(train_x, y[:, j], draws, min(3, k), costs, solver, device)
+                cv_ap[:, j] = _cv_inside_samples(b, train_x, y[:, j], draws, min(3, k), costs, solver)
         result[k] = _summarise(test_ap, cv_ap, costs)
     return {"ks": list(ks), "samples": samples, "seed": seed, "by_k": result}
 
 
-def _cv_inside_samples(x, y, draws, folds, costs, solver, device) -> np.ndarray:
+def _cv_inside_samples(b, x, y, draws, folds, costs, solver) -> np.ndarray:
     """Mean held-out AP per sample and cost, by stratified folds inside each sample."""
-    columns, held_out = [], []
+    groups, held_out = [], []
     for idx in draws:
         for held in cv_folds((y[idx] > 0).numpy(), folds):
-            train = np.delete(idx, held)
-            for cost in costs:
-                columns.append((train, cost))
-                held_out.append(idx[held])
-    scores = _fit_columns(x, y, columns, solver, device)
+            groups.append(np.delete(idx, held))
+            held_out.append(idx[held])
+    scores = _path_scores(b, x, y, groups, costs, b.z if b is not None else x, solver)
     ap = np.zeros((len(draws), len(costs)))
-    for col, held in enumerate(held_out):
-        s, ci = col // (folds * len(costs)), col % len(costs)
-        ap[s, ci] += average_precision(scores[held, col], y[held] > 0) / folds
+    for g, held in enumerate(held_out):
+        for ci in range(len(costs)):
+            ap[g // folds, ci] += average_precision(scores[held, g * len(costs) + ci], y[held] > 0) / folds
     return ap
 
 

@@ -16,6 +16,7 @@ when given one.
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -57,10 +58,20 @@ def voc_ap(scores, targets) -> float:
 
 
 def average_precision(scores, positives) -> float:
-    """scikit-learn's (non-interpolated) average precision, the reference's CV score; in percent."""
-    from sklearn.metrics import average_precision_score
-
-    return 100.0 * float(average_precision_score(np.asarray(positives), np.asarray(scores)))
+    """Average precision in percent as scikit-learn's average_precision_score defines it (the reference's CV
+    score): the sum over score thresholds, tied scores being one threshold, of (recall gained) x precision.
+    Computed here in NumPy: the protocol needs it for every class, cost and fold (1,140 per layer on VOC07).
+    """
+    scores, positives = np.asarray(scores, dtype=np.float64), np.asarray(positives, dtype=bool)
+    npos = int(positives.sum())
+    if npos == 0:
+        return 0.0  # scikit-learn's value (with a warning) when no image is positive
+    order = np.argsort(-scores, kind="stable")
+    tp = np.cumsum(positives[order])
+    last = np.r_[np.flatnonzero(np.diff(scores[order])), len(scores) - 1]  # the last image of each tied score
+    tp = tp[last]
+    precision, recall = tp / (last + 1), tp / npos
+    return 100.0 * float(np.sum(np.diff(recall, prepend=0.0) * precision))
 
 
 # ----------------------------------------------------------------------------
@@ -68,9 +79,43 @@ def average_precision(scores, positives) -> float:
 # ----------------------------------------------------------------------------
 
 
-def fit_svms(
-    x: torch.Tensor, y: torch.Tensor, c: torch.Tensor, tol: float = 1e-6, max_newton: int = 50, max_cg: int = 200
-) -> torch.Tensor:
+class Basis(NamedTuple):
+    """Coordinates in which the SVMs of one feature matrix are solved.
+
+    With x1 = [x, 1] (the bias a weight like the others), every w the objective can prefer is w = to_w @ u,
+    with x1 @ w = z @ u and |w| = |u|: the same problem in u on the N x r features z, whose columns are
+    orthogonal (z^T z diagonal, the eigenvalues of x1's Gram matrix), so that the Hessian is nearly diagonal
+    and its diagonal a good preconditioner. r = min(N, D + 1): with more dimensions than images (VOC07's
+    5,011 images of 9,216 dimensions) the optimum lies in x1's row space, and z is N x N.
+    """
+
+    z: torch.Tensor  # N x r
+    to_w: torch.Tensor  # (D+1) x r
+    gram: torch.Tensor | None = None  # z @ z.T (N x N), kept when r = N: the exact Newton steps read it
+
+    def weights(self, u: torch.Tensor) -> torch.Tensor:
+        """W, (D+1) x P with the biases in the last row, of the solutions u (r x P)."""
+        return self.to_w @ u
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Other images (test images, say) in these coordinates: their decision values are project(x) @ u."""
+        return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1) @ self.to_w
+
+
+def basis(x: torch.Tensor) -> Basis:
+    """The Basis of features x (N x D, float64), from the eigenvectors of the smaller Gram matrix."""
+    x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1)
+    rows = x1.shape[1] > x1.shape[0]
+    gram = x1 @ x1.T if rows else x1.T @ x1
+    lam, vectors = torch.linalg.eigh(gram)
+    keep = lam > lam.max() * 1e-12  # directions x1 does not span carry no information (duplicate images)
+    lam, vectors = lam[keep], vectors[:, keep]
+    if rows:  # x1 = q sqrt(lam) v^T: z = q sqrt(lam), w = v u with v = x1^T q / sqrt(lam)
+        return Basis(vectors * lam.sqrt(), x1.T @ (vectors / lam.sqrt()), gram)
+    return Basis(x1 @ vectors, vectors)
+
+
+def fit_svms(x: torch.Tensor, y: torch.Tensor, c: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
     """Solve P squared-hinge SVMs on one feature matrix at once.
 
     x: N x D features; y: N x P labels in {+1, -1}; c: N x P per-sample costs
@@ -80,73 +125,145 @@ def fit_svms(
     with the bias b_p regularised like a weight (liblinear's intercept_scaling=1).
     Returns W: (D+1) x P, the last row being the biases.
     """
-    x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1)  # N x (D+1)
-    if x1.shape[1] > x1.shape[0]:
-        # More dimensions than samples: the objective sees w only through x1 @ w and |w|^2, so
-        # with x1 = U S V^T the optimum lies in the row space, w = V z, and solving for z on
-        # the N x r features U S is the same problem, exactly, at a fraction of the cost.
-        u, s, vh = torch.linalg.svd(x1, full_matrices=False)
-        return vh.T @ _newton(u * s, y, c, tol, max_newton, max_cg)
-    return _newton(x1, y, c, tol, max_newton, max_cg)
+    b = basis(x)
+    return b.weights(solve(b.z, y, c, tol, gram=b.gram))
 
 
-def _newton(x1: torch.Tensor, y: torch.Tensor, c: torch.Tensor, tol: float, max_newton: int, max_cg: int):
-    """Truncated Newton (TRON-like) on the primal, every column at once; x1 includes the bias column."""
-    w = torch.zeros(x1.shape[1], y.shape[1], dtype=x1.dtype, device=x1.device)  # (D+1) x P
+def cost_path(
+    z: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, costs, tol: float = 1e-6, gram: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The solutions u (r x P) for every cost: costs x r x P, with c = cost * weights (N x P); gram: z @ z.T.
 
-    def objective(w):
-        slack = (1 - y * (x1 @ w)).clamp(min=0)  # N x P
-        return 0.5 * (w * w).sum(0) + (c * slack * slack).sum(0)
+    Solved from the smallest cost up, each started from the solution of the one before (scaled by the ratio of
+    the costs where that is the better start: at small costs the solution grows in proportion to the cost), so
+    most problems begin a few Newton steps from their optimum.
+    """
+    order = sorted(range(len(costs)), key=lambda i: costs[i])
+    out = torch.empty(len(costs), z.shape[1], y.shape[1], dtype=z.dtype, device=z.device)
+    u, previous = None, None
+    exact = torch.zeros(y.shape[1], dtype=torch.bool, device=z.device)  # columns CG no longer serves
+    for i in order:
+        c = costs[i] * weights
+        if u is not None:
+            scaled = u * (costs[i] / previous)
+            better = _objective(z @ scaled, scaled, y, c) < _objective(z @ u, u, y, c)
+            u = torch.where(better, scaled, u)
+        u = solve(z, y, c, tol, start=u, gram=gram, exact=exact)
+        out[i], previous = u, costs[i]
+    return out
 
-    g0 = None
+
+def _objective(f: torch.Tensor, u: torch.Tensor, y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Per column: 0.5 |u|^2 + sum_i c_i max(0, 1 - y_i f_i)^2, with f = z @ u."""
+    slack = (1 - y * f).clamp(min=0)
+    return 0.5 * (u * u).sum(0) + (c * slack * slack).sum(0)
+
+
+def solve(
+    z: torch.Tensor,
+    y: torch.Tensor,
+    c: torch.Tensor,
+    tol: float = 1e-6,
+    start: torch.Tensor | None = None,
+    max_newton: int = 100,
+    max_cg: int = 30,
+    gram: torch.Tensor | None = None,
+    exact: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """min_u 0.5 |u|^2 + sum_i c_ip max(0, 1 - y_ip (z_i . u_p))^2 for every column p: u, r x P.
+
+    Newton's method on the piecewise quadratic objective: each step solves the Newton system
+    (I + 2 z^T diag(c on the margin violators) z) d = -g by conjugate gradients preconditioned with its
+    diagonal, only far enough (residual below min(0.1, |g| / |g0|) of |g|) for superlinear convergence;
+    a column whose system CG has not solved in max_cg iterations (large costs: an ill-conditioned Hessian)
+    gets the exact step instead (`_exact_step`), and keeps getting it: `exact`, one flag per column, updated
+    here (cost_path hands it on to the next, larger cost). An Armijo backtracking line search keeps each
+    step a descent. A column stops when |g| <= tol |g0|, g0 the gradient at u = 0 (so a warm start is judged
+    as a cold one), and only the columns not yet there are iterated. One that is still not there after
+    max_newton steps is named in a warning.
+    """
+    u = torch.zeros(z.shape[1], y.shape[1], dtype=z.dtype, device=z.device) if start is None else start.clone()
+    g0 = (2 * z.T @ (c * y)).norm(dim=0)  # |gradient| at u = 0
+    zz = z * z
+    todo = torch.arange(y.shape[1], device=z.device)
+    exact = torch.zeros(y.shape[1], dtype=torch.bool, device=z.device) if exact is None else exact
     for _ in range(max_newton):
-        margin = y * (x1 @ w)
-        active = c * (margin < 1)  # N x P: the samples inside the margin, weighted
-        grad = w - 2 * x1.T @ (active * (1 - margin) * y)  # (D+1) x P
+        uu, yy, cc = u[:, todo], y[:, todo], c[:, todo]
+        f = z @ uu
+        active = cc * (yy * f < 1)  # N x P: the weighted margin violators
+        grad = uu - 2 * z.T @ (active * (yy - f))  # (1 - y f) y = y - f, as y * y = 1
         gnorm = grad.norm(dim=0)
-        g0 = gnorm if g0 is None else g0
-        todo = gnorm > tol * g0
-        if not todo.any():
-            break
-        step = _conjugate_gradient(lambda v: v + 2 * x1.T @ (active * (x1 @ v)), -grad * todo, max_cg)
-        # Backtracking (Armijo) per column: the objective is only piecewise quadratic.
-        f0, slope, t = objective(w), (grad * step).sum(0), torch.ones_like(gnorm)
-        for _ in range(30):
-            bad = objective(w + step * t) > f0 + 0.01 * t * slope
+        left = gnorm > tol * g0[todo]
+        if not left.all():
+            todo, uu, yy, cc, f, active, grad, gnorm = (
+                t[..., left] for t in (todo, uu, yy, cc, f, active, grad, gnorm)
+            )
+        if len(todo) == 0:
+            return u
+        forcing = torch.minimum(torch.full_like(gnorm, 0.1), gnorm / g0[todo])
+        d, by_cg = torch.zeros_like(grad), torch.nonzero(~exact[todo]).flatten()
+        if len(by_cg):
+            a = active[:, by_cg]
+            d[:, by_cg], solved = _preconditioned_cg(
+                lambda v: v + 2 * z.T @ (a * (z @ v)), -grad[:, by_cg], 1 + 2 * zz.T @ a, forcing[by_cg], max_cg
+            )
+            exact[todo[by_cg[~solved]]] = True
+        for col in torch.nonzero(exact[todo]).flatten().tolist():
+            d[:, col] = _exact_step(z, active[:, col], grad[:, col], gram)
+        zd = z @ d
+        f0, slope, t = _objective(f, uu, yy, cc), (grad * d).sum(0), torch.ones_like(gnorm)
+        for _ in range(30):  # the objective is only piecewise quadratic: a full step may overshoot
+            bad = _objective(f + t * zd, uu + t * d, yy, cc) > f0 + 0.01 * t * slope
             if not bad.any():
                 break
             t = torch.where(bad, t / 2, t)
-        w = w + step * t
-    else:
-        warnings.warn(
-            f"fit_svms: {int(todo.sum())} of {len(todo)} problems stopped after {max_newton} "
-            f"Newton steps before reaching tol={tol}",
-            stacklevel=3,
-        )
-    return w
+        u[:, todo] = uu + t * d
+    warnings.warn(
+        f"fit_svms: {len(todo)} of {y.shape[1]} problems stopped after {max_newton} Newton steps before "
+        f"reaching tol={tol}",
+        stacklevel=3,
+    )
+    return u
 
 
-def _conjugate_gradient(hvp, b: torch.Tensor, max_iter: int, rtol: float = 0.1) -> torch.Tensor:
-    """Approximately solve H d = b column by column (H: a batch of SPD matrices given by hvp).
+def _exact_step(z: torch.Tensor, active: torch.Tensor, grad: torch.Tensor, gram: torch.Tensor | None) -> torch.Tensor:
+    """The Newton step -H^-1 g of one column, H = I + z_A^T diag(2 c_A) z_A over its margin violators A,
+    by a Cholesky factorisation: of H itself (r x r) when A has at least r images, else of the |A| x |A|
+    matrix of the Woodbury identity, H^-1 = I - z_A^T (diag(1 / (2 c_A)) + z_A z_A^T)^-1 z_A (z_A z_A^T read
+    from gram when given)."""
+    rows = torch.nonzero(active).flatten()
+    za, ca = z[rows], active[rows]
+    if len(rows) >= z.shape[1]:
+        h = za.T @ (2 * ca[:, None] * za)
+        h.diagonal().add_(1)
+        return -torch.cholesky_solve(grad[:, None], torch.linalg.cholesky(h))[:, 0]
+    m = gram[rows][:, rows] if gram is not None else za @ za.T
+    m.diagonal().add_(1 / (2 * ca))
+    return -(grad - za.T @ torch.cholesky_solve((za @ grad)[:, None], torch.linalg.cholesky(m))[:, 0])
 
-    Truncated Newton: a relative residual of 0.1 suffices far from the optimum and
-    shrinks with the gradient near it (b is the gradient), as in liblinear's TRON.
-    """
+
+def _preconditioned_cg(hvp, b: torch.Tensor, diagonal: torch.Tensor, forcing: torch.Tensor, max_iter: int):
+    """Approximately solve H d = b for each column (H symmetric positive definite, given by hvp), with the
+    Jacobi preconditioner `diagonal`, until |residual| <= forcing |b|; converged columns stop moving.
+    Returns d and which columns got there."""
     d = torch.zeros_like(b)
-    r, p = b.clone(), b.clone()
-    rs = (r * r).sum(0)
-    target = (rtol * b.norm(dim=0)) ** 2
-    for _ in range(max_iter):
-        if bool((rs <= target).all()):
+    r = b.clone()
+    s = r / diagonal
+    p, rs = s.clone(), (r * s).sum(0)
+    target = forcing * b.norm(dim=0)
+    for i in range(max_iter + 1):
+        going = r.norm(dim=0) > target
+        if not going.any() or i == max_iter:
             break
         hp = hvp(p)
-        alpha = torch.where(rs > target, rs / (p * hp).sum(0).clamp(min=1e-300), torch.zeros_like(rs))
+        alpha = torch.where(going, rs / (p * hp).sum(0).clamp(min=1e-300), torch.zeros_like(rs))
         d += alpha * p
         r -= alpha * hp
-        rs_new = (r * r).sum(0)
-        p = r + (rs_new / rs.clamp(min=1e-300)) * p
+        s = r / diagonal
+        rs_new = (r * s).sum(0)
+        p = s + (rs_new / rs.clamp(min=1e-300)) * p
         rs = rs_new
-    return d
+    return d, ~going
 
 
 # ----------------------------------------------------------------------------
@@ -200,9 +317,18 @@ def sklearn_svm_scores(x_train, y_train, cost: float, x_eval, max_iter: int = 50
 
 
 def cross_validated_ap(
-    x: torch.Tensor, targets: torch.Tensor, costs=COSTS, folds: int = 3, solver: str = "torch", device=None
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    costs=COSTS,
+    folds: int = 3,
+    solver: str = "torch",
+    device=None,
+    coordinates: Basis | None = None,
 ) -> np.ndarray:
-    """Mean held-out average precision (%) per class and cost: classes x costs."""
+    """Mean held-out average precision (%) per class and cost: classes x costs.
+
+    coordinates: basis(x), when the caller has it (svm_protocol reuses it for the refit).
+    """
     y = svm_labels(targets)  # N x classes
     n, classes = y.shape
     fold_sets = [cv_folds((y[:, j] > 0).numpy(), folds) for j in range(classes)]
@@ -217,29 +343,27 @@ def cross_validated_ap(
         return ap
     if solver != "torch":
         raise ValueError(f"unknown solver {solver!r}; choose 'torch' or 'sklearn'")
-    # One column per (fold, class, cost); a held-out sample gets cost 0 in its fold's columns.
-    cols_y, cols_c = [], []
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    b = coordinates if coordinates is not None else basis(x.to(device))
+    # One column per (fold, class): the class weights, 0 for the fold's held-out images; every cost on the path.
+    weights = sample_costs(y, 1.0).repeat(1, folds)
     for f in range(folds):
         for j in range(classes):
-            keep = torch.ones(n, dtype=torch.float64)
-            keep[torch.as_tensor(fold_sets[j][f])] = 0
-            for cost in costs:
-                cols_y.append(y[:, j])
-                cols_c.append(sample_costs(y[:, j], cost) * keep)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    w = fit_svms(x.to(device), torch.stack(cols_y, 1).to(device), torch.stack(cols_c, 1).to(device))
-    scores = (x.to(device) @ w[:-1] + w[-1]).cpu().numpy()  # N x columns
-    col = 0
+            weights[torch.as_tensor(fold_sets[j][f]), f * classes + j] = 0
+    u = cost_path(b.z, y.repeat(1, folds).to(device), weights.to(device), costs, gram=b.gram)  # costs x r x columns
+    scores = (b.z @ u).cpu().numpy()  # costs x N x columns: decision values of the training images
+    positives = (y > 0).numpy()
     for f in range(folds):
         for j in range(classes):
             held = fold_sets[j][f]
             for ci in range(len(costs)):
-                ap[j, ci] += average_precision(scores[held, col], y[held, j] > 0) / folds
-                col += 1
+                ap[j, ci] += average_precision(scores[ci, held, f * classes + j], positives[held, j]) / folds
     return ap
 
 
-def fit_and_score(x_train, targets_train, chosen_costs, x_test, solver: str = "torch", device=None) -> np.ndarray:
+def fit_and_score(
+    x_train, targets_train, chosen_costs, x_test, solver: str = "torch", device=None, coordinates: Basis | None = None
+) -> np.ndarray:
     """Refit every class at its chosen cost on all training data; decision values on x_test (N x classes)."""
     y = svm_labels(targets_train)
     if solver == "sklearn":
@@ -247,8 +371,9 @@ def fit_and_score(x_train, targets_train, chosen_costs, x_test, solver: str = "t
             [sklearn_svm_scores(x_train, y[:, j], chosen_costs[j], x_test) for j in range(y.shape[1])], axis=1
         )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    c = torch.stack([sample_costs(y[:, j], chosen_costs[j]) for j in range(y.shape[1])], 1)
-    w = fit_svms(x_train.to(device), y.to(device), c.to(device))
+    b = coordinates if coordinates is not None else basis(x_train.to(device))
+    c = sample_costs(y, 1.0) * torch.as_tensor(chosen_costs, dtype=torch.float64)
+    w = b.weights(solve(b.z, y.to(device), c.to(device), gram=b.gram))
     return (x_test.to(device) @ w[:-1] + w[-1]).cpu().numpy()
 
 
@@ -271,9 +396,11 @@ def svm_protocol(
     """
     train_x, test_x = normalize_rows(train_x), normalize_rows(test_x)
     train_targets, test_targets = torch.as_tensor(train_targets), torch.as_tensor(test_targets)
-    cv = cross_validated_ap(train_x, train_targets, costs, folds, solver, device)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    coordinates = basis(train_x.to(device)) if solver == "torch" else None  # one eigendecomposition per layer
+    cv = cross_validated_ap(train_x, train_targets, costs, folds, solver, device, coordinates)
     chosen = [costs[i] for i in cv.argmax(axis=1)]  # the first of equally good costs, in list order
-    scores = fit_and_score(train_x, train_targets, chosen, test_x, solver, device)
+    scores = fit_and_score(train_x, train_targets, chosen, test_x, solver, device, coordinates)
     ap = [voc_ap(scores[:, j], test_targets[:, j].numpy()) for j in range(scores.shape[1])]
     result = {
         "ap": ap,
