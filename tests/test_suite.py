@@ -56,8 +56,8 @@ def test_evaluate_on_voc_layout_writes_results_and_reference_tables(checkpoint, 
     assert len(svm["layers"]["feat5"]["ap"]) == 20 and svm["layers"]["feat5"]["classes"][0] == "aeroplane"
     assert svm["data"] == {"train": 60, "test": 40, "classes": 20} and svm["settings"]["folds"] == 3
     assert len(svm["settings"]["costs"]) == 19
-    best = max(svm["layers"], key=lambda n: svm["layers"][n]["mAP"])
-    assert svm["best_layer"] == best and saved["lowshot"]["layer"] == best
+    # the reference's best layer is a feat layer, however avgpool scores: here the only one measured
+    assert svm["best_layer"] == "feat5" and saved["lowshot"]["layer"] == "feat5"
     assert set(saved["lowshot"]["by_k"]) == {"1", "2"} and saved["lowshot"]["settings"]["samples"] == 2
     knn = saved["knn"]
     assert set(knn["features"]) == {"avgpool", "head"} and set(knn["features"]["avgpool"]) == {"10", "20", "100", "200"}

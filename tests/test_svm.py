@@ -182,3 +182,11 @@ def test_the_protocol_converges_at_every_cost_on_real_features(cifar_features):
     grad = u[COSTS.index(100.0)] - 2 * b.z.T @ (100.0 * weights * (y * f < 1) * (y - f))
     assert (grad.norm(dim=0) <= 1e-6 * g0).all()
 
+
+def test_the_best_layer_is_a_feat_layer_as_the_reference_picks_it():
+    """MMSelfSup 0.x's low-shot benchmark runs on the best of feat1-5: avgpool is reported, never chosen."""
+    from mocolab.evaluate.benchmarks import best_layer
+
+    by_layer = {"feat3": {"mAP": 40.0}, "feat5": {"mAP": 42.0}, "avgpool": {"mAP": 45.0}}
+    assert best_layer(by_layer) == "feat5"
+    assert best_layer({"avgpool": {"mAP": 45.0}}) == "avgpool"  # no feat layer measured: the one there is
