@@ -190,3 +190,15 @@ def test_the_best_layer_is_a_feat_layer_as_the_reference_picks_it():
     by_layer = {"feat3": {"mAP": 40.0}, "feat5": {"mAP": 42.0}, "avgpool": {"mAP": 45.0}}
     assert best_layer(by_layer) == "feat5"
     assert best_layer({"avgpool": {"mAP": 45.0}}) == "avgpool"  # no feat layer measured: the one there is
+
+
+def test_low_shot_with_the_batched_solver_equals_linearsvc(cifar_features):
+    """Every class's samples solved at once along the cost path give LinearSVC's test APs and CV APs."""
+    train_x, train_t, test_x, test_t = cifar_features
+    args = dict(ks=(1, 4), samples=2, costs=(COSTS[1], COSTS[0], COSTS[8]))
+    ours = low_shot_protocol(train_x, train_t, test_x, test_t, solver="torch", **args)
+    ref = low_shot_protocol(train_x, train_t, test_x, test_t, solver="sklearn", **args)
+    for k in (1, 4):
+        for choice in ("cost_picked_on_test", "cost_picked_by_cv") if k > 1 else ("cost_picked_on_test",):
+            got, want = ours["by_k"][k][choice], ref["by_k"][k][choice]
+            assert np.allclose(got["per_sample"], want["per_sample"], atol=0.05), (k, choice, got, want)

@@ -56,21 +56,23 @@ def low_shot_sample(targets: torch.Tensor, cls: int, k: int, sample: int, seed: 
 def _path_scores(b: Basis | None, x, y, groups, costs, score_on, solver: str) -> np.ndarray:
     """Decision values on `score_on` of one SVM per (group, cost): columns ordered group-major.
 
-    groups: training index arrays into x / y (one sample, or one sample's CV training part, each).
-    On the torch solver every group's SVMs are solved along the cost path in the basis of all
-    training images (b), restricted to the rows the groups use; score_on is then in b's coordinates.
+    groups: (class, training indices into x / y) pairs: one sample of a class, or one sample's CV training
+    part. On the torch solver the SVMs of all groups are solved at once along the cost path, in the basis of
+    all training images (b) restricted to the rows the groups use; score_on is then in b's coordinates.
     """
     if solver == "sklearn":
-        return np.stack([sklearn_svm_scores(x[idx], y[idx], cost, score_on) for idx in groups for cost in costs], 1)
-    rows = np.unique(np.concatenate(groups))
+        return np.stack(
+            [sklearn_svm_scores(x[idx], y[idx, j], cost, score_on) for j, idx in groups for cost in costs], 1
+        )
+    rows = np.unique(np.concatenate([idx for _, idx in groups]))
     member = torch.zeros(len(rows), len(groups), dtype=torch.float64)
-    for g, idx in enumerate(groups):
+    for g, (_, idx) in enumerate(groups):
         member[torch.as_tensor(np.searchsorted(rows, idx)), g] = 1
     index = torch.as_tensor(rows, device=b.z.device)
-    z, yr = b.z[index], y[torch.as_tensor(rows)]
-    weights = (sample_costs(yr, 1.0)[:, None] * member).to(z.device)
+    labels = y[torch.as_tensor(rows)][:, torch.as_tensor([j for j, _ in groups])]  # rows x groups
+    weights = sample_costs(labels, 1.0) * member
     gram = b.gram[index][:, index] if b.gram is not None else None
-    u = cost_path(z, yr[:, None].expand(-1, len(groups)).contiguous().to(z.device), weights, costs, gram=gram)
+    u = cost_path(b.z[index], labels.to(b.z.device), weights.to(b.z.device), costs, gram=gram)
     scores = (score_on @ u).cpu().numpy()  # costs x images x groups
     return scores.transpose(1, 2, 0).reshape(len(score_on), len(groups) * len(costs))
 
@@ -99,33 +101,40 @@ def low_shot_protocol(
     test_on = b.project(test_x.to(device)) if b is not None else test_x
     names = list(class_names) if class_names is not None else list(range(classes))
     result = {}
-    for k in ks:
+    for k in ks:  # every class's samples at once: one cost path for the test APs, one for the CV
+        draws = [
+            [low_shot_sample(train_targets, j, k, s, seed, names[j]) for s in range(samples)] for j in range(classes)
+        ]
+        scores = _path_scores(
+            b, train_x, y, [(j, idx) for j in range(classes) for idx in draws[j]], costs, test_on, solver
+        )
         test_ap = np.zeros((samples, classes, len(costs)))
-        cv_ap = np.full((samples, classes, len(costs)), np.nan)
         for j in range(classes):
-            draws = [low_shot_sample(train_targets, j, k, s, seed, names[j]) for s in range(samples)]
-            scores = _path_scores(b, train_x, y[:, j], draws, costs, test_on, solver)
             for s in range(samples):
                 for ci in range(len(costs)):
-                    test_ap[s, j, ci] = voc_ap(scores[:, s * len(costs) + ci], test_targets[:, j].numpy())
-            if k >= 2:
-                cv_ap[:, j] = _cv_inside_samples(b, train_x, y[:, j], draws, min(3, k), costs, solver)
+                    column = (j * samples + s) * len(costs) + ci
+                    test_ap[s, j, ci] = voc_ap(scores[:, column], test_targets[:, j].numpy())
+        cv_ap = np.full((samples, classes, len(costs)), np.nan)
+        if k >= 2:
+            cv_ap = _cv_inside_samples(b, train_x, y, draws, min(3, k), costs, solver)
         result[k] = _summarise(test_ap, cv_ap, costs)
     return {"ks": list(ks), "samples": samples, "seed": seed, "by_k": result}
 
 
 def _cv_inside_samples(b, x, y, draws, folds, costs, solver) -> np.ndarray:
-    """Mean held-out AP per sample and cost, by stratified folds inside each sample."""
+    """Mean held-out AP per sample, class and cost (samples x classes x costs), by stratified folds inside
+    each sample; draws[j][s]: the training indices of class j's sample s."""
     groups, held_out = [], []
-    for idx in draws:
-        for held in cv_folds((y[idx] > 0).numpy(), folds):
-            groups.append(np.delete(idx, held))
-            held_out.append(idx[held])
+    for j, class_draws in enumerate(draws):
+        for s, idx in enumerate(class_draws):
+            for held in cv_folds((y[idx, j] > 0).numpy(), folds):
+                groups.append((j, np.delete(idx, held)))
+                held_out.append((j, s, idx[held]))
     scores = _path_scores(b, x, y, groups, costs, b.z if b is not None else x, solver)
-    ap = np.zeros((len(draws), len(costs)))
-    for g, held in enumerate(held_out):
+    ap = np.zeros((len(draws[0]), len(draws), len(costs)))
+    for g, (j, s, held) in enumerate(held_out):
         for ci in range(len(costs)):
-            ap[g // folds, ci] += average_precision(scores[held, g * len(costs) + ci], y[held] > 0) / folds
+            ap[s, j, ci] += average_precision(scores[held, g * len(costs) + ci], y[held, j] > 0) / folds
     return ap
 
 

@@ -166,7 +166,6 @@ def solve(
     tol: float = 1e-6,
     start: torch.Tensor | None = None,
     max_newton: int = 100,
-    max_cg: int = 30,
     gram: torch.Tensor | None = None,
     exact: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -175,12 +174,13 @@ def solve(
     Newton's method on the piecewise quadratic objective: each step solves the Newton system
     (I + 2 z^T diag(c on the margin violators) z) d = -g by conjugate gradients preconditioned with its
     diagonal, only far enough (residual below min(0.1, |g| / |g0|) of |g|) for superlinear convergence;
-    a column whose system CG has not solved in max_cg iterations (large costs: an ill-conditioned Hessian)
-    gets the exact step instead (`_exact_step`), and keeps getting it: `exact`, one flag per column, updated
-    here (cost_path hands it on to the next, larger cost). An Armijo backtracking line search keeps each
-    step a descent. A column stops when |g| <= tol |g0|, g0 the gradient at u = 0 (so a warm start is judged
-    as a cold one), and only the columns not yet there are iterated. One that is still not there after
-    max_newton steps is named in a warning.
+    a column whose system CG has not solved within the iterations that cost as much as the exact step
+    (large costs: an ill-conditioned Hessian) gets the exact step instead (`_exact_step`), and keeps
+    getting it: `exact`, one flag per column, updated here (cost_path hands it on to the next, larger
+    cost). An Armijo backtracking line search keeps each step a descent. A column stops when
+    |g| <= tol |g0|, g0 the gradient at u = 0 (so a warm start is judged as a cold one), and only the
+    columns not yet there are iterated. One that is still not there after max_newton steps is named in a
+    warning.
     """
     u = torch.zeros(z.shape[1], y.shape[1], dtype=z.dtype, device=z.device) if start is None else start.clone()
     g0 = (2 * z.T @ (c * y)).norm(dim=0)  # |gradient| at u = 0
@@ -205,7 +205,11 @@ def solve(
         if len(by_cg):
             a = active[:, by_cg]
             d[:, by_cg], solved = _preconditioned_cg(
-                lambda v: v + 2 * z.T @ (a * (z @ v)), -grad[:, by_cg], 1 + 2 * zz.T @ a, forcing[by_cg], max_cg
+                lambda v: v + 2 * z.T @ (a * (z @ v)),
+                -grad[:, by_cg],
+                1 + 2 * zz.T @ a,
+                forcing[by_cg],
+                _cg_budget(a, z.shape[1]),
             )
             exact[todo[by_cg[~solved]]] = True
         for col in torch.nonzero(exact[todo]).flatten().tolist():
@@ -242,7 +246,14 @@ def _exact_step(z: torch.Tensor, active: torch.Tensor, grad: torch.Tensor, gram:
     return -(grad - za.T @ torch.cholesky_solve((za @ grad)[:, None], torch.linalg.cholesky(m))[:, 0])
 
 
-def _preconditioned_cg(hvp, b: torch.Tensor, diagonal: torch.Tensor, forcing: torch.Tensor, max_iter: int):
+def _cg_budget(active: torch.Tensor, r: int) -> torch.Tensor:
+    """CG iterations per column worth as much as its exact step: a CG iteration costs 2 N r multiply-adds
+    (two products with z), the exact step's Cholesky factorisation k^3 / 3, k = min(|A|, r); 5 to 100."""
+    k = (active > 0).sum(0).clamp(max=r).double()
+    return (k**3 / (6 * active.shape[0] * r)).clamp(5, 100).long()
+
+
+def _preconditioned_cg(hvp, b: torch.Tensor, diagonal: torch.Tensor, forcing: torch.Tensor, max_iter: torch.Tensor):
     """Approximately solve H d = b for each column (H symmetric positive definite, given by hvp), with the
     Jacobi preconditioner `diagonal`, until |residual| <= forcing |b|; converged columns stop moving.
     Returns d and which columns got there."""
@@ -251,9 +262,9 @@ def _preconditioned_cg(hvp, b: torch.Tensor, diagonal: torch.Tensor, forcing: to
     s = r / diagonal
     p, rs = s.clone(), (r * s).sum(0)
     target = forcing * b.norm(dim=0)
-    for i in range(max_iter + 1):
-        going = r.norm(dim=0) > target
-        if not going.any() or i == max_iter:
+    for i in range(int(max_iter.max()) + 1):
+        going = (r.norm(dim=0) > target) & (i < max_iter)
+        if not going.any():
             break
         hp = hvp(p)
         alpha = torch.where(going, rs / (p * hp).sum(0).clamp(min=1e-300), torch.zeros_like(rs))
@@ -263,7 +274,7 @@ def _preconditioned_cg(hvp, b: torch.Tensor, diagonal: torch.Tensor, forcing: to
         rs_new = (r * s).sum(0)
         p = s + (rs_new / rs.clamp(min=1e-300)) * p
         rs = rs_new
-    return d, ~going
+    return d, r.norm(dim=0) <= target
 
 
 # ----------------------------------------------------------------------------
