@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -134,3 +135,19 @@ def test_sets_smaller_than_a_batch_are_warned_about(cifar10_root):
             workers=0,
             progress=False,
         )
+
+
+def test_places_training_crops_come_from_the_central_square():
+    """The reference's Places205 pipeline centre-crops the resized image to 256 x 256 before its random 224
+    crop: on a wide image no crop reaches the outer bands (without the centre crop most draws would)."""
+    from PIL import Image
+
+    from mocolab.evaluate.linear import probe_transforms
+
+    wide = np.zeros((256, 768, 3), dtype=np.uint8)
+    wide[:, 256:512, 1] = 255  # green centre square, black bands left and right
+    train, _ = probe_transforms("places", mean=(0, 0, 0), std=(1, 1, 1))
+    torch.manual_seed(0)
+    for _ in range(20):
+        crop = train(Image.fromarray(wide))
+        assert crop.shape == (3, 224, 224) and bool((crop[1] > 0.99).all())

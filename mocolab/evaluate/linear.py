@@ -71,8 +71,8 @@ class Lighting(nn.Module):
 
 def probe_transforms(recipe: str, size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """(train, test) transforms: "avgpool" (RRC + flip), "multihead" (+ jitter and lighting),
-    "places" (resize 256, random crop, flip), "cifar" (pad-4 random crop + flip, for 32 px data; images of
-    another size are first resized and centre-cropped to `size`)."""
+    "places" (resize 256, centre crop 256, random crop, flip), "cifar" (pad-4 random crop + flip, for 32 px
+    data; images of another size are first resized and centre-cropped to `size`)."""
     tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     resize = round(size * 256 / 224)
     test = v2.Compose([v2.Resize(resize), v2.CenterCrop(size), *tensor, v2.Normalize(mean, std)])
@@ -86,8 +86,8 @@ def probe_transforms(recipe: str, size: int = 224, mean=IMAGENET_MEAN, std=IMAGE
             *tensor,
             Lighting(0.1),
         ]
-    elif recipe == "places":
-        train = [v2.Resize(resize), v2.RandomCrop(size), v2.RandomHorizontalFlip(), *tensor]
+    elif recipe == "places":  # the reference's CenterCrop(256): crops come from the central square only
+        train = [v2.Resize(resize), v2.CenterCrop(resize), v2.RandomCrop(size), v2.RandomHorizontalFlip(), *tensor]
     elif recipe == "cifar":  # CIFAR's 32 px images pass the resize unchanged; other sizes are brought to `size`
         fit = [v2.Resize(size), v2.CenterCrop(size)]
         train = [*fit, v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip(), *tensor]
