@@ -125,7 +125,9 @@ def test_knn_sets_on_the_device_match_the_reference_subsets(cifar10_root, tmp_pa
 @pytest.mark.slow
 def test_pretraining_on_the_device_path_monitors_the_reference_knn(cifar10_root, tmp_path):
     """The kNN monitor on the device path (bank and test set held on the device) gives the value the
-    reference loaders give for the same encoder."""
+    reference loaders give for the same encoder. In the default NCHW layout: with channels_last the two
+    paths' inputs take different oneDNN kernels in PyPI's torch 2.14.1 build, whose rounding flipped a
+    near-tie among the 32 test images (12.5 against 15.625); the layout is not what is tested here."""
     cfg = cfg_for(
         cifar10_root,
         tmp_path,
@@ -135,7 +137,7 @@ def test_pretraining_on_the_device_path_monitors_the_reference_knn(cifar10_root,
         knn_test_size=32,
         knn_k=10,
         epochs=2,
-        channels_last=True,
+        channels_last=False,
     )
     run = pretrain(cfg, progress=False)
     assert [r["epoch"] for r in run.history] == [0, 1, 2] and run.steps[-1]["random_keys"] == 0  # 8 x 16 keys

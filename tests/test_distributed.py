@@ -44,14 +44,15 @@ def test_two_processes_follow_one_process_with_twice_the_batch(cifar10_root, tmp
 
     Tolerance: the runs differ only in float summation order (gradient all-reduce, queue slot order),
     which this tiny run amplifies step by step: changing only the thread count of the one-process
-    run moves the loss by 2e-7 at step 3 and 5e-3 at step 8 (measured on the 2-core CI machine).
-    So: 1e-5 over the first epoch (4 steps), 1e-2 after."""
+    run moves the loss by 2e-7 at step 3 and 5e-3 at step 8 (measured on the 2-core CI machine), and
+    PyPI's torch 2.14.1 build (its oneDNN) makes the two layouts differ by 1e-4 at step 4 already.
+    So: 1e-5 over the first 3 steps, 1e-2 after."""
     one = pretrain(tiny(cifar10_root, tmp_path / "one", shuffle_bn=False), progress=False)
     two = pretrain(tiny(cifar10_root, tmp_path / "two", shuffle_bn=False, processes=2), progress=False)
     loss_one = torch.tensor([r["loss"] for r in one.steps])
     loss_two = torch.tensor([r["loss"] for r in two.steps])
     assert len(loss_one) == len(loss_two) == 8
-    assert torch.allclose(loss_one[:4], loss_two[:4], rtol=0, atol=1e-5), (loss_one, loss_two)
+    assert torch.allclose(loss_one[:3], loss_two[:3], rtol=0, atol=1e-5), (loss_one.tolist(), loss_two.tolist())
     assert torch.allclose(loss_one, loss_two, rtol=0, atol=1e-2), (loss_one, loss_two)
     assert one.model.queue.ptr.item() == two.model.queue.ptr.item() == (8 * 16) % 64
     # The same keys in the same slots, once the order within each step's block is accounted for: rank r
