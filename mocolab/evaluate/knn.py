@@ -52,11 +52,17 @@ def knn_accuracy(
     T: float = 0.07,
     chunk_size: int = 1024,
 ) -> dict[int, dict[str, float]]:
-    """Top-1 (and top-5 when there are more than 5 classes) accuracy in percent, for every k."""
+    """Top-1 (and top-5 when there are more than 5 classes) accuracy in percent, for every k.
+
+    Classes with equal scores (at small k, most classes have no vote at all: 0) rank by class index, lower
+    first: a stable sort of the scores, on the CPU whatever the features' device. That is the order the
+    reference's `probs.sort(1, True)` (MMSelfSup's knn_classifier, from DINO's eval_knn) gives on a CPU; on a GPU
+    torch documents no order for ties, so the reference's own top-5 at k <= 20 can move with the device (up to
+    2.3 points on CIFAR-10, issue 27). Top-1 has no such freedom unless the leading scores tie exactly."""
     result = {}
     test_y = test_y.cpu()
     for k, s in knn_scores(test_f, bank_f, bank_y, num_classes, ks, T, chunk_size).items():
-        ranked = s.argsort(dim=1, descending=True)
+        ranked = s.argsort(dim=1, descending=True, stable=True)
         result[k] = {"top1": 100.0 * (ranked[:, 0] == test_y).float().mean().item()}
         if num_classes > 5:
             result[k]["top5"] = 100.0 * (ranked[:, :5] == test_y[:, None]).any(1).float().mean().item()
