@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mocolab.augment import IMAGENET_MEAN
 from mocolab.run.checkpoint import CheckpointError
 from mocolab.data import DatasetError
 from mocolab.settings import ConfigError
@@ -104,9 +105,17 @@ def test_voc_segmentation_joins_sbd_and_keeps_the_ignore_label(tmp_path):
     image, mask = augmented[3]  # from SegmentationClassAug
     assert image.shape == (3, 64, 80) and mask.dtype == torch.int64
     assert set(mask.unique().tolist()) == {0, 2, 255}
-    cropped = VOCSegmentation(root, "train", crop=96, scale=(1.0, 1.0))
+    # Scaled to fit (4 x 96, 96) x 0.5: 64 x 80 -> 48 x 60, then padded to the 96 crop with the ignore label and
+    # the mean colour (0 once normalised, as the reference pads its normalised image with 0).
+    cropped = VOCSegmentation(root, "train", crop=96, scale=(0.5, 0.5), distort=False)
     image, mask = cropped[0]
-    assert image.shape == (3, 96, 96) and (mask[64:] == 255).all()  # padding is ignored, not background
+    assert image.shape == (3, 96, 96) and (mask[48:] == 255).all() and (mask[:, 60:] == 255).all()
+    assert (mask[:48, :60] != 255).any()
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1)
+    assert torch.allclose(image[:, 48:].flatten(1), mean) and torch.allclose(image[:, :, 60:].flatten(1), mean)
+    tested = VOCSegmentation(root, "val", test_scale=96)
+    image, mask = tested[0]
+    assert image.shape == (3, 96, 120) and mask.shape == (64, 80)  # the image at short side 96, the mask as is
     bad = Image.fromarray(np.full((64, 80), 30, np.uint8), mode="P")
     bad.putpalette(VOC_PALETTE)  # with its palette, as VOC masks are saved (PIL would re-index one without)
     bad.save(root / "VOC2012" / "SegmentationClass" / "2012_000000.png")
@@ -155,9 +164,11 @@ def test_pretrained_weights_land_in_every_model_and_a_wrong_backbone_is_named():
         fcn_r50_d8(backbone=resnet18)
 
 
-def test_the_builders_make_torchvisions_reference_models_tensor_for_tensor():
-    """For ResNet-50 each builder is torchvision's own builder, down to the random initialisation: the same
-    modules built in the same order draw the same numbers."""
+def test_the_builders_make_torchvisions_models_tensor_for_tensor_where_the_reference_agrees():
+    """Where the reference's model is torchvision's, the builder is torchvision's own, down to the random
+    initialisation (the same modules built in the same order draw the same numbers): Faster R-CNN R50-FPN whole,
+    Mask R-CNN with torchvision's heads (norm=False), and FCN's dilated ResNet-50 (its heads are MMSegmentation's,
+    tests/test_transfer_protocol.py)."""
     import torchvision.models.detection as D
     from torchvision.models.segmentation import fcn_resnet50
 
@@ -170,7 +181,10 @@ def test_the_builders_make_torchvisions_reference_models_tensor_for_tensor():
         torch.manual_seed(0)
         expected = torchvisions().state_dict()
         torch.manual_seed(0)
-        got = ours(num_classes).state_dict()
+        got = (ours(num_classes, norm=False) if ours is mask_rcnn_fpn else ours(num_classes)).state_dict()
+        if ours is fcn_r50_d8:
+            expected = {k: v for k, v in expected.items() if k.startswith("backbone.")}
+            got = {k: v for k, v in got.items() if k.startswith("backbone.")}
         assert list(got) == list(expected) and all(torch.equal(got[k], expected[k]) for k in got), ours.__name__
 
 
@@ -233,19 +247,19 @@ def test_a_few_detection_iterations_lower_the_loss(tmp_path):
         model,
         finetune.detection_step,
         ds,
-        finetune.Schedule(8, 2, 0.002, warmup=2),
+        finetune.Schedule(8, 2, 0.01, warmup=2),
         log_every=1,
         workers=0,
         collate_fn=finetune.collate_detection,
         progress=lambda _: None,
     )
-    # The RPN's objectness loss falls steadily (0.70 -> 0.20 here at 1 or 2 threads). The total does not: the RoI
-    # classifier first learns "background" (3.2 -> 0.7), then rises again as the RPN starts sending it objects.
+    # The RPN's objectness loss falls from 0.67 to about 0.03 (1 or 2 threads). The RoI classifier starts at chance,
+    # ln 21 (the reference's N(0, 0.01) predictor on the extra norm's unit-scale features), and falls steadily
+    # (3.06 -> 2.54 and 2.65 at 1 and 2 threads). Without the extra norm it swung 2.8 -> 0.7 -> 3.7 at lr 0.002.
     objectness = [r["loss_objectness"] for r in rows]
     classifier = [r["loss_classifier"] for r in rows]
-    assert len(rows) == 8 and objectness[-1] < 0.5 * objectness[0], objectness
-    assert all(b < a for a, b in zip(objectness[1:], objectness[2:])), objectness
-    assert min(classifier) < 0.5 * classifier[0], classifier
+    assert len(rows) == 8 and objectness[-1] < 0.25 * objectness[0], objectness
+    assert classifier[0] == pytest.approx(np.log(21), abs=0.05) and classifier[-1] < classifier[0] - 0.25, classifier
 
 
 def test_voc_evaluation_of_perfect_detections_is_100(tmp_path):
@@ -490,16 +504,18 @@ def test_coco_evaluation_of_perfect_boxes_and_masks_is_100_and_mask_rcnn_learns(
     assert metrics["box AP"] == pytest.approx(100) and metrics["mask AP"] == pytest.approx(100)
     torch.manual_seed(0)
     model = mask_rcnn_fpn(num_classes=3, backbone=resnet50_weights(), **finetune.TINY_MODEL_OPTIONS)
-    # A random backbone starts with a mask loss near 6.4; lr 0.002 diverges at batch 2, 0.0005 does not.
+    # The reference's normalised heads start near a loss of 4 (torchvision's unnormalised ones near 8.7, with a
+    # mask loss of 6.4 that diverged at lr 0.002); at lr 0.002 the loss falls to about 2.2-2.5 in 8 iterations.
     rows = finetune.train(
         model,
         finetune.detection_step,
         ds,
-        finetune.Schedule(8, 2, 0.0005, warmup=2),
+        finetune.Schedule(8, 2, 0.002, warmup=2),
         log_every=1,
         workers=0,
         collate_fn=finetune.collate_detection,
         progress=lambda _: None,
     )
-    loss = [r["loss"] for r in rows]  # 8.7 8.3 5.4 5.1 6.4 3.9 4.6 4.4
-    assert "loss_mask" in rows[0] and np.mean(loss[-3:]) < np.mean(loss[:2]) - 2, loss
+    loss, mask = [r["loss"] for r in rows], [r["loss_mask"] for r in rows]  # 4.06 4.03 3.76 3.21 2.55 2.31 2.53 1.78
+    assert np.mean(loss[-3:]) < 0.75 * np.mean(loss[:2]), loss
+    assert np.mean(mask[-3:]) < 0.75 * np.mean(mask[:2]), mask

@@ -162,7 +162,7 @@ def test_sync_bn_replaces_every_batchnorm_and_keeps_the_checkpoint_keys():
     torch.manual_seed(0)
     model = faster_rcnn_c4(21)
     bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-    assert bns == 53  # the stem, 16 bottlenecks with 3 BNs each, 4 downsample BNs: every one is trainable
+    assert bns == 53 + 1  # the stem, 16 bottlenecks of 3 BNs, 4 downsample BNs, the extra norm: all trainable
     synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(faster_rcnn_c4(21))
     assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules()) == bns
     synced.load_state_dict(model.state_dict())  # a plain model's checkpoint loads, and the other way round

@@ -156,12 +156,13 @@ def adjust_saturation(x, f):
 
 def adjust_hue(x, f):
     """Rotate the hue by f (in turns, per image) through HSV, as torchvision's adjust_hue."""
-    h, s, v = _rgb_to_hsv(x).unbind(-3)
+    h, s, v = rgb_to_hsv(x).unbind(-3)
     h = torch.remainder(h + _per_image(f)[:, 0], 1.0)
-    return _hsv_to_rgb(torch.stack([h, s, v], dim=-3))
+    return hsv_to_rgb(torch.stack([h, s, v], dim=-3))
 
 
-def _rgb_to_hsv(x):
+def rgb_to_hsv(x):
+    """H, S, V in [0, 1] of RGB images in [0, 1] (... x 3 x H x W), by torchvision's formula."""
     r, g, b = x.unbind(-3)
     maxc, minc = x.amax(dim=-3), x.amin(dim=-3)
     eqc = maxc == minc
@@ -177,7 +178,7 @@ def _rgb_to_hsv(x):
     return torch.stack([h, s, maxc], dim=-3)
 
 
-def _hsv_to_rgb(x):
+def hsv_to_rgb(x):
     """The branch-free form of the sector formula torchvision uses: channel n (5: R, 3: G, 1: B) is
     v - v s clamp(min(k, 4 - k), 0, 1) with k = (n + 6 h) mod 6."""
     h, s, v = x.unbind(-3)

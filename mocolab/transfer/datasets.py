@@ -27,6 +27,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..data import DatasetError
 from ..evaluate.voc import VOC_CLASSES
+from . import seg_transforms
 
 
 def _read_ids(path: Path, layout: str) -> list[str]:
@@ -105,13 +106,22 @@ class VOCDetection(Dataset):
 
 
 class VOCSegmentation(Dataset):
-    """(image, mask) pairs of VOC2012 (+ SBD's augmented set): mask H x W int64, 255 = ignore."""
+    """(image, mask) pairs of VOC2012 (+ SBD's augmented set): mask H x W int64, 255 = ignore.
+
+    crop: training samples through the reference's pipeline (seg_transforms.train_view: rescale by `scale`,
+    crop, flip, photometric distortion, pad). test_scale: the image rescaled to that short side (long side at
+    most 4x), the mask left at the original size, where the prediction is scored (seg_transforms.eval_view).
+    augmented: the reference's "VOC12 + aug" training set, train.txt's images with their SegmentationClass
+    masks followed by aug.txt's with their SegmentationClassAug masks, as MMSegmentation concatenates the two
+    lists (the VOC train images that aug.txt lists again are seen twice an epoch, as there).
+    """
 
     LAYOUT = (
         "expected <root>/VOC2012/JPEGImages/<id>.jpg, SegmentationClass/<id>.png (and, for the "
         "augmented set, SegmentationClassAug/<id>.png) and ImageSets/Segmentation/<split>.txt "
         "(aug.txt for SBD); set root to the VOCdevkit folder"
     )
+    FOLDERS = ("SegmentationClass", "SegmentationClassAug")
 
     def __init__(
         self,
@@ -121,21 +131,24 @@ class VOCSegmentation(Dataset):
         crop: int | None = None,
         scale=(0.5, 2.0),
         flip: bool = False,
+        distort: bool = True,
+        test_scale: int | None = None,
     ):
         self.base = Path(root) / "VOC2012"
         lists = self.base / "ImageSets" / "Segmentation"
-        ids = _read_ids(lists / f"{split}.txt", self.LAYOUT)
-        if augmented:  # the protocol's "VOC12 + aug": SBD's images join the train split
-            ids += [i for i in _read_ids(lists / "aug.txt", self.LAYOUT) if i not in set(ids)]
-        self.ids, self.crop, self.scale, self.flip = ids, crop, scale, flip
+        self.items = [(i, self.FOLDERS) for i in _read_ids(lists / f"{split}.txt", self.LAYOUT)]
+        if augmented:  # the protocol's "VOC12 + aug": SBD's masks first for aug.txt's images
+            self.items += [(i, self.FOLDERS[::-1]) for i in _read_ids(lists / "aug.txt", self.LAYOUT)]
+        self.ids = [i for i, _ in self.items]
+        self.crop, self.scale, self.flip, self.distort, self.test_scale = crop, scale, flip, distort, test_scale
         self.classes = ["background", *VOC_CLASSES]
 
     def __len__(self):
-        return len(self.ids)
+        return len(self.items)
 
     def mask(self, index: int) -> torch.Tensor:
-        image_id = self.ids[index]
-        for folder in ("SegmentationClass", "SegmentationClassAug"):
+        image_id, folders = self.items[index]
+        for folder in folders:
             path = self.base / folder / f"{image_id}.png"
             if path.is_file():
                 with Image.open(path) as m:
@@ -152,26 +165,13 @@ class VOCSegmentation(Dataset):
     def __getitem__(self, index: int):
         image = _image(self.base / "JPEGImages" / f"{self.ids[index]}.jpg")
         mask = self.mask(index)
-        if self.crop:  # training: random rescale, crop (padding the mask with ignore), flip
-            image, mask = random_scale_crop(image, mask, self.crop, self.scale)
-        if self.flip and torch.rand(1).item() < 0.5:
+        if self.crop:
+            return seg_transforms.train_view(image, mask, self.crop, self.scale, flip=self.flip, distort=self.distort)
+        if self.test_scale:
+            image = seg_transforms.eval_view(image, self.test_scale)
+        elif self.flip and torch.rand(1).item() < 0.5:
             image, mask = image.flip(-1), mask.flip(-1)
         return image, mask
-
-
-def random_scale_crop(image: torch.Tensor, mask: torch.Tensor, crop: int, scale=(0.5, 2.0)):
-    """Rescale by a random factor, pad to at least crop x crop (image 0, mask 255), take a random crop."""
-    factor = float(torch.empty(1).uniform_(*scale))
-    h, w = max(1, round(image.shape[-2] * factor)), max(1, round(image.shape[-1] * factor))
-    image = TF.resize(image, [h, w], antialias=True)
-    mask = TF.resize(mask[None], [h, w], interpolation=TF.InterpolationMode.NEAREST)[0]
-    ph, pw = max(0, crop - h), max(0, crop - w)
-    if ph or pw:
-        image = torch.nn.functional.pad(image, (0, pw, 0, ph), value=0.0)
-        mask = torch.nn.functional.pad(mask, (0, pw, 0, ph), value=255)
-    top = int(torch.randint(0, image.shape[-2] - crop + 1, (1,)))
-    left = int(torch.randint(0, image.shape[-1] - crop + 1, (1,)))
-    return image[:, top : top + crop, left : left + crop], mask[top : top + crop, left : left + crop]
 
 
 class COCODetection(Dataset):
@@ -179,9 +179,11 @@ class COCODetection(Dataset):
     order of the JSON's categories, and binary masks (K x H x W); crowd regions are left out.
 
     images: the folder of the split's images (train2017/); annotations: instances_<split>.json.
+    skip_empty: leave out images without any annotation (crowd ones count) or with a side under 32 pixels, as
+    mmdet's CocoDataset does for training (filter_empty_gt): 117,266 of train2017's 118,287 images remain.
     """
 
-    def __init__(self, images, annotations, flip: bool = False):
+    def __init__(self, images, annotations, flip: bool = False, skip_empty: bool = False):
         from pycocotools.coco import COCO
 
         self.images, self.flip = Path(images), flip
@@ -194,6 +196,13 @@ class COCODetection(Dataset):
         self.label_of = {c: i + 1 for i, c in enumerate(self.category_ids)}  # 0 is the background
         self.classes = [self.coco.cats[c]["name"] for c in self.category_ids]
         self.ids = sorted(self.coco.getImgIds())
+        if skip_empty:
+            annotated = {ann["image_id"] for ann in self.coco.anns.values()}
+            self.ids = [
+                i
+                for i in self.ids
+                if i in annotated and min(self.coco.imgs[i]["width"], self.coco.imgs[i]["height"]) >= 32
+            ]
 
     def __len__(self):
         return len(self.ids)

@@ -4,8 +4,12 @@ Presets (docs/protocols.md, "Transfer to detection and segmentation"):
 
     voc_c4_24k      Faster R-CNN R50-C4, VOC07+12 trainval -> VOC07 test: 24k iterations, batch 16,
                     lr 0.02, x0.1 at 18k and 22k, 100 warm-up iterations, short side 480-800
-    coco_mask_1x    Mask R-CNN R50-FPN, COCO 2017: 90k iterations, batch 16, lr 0.02,
-                    x0.1 at 60k and 80k, 1000 warm-up iterations, short side 640-800
+    coco_mask_1x    Mask R-CNN R50-FPN, COCO 2017: mmdet's 1x, 12 epochs of the 117,266 training images
+                    with annotations at batch 16 (7,330 iterations each, COCO_EPOCH): 87,960 iterations, lr 0.02,
+                    x0.1 after epochs 8 and 11 (58,640 and 80,630), 1000 warm-up iterations,
+                    short side 640-800
+    coco_mask_1x_detectron2
+                    detectron2's 1x, which MoCo's own detection code runs: 90k iterations, x0.1 at 60k and 80k
     voc_seg_20k     FCN R50-D8, VOC12 + aug: 20k iterations, batch 16, 512 x 512 crops, lr 0.01,
                     poly (power 0.9, floor 1e-4), wd 5e-4, auxiliary loss weight 0.4
     tiny            a few iterations at small sizes, for a CPU
@@ -67,9 +71,16 @@ class Schedule:
         return lr_schedule(self.lr, self.iterations, shape="step", milestones=self.steps, warmup_epochs=self.warmup)
 
 
+# Iterations in one epoch of COCO 2017 train at batch 16, as mmdet counts them: its training set keeps the 117,266
+# of 118,287 images that have annotations, and its group sampler rounds each aspect-ratio group (wide, tall) up to
+# whole batches: 117,266 / 16 = 7,329.1, so 7,330 (7,331 if both groups round up; a 0.01% difference).
+COCO_EPOCH = 7_330
+
 PRESETS = {
     "voc_c4_24k": Schedule(24_000, 16, 0.02, steps=(18_000, 22_000), warmup=100),
-    "coco_mask_1x": Schedule(90_000, 16, 0.02, steps=(60_000, 80_000), warmup=1000),
+    # MMSelfSup 0.x's _base_/schedules/schedule_1x.py: 12 epochs, steps after 8 and 11, 1000 warm-up iterations.
+    "coco_mask_1x": Schedule(12 * COCO_EPOCH, 16, 0.02, steps=(8 * COCO_EPOCH, 11 * COCO_EPOCH), warmup=1000),
+    "coco_mask_1x_detectron2": Schedule(90_000, 16, 0.02, steps=(60_000, 80_000), warmup=1000),
     "voc_seg_20k": Schedule(20_000, 16, 0.01, poly_power=0.9, min_lr=1e-4, weight_decay=5e-4),
     "tiny": Schedule(12, 2, 0.01, warmup=2),
 }
@@ -218,10 +229,15 @@ def evaluate_voc_detection(model, dataset, device="cpu", score_threshold: float 
 
 
 @torch.no_grad()
-def predict_segmentation(model, image: torch.Tensor, device="cpu") -> torch.Tensor:
-    """The class of every pixel (H x W) of one [0, 1] image (3 x H x W), normalised as in training."""
+def predict_segmentation(model, image: torch.Tensor, device="cpu", size=None) -> torch.Tensor:
+    """The class of every pixel (H x W) of one [0, 1] image (3 x H x W), normalised as in training. size: the
+    (H, W) to classify at, the mask's when the image was rescaled for testing: the logits are resized there
+    (bilinear) before the argmax, as MMSegmentation resizes them to the original image."""
     model.to(device).eval()
-    return model(normalize(image[None].to(device), IMAGENET_MEAN, IMAGENET_STD))["out"].argmax(1)[0].cpu()
+    logits = model(normalize(image[None].to(device), IMAGENET_MEAN, IMAGENET_STD))["out"]
+    if size is not None and tuple(size) != tuple(logits.shape[-2:]):
+        logits = torch.nn.functional.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+    return logits.argmax(1)[0].cpu()
 
 
 @torch.no_grad()
@@ -233,11 +249,12 @@ def predict_detection(model, image: torch.Tensor, device="cpu") -> dict:
 
 @torch.no_grad()
 def evaluate_segmentation(model, dataset, num_classes: int = 21, device="cpu") -> dict:
-    """mIoU over whole images (no crop), 255 ignored."""
+    """mIoU over whole images (no crop), 255 ignored, scored at each mask's size (the dataset may rescale the
+    image: VOCSegmentation's test_scale)."""
     total = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for index in shard(len(dataset)):
         image, mask = dataset[index]
-        total += confusion_matrix(predict_segmentation(model, image, device), mask, num_classes)
+        total += confusion_matrix(predict_segmentation(model, image, device, mask.shape), mask, num_classes)
     return mean_iou(sum(dist_.all_gather_objects(total)))
 
 

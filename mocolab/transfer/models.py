@@ -30,10 +30,10 @@ from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import AnchorGenerator
 from torchvision.models.segmentation import FCN
-from torchvision.models.segmentation.fcn import FCNHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -41,6 +41,7 @@ from ..models import resnet
 from ..run.checkpoint import CheckpointError, load_state
 from ..weights.formats import infer_arch
 from .export import backbone_state
+from .heads import FCNHead, box_predictor, use_l1_box_losses
 
 MIN_SIZES = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)  # multi-scale training, short side
 
@@ -94,15 +95,38 @@ def stage_channels(net: nn.Module) -> list[int]:
     ]
 
 
-class Res5Head(nn.Module):
-    """detectron2's Res5ROIHeads trunk: res5 on the 14 x 14 RoI features, then global average pooling."""
+# The RPN's proposals kept before / after NMS (mmdet's nms_pre / max_per_img) in MMSelfSup 0.x's C4 model
+# (configs/benchmarks/mmdetection/_base_/models/faster_rcnn_r50_c4.py): torchvision's defaults are 2000 / 2000 in
+# training and 1000 / 1000 in testing.
+C4_PROPOSALS = {
+    "rpn_pre_nms_top_n_train": 12_000,
+    "rpn_post_nms_top_n_train": 2_000,
+    "rpn_pre_nms_top_n_test": 6_000,
+    "rpn_post_nms_top_n_test": 1_000,
+}
+# The FPN model's (_base_/models/mask_rcnn_r50_fpn.py): 2000 per level before NMS, 1000 after it in training
+# (torchvision: 2000), 1000 / 1000 in testing, as torchvision's.
+FPN_PROPOSALS = {
+    "rpn_pre_nms_top_n_train": 2_000,
+    "rpn_post_nms_top_n_train": 1_000,
+    "rpn_pre_nms_top_n_test": 1_000,
+    "rpn_post_nms_top_n_test": 1_000,
+}
 
-    def __init__(self, layer4: nn.Module):
+
+class Res5Head(nn.Module):
+    """The C4 box head: res5 on the 14 x 14 RoI features, one more BatchNorm on its output, then global average
+    pooling. The extra norm is MMSelfSup 0.x's `ResLayerExtraNorm` (MoCo's detectron2 config has the same,
+    `Res5ROIHeadsExtraNorm`): the ResNet's last block ends in a ReLU, whose output the self-supervised features
+    leave at a scale the new box predictor does not expect; extra_norm=False is detectron2's plain Res5ROIHeads."""
+
+    def __init__(self, layer4: nn.Module, channels: int, extra_norm: bool = True):
         super().__init__()
         self.res5 = layer4
+        self.norm = nn.BatchNorm2d(channels) if extra_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.res5(x).mean(dim=(2, 3))  # R x 2048
+        return self.norm(self.res5(x)).mean(dim=(2, 3))  # R x 2048
 
 
 def faster_rcnn_c4(
@@ -111,11 +135,15 @@ def faster_rcnn_c4(
     min_size=MIN_SIZES,
     max_size: int = 1333,
     arch: tuple[str, bool] | None = None,
+    extra_norm: bool = True,
+    l1_loss: bool = True,
     **options,
 ) -> FasterRCNN:
-    """Faster R-CNN R50-C4 (num_classes counts the background); options go to torchvision's FasterRCNN
-    (e.g. box_batch_size_per_image, 512 by default as in detectron2). arch: (name, cifar_stem) of the ResNet
-    when there are no weights to read it from (a resumed run); default the weights', else ResNet-50."""
+    """Faster R-CNN R50-C4 (num_classes counts the background) as MMSelfSup's VOC config builds it; options go to
+    torchvision's FasterRCNN and override C4_PROPOSALS (e.g. box_batch_size_per_image, 512 by default as in the
+    reference). arch: (name, cifar_stem) of the ResNet when there are no weights to read it from (a resumed run);
+    default the weights', else ResNet-50. extra_norm=False, l1_loss=False: detectron2's Res5ROIHeads and
+    torchvision's smooth L1 (beta 1/9) box losses instead of the reference's."""
     net = resnet_body(backbone, arch)  # fc is Identity: no parameters, the state_dict is the exported one exactly
     trunk = nn.Sequential(
         OrderedDict([(n, getattr(net, n)) for n in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")])
@@ -123,21 +151,23 @@ def faster_rcnn_c4(
     channels = stage_channels(net)
     trunk.out_channels = channels[2]  # 1024 for ResNet-50
     anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))
-    return FasterRCNN(
+    model = FasterRCNN(
         trunk,
         rpn_anchor_generator=anchors,
         box_roi_pool=MultiScaleRoIAlign(["0"], output_size=14, sampling_ratio=0),
-        box_head=Res5Head(net.layer4),
-        box_predictor=FastRCNNPredictor(channels[3], num_classes),  # 2048 for ResNet-50
+        box_head=Res5Head(net.layer4, channels[3], extra_norm),
+        box_predictor=box_predictor(channels[3], num_classes),  # 2048 for ResNet-50
         min_size=min_size,
         max_size=max_size,
-        **options,
+        **{**C4_PROPOSALS, **options},
     )
+    return use_l1_box_losses(model) if l1_loss else model
 
 
-def _fpn(backbone: dict | None, arch) -> BackboneWithFPN:
+def _fpn(backbone: dict | None, arch, norm_layer=None) -> BackboneWithFPN:
     """The ResNet with torchvision's FPN on layer1-4 (256 channels, a max-pooled extra level), every stage
-    trained: what torchvision's *_resnet50_fpn builders make without pretrained weights, for any ResNet."""
+    trained: what torchvision's *_resnet50_fpn builders make without pretrained weights, for any ResNet.
+    norm_layer: a norm after each lateral and output conv of the FPN (mmdet's FPN with norm_cfg)."""
     net = resnet_body(backbone, arch)
     return BackboneWithFPN(
         net,
@@ -145,6 +175,7 @@ def _fpn(backbone: dict | None, arch) -> BackboneWithFPN:
         in_channels_list=stage_channels(net),
         out_channels=256,
         extra_blocks=LastLevelMaxPool(),
+        norm_layer=norm_layer,
     )
 
 
@@ -162,16 +193,45 @@ def mask_rcnn_fpn(
     min_size=(640, 672, 704, 736, 768, 800),
     max_size=1333,
     arch=None,
+    norm: bool = True,
+    l1_loss: bool = True,
     **options,
 ):
-    """torchvision's Mask R-CNN R50-FPN (COCO: 80 classes + background; multi-scale 640-800)."""
-    return MaskRCNN(_fpn(backbone, arch), num_classes, min_size=min_size, max_size=max_size, **options)
+    """Mask R-CNN R50-FPN as MMSelfSup's COCO config builds it (80 classes + background; multi-scale 640-800):
+    BatchNorm in the FPN, the box head of 4 convs (3 x 3, 256) and one fc (1024), the mask head of 4 convs, each
+    conv followed by BatchNorm and ReLU; the RPN head of one conv and FPN_PROPOSALS; L1 box losses. options go to
+    torchvision's MaskRCNN and override FPN_PROPOSALS. norm=False: torchvision's maskrcnn_resnet50_fpn heads (a
+    two-fc box head, no norm outside the backbone); l1_loss=False: its smooth L1 (beta 1/9) box losses."""
+    options = {**FPN_PROPOSALS, **options}
+    if not norm:
+        model = MaskRCNN(_fpn(backbone, arch), num_classes, min_size=min_size, max_size=max_size, **options)
+        return use_l1_box_losses(model) if l1_loss else model
+    fpn = _fpn(backbone, arch, nn.BatchNorm2d)
+    box_head = FastRCNNConvFCHead((fpn.out_channels, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d)
+    nn.init.xavier_uniform_(box_head[5].weight)  # mmdet's ConvFCBBoxHead draws its shared fc so
+    nn.init.zeros_(box_head[5].bias)
+    model = MaskRCNN(
+        fpn,
+        None,  # the predictors below carry the classes
+        min_size=min_size,
+        max_size=max_size,
+        box_head=box_head,
+        box_predictor=box_predictor(1024, num_classes),
+        mask_head=MaskRCNNHeads(fpn.out_channels, [256] * 4, 1, norm_layer=nn.BatchNorm2d),
+        mask_predictor=MaskRCNNPredictor(256, 256, num_classes),  # 2x deconv, ReLU, 1 x 1 conv: mmdet's too
+        **options,
+    )
+    return use_l1_box_losses(model) if l1_loss else model
 
 
 def fcn_r50_d8(num_classes: int = 21, backbone: dict | None = None, arch=None) -> nn.Module:
-    """FCN on a ResNet-50 dilated to output stride 8, with the auxiliary FCN head on layer3 (torchvision's
-    fcn_resnet50). A ResNet with the CIFAR stem has output stride 8 undilated (no stride in its stem) and is
-    used as it is; a ResNet of basic blocks with the ImageNet stem cannot be dilated (torchvision's BasicBlock)."""
+    """FCN R50-D8 as MMSelfSup's VOC12 + aug config builds it: a ResNet-50 dilated to output stride 8 (layer3
+    and layer4 dilated 2 and 4, their first blocks 1 and 2, as MMSegmentation's contract_dilation and
+    torchvision's replace_stride_with_dilation both do), MMSegmentation's FCN head on layer4 (heads.FCNHead: two
+    convs of 512, the input concatenated back) and its auxiliary head on layer3 (one conv of 256), each with
+    dropout 0.1; torchvision's FCN upsamples both to the input's size. A ResNet with the CIFAR stem has output
+    stride 8 undilated (no stride in its stem) and is used as it is; a ResNet of basic blocks with the ImageNet
+    stem cannot be dilated (torchvision's BasicBlock)."""
     name, cifar_stem = arch or backbone_arch(backbone)
     bottleneck = name in ("resnet50",)
     if not (cifar_stem or bottleneck):
@@ -182,5 +242,8 @@ def fcn_r50_d8(num_classes: int = 21, backbone: dict | None = None, arch=None) -
     net = resnet_body(backbone, (name, cifar_stem), dilated=not cifar_stem)
     channels = stage_channels(net)
     body = IntermediateLayerGetter(net, return_layers={"layer4": "out", "layer3": "aux"})
-    aux = FCNHead(channels[2], num_classes)  # built before the main head, as torchvision does: the same draws
-    return FCN(body, FCNHead(channels[3], num_classes), aux)
+    # MMSegmentation's fcn_r50-d8: 512 channels in the main head, 256 in the auxiliary one (a quarter of the
+    # input's, as torchvision's), scaled with the stage widths for a narrower ResNet.
+    main = FCNHead(channels[3], channels[3] // 4, num_classes, num_convs=2, concat_input=True)
+    aux = FCNHead(channels[2], channels[2] // 4, num_classes, num_convs=1, concat_input=False)
+    return FCN(body, main, aux)

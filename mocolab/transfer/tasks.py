@@ -49,14 +49,20 @@ def _voc_detection_sets(cfg):
 def _coco_sets(cfg):
     root = Path(cfg.data_root)
     return (
-        COCODetection(root / "train2017", root / "annotations" / "instances_train2017.json", flip=True),
+        COCODetection(
+            root / "train2017", root / "annotations" / "instances_train2017.json", flip=True, skip_empty=True
+        ),
         COCODetection(root / "val2017", root / "annotations" / "instances_val2017.json"),
     )
 
 
 def _voc_segmentation_sets(cfg):
     root = Path(cfg.data_root)
-    return (VOCSegmentation(root, "train", augmented=True, crop=cfg.crop, flip=True), VOCSegmentation(root, "val"))
+    # The reference's img_scale (2048, 512) is 4 and 1 times its 512 crop: a smaller crop scales both with it.
+    return (
+        VOCSegmentation(root, "train", augmented=True, crop=cfg.crop, flip=True),
+        VOCSegmentation(root, "val", test_scale=cfg.crop),
+    )
 
 
 def _fcn(num_classes: int, backbone: dict | None = None, arch=None, **options) -> nn.Module:
