@@ -16,7 +16,9 @@ pointwise colour ops and with the symmetric blur, so one order serves aug+
 
 from __future__ import annotations
 
+import functools
 import math
+
 import torch
 import torch.nn.functional as F
 
@@ -38,8 +40,7 @@ def sample_crops(n: int, height, width, scale, ratio, generator=None, device="cp
     tries of (area, log-ratio); the first that fits wins; none: a centre crop
     with the ratio clamped to the range.
     """
-    H = torch.as_tensor(height, device=device).expand(n).double()
-    W = torch.as_tensor(width, device=device).expand(n).double()
+    H, W = _sizes(height, n, device), _sizes(width, n, device)
     u = torch.rand(n, attempts, 4, generator=generator, device=device, dtype=torch.float64)
     area = H[:, None] * W[:, None] * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
     log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[..., 1]
@@ -60,6 +61,14 @@ def sample_crops(n: int, height, width, scale, ratio, generator=None, device="cp
     top = torch.where(none, torch.div(H - h, 2, rounding_mode="floor"), top)
     left = torch.where(none, torch.div(W - w, 2, rounding_mode="floor"), left)
     return torch.stack([top, left, h, w], dim=1).long()
+
+
+def _sizes(v, n: int, device) -> torch.Tensor:
+    """An n-long float64 tensor of image sides on `device`, from an int (filled there: no host-to-device copy,
+    which on a GPU would wait for the stream) or from a tensor of n sides."""
+    if torch.is_tensor(v):
+        return v.to(device=device, dtype=torch.float64).expand(n)
+    return torch.full((n,), float(v), dtype=torch.float64, device=device)
 
 
 def sample_params(r: Recipe, n: int, height, width, generator=None, device="cpu") -> dict:
@@ -182,7 +191,7 @@ def hsv_to_rgb(x):
     """The branch-free form of the sector formula torchvision uses: channel n (5: R, 3: G, 1: B) is
     v - v s clamp(min(k, 4 - k), 0, 1) with k = (n + 6 h) mod 6."""
     h, s, v = x.unbind(-3)
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(3, 1, 1)
+    n = torch.arange(5.0, 0.0, -2.0, device=x.device, dtype=x.dtype).view(3, 1, 1)  # 5, 3, 1, made on the device
     k = torch.remainder(n + 6.0 * h.unsqueeze(-3), 6.0)  # N x 3 x H x W
     ramp = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
     return (v.unsqueeze(-3) * (1.0 - s.unsqueeze(-3) * ramp)).clamp(0.0, 1.0)
@@ -230,10 +239,17 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel: int) -> torch.Te
     return y.view(N, C, H, W)
 
 
+@functools.lru_cache(maxsize=64)
+def _channel_constant(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A 1 x 3 x 1 x 1 tensor of per-channel values on `device`, copied there once per process: a copy from the
+    host at every call would make the GPU's stream wait for it."""
+    return torch.tensor(values, dtype=dtype).view(1, 3, 1, 1).to(device)
+
+
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     """(x - mean) / std per channel, for N x 3 x H x W images."""
-    mean = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    mean = _channel_constant(tuple(map(float, mean)), x.device, x.dtype)
+    return (x - mean) / _channel_constant(tuple(map(float, std)), x.device, x.dtype)
 
 
 def finish_views(x: torch.Tensor, p: dict, r: Recipe, normalized: bool = True) -> torch.Tensor:
