@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mocolab.transfer import finetune, seg_transforms
-from mocolab.transfer.heads import L1RegionProposalNetwork, L1RoIHeads, roi_l1_loss
+from mocolab.transfer.heads import L1RoIHeads, ReferenceRPN, roi_l1_loss
 from mocolab.transfer.models import faster_rcnn_c4, fcn_r50_d8, mask_rcnn_fpn
 
 
@@ -37,8 +37,9 @@ def test_the_c4_detector_is_the_references():
     assert model.rpn._post_nms_top_n == {"training": 2_000, "testing": 1_000}
     assert model.rpn.head.conv[0][0].out_channels == 1024 and count(model.rpn.head, nn.Conv2d) == 3
     assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 512
-    assert isinstance(model.rpn, L1RegionProposalNetwork) and isinstance(model.roi_heads, L1RoIHeads)
-    plain = faster_rcnn_c4(21, extra_norm=False, l1_loss=False)
+    assert isinstance(model.rpn, ReferenceRPN) and isinstance(model.roi_heads, L1RoIHeads)
+    assert model.rpn.l1_loss and model.rpn.allowed_border == 0
+    plain = faster_rcnn_c4(21, extra_norm=False, l1_loss=False, allowed_border=None)
     assert count(plain.roi_heads.box_head, nn.BatchNorm2d) == res5_norms
     assert type(plain.rpn).__name__ == "RegionProposalNetwork"
     # The extra norm normalises res5's output over the RoIs: its output has zero mean per channel in training.
@@ -121,6 +122,26 @@ def test_the_rpn_box_loss_is_l1_over_the_sampled_anchors():
     p = torch.sigmoid(torch.tensor([0.3, -1.0, 2.0]))
     bce = -(torch.log(p[0]) + torch.log(1 - p[1]) + torch.log(p[2])) / 3
     assert obj_loss.item() == pytest.approx(bce.item(), rel=1e-6)
+
+
+def test_the_c4_rpn_leaves_anchors_across_the_border_out_of_its_targets():
+    """allowed_border=0 (mmdet's C4 config): in a 100 x 100 image an anchor reaching past the border is ignored
+    (label -1), and it is not in the matching either. The box's best anchor crosses the border; its best anchor
+    inside the image (IoU 0.56, between the 0.3 and 0.7 thresholds) then becomes its low-quality positive. With
+    every anchor (torchvision) the crossing one is the positive and the inside one is left between thresholds."""
+    from torchvision.ops import box_iou
+
+    rpn = faster_rcnn_c4(21).rpn
+    gt = {"boxes": torch.tensor([[60.0, 20.0, 100.0, 60.0]]), "labels": torch.tensor([1])}
+    anchors = torch.tensor([[64.0, 20.0, 104.0, 60.0], [60.0, 20.0, 99.0, 90.0], [0.0, 0.0, 30.0, 30.0]])
+    iou = box_iou(anchors, gt["boxes"])[:, 0]
+    assert iou[0] > 0.7 and 0.3 < iou[1] < 0.7 and iou[2] == 0  # 0.82 across the border, 0.56 inside, 0
+    rpn._image_sizes = [(100, 100)]
+    labels, matched = rpn.assign_targets_to_anchors([anchors], [gt])
+    assert labels[0].tolist() == [-1.0, 1.0, 0.0] and torch.equal(matched[0][1], gt["boxes"][0])
+    rpn.allowed_border = None
+    labels, _ = rpn.assign_targets_to_anchors([anchors], [gt])
+    assert labels[0].tolist() == [1.0, -1.0, 0.0]
 
 
 def test_the_roi_box_loss_is_l1_of_the_true_class_deltas():

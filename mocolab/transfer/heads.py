@@ -5,11 +5,13 @@
   layers, with concat_input the head's input concatenated to their output and
   fused by one more 3 x 3 conv-BN-ReLU, then Dropout2d(0.1) and a 1 x 1 conv to
   the classes. torchvision's `FCNHead` is one conv to a quarter of the channels.
-- `use_l1_box_losses`: the RPN's and the RoI head's box regression losses as
-  mmdet's `L1Loss` (loss_weight 1), which both MMSelfSup detection configs use;
-  torchvision computes smooth L1 with beta 1/9. The normalisation is the same in
-  both: the sum over positive samples divided by all sampled anchors (RPN) or
-  RoIs (box head).
+- `use_reference_rpn_and_losses`: the RPN's and the RoI head's box regression
+  losses as mmdet's `L1Loss` (loss_weight 1), which both MMSelfSup detection
+  configs use; torchvision computes smooth L1 with beta 1/9. The normalisation is
+  the same in both: the sum over positive samples divided by all sampled anchors
+  (RPN) or RoIs (box head). And the C4 config's RPN border rule
+  (`allowed_border=0`): anchors that cross the image's border take no part in
+  the RPN's targets.
 """
 
 from __future__ import annotations
@@ -76,12 +78,43 @@ def box_predictor(in_features: int, num_classes: int) -> FastRCNNPredictor:
     return predictor
 
 
-class L1RegionProposalNetwork(RegionProposalNetwork):
-    """torchvision's RPN with mmdet's L1 box loss: sum |deltas - targets| over the sampled positive anchors,
-    divided by the number of sampled anchors (positive and negative); objectness is binary cross-entropy over
-    the sampled anchors, as in torchvision."""
+class ReferenceRPN(RegionProposalNetwork):
+    """torchvision's RPN with mmdet's two settings where they differ (both as instance attributes, set by
+    `use_reference_rpn`):
+
+    - l1_loss: the box loss is the sum of |deltas - targets| over the sampled positive anchors, divided by the
+      number of sampled anchors (positive and negative); objectness is binary cross-entropy over the sampled
+      anchors, as in torchvision.
+    - allowed_border: None uses every anchor (torchvision, detectron2's default); b >= 0 leaves anchors that
+      reach more than b pixels past the resized image's border out of the targets (label -1, ignored), and out
+      of the matching, so a ground-truth box's best anchor is its best anchor inside the image (mmdet's
+      anchor_inside_flags; the C4 config's allowed_border=0)."""
+
+    l1_loss = False
+    allowed_border: int | None = None
+
+    def forward(self, images, features, targets=None):
+        self._image_sizes = images.image_sizes  # (H, W) of each resized image: the border the anchors meet
+        try:
+            return super().forward(images, features, targets)
+        finally:
+            del self._image_sizes
+
+    def assign_targets_to_anchors(self, anchors, targets):
+        if self.allowed_border is None:
+            return super().assign_targets_to_anchors(anchors, targets)
+        b, labels, matched = self.allowed_border, [], []
+        for a, target, (h, w) in zip(anchors, targets, self._image_sizes):
+            inside = (a[:, 0] >= -b) & (a[:, 1] >= -b) & (a[:, 2] < w + b) & (a[:, 3] < h + b)
+            inside_labels, inside_matched = super().assign_targets_to_anchors([a[inside]], [target])
+            index = (inside.nonzero()[:, 0],)
+            labels.append(torch.full((len(a),), -1.0, device=a.device).index_put(index, inside_labels[0]))
+            matched.append(torch.zeros_like(a).index_put(index, inside_matched[0]))
+        return labels, matched
 
     def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
+        if not self.l1_loss:
+            return super().compute_loss(objectness, pred_bbox_deltas, labels, regression_targets)
         positive, negative = self.fg_bg_sampler(labels)
         positive = torch.where(torch.cat(positive))[0]
         sampled = torch.cat([positive, torch.where(torch.cat(negative))[0]])
@@ -127,9 +160,13 @@ class L1RoIHeads(RoIHeads):
         return result, losses
 
 
-def use_l1_box_losses(model):
-    """The detector with mmdet's L1 box losses in its RPN and RoI heads. The two subclasses add no state (only
-    the loss differs), so the modules are kept, parameters and settings included, and only their class changes."""
-    model.rpn.__class__ = L1RegionProposalNetwork
-    model.roi_heads.__class__ = L1RoIHeads
+def use_reference_rpn_and_losses(model, l1_loss: bool = True, allowed_border: int | None = None):
+    """The detector with mmdet's settings where torchvision's differ: L1 box losses in its RPN and RoI heads
+    (l1_loss), the RPN's border rule (allowed_border, see ReferenceRPN). The subclasses keep every module,
+    parameter and setting (only the losses and the anchors' targets differ), so only their class changes."""
+    if l1_loss or allowed_border is not None:
+        model.rpn.__class__ = ReferenceRPN
+        model.rpn.l1_loss, model.rpn.allowed_border = l1_loss, allowed_border
+    if l1_loss:
+        model.roi_heads.__class__ = L1RoIHeads
     return model

@@ -41,7 +41,7 @@ from ..models import resnet
 from ..run.checkpoint import CheckpointError, load_state
 from ..weights.formats import infer_arch
 from .export import backbone_state
-from .heads import FCNHead, box_predictor, use_l1_box_losses
+from .heads import FCNHead, box_predictor, use_reference_rpn_and_losses
 
 MIN_SIZES = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)  # multi-scale training, short side
 
@@ -137,13 +137,15 @@ def faster_rcnn_c4(
     arch: tuple[str, bool] | None = None,
     extra_norm: bool = True,
     l1_loss: bool = True,
+    allowed_border: int | None = 0,
     **options,
 ) -> FasterRCNN:
     """Faster R-CNN R50-C4 (num_classes counts the background) as MMSelfSup's VOC config builds it; options go to
     torchvision's FasterRCNN and override C4_PROPOSALS (e.g. box_batch_size_per_image, 512 by default as in the
     reference). arch: (name, cifar_stem) of the ResNet when there are no weights to read it from (a resumed run);
-    default the weights', else ResNet-50. extra_norm=False, l1_loss=False: detectron2's Res5ROIHeads and
-    torchvision's smooth L1 (beta 1/9) box losses instead of the reference's."""
+    default the weights', else ResNet-50. extra_norm=False, l1_loss=False, allowed_border=None: detectron2's
+    Res5ROIHeads, torchvision's smooth L1 (beta 1/9) box losses, and RPN targets on every anchor (the reference
+    leaves anchors crossing the image's border out: heads.ReferenceRPN) instead of the reference's."""
     net = resnet_body(backbone, arch)  # fc is Identity: no parameters, the state_dict is the exported one exactly
     trunk = nn.Sequential(
         OrderedDict([(n, getattr(net, n)) for n in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")])
@@ -161,7 +163,7 @@ def faster_rcnn_c4(
         max_size=max_size,
         **{**C4_PROPOSALS, **options},
     )
-    return use_l1_box_losses(model) if l1_loss else model
+    return use_reference_rpn_and_losses(model, l1_loss, allowed_border)
 
 
 def _fpn(backbone: dict | None, arch, norm_layer=None) -> BackboneWithFPN:
@@ -205,7 +207,7 @@ def mask_rcnn_fpn(
     options = {**FPN_PROPOSALS, **options}
     if not norm:
         model = MaskRCNN(_fpn(backbone, arch), num_classes, min_size=min_size, max_size=max_size, **options)
-        return use_l1_box_losses(model) if l1_loss else model
+        return use_reference_rpn_and_losses(model, l1_loss)
     fpn = _fpn(backbone, arch, nn.BatchNorm2d)
     box_head = FastRCNNConvFCHead((fpn.out_channels, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d)
     nn.init.xavier_uniform_(box_head[5].weight)  # mmdet's ConvFCBBoxHead draws its shared fc so
@@ -221,7 +223,7 @@ def mask_rcnn_fpn(
         mask_predictor=MaskRCNNPredictor(256, 256, num_classes),  # 2x deconv, ReLU, 1 x 1 conv: mmdet's too
         **options,
     )
-    return use_l1_box_losses(model) if l1_loss else model
+    return use_reference_rpn_and_losses(model, l1_loss)
 
 
 def fcn_r50_d8(num_classes: int = 21, backbone: dict | None = None, arch=None) -> nn.Module:
