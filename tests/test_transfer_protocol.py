@@ -38,8 +38,8 @@ def test_the_c4_detector_is_the_references():
     assert model.rpn.head.conv[0][0].out_channels == 1024 and count(model.rpn.head, nn.Conv2d) == 3
     assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 512
     assert isinstance(model.rpn, ReferenceRPN) and isinstance(model.roi_heads, L1RoIHeads)
-    assert model.rpn.l1_loss and model.rpn.allowed_border == 0
-    plain = faster_rcnn_c4(21, extra_norm=False, l1_loss=False, allowed_border=None)
+    assert model.rpn.l1_loss and model.rpn.allowed_border == 0 and model.rpn.min_pos_iou == 0.3
+    plain = faster_rcnn_c4(21, extra_norm=False, l1_loss=False, min_pos_iou=None, allowed_border=None)
     assert count(plain.roi_heads.box_head, nn.BatchNorm2d) == res5_norms
     assert type(plain.rpn).__name__ == "RegionProposalNetwork"
     # The extra norm normalises res5's output over the RoIs: its output has zero mean per channel in training.
@@ -67,6 +67,7 @@ def test_the_mask_rcnn_is_the_references():
     assert count(model.rpn.head.conv, nn.Conv2d) == 1
     assert model.rpn._pre_nms_top_n == {"training": 2_000, "testing": 1_000}
     assert model.rpn._post_nms_top_n == {"training": 1_000, "testing": 1_000}
+    assert model.rpn.min_pos_iou == 0.3 and model.rpn.allowed_border is None  # allowed_border=-1: every anchor
     assert model.roi_heads.mask_roi_pool.output_size == (14, 14) and model.roi_heads.box_roi_pool.output_size == (7, 7)
     predictor = model.roi_heads.box_predictor  # mmdet's and detectron2's draws: N(0, 0.01) and N(0, 0.001)
     assert predictor.cls_score.weight.std().item() == pytest.approx(0.01, rel=0.05)
@@ -142,6 +143,40 @@ def test_the_c4_rpn_leaves_anchors_across_the_border_out_of_its_targets():
     rpn.allowed_border = None
     labels, _ = rpn.assign_targets_to_anchors([anchors], [gt])
     assert labels[0].tolist() == [1.0, -1.0, 0.0]
+
+
+def test_the_rpn_matches_anchors_as_mmdet():
+    """mmdet's assigner (max_iou_assign) against torchvision's Matcher: with min_pos_iou = 0 they label every anchor
+    alike on random boxes; with the references' 0.3, a box smaller than every anchor (best IoU 0.11) no longer
+    makes its best anchor an object: it stays background, where torchvision makes it positive."""
+    from mocolab.transfer.heads import max_iou_assign
+
+    rpn = faster_rcnn_c4(21, min_pos_iou=None, allowed_border=None).rpn
+    m = rpn.proposal_matcher
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        xy = torch.rand(300, 2, generator=generator) * 200
+        anchors = torch.cat([xy, xy + 16 + torch.rand(300, 2, generator=generator) * 100], 1)
+        xy = torch.rand(4, 2, generator=generator) * 200
+        boxes = torch.cat([xy, xy + 8 + torch.rand(4, 2, generator=generator) * 80], 1)
+        (expected,), _ = rpn.assign_targets_to_anchors([anchors], [{"boxes": boxes}])
+        labels, matched = max_iou_assign(anchors, boxes, m.high_threshold, m.low_threshold, 0.0)
+        assert torch.equal(labels, expected)
+        positive = labels == 1
+        assert (box_iou_rows(anchors[positive], matched[positive]) > 0).all()
+    anchors = torch.tensor([[0.0, 0.0, 32.0, 32.0], [40.0, 40.0, 72.0, 72.0]])
+    small = torch.tensor([[2.0, 2.0, 13.0, 13.0]])  # IoU 121 / 1024 = 0.118 with the first anchor
+    (torchvisions,), _ = rpn.assign_targets_to_anchors([anchors], [{"boxes": small}])
+    labels, _ = max_iou_assign(anchors, small, 0.7, 0.3, 0.3)
+    assert torchvisions.tolist() == [1.0, 0.0] and labels.tolist() == [0.0, 0.0]
+
+
+def box_iou_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of a[i] with b[i], from the definition."""
+    lt, rb = torch.maximum(a[:, :2], b[:, :2]), torch.minimum(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(1)
+    area = lambda x: (x[:, 2:] - x[:, :2]).prod(1)  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
 
 
 def test_the_roi_box_loss_is_l1_of_the_true_class_deltas():

@@ -9,9 +9,9 @@
   losses as mmdet's `L1Loss` (loss_weight 1), which both MMSelfSup detection
   configs use; torchvision computes smooth L1 with beta 1/9. The normalisation is
   the same in both: the sum over positive samples divided by all sampled anchors
-  (RPN) or RoIs (box head). And the C4 config's RPN border rule
-  (`allowed_border=0`): anchors that cross the image's border take no part in
-  the RPN's targets.
+  (RPN) or RoIs (box head). And the RPN's matching: a box's best anchors are
+  objects only at IoU 0.3 or more (`min_pos_iou`), and in the C4 config anchors
+  that cross the image's border take no part in the targets (`allowed_border=0`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch import nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.ops import box_iou
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -78,19 +79,44 @@ def box_predictor(in_features: int, num_classes: int) -> FastRCNNPredictor:
     return predictor
 
 
+def max_iou_assign(anchors: torch.Tensor, boxes: torch.Tensor, positive: float, negative: float, min_pos_iou: float):
+    """mmdet's MaxIoUAssigner as both reference RPNs set it (match_low_quality, gt_max_assign_all): each anchor's
+    label (1 object, 0 background, -1 ignored) and the box it regresses to.
+
+    An anchor whose best IoU over the boxes is >= positive is an object, < negative background, else ignored.
+    Then each box, in order, takes the anchors of its highest IoU (ties included) as objects, but only when that
+    IoU is >= min_pos_iou; torchvision's Matcher does so at any IoU, so a box smaller than every anchor gets an
+    anchor it barely overlaps."""
+    labels = torch.full((len(anchors),), -1.0, device=anchors.device)
+    if len(boxes) == 0:
+        return labels.fill_(0.0), torch.zeros_like(anchors)
+    iou = box_iou(boxes, anchors)  # boxes x anchors
+    best, match = iou.max(dim=0)
+    labels[best < negative] = 0.0
+    labels[best >= positive] = 1.0
+    for g, top in enumerate(iou.max(dim=1).values.tolist()):
+        if top >= min_pos_iou:
+            ties = iou[g] == top
+            labels[ties], match[ties] = 1.0, g
+    return labels, boxes[match]
+
+
 class ReferenceRPN(RegionProposalNetwork):
-    """torchvision's RPN with mmdet's two settings where they differ (both as instance attributes, set by
-    `use_reference_rpn`):
+    """torchvision's RPN with mmdet's settings where they differ (instance attributes, set by
+    `use_reference_rpn_and_losses`):
 
     - l1_loss: the box loss is the sum of |deltas - targets| over the sampled positive anchors, divided by the
       number of sampled anchors (positive and negative); objectness is binary cross-entropy over the sampled
       anchors, as in torchvision.
+    - min_pos_iou: None matches anchors as torchvision does; a number, as mmdet's assigner (`max_iou_assign`):
+      a box's best anchors are objects only at that IoU or more (0.3 in both reference configs).
     - allowed_border: None uses every anchor (torchvision, detectron2's default); b >= 0 leaves anchors that
       reach more than b pixels past the resized image's border out of the targets (label -1, ignored), and out
       of the matching, so a ground-truth box's best anchor is its best anchor inside the image (mmdet's
       anchor_inside_flags; the C4 config's allowed_border=0)."""
 
     l1_loss = False
+    min_pos_iou: float | None = None
     allowed_border: int | None = None
 
     def forward(self, images, features, targets=None):
@@ -101,15 +127,26 @@ class ReferenceRPN(RegionProposalNetwork):
             del self._image_sizes
 
     def assign_targets_to_anchors(self, anchors, targets):
-        if self.allowed_border is None:
+        if self.allowed_border is None and self.min_pos_iou is None:
             return super().assign_targets_to_anchors(anchors, targets)
-        b, labels, matched = self.allowed_border, [], []
+        labels, matched = [], []
         for a, target, (h, w) in zip(anchors, targets, self._image_sizes):
-            inside = (a[:, 0] >= -b) & (a[:, 1] >= -b) & (a[:, 2] < w + b) & (a[:, 3] < h + b)
-            inside_labels, inside_matched = super().assign_targets_to_anchors([a[inside]], [target])
+            b = self.allowed_border
+            inside = (
+                torch.ones(len(a), dtype=torch.bool, device=a.device)
+                if b is None
+                else (a[:, 0] >= -b) & (a[:, 1] >= -b) & (a[:, 2] < w + b) & (a[:, 3] < h + b)
+            )
+            if self.min_pos_iou is None:
+                (inside_labels,), (inside_matched,) = super().assign_targets_to_anchors([a[inside]], [target])
+            else:
+                m = self.proposal_matcher
+                inside_labels, inside_matched = max_iou_assign(
+                    a[inside], target["boxes"], m.high_threshold, m.low_threshold, self.min_pos_iou
+                )
             index = (inside.nonzero()[:, 0],)
-            labels.append(torch.full((len(a),), -1.0, device=a.device).index_put(index, inside_labels[0]))
-            matched.append(torch.zeros_like(a).index_put(index, inside_matched[0]))
+            labels.append(torch.full((len(a),), -1.0, device=a.device).index_put(index, inside_labels))
+            matched.append(torch.zeros_like(a).index_put(index, inside_matched))
         return labels, matched
 
     def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
@@ -160,13 +197,16 @@ class L1RoIHeads(RoIHeads):
         return result, losses
 
 
-def use_reference_rpn_and_losses(model, l1_loss: bool = True, allowed_border: int | None = None):
+def use_reference_rpn_and_losses(
+    model, l1_loss: bool = True, min_pos_iou: float | None = 0.3, allowed_border: int | None = None
+):
     """The detector with mmdet's settings where torchvision's differ: L1 box losses in its RPN and RoI heads
-    (l1_loss), the RPN's border rule (allowed_border, see ReferenceRPN). The subclasses keep every module,
-    parameter and setting (only the losses and the anchors' targets differ), so only their class changes."""
-    if l1_loss or allowed_border is not None:
+    (l1_loss), the RPN's matching (min_pos_iou) and border rule (allowed_border; see ReferenceRPN). The subclasses
+    keep every module, parameter and setting (only the losses and the anchors' targets differ), so only their
+    class changes."""
+    if l1_loss or min_pos_iou is not None or allowed_border is not None:
         model.rpn.__class__ = ReferenceRPN
-        model.rpn.l1_loss, model.rpn.allowed_border = l1_loss, allowed_border
+        model.rpn.l1_loss, model.rpn.min_pos_iou, model.rpn.allowed_border = l1_loss, min_pos_iou, allowed_border
     if l1_loss:
         model.roi_heads.__class__ = L1RoIHeads
     return model

@@ -1,12 +1,24 @@
-"""The reference transfer models, built from torchvision's detection and segmentation models.
+"""The reference transfer models, built from torchvision's detection and segmentation parts.
+
+Each is the model of MMSelfSup 0.x's benchmark config for its row (the files are
+named in docs/protocols.md section 3), with no mmdet / mmseg dependency:
 
 - `faster_rcnn_c4`: Faster R-CNN R50-C4 as in the VOC row: the ResNet up to
   layer3 (stride 16, 1024 channels) feeds the RPN and a 14 x 14 RoIAlign; res5
-  (layer4, with its BN) is the box head, then average pooling and the box
-  predictor (detectron2's Res5ROIHeads).
-- `faster_rcnn_fpn`, `mask_rcnn_fpn`: torchvision's R50-FPN models (the COCO row).
+  (layer4, with its BN) then one more BatchNorm on its output is the box head
+  (MMSelfSup's `ResLayerExtraNorm`, MoCo's `Res5ROIHeadsExtraNorm`), then average
+  pooling and the box predictor. The RPN keeps 12,000 / 2,000 proposals before /
+  after NMS in training, 6,000 / 1,000 in testing, matches anchors as mmdet (a
+  box's best anchor counts at IoU 0.3 or more) and leaves anchors that cross the
+  image's border out of its targets; both box losses are L1.
+- `mask_rcnn_fpn`: Mask R-CNN R50-FPN as in the COCO row: BatchNorm in the FPN,
+  a 4-conv-1-fc box head and the 4-conv mask head with BatchNorm (mmdet's
+  `Shared4Conv1FCBBoxHead` and `FCNMaskHead` with `norm_cfg`), 1,000 proposals
+  after NMS in training, mmdet's RPN matching, L1 box losses.
+- `faster_rcnn_fpn`: torchvision's Faster R-CNN R50-FPN as it is (no reference row).
 - `fcn_r50_d8`: FCN on a dilated ResNet-50 (layer3 and layer4 dilated, output
-  stride 8) with the auxiliary head on layer3 (the VOC12 + aug row).
+  stride 8): MMSegmentation's FCN head (two 3 x 3 convs, the input concatenated
+  back, dropout 0.1) and the auxiliary head on layer3 (the VOC12 + aug row).
 
 Every model takes `backbone` weights: a torchvision ResNet state_dict (see
 export.backbone_state), or None for a random initialisation. The backbone keeps
@@ -117,8 +129,9 @@ FPN_PROPOSALS = {
 class Res5Head(nn.Module):
     """The C4 box head: res5 on the 14 x 14 RoI features, one more BatchNorm on its output, then global average
     pooling. The extra norm is MMSelfSup 0.x's `ResLayerExtraNorm` (MoCo's detectron2 config has the same,
-    `Res5ROIHeadsExtraNorm`): the ResNet's last block ends in a ReLU, whose output the self-supervised features
-    leave at a scale the new box predictor does not expect; extra_norm=False is detectron2's plain Res5ROIHeads."""
+    `Res5ROIHeadsExtraNorm`): features from unsupervised pre-training are distributed differently from supervised
+    ones, so the layers after the backbone are normalised too (MoCo v1, He et al. 2019, section 4.2, "feature
+    normalization"). extra_norm=False is detectron2's plain Res5ROIHeads."""
 
     def __init__(self, layer4: nn.Module, channels: int, extra_norm: bool = True):
         super().__init__()
@@ -137,15 +150,16 @@ def faster_rcnn_c4(
     arch: tuple[str, bool] | None = None,
     extra_norm: bool = True,
     l1_loss: bool = True,
+    min_pos_iou: float | None = 0.3,
     allowed_border: int | None = 0,
     **options,
 ) -> FasterRCNN:
     """Faster R-CNN R50-C4 (num_classes counts the background) as MMSelfSup's VOC config builds it; options go to
     torchvision's FasterRCNN and override C4_PROPOSALS (e.g. box_batch_size_per_image, 512 by default as in the
     reference). arch: (name, cifar_stem) of the ResNet when there are no weights to read it from (a resumed run);
-    default the weights', else ResNet-50. extra_norm=False, l1_loss=False, allowed_border=None: detectron2's
-    Res5ROIHeads, torchvision's smooth L1 (beta 1/9) box losses, and RPN targets on every anchor (the reference
-    leaves anchors crossing the image's border out: heads.ReferenceRPN) instead of the reference's."""
+    default the weights', else ResNet-50. extra_norm=False, l1_loss=False, min_pos_iou=None, allowed_border=None:
+    detectron2's Res5ROIHeads, torchvision's smooth L1 (beta 1/9) box losses, its RPN matching (a box's best anchor
+    is an object at any IoU) and RPN targets on every anchor, instead of the reference's (heads.ReferenceRPN)."""
     net = resnet_body(backbone, arch)  # fc is Identity: no parameters, the state_dict is the exported one exactly
     trunk = nn.Sequential(
         OrderedDict([(n, getattr(net, n)) for n in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")])
@@ -163,7 +177,7 @@ def faster_rcnn_c4(
         max_size=max_size,
         **{**C4_PROPOSALS, **options},
     )
-    return use_reference_rpn_and_losses(model, l1_loss, allowed_border)
+    return use_reference_rpn_and_losses(model, l1_loss, min_pos_iou, allowed_border)
 
 
 def _fpn(backbone: dict | None, arch, norm_layer=None) -> BackboneWithFPN:
@@ -197,17 +211,19 @@ def mask_rcnn_fpn(
     arch=None,
     norm: bool = True,
     l1_loss: bool = True,
+    min_pos_iou: float | None = 0.3,
     **options,
 ):
     """Mask R-CNN R50-FPN as MMSelfSup's COCO config builds it (80 classes + background; multi-scale 640-800):
     BatchNorm in the FPN, the box head of 4 convs (3 x 3, 256) and one fc (1024), the mask head of 4 convs, each
     conv followed by BatchNorm and ReLU; the RPN head of one conv and FPN_PROPOSALS; L1 box losses. options go to
     torchvision's MaskRCNN and override FPN_PROPOSALS. norm=False: torchvision's maskrcnn_resnet50_fpn heads (a
-    two-fc box head, no norm outside the backbone); l1_loss=False: its smooth L1 (beta 1/9) box losses."""
+    two-fc box head, no norm outside the backbone); l1_loss=False: its smooth L1 (beta 1/9) box losses;
+    min_pos_iou=None: its RPN matching (heads.ReferenceRPN)."""
     options = {**FPN_PROPOSALS, **options}
     if not norm:
         model = MaskRCNN(_fpn(backbone, arch), num_classes, min_size=min_size, max_size=max_size, **options)
-        return use_reference_rpn_and_losses(model, l1_loss)
+        return use_reference_rpn_and_losses(model, l1_loss, min_pos_iou)
     fpn = _fpn(backbone, arch, nn.BatchNorm2d)
     box_head = FastRCNNConvFCHead((fpn.out_channels, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d)
     nn.init.xavier_uniform_(box_head[5].weight)  # mmdet's ConvFCBBoxHead draws its shared fc so
@@ -223,7 +239,7 @@ def mask_rcnn_fpn(
         mask_predictor=MaskRCNNPredictor(256, 256, num_classes),  # 2x deconv, ReLU, 1 x 1 conv: mmdet's too
         **options,
     )
-    return use_reference_rpn_and_losses(model, l1_loss)
+    return use_reference_rpn_and_losses(model, l1_loss, min_pos_iou)
 
 
 def fcn_r50_d8(num_classes: int = 21, backbone: dict | None = None, arch=None) -> nn.Module:
