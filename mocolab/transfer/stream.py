@@ -1,7 +1,8 @@
 """The fine-tuning data order: an endless, seeded stream of training images, dealt out by iteration.
 
-Detection and segmentation schedules count iterations, not epochs (24k, 90k,
-20k), as detectron2's TrainingSampler and MMSegmentation's IterBasedRunner do.
+Detection and segmentation schedules count iterations, not epochs (24k; 87,960
+for COCO's 12 epochs; 20k), as detectron2's TrainingSampler and MMSegmentation's
+IterBasedRunner do.
 Here position p of the stream is image `order(p)` of the dataset (a fresh
 permutation every pass, drawn from (seed, pass)), and its random augmentation
 (flip, rescale, crop) is drawn from (seed, p). Iteration i takes positions
