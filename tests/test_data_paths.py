@@ -156,7 +156,7 @@ def test_pretraining_on_the_device_path_monitors_the_reference_knn(cifar10_root,
 # ----------------------------------------------------------------------------
 
 
-def test_jpeg_views_equal_torchvisions_ops_on_the_decoded_images(tmp_path):
+def test_jpeg_views_equal_torchvisions_ops_on_the_decoded_images(tmp_path, monkeypatch):
     import torchvision.transforms.v2.functional as TF
 
     rng = np.random.default_rng(0)
@@ -175,10 +175,49 @@ def test_jpeg_views_equal_torchvisions_ops_on_the_decoded_images(tmp_path):
         r, 4, torch.tensor([120, 64, 75, 50]), torch.tensor([90, 200, 75, 40]), torch.Generator().manual_seed(0)
     )
     crops = jpeg_data.resized_crop_list(images, p["box"], 48)
+    monkeypatch.setattr(jpeg_data, "BATCHED_WEIGHTS", not (jpeg_data.BATCHED_WEIGHTS or False))
+    assert torch.equal(jpeg_data.resized_crop_list(images, p["box"], 48), crops)  # batched weights or per crop
     for i, image in enumerate(images):
         top, left, h, w = p["box"][i].tolist()
         ref = TF.resized_crop(image.float() / 255, top, left, h, w, [48, 48], antialias=True)
         assert torch.allclose(crops[i], ref, atol=2e-5)
+
+
+def test_jpeg_views_copy_nothing_from_the_host_per_image_and_run_few_operations_per_image(monkeypatch):
+    """The CPU's proxy for the jpeg path's GPU cost (issue 26, item 4): tensors built from host data (aten.lift_fresh;
+    on a GPU a copy that makes the stream wait) and operations per image, counted as the difference between a
+    batch of 8 images and one of 4. Before, each image cost 2 host copies (its crop's height and width, for its
+    resize weights) and 102 operations; the weights now come from one batched call, read off the boxes on the
+    device, leaving the crop's conversion and its two products. The views stay the same (test above)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        operations = copies = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.operations += 1
+            self.copies += func is torch.ops.aten.lift_fresh.default
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(batched, "USE_TORCH_WHERE", True)  # as on a GPU: no per-image selection
+    monkeypatch.setattr(jpeg_data, "BATCHED_WEIGHTS", True)  # as on a GPU: the crops' weights in one call
+    generator = torch.Generator().manual_seed(0)
+    r = recipe("aug_plus", 32)
+    counts = {}
+    for n in (4, 8):
+        images = [torch.randint(0, 256, (3, 60 + 7 * i, 80 - 5 * i), dtype=torch.uint8) for i in range(n)]
+        sides = jpeg_data.image_sides(images)
+        jpeg_data.views(images, r, generator, sides)  # the per-channel constants reach the device once
+        with Count() as count:
+            jpeg_data.views(images, r, generator, sides)
+        counts[n] = count
+    assert counts[4].copies == counts[8].copies == 0
+    per_image = (counts[8].operations - counts[4].operations) / 4
+    assert per_image <= 25, per_image  # 18.75 with torch 2.14
+    monkeypatch.setattr(jpeg_data, "BATCHED_WEIGHTS", False)  # the CPU's way: weights crop by crop, still no copy
+    with Count() as count:
+        jpeg_data.views(images, r, generator, sides)
+    assert count.copies == 0
 
 
 @pytest.mark.slow
