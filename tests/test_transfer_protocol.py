@@ -39,6 +39,8 @@ def test_the_c4_detector_is_the_references():
     assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 512
     assert isinstance(model.rpn, ReferenceRPN) and isinstance(model.roi_heads, L1RoIHeads)
     assert model.rpn.l1_loss and model.rpn.allowed_border == 0 and model.rpn.min_pos_iou == 0.3
+    # The tiny preset's images (96-160 px) leave few of the 32-512 px anchors inside: it uses every anchor.
+    assert faster_rcnn_c4(21, **finetune.TINY_MODEL_OPTIONS).rpn.allowed_border is None
     plain = faster_rcnn_c4(21, extra_norm=False, l1_loss=False, min_pos_iou=None, allowed_border=None)
     assert count(plain.roi_heads.box_head, nn.BatchNorm2d) == res5_norms
     assert type(plain.rpn).__name__ == "RegionProposalNetwork"

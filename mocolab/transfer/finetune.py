@@ -86,8 +86,12 @@ PRESETS = {
 }
 
 
-# The "tiny" preset's model options: fewer proposals and RoIs (res5 runs on each RoI), small images.
+# The "tiny" preset's model options: fewer proposals and RoIs (res5 runs on each RoI), small images, and every
+# anchor in the RPN's targets: at 96-160 pixels most of the 32-512 pixel anchors cross the image's border, and the
+# reference C4 rule (only anchors inside) left the RPN too little to learn from (AP50 0.0 against 25.6 on notebook
+# 05's generated scenes, 60 iterations, seed 0).
 TINY_MODEL_OPTIONS = {
+    "allowed_border": None,
     "min_size": 96,
     "max_size": 160,
     "rpn_pre_nms_top_n_train": 200,

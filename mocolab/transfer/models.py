@@ -212,6 +212,7 @@ def mask_rcnn_fpn(
     norm: bool = True,
     l1_loss: bool = True,
     min_pos_iou: float | None = 0.3,
+    allowed_border: int | None = None,
     **options,
 ):
     """Mask R-CNN R50-FPN as MMSelfSup's COCO config builds it (80 classes + background; multi-scale 640-800):
@@ -219,11 +220,12 @@ def mask_rcnn_fpn(
     conv followed by BatchNorm and ReLU; the RPN head of one conv and FPN_PROPOSALS; L1 box losses. options go to
     torchvision's MaskRCNN and override FPN_PROPOSALS. norm=False: torchvision's maskrcnn_resnet50_fpn heads (a
     two-fc box head, no norm outside the backbone); l1_loss=False: its smooth L1 (beta 1/9) box losses;
-    min_pos_iou=None: its RPN matching (heads.ReferenceRPN)."""
+    min_pos_iou=None: its RPN matching (heads.ReferenceRPN). allowed_border: None, every anchor in the RPN's
+    targets, as the reference's FPN config (allowed_border=-1)."""
     options = {**FPN_PROPOSALS, **options}
     if not norm:
         model = MaskRCNN(_fpn(backbone, arch), num_classes, min_size=min_size, max_size=max_size, **options)
-        return use_reference_rpn_and_losses(model, l1_loss, min_pos_iou)
+        return use_reference_rpn_and_losses(model, l1_loss, min_pos_iou, allowed_border)
     fpn = _fpn(backbone, arch, nn.BatchNorm2d)
     box_head = FastRCNNConvFCHead((fpn.out_channels, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d)
     nn.init.xavier_uniform_(box_head[5].weight)  # mmdet's ConvFCBBoxHead draws its shared fc so
@@ -239,7 +241,7 @@ def mask_rcnn_fpn(
         mask_predictor=MaskRCNNPredictor(256, 256, num_classes),  # 2x deconv, ReLU, 1 x 1 conv: mmdet's too
         **options,
     )
-    return use_reference_rpn_and_losses(model, l1_loss, min_pos_iou)
+    return use_reference_rpn_and_losses(model, l1_loss, min_pos_iou, allowed_border)
 
 
 def fcn_r50_d8(num_classes: int = 21, backbone: dict | None = None, arch=None) -> nn.Module:
