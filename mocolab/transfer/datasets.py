@@ -139,7 +139,6 @@ class VOCSegmentation(Dataset):
         self.items = [(i, self.FOLDERS) for i in _read_ids(lists / f"{split}.txt", self.LAYOUT)]
         if augmented:  # the protocol's "VOC12 + aug": SBD's masks first for aug.txt's images
             self.items += [(i, self.FOLDERS[::-1]) for i in _read_ids(lists / "aug.txt", self.LAYOUT)]
-        self.ids = [i for i, _ in self.items]
         self.crop, self.scale, self.flip, self.distort, self.test_scale = crop, scale, flip, distort, test_scale
         self.classes = ["background", *VOC_CLASSES]
 
@@ -163,7 +162,7 @@ class VOCSegmentation(Dataset):
         raise DatasetError(f"no mask for {image_id} in {self.base}; {self.LAYOUT}")
 
     def __getitem__(self, index: int):
-        image = _image(self.base / "JPEGImages" / f"{self.ids[index]}.jpg")
+        image = _image(self.base / "JPEGImages" / f"{self.items[index][0]}.jpg")
         mask = self.mask(index)
         if self.crop:
             return seg_transforms.train_view(image, mask, self.crop, self.scale, flip=self.flip, distort=self.distort)

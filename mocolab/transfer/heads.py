@@ -131,23 +131,26 @@ class ReferenceRPN(RegionProposalNetwork):
             return super().assign_targets_to_anchors(anchors, targets)
         labels, matched = [], []
         for a, target, (h, w) in zip(anchors, targets, self._image_sizes):
-            b = self.allowed_border
-            inside = (
-                torch.ones(len(a), dtype=torch.bool, device=a.device)
-                if b is None
-                else (a[:, 0] >= -b) & (a[:, 1] >= -b) & (a[:, 2] < w + b) & (a[:, 3] < h + b)
-            )
-            if self.min_pos_iou is None:
-                (inside_labels,), (inside_matched,) = super().assign_targets_to_anchors([a[inside]], [target])
+            if self.allowed_border is None:  # every anchor: no cut, no scatter back
+                a_labels, a_matched = self._assign(a, target)
             else:
-                m = self.proposal_matcher
-                inside_labels, inside_matched = max_iou_assign(
-                    a[inside], target["boxes"], m.high_threshold, m.low_threshold, self.min_pos_iou
-                )
-            index = (inside.nonzero()[:, 0],)
-            labels.append(torch.full((len(a),), -1.0, device=a.device).index_put(index, inside_labels))
-            matched.append(torch.zeros_like(a).index_put(index, inside_matched))
+                b = self.allowed_border
+                inside = (a[:, 0] >= -b) & (a[:, 1] >= -b) & (a[:, 2] < w + b) & (a[:, 3] < h + b)
+                inside_labels, inside_matched = self._assign(a[inside], target)
+                index = (inside.nonzero()[:, 0],)
+                a_labels = torch.full((len(a),), -1.0, device=a.device).index_put(index, inside_labels)
+                a_matched = torch.zeros_like(a).index_put(index, inside_matched)
+            labels.append(a_labels)
+            matched.append(a_matched)
         return labels, matched
+
+    def _assign(self, anchors: torch.Tensor, target: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(labels, matched boxes) of one image's anchors: mmdet's assigner with min_pos_iou, else torchvision's."""
+        if self.min_pos_iou is None:
+            (labels,), (matched,) = super().assign_targets_to_anchors([anchors], [target])
+            return labels, matched
+        m = self.proposal_matcher
+        return max_iou_assign(anchors, target["boxes"], m.high_threshold, m.low_threshold, self.min_pos_iou)
 
     def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
         if not self.l1_loss:
