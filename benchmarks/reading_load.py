@@ -43,8 +43,10 @@ def imported(name: str, path: Path) -> set[str]:
             parts = package.split(".")
             base = parts[: len(parts) - node.level + 1] if node.level else []
             target = ".".join(base + ([node.module] if node.module else []))
-            found.add(target)
-            found.update(f"{target}.{alias.name}" for alias in node.names)
+            for alias in node.names:  # `from . import x` reads the module x when there is one, not the package
+                found.add(f"{target}.{alias.name}" if module_path(f"{target}.{alias.name}") else target)
+            if node.module:
+                found.add(target)
     # importing a.b.c runs a/__init__.py and a/b/__init__.py first
     parents = {".".join(m.split(".")[:i]) for m in found for i in range(2, m.count(".") + 1)}
     return {m for m in found | parents if m.startswith("mocolab") and module_path(m) and m != name}

@@ -16,7 +16,7 @@ import sys
 from .ui import cli
 from .config import AUTO, PRESETS, config_from_file, make_config
 from .settings import parse_override
-from .train import pretrain
+from .pretraining import pretrain
 
 
 def main(argv=None) -> None:

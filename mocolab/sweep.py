@@ -176,7 +176,7 @@ class Sweep:
         return dataclasses.replace(cfg, resume=(Path(cfg.output_dir) / "checkpoint_last.pt").exists())
 
     def _run_here(self, name: str, progress: bool) -> None:
-        from .train import pretrain
+        from .pretraining import pretrain
 
         tic = time.perf_counter()
         try:

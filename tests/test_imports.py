@@ -62,7 +62,7 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_the_graph_sees_relative_and_function_level_imports():
     graph = import_graph()
-    assert "mocolab.run.job" in graph["mocolab.train"] and "mocolab.run.launch" in graph["mocolab.run.job"]
+    assert "mocolab.run.job" in graph["mocolab.pretraining"] and "mocolab.run.launch" in graph["mocolab.run.job"]
     assert "mocolab.run.cache_file" in graph["mocolab.evaluate.feature_cache"]  # `from ..run import cache_file`
     assert "mocolab.run.checkpoint" in graph["mocolab.run.cache_file"]  # `from . import checkpoint as ckpt`
 
@@ -87,6 +87,11 @@ def test_the_launcher_and_the_fine_tuning_job_do_not_import_the_training_loop():
 
     for module in ("mocolab.run.launch", "mocolab.run.job", "mocolab.run.device", "mocolab.transfer.job"):
         assert not reaches(module, "mocolab.train"), module
+    # and the loop knows nothing of the run kept around it: no folder, lock, checkpoint or signal handling
+    kept = ("mocolab.pretraining", "mocolab.runlog", "mocolab.run.job", "mocolab.run.checkpoint", "mocolab.run.lock")
+    for module in kept + ("mocolab.run.launch",):
+        assert not reaches("mocolab.train", module), module
+    assert all(reaches("mocolab.pretraining", module) for module in kept[1:] + ("mocolab.train",))
 
 
 def test_the_layers_show_in_the_tree():
@@ -103,6 +108,7 @@ def test_the_layers_show_in_the_tree():
         "mocolab.queue",
         "mocolab.models",
         "mocolab.train",
+        "mocolab.pretraining",
         "mocolab.config",
         "mocolab.runlog",
         "mocolab.data",

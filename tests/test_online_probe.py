@@ -7,7 +7,7 @@ import inspect
 import pytest
 import torch
 
-import mocolab.train
+import mocolab.pretraining
 from mocolab import ConfigError, make_config, pretrain
 from mocolab.online_probe import OnlineProbe
 
@@ -85,14 +85,14 @@ def test_a_run_with_the_probe_trains_the_same_moco_weights_and_resumes_exactly(c
     rows = list(csv.DictReader(open(tmp_path / "a" / "run" / "metrics.csv")))
     assert {"probe_top1", "probe_loss", "probe_train_acc"} <= set(rows[0])
 
-    real_epoch = mocolab.train.train_one_epoch
+    real_epoch = mocolab.pretraining.train_one_epoch
 
     def crash_in_second_epoch(*args, **kwargs):
         if inspect.signature(real_epoch).bind(*args, **kwargs).arguments["epoch"] == 1:
             raise KeyboardInterrupt("simulated crash")
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(mocolab.train, "train_one_epoch", crash_in_second_epoch)
+    monkeypatch.setattr(mocolab.pretraining, "train_one_epoch", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         pretrain(tiny(cifar10_root, tmp_path / "c", online_probe=True), progress=False)
     monkeypatch.undo()

@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+import mocolab.pretraining
 import mocolab.train
 from mocolab import make_config, pretrain
 from mocolab.run.checkpoint import load_checkpoint
@@ -165,7 +166,7 @@ def test_stop_signals_are_checked_in_the_config_and_resuming_with_other_processe
         tiny(cifar10_root, tmp_path, lr=float("nan"))
     saved = {"epoch": 3, "position": {"step": 5, "world": 2}}
     with pytest.raises(Exception, match="stopped inside epoch 4 with 2 processes; resume it with 2"):
-        mocolab.train._saved_position(saved, 1)
+        mocolab.pretraining._saved_position(saved, 1)
     assert issubclass(Preempted, Exception) and REQUEUE == 75
 
 

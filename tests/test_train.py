@@ -8,13 +8,14 @@ import json
 import pytest
 import torch
 
-import mocolab.train
+import mocolab.pretraining
 from conftest import write_image_folder
 from mocolab import ConfigError, Run, make_config, pretrain
 from mocolab.run.checkpoint import CheckpointError, atomic_save, load_checkpoint
 from mocolab.data import DatasetError, knn_sets
 from mocolab.run.device import resolve_device, resolve_precision
-from mocolab.train import _restore, build_trainer, knn_monitor
+from mocolab.pretraining import _restore
+from mocolab.train import build_trainer, knn_monitor
 
 
 def tiny(cifar10_root, tmp_path, **kw):
@@ -100,14 +101,14 @@ def test_checkpoint_round_trip_through_the_code_that_restores_a_run(cifar10_root
 def test_resume_after_a_crash_continues_exactly_like_an_uninterrupted_run(cifar10_root, tmp_path, monkeypatch):
     straight = pretrain(tiny(cifar10_root, tmp_path / "a", epochs=3), progress=False)
 
-    real_epoch = mocolab.train.train_one_epoch
+    real_epoch = mocolab.pretraining.train_one_epoch
 
     def crash_in_third_epoch(*args, **kwargs):
         if inspect.signature(real_epoch).bind(*args, **kwargs).arguments["epoch"] == 2:
             raise KeyboardInterrupt("simulated crash")
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(mocolab.train, "train_one_epoch", crash_in_third_epoch)
+    monkeypatch.setattr(mocolab.pretraining, "train_one_epoch", crash_in_third_epoch)
     with pytest.raises(KeyboardInterrupt):
         pretrain(tiny(cifar10_root, tmp_path / "b", epochs=3), progress=False)
     monkeypatch.undo()
@@ -144,12 +145,12 @@ def test_a_run_is_checked_once_and_reads_its_checkpoint_once(cifar10_root, tmp_p
     reads, read = [], mocolab.run.checkpoint.read
     monkeypatch.setattr(mocolab.run.checkpoint, "read", lambda path: reads.append(path.name) or read(path))
     cfg = tiny(cifar10_root, tmp_path, knn_every=0, stop_after=1)
-    checked = mocolab.train.preflight(cfg)
+    checked = mocolab.pretraining.preflight(cfg)
     pretrain(cfg, progress=False, checked=checked)
     with pytest.raises(ConfigError, match="already holds a pretraining run"):
         pretrain(cfg, progress=False, checked=checked)  # stale: the folder holds a run now
     resumed = dataclasses.replace(cfg, resume=True, stop_after=0)
-    checked = mocolab.train.preflight(resumed)
+    checked = mocolab.pretraining.preflight(resumed)
     assert reads == ["checkpoint_last.pt"]
     run = pretrain(resumed, progress=False, checked=checked)
     assert reads == ["checkpoint_last.pt"] and [row["epoch"] for row in run.history] == [1, 2]

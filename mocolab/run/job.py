@@ -1,4 +1,4 @@
-"""The lifecycle every mocolab job shares: pretraining (`train.py`) and fine-tuning (`transfer/job.py`).
+"""The lifecycle every mocolab job shares: pretraining (`pretraining.py`) and fine-tuning (`transfer/job.py`).
 
     run(cfg, worker, preflight, read_back)
 
