@@ -1,13 +1,14 @@
-"""How much code a reader follows to understand one pretraining run: the import closure of mocolab.train.
+"""How much code a reader follows to understand MoCo pretraining: the import closure of a module.
 
-    python benchmarks/reading_load.py                  # mocolab.train: a run on the CPU path
+    python benchmarks/reading_load.py                  # mocolab.train: the training loop (CPU path)
+    python benchmarks/reading_load.py mocolab.pretraining   # the whole run: preflight, processes, resume, signals
     python benchmarks/reading_load.py mocolab.moco      # any module
-    python benchmarks/reading_load.py mocolab.train mocolab.data.device   # a run on the device path
+    python benchmarks/reading_load.py mocolab.train mocolab.data.device   # the loop on the device path
 
-Counts the mocolab modules that `mocolab.train` imports, directly or through others (function-level
+Counts the mocolab modules that the named module imports, directly or through others (function-level
 imports and `if TYPE_CHECKING:` blocks included: a reader follows those too), with their lines: all
 lines, and code lines (neither blank nor comment nor docstring). Read from the source with `ast`;
-nothing is imported.
+nothing is imported. `from . import x` counts module x, not the package's `__init__`.
 
 The fast data paths (mocolab.data.FAST_PATHS) are imported by name when a run takes one, so they
 are not in the closure of mocolab.train; name the path's module after it to count a run on that path.
