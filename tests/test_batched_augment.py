@@ -2,6 +2,7 @@
 draws. The reference views are replayed from the torchvision pipeline object itself (its operations, their
 order and parameters), so a recipe drifting on either side fails here."""
 
+import functools
 import math
 
 import numpy as np
@@ -198,3 +199,21 @@ def test_a_view_batch_builds_no_tensor_from_host_data(name, monkeypatch):
     with Count() as count:
         again = G.augment(images, r, torch.Generator().manual_seed(0))
     assert count.built == 0 and torch.equal(first, again)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(augment.RECIPES))
+def test_the_compiled_augmentation_is_one_graph_with_torchvisions_views(name):
+    """compile=True's augmentation (inductor, here its C++ backend): one graph with no break (a break would split
+    the fused kernels and sync the host), the views torchvision makes with the same draws, as eager's."""
+    r = augment.recipe(name, 32)
+    images = torch.randint(0, 256, (24, 3, 40, 36), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    p = G.sample_params(r, 24, 40, 36, torch.Generator().manual_seed(5))
+    explained = torch._dynamo.explain(functools.partial(G.apply_params, r=r))(images, p)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    ours = G.compiled(G.apply_params, r)(images, p)
+    assert torch.allclose(ours, G.apply_params(images, p, r), atol=2e-5)
+    pipeline = augment.pretrain_transform(name, 32)
+    for i in range(24):
+        ref, _ = replay(pipeline, images[i].float() / 255, p, i)
+        assert torch.allclose(ours[i], ref, atol=1e-4), (i, (ours[i] - ref).abs().max())

@@ -205,9 +205,10 @@ def apply_masked(mask: torch.Tensor, fn, x: torch.Tensor, *per_image: torch.Tens
 
     On a GPU, fn runs on the whole batch and `torch.where` selects: more
     arithmetic, but no host sync to find the images. On the CPU, where
-    arithmetic is the cost, fn runs on the selected images only.
+    arithmetic is the cost, fn runs on the selected images only. Compiled
+    (`compiled`), always torch.where: a subset's size would be a new shape.
     """
-    if x.is_cuda if USE_TORCH_WHERE is None else USE_TORCH_WHERE:
+    if torch.compiler.is_compiling() or (x.is_cuda if USE_TORCH_WHERE is None else USE_TORCH_WHERE):
         return torch.where(mask.view(-1, 1, 1, 1), fn(x, *per_image), x)
     idx = mask.nonzero()[:, 0]
     if len(idx) == 0:
@@ -248,6 +249,9 @@ def _channel_constant(values: tuple, device: torch.device, dtype: torch.dtype) -
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     """(x - mean) / std per channel, for N x 3 x H x W images."""
+    if torch.compiler.is_compiling():  # constants of the compiled graph: made once, when it is traced
+        mean, std = (torch.tensor(v, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) for v in (mean, std))
+        return (x - mean) / std
     mean = _channel_constant(tuple(map(float, mean)), x.device, x.dtype)
     return (x - mean) / _channel_constant(tuple(map(float, std)), x.device, x.dtype)
 
@@ -283,7 +287,19 @@ def apply_color(x: torch.Tensor, p: dict, r: Recipe) -> torch.Tensor:
     return x
 
 
-def augment(images: torch.Tensor, r: Recipe, generator=None) -> torch.Tensor:
-    """One random view of every image (N x 3 x H x W, same size), on the images' device."""
+def augment(images: torch.Tensor, r: Recipe, generator=None, compile: bool = False) -> torch.Tensor:
+    """One random view of every image (N x 3 x H x W, same size), on the images' device.
+    compile: apply the draws through `compiled(apply_params, r)`."""
     p = sample_params(r, len(images), images.shape[-2], images.shape[-1], generator, images.device)
-    return apply_params(images, p, r)
+    return compiled(apply_params, r)(images, p) if compile else apply_params(images, p, r)
+
+
+@functools.cache
+def compiled(fn, r: Recipe, backend: str = "inductor"):
+    """fn(x, p) of recipe r (apply_params or finish_views) compiled as one graph of static shapes (torch.compile).
+
+    Eager, a view batch is some 480 operations (every jitter op evaluated in each of the four slots, then selected),
+    each a kernel launch on a GPU. Compiled, the pointwise chains (jitter, grayscale, normalisation) fuse into a
+    few kernels; the draws (`sample_params`) stay eager, so the views are those of the same parameters (within
+    float rounding). The first call of each batch shape compiles (seconds to a minute)."""
+    return torch.compile(functools.partial(fn, r=r), dynamic=False, backend=backend)

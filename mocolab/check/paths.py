@@ -17,6 +17,7 @@ import dataclasses
 import io
 import os
 import socket
+import time
 import warnings
 from contextlib import contextmanager
 
@@ -113,6 +114,46 @@ def device_views(device) -> str:
     diff = (on_device - on_cpu).abs().max().item()
     assert diff <= 1e-3, f"device views differ from the CPU's by {diff:.2e}"
     return f"max difference {diff:.1e} (normalised units)"
+
+
+def compiled_views(device) -> str:
+    """The augmentation compiled (compile=True on the device and jpeg paths) against eager on the same draws, and
+    the time of one step's two view batches (512 images, the CIFAR recipe) each way. On the CPU the eager backend
+    stands in for inductor (tests/test_batched_augment.py compiles it there)."""
+    from ..augment import batched, recipe
+
+    r, n = recipe("cifar", 32), 512
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = images.to(device)
+    draws = [batched.sample_params(r, n, 32, 32, torch.Generator().manual_seed(s)) for s in (1, 2)]
+    draws = [{k: v.to(device) for k, v in p.items()} for p in draws]
+    backend = "inductor" if torch.device(device).type == "cuda" else "eager"
+    fused = batched.compiled(batched.apply_params, r, backend)
+
+    def eager(x, p):
+        return batched.apply_params(x, p, r)
+
+    def two_views(fn) -> float:  # seconds for a step's two view batches, after a warm-up (the compile)
+        fn(images, draws[0])
+        _synchronize(device)
+        tic = time.perf_counter()
+        for p in draws:
+            fn(images, p)
+        _synchronize(device)
+        return time.perf_counter() - tic
+
+    diff = max((fused(images, p) - eager(images, p)).abs().max().item() for p in draws)
+    assert diff <= 1e-3, f"compiled views differ from eager ones by {diff:.2e}"
+    t_eager, t_fused = two_views(eager), two_views(fused)
+    return (
+        f"{backend}: max difference {diff:.1e}; 2 x {n} views in {1e3 * t_eager:.1f} ms eager, "
+        f"{1e3 * t_fused:.1f} ms compiled"
+    )
+
+
+def _synchronize(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def jpeg_decode(device) -> str:
@@ -303,5 +344,6 @@ CHECKS = {
     "transfer models forward/backward": transfer_models,
     "linear probe vs CPU": linear_probe_steps,
     "two processes on one device (gloo)": two_processes,
+    "compiled augmentation vs eager": compiled_views,
     "compile=True vs eager": compiled_steps,
 }  # last: inductor's compile takes the longest

@@ -151,6 +151,9 @@ class DeviceBatches:
         self.images, self.labels, self.cfg = images, labels, cfg  # images: N x 3 x H x W uint8, on the device
         self.rank, self.world = rank, world
         self.recipe = recipe(cfg.augmentation, cfg.image_size)
+        # compiled on a GPU only: the fused form evaluates every op on every image, which is what a GPU wants
+        # (no sync, few launches) and what a CPU does not (benchmarks/augment_time.py)
+        self.compiled = cfg.compile and images.is_cuda
 
     def __len__(self) -> int:
         return len(self.images)
@@ -164,10 +167,7 @@ class DeviceBatches:
             idx = order[(step - start) * per_rank : (step - start + 1) * per_rank]
             generator = seeding.generator(cfg.seed, "device views", epoch, step, self.rank, device=self.images.device)
             x = self.images[idx]
-            yield (
-                (batched.augment(x, self.recipe, generator), batched.augment(x, self.recipe, generator)),
-                self.labels[idx],
-            )
+            yield (tuple(batched.augment(x, self.recipe, generator, self.compiled) for _ in range(2)), self.labels[idx])
 
 
 def batches(cfg: Config, device, rank: int = 0, world: int = 1) -> DeviceBatches:

@@ -12,6 +12,7 @@ Order and draws follow the other paths: the shared epoch order
 
 from __future__ import annotations
 
+import functools
 import io
 from typing import TYPE_CHECKING
 
@@ -170,12 +171,14 @@ def image_sides(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]
     return sides[:, 0], sides[:, 1]
 
 
-def views(images: list[torch.Tensor], r: Recipe, generator=None, sides=None) -> torch.Tensor:
+def views(images: list[torch.Tensor], r: Recipe, generator=None, sides=None, compile: bool = False) -> torch.Tensor:
     """One normalised view of each decoded image (N x 3 x size x size), with per-image random draws.
-    sides: image_sides(images), when the caller made them already (one copy for the step's two views)."""
+    sides: image_sides(images), when the caller made them already (one copy for the step's two views).
+    compile: flip, colour, blur and normalisation through `batched.compiled` (the crops are eager)."""
     heights, widths = sides if sides is not None else image_sides(images)
     p = batched.sample_params(r, len(images), heights, widths, generator, heights.device)
-    return batched.finish_views(resized_crop_list(images, p["box"], r.size), p, r)
+    finish = batched.compiled(batched.finish_views, r) if compile else functools.partial(batched.finish_views, r=r)
+    return finish(resized_crop_list(images, p["box"], r.size), p)
 
 
 class JpegBatches:
@@ -188,6 +191,7 @@ class JpegBatches:
         self.files, self.cfg, self.device = files, cfg, torch.device(device)
         self.rank, self.world = rank, world
         self.recipe = recipe(cfg.augmentation, cfg.image_size)
+        self.compiled = cfg.compile and self.device.type == "cuda"  # as DeviceBatches.compiled
 
     def __len__(self):
         return len(self.files)
@@ -214,7 +218,7 @@ class JpegBatches:
             )
             generator = seeding.generator(cfg.seed, "device views", epoch, step, self.rank, device=self.device)
             sides = image_sides(images)
-            x_q, x_k = views(images, self.recipe, generator, sides), views(images, self.recipe, generator, sides)
+            x_q, x_k = (views(images, self.recipe, generator, sides, self.compiled) for _ in range(2))
             yield (x_q, x_k), labels.to(self.device)
 
 

@@ -1,0 +1,118 @@
+"""The batched augmentation eager and compiled (compile=True): time per step's two view batches and kernels.
+
+    python benchmarks/augment_time.py          # CPU: the CIFAR recipe (512 at 32 px), aug+ and v1 (64 at 224 px)
+    python benchmarks/augment_time.py --device cuda --imagenet-batch 256
+
+Per recipe, three ways of applying the same draws (`augment.batched.sample_params`; the draws themselves are
+not timed):
+    eager, subsets      each op on the images that draw it (the CPU's default; a host sync per op on a GPU)
+    eager, torch.where  each op on every image, then selected (the GPU's default: no sync)
+    compiled            `batched.compiled(apply_params, r)`: torch.compile (inductor) of the torch.where form
+
+Columns: milliseconds for the two view batches of a step (median of --repeats, after a warm-up that compiles),
+the kernels each way, and the compile's one-off seconds. Eager kernels: aten operations that compute (views
+left out), each a launch on a GPU, counted with a dispatch mode. Compiled kernels: the fused kernels in
+inductor's generated code plus the library calls it keeps (convolutions, matrix products).
+"""
+
+import argparse
+import functools
+import re
+import statistics
+import time
+
+import torch
+from torch._inductor.utils import run_and_get_code
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from mocolab.augment import batched, recipe
+
+
+class CountKernels(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def synchronize(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def two_views_ms(fn, images, draws, device, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        tic = time.perf_counter()
+        for p in draws:
+            fn(images, p)
+        synchronize(device)
+        times.append(1e3 * (time.perf_counter() - tic))
+    return statistics.median(times)
+
+
+def eager_kernels(fn, images, p) -> int:
+    with CountKernels() as mode:
+        fn(images, p)
+    return mode.count
+
+
+def compiled_kernels(code: str) -> int:
+    fused = len(re.findall(r"^def (?:cpp|triton)_\w+|= async_compile\.(?:cpp_pybinding|triton)\(", code, re.M))
+    return fused + len(re.findall(r"extern_kernels\.\w+\(", code))
+
+
+def measure(name: str, size: int, n: int, source: int, device, repeats: int) -> dict:
+    r = recipe(name, size)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, source, source), dtype=torch.uint8, generator=g).to(device)
+    draws = [batched.sample_params(r, n, source, source, torch.Generator().manual_seed(s)) for s in (1, 2)]
+    draws = [{k: v.to(device) for k, v in p.items()} for p in draws]
+    row = {"recipe": f"{name} {n} x {size} px"}
+    for label, where in (("subsets", False), ("where", True)):
+        batched.USE_TORCH_WHERE = where
+        eager = functools.partial(batched.apply_params, r=r)
+        eager(images, draws[0])
+        row[f"{label} ms"] = two_views_ms(eager, images, draws, device, repeats)
+        row[f"{label} kernels"] = eager_kernels(eager, images, draws[0])
+    batched.USE_TORCH_WHERE = None
+    torch._dynamo.reset()
+    fused = torch.compile(functools.partial(batched.apply_params, r=r), dynamic=False)
+    tic = time.perf_counter()
+    _, code = run_and_get_code(fused, images, draws[0])
+    synchronize(device)
+    row["compile s"] = time.perf_counter() - tic
+    row["compiled ms"] = two_views_ms(fused, images, draws, device, repeats)
+    row["compiled kernels"] = compiled_kernels("\n".join(code))
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cifar-batch", type=int, default=512)
+    parser.add_argument("--imagenet-batch", type=int, default=64, help="images per view batch for aug+ and v1")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    rows = [
+        measure("cifar", 32, args.cifar_batch, 32, device, args.repeats),
+        measure("aug_plus", 224, args.imagenet_batch, 256, device, args.repeats),
+        measure("v1", 224, args.imagenet_batch, 256, device, args.repeats),
+    ]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; torch {torch.__version__}")
+    columns = list(rows[0])
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        cells = [v if isinstance(v, str) else (f"{v:.1f}" if isinstance(v, float) else str(v)) for v in row.values()]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
