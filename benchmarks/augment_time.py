@@ -9,9 +9,12 @@ not timed):
     eager, torch.where  each op on every image, then selected (the GPU's default: no sync)
     compiled            `batched.compiled(apply_params, r)`: torch.compile (inductor) of the torch.where form
 
+With kornia installed (`pip install kornia`; not a mocolab dependency), a last column times kornia's
+AugmentationSequential of the same recipe on the same images (its own draws, made inside the call).
+
 Columns: milliseconds for the two view batches of a step (median of --repeats, after a warm-up that compiles),
 the kernels each way, and the compile's one-off seconds. Eager kernels: aten operations that compute (views
-left out), each a launch on a GPU, counted with a dispatch mode. Compiled kernels: the fused kernels in
+left out), each a launch on a GPU, counted by `mocolab.check.operations`. Compiled kernels: the fused kernels in
 inductor's generated code plus the library calls it keeps (convolutions, matrix products).
 """
 
@@ -23,19 +26,9 @@ import time
 
 import torch
 from torch._inductor.utils import run_and_get_code
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from mocolab.augment import batched, recipe
-
-
-class CountKernels(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += not func.is_view
-        return func(*args, **(kwargs or {}))
+from mocolab.check.operations import Operations
 
 
 def synchronize(device) -> None:
@@ -56,9 +49,9 @@ def two_views_ms(fn, images, draws, device, repeats: int) -> float:
 
 
 def eager_kernels(fn, images, p) -> int:
-    with CountKernels() as mode:
+    with Operations() as ops:
         fn(images, p)
-    return mode.count
+    return ops.computing
 
 
 def compiled_kernels(code: str) -> int:
@@ -88,7 +81,31 @@ def measure(name: str, size: int, n: int, source: int, device, repeats: int) -> 
     row["compile s"] = time.perf_counter() - tic
     row["compiled ms"] = two_views_ms(fused, images, draws, device, repeats)
     row["compiled kernels"] = compiled_kernels("\n".join(code))
+    if kornia_pipeline is not None:
+        pipeline, x = kornia_pipeline(r), images.float() / 255
+        row["kornia ms"] = two_views_ms(lambda images, p: pipeline(x), images, draws, device, repeats)
     return row
+
+
+def kornia_pipeline(r):
+    """The recipe as kornia's AugmentationSequential, in the recipe's order."""
+    import kornia.augmentation as K
+
+    ops = {
+        "crop": K.RandomResizedCrop((r.size, r.size), scale=r.crop_scale, ratio=r.crop_ratio),
+        "flip": K.RandomHorizontalFlip(p=r.flip_p),
+        "jitter": K.ColorJitter(*r.jitter, p=r.jitter_p),
+        "gray": K.RandomGrayscale(p=r.gray_p),
+        "blur": K.RandomGaussianBlur((r.blur_kernel, r.blur_kernel), r.blur_sigma, p=r.blur_p),
+    }
+    normalize = K.Normalize(torch.tensor(r.mean), torch.tensor(r.std))
+    return K.AugmentationSequential(*(ops[o] for o in r.order if o in ops), normalize)
+
+
+try:
+    import kornia  # noqa: F401
+except ImportError:
+    kornia_pipeline = None
 
 
 def main() -> None:

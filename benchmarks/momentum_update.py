@@ -10,20 +10,10 @@ GPU gain is in the launches: a step there is bound by them, not by arithmetic (i
 import time
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from mocolab.check.operations import Operations
 from mocolab.models import build_encoder
 from mocolab.moco import momentum_average_
-
-
-class CountOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += 1
-        return func(*args, **(kwargs or {}))
 
 
 def per_tensor(theta_k, theta_q, m):
@@ -37,13 +27,13 @@ def main(m: float = 0.99, repeats: int = 20) -> None:
     for arch, stem in (("resnet18", True), ("resnet50", False)):
         theta_q, theta_k = (list(build_encoder(arch, cifar_stem=stem, head="mlp").parameters()) for _ in "qk")
         for name, update in (("per tensor", per_tensor), ("fused", momentum_average_)):
-            with CountOps() as ops:
+            with Operations() as ops:
                 update(theta_k, theta_q, m)
             tic = time.perf_counter()
             for _ in range(repeats):
                 update(theta_k, theta_q, m)
             ms = (time.perf_counter() - tic) / repeats * 1e3
-            print(f"{arch} ({len(theta_k)} tensors), {name:10s}: {ops.n:4d} operations, {ms:6.2f} ms on the CPU")
+            print(f"{arch} ({len(theta_k)} tensors), {name:10s}: {ops.total:4d} operations, {ms:6.2f} ms on the CPU")
 
 
 if __name__ == "__main__":

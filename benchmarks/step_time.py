@@ -4,7 +4,8 @@
     python benchmarks/step_time.py --preset imagenet_mocov2 --batch-size 32 --gpus 1
 
 Times forward (q and k), InfoNCE, backward and the SGD step on random images
-of the preset's size, after warm-up steps; prints seconds per step and images/s.
+of the preset's size, after warm-up steps; prints seconds per step, images/s and the operations of one step
+(views left out; each a kernel launch on a GPU; counted by mocolab.check.operations).
 Pair it with the `images_per_s` column of a run's metrics.csv, which includes
 the data pipeline.
 """
@@ -15,6 +16,7 @@ import time
 import torch
 
 import mocolab
+from mocolab.check.operations import Operations
 from mocolab.run.device import resolve_device, resolve_precision
 from mocolab.train import build_optimizer
 
@@ -51,6 +53,8 @@ def main():
 
     for _ in range(args.warmup):
         step()
+    with Operations() as ops:
+        step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     tic = time.perf_counter()
@@ -62,7 +66,7 @@ def main():
     print(
         f"{args.preset} ({cfg.arch}, {cfg.image_size} px), batch {B}, {device}, "
         f"{str(dtype or 'fp32')}, {torch.get_num_threads()} CPU threads: "
-        f"{seconds:.3f} s/step, {B / seconds:.1f} images/s"
+        f"{seconds:.3f} s/step, {B / seconds:.1f} images/s, {ops.computing} operations a step"
     )
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 from conftest import write_image_folder
 from mocolab import make_config, pretrain
 from mocolab.augment import batched, recipe
+from mocolab.check.operations import Operations
 from mocolab.data import DatasetError, knn_datasets, knn_sets, pretrain_batches
 from mocolab.data import jpeg as jpeg_data
 from mocolab.data.device import batches as device_batches
@@ -189,16 +190,6 @@ def test_jpeg_views_copy_nothing_from_the_host_per_image_and_run_few_operations_
     batch of 8 images and one of 4. Before, each image cost 2 host copies (its crop's height and width, for its
     resize weights) and 102 operations; the weights now come from one batched call, read off the boxes on the
     device, leaving the crop's conversion and its two products. The views stay the same (test above)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Count(TorchDispatchMode):
-        operations = copies = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.operations += 1
-            self.copies += func is torch.ops.aten.lift_fresh.default
-            return func(*args, **(kwargs or {}))
-
     monkeypatch.setattr(batched, "USE_TORCH_WHERE", True)  # as on a GPU: no per-image selection
     monkeypatch.setattr(jpeg_data, "BATCHED_WEIGHTS", True)  # as on a GPU: the crops' weights in one call
     generator = torch.Generator().manual_seed(0)
@@ -208,16 +199,16 @@ def test_jpeg_views_copy_nothing_from_the_host_per_image_and_run_few_operations_
         images = [torch.randint(0, 256, (3, 60 + 7 * i, 80 - 5 * i), dtype=torch.uint8) for i in range(n)]
         sides = jpeg_data.image_sides(images)
         jpeg_data.views(images, r, generator, sides)  # the per-channel constants reach the device once
-        with Count() as count:
+        with Operations() as count:
             jpeg_data.views(images, r, generator, sides)
         counts[n] = count
-    assert counts[4].copies == counts[8].copies == 0
-    per_image = (counts[8].operations - counts[4].operations) / 4
+    assert counts[4].from_host == counts[8].from_host == 0
+    per_image = (counts[8].total - counts[4].total) / 4
     assert per_image <= 25, per_image  # 18.75 with torch 2.14
     monkeypatch.setattr(jpeg_data, "BATCHED_WEIGHTS", False)  # the CPU's way: weights crop by crop, still no copy
-    with Count() as count:
+    with Operations() as count:
         jpeg_data.views(images, r, generator, sides)
-    assert count.copies == 0
+    assert count.from_host == 0
 
 
 @pytest.mark.slow
