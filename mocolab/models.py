@@ -56,11 +56,13 @@ class SplitBatchNorm(nn.BatchNorm2d):
             self.momentum if self.momentum is not None else 0.1,
             self.eps,
         )
-        with torch.no_grad():  # F.batch_norm updated the per-split copies; keep their average
-            self.running_mean.copy_(mean.view(S, C).mean(0))
-            self.running_var.copy_(var.view(S, C).mean(0))
+        with torch.no_grad():  # F.batch_norm updated the per-split copies; keep their average (written in place)
+            torch.mean(mean.view(S, C), 0, out=self.running_mean)
+            torch.mean(var.view(S, C), 0, out=self.running_var)
             self.num_batches_tracked += 1
-        return y.reshape(N, C, H, W)
+        # Not y.view: an in-place ReLU on a view of y makes autograd rebuild y's gradient through a copy of the
+        # whole activation (CopySlices) at every split BN. _unsafe_view is the same reshape, with a plain backward.
+        return torch.ops.aten._unsafe_view(y, (N, C, H, W))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", num_splits={self.num_splits}"

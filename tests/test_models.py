@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from mocolab.check.operations import Operations
 from mocolab.models import SplitBatchNorm, build_encoder, resnet, stage_outputs
 
 
@@ -27,6 +28,30 @@ def test_split_batchnorm_equals_batchnorm_on_each_sub_batch():
     # Running statistics: the mean of the splits' updates.
     assert torch.allclose(split.running_mean, torch.stack(mean_updates).mean(0), atol=1e-6)
     assert torch.allclose(split.running_var, torch.stack(var_updates).mean(0), atol=1e-6)
+
+
+def test_split_batchnorm_under_an_inplace_relu_has_per_split_gradients_and_copies_nothing():
+    """The backward through split BN and the in-place ReLU of a ResNet block: the gradients of per-split BNs,
+    with no copy of the activation (autograd copies one when the ReLU writes into a view) and the running
+    statistics written in place (before: 5 copies per call, 26 operations in all, 19 now)."""
+    S, C = 4, 3
+    split = SplitBatchNorm(C, num_splits=S)
+    with torch.no_grad():
+        split.weight.copy_(torch.randn(C))
+        split.bias.copy_(torch.randn(C))
+    x = (torch.randn(16, C, 5, 5) * 3 + 1).requires_grad_()
+    upstream = torch.randn(16, C, 5, 5)
+    with Operations() as ops:
+        (torch.relu_(split(x * 1)) * upstream).sum().backward()
+    assert ops.by_name["copy_"] == ops.by_name["clone"] == 0, ops.by_name
+    reference = [nn.BatchNorm2d(C) for _ in range(S)]
+    x_ref = x.detach().clone().requires_grad_()
+    for s, bn in enumerate(reference):
+        bn.load_state_dict({"weight": split.weight.detach(), "bias": split.bias.detach()}, strict=False)
+        (torch.relu(bn(x_ref[s::S])) * upstream[s::S]).sum().backward()
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
+    assert torch.allclose(split.weight.grad, sum(bn.weight.grad for bn in reference), atol=1e-4)
+    assert torch.allclose(split.bias.grad, sum(bn.bias.grad for bn in reference), atol=1e-4)
 
 
 def test_split_batchnorm_in_eval_mode_is_plain_batchnorm():
