@@ -216,3 +216,16 @@ def test_bf16_autocast_keeps_the_loss_of_fp32_and_an_fp32_queue():
 
     fp32, bf16 = run(False), run(True)
     assert all(abs(a - b) < 0.02 * a for a, b in zip(fp32, bf16)), (fp32, bf16)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_the_whole_step_forward_traces_as_one_graph(symmetric):
+    """The precondition for CUDA graphs (one capture replays every kernel of the step: issue 26, item 2) and for
+    compiling the whole forward (benchmarks/step_time.py --compile model): the momentum update, shuffle BN with
+    split BN, both encoders, InfoNCE and the enqueue trace into one graph, with no break. A host read in the
+    forward (an .item(), a Python branch on a tensor) would break it."""
+    encoder = build_encoder("resnet10_w16", cifar_stem=True, head="mlp", dim=16, bn_splits=4)
+    model = MoCo(encoder, K=64, dim=16, symmetric=symmetric, shuffle_bn=True)
+    x_q, x_k = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    explained = torch._dynamo.explain(model)(x_q, x_k)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
