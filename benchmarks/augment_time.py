@@ -4,7 +4,7 @@
     python benchmarks/augment_time.py --device cuda --imagenet-batch 256
 
 Per recipe, three ways of applying the same draws (`augment.batched.sample_params`; the draws themselves are
-not timed):
+not timed, but their operations are counted: the "choices" column, eager and compiled):
     eager, subsets      each op on the images that draw it (the CPU's default; a host sync per op on a GPU)
     eager, torch.where  each op on every image, then selected (the GPU's default: no sync)
     compiled            `batched.compiled(apply_params, r)`: torch.compile (inductor) of the torch.where form
@@ -15,7 +15,7 @@ AugmentationSequential of the same recipe on the same images (its own draws, mad
 Columns: milliseconds for the two view batches of a step (median of --repeats, after a warm-up that compiles),
 the kernels each way, and the compile's one-off seconds. Eager kernels: aten operations that compute (views
 left out), each a launch on a GPU, counted by `mocolab.check.operations`. Compiled kernels: the fused kernels in
-inductor's generated code plus the library calls it keeps (convolutions, matrix products).
+inductor's generated code plus the library calls it keeps (convolutions, matrix products, sorts).
 """
 
 import argparse
@@ -56,7 +56,7 @@ def eager_kernels(fn, images, p) -> int:
 
 def compiled_kernels(code: str) -> int:
     fused = len(re.findall(r"^def (?:cpp|triton)_\w+|= async_compile\.(?:cpp_pybinding|triton)\(", code, re.M))
-    return fused + len(re.findall(r"extern_kernels\.\w+\(", code))
+    return fused + len(re.findall(r"extern_kernels\.\w+\(|torch\.ops\.aten\.\w+\.\w+\(", code))
 
 
 def measure(name: str, size: int, n: int, source: int, device, repeats: int) -> dict:
@@ -81,6 +81,13 @@ def measure(name: str, size: int, n: int, source: int, device, repeats: int) -> 
     row["compile s"] = time.perf_counter() - tic
     row["compiled ms"] = two_views_ms(fused, images, draws, device, repeats)
     row["compiled kernels"] = compiled_kernels("\n".join(code))
+    # the choices (`params`, from one call's uniforms): operations eager, kernels compiled
+    with Operations() as ops:
+        batched.sample_params(r, n, source, source, torch.Generator(device=device).manual_seed(3), device)
+    u = torch.rand(n, batched.UNIFORMS, device=device, dtype=torch.float64)
+    sides = torch.full((n,), float(source), dtype=torch.float64, device=device)
+    _, code = run_and_get_code(torch.compile(functools.partial(batched.params, r=r), dynamic=False), u, sides, sides)
+    row["choices: eager / compiled"] = f"{ops.computing} / {compiled_kernels(chr(10).join(code))}"
     if kornia_pipeline is not None:
         pipeline, x = kornia_pipeline(r), images.float() / 255
         row["kornia ms"] = two_views_ms(lambda images, p: pipeline(x), images, draws, device, repeats)

@@ -196,16 +196,27 @@ def test_a_view_batch_builds_no_tensor_from_host_data(name, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(augment.RECIPES))
 def test_the_compiled_augmentation_is_one_graph_with_torchvisions_views(name):
-    """compile=True's augmentation (inductor, here its C++ backend): one graph with no break (a break would split
-    the fused kernels and sync the host), the views torchvision makes with the same draws, as eager's."""
+    """compile=True's augmentation (inductor, here its C++ backend): the choices and the views each one graph with
+    no break (a break would split the fused kernels and sync the host); the same choices as eager from the same
+    uniforms, and the views torchvision makes with them."""
     r = augment.recipe(name, 32)
     images = torch.randint(0, 256, (24, 3, 40, 36), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     p = G.sample_params(r, 24, 40, 36, torch.Generator().manual_seed(5))
-    explained = torch._dynamo.explain(functools.partial(G.apply_params, r=r))(images, p)
-    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    fused = G.sample_params(r, 24, 40, 36, torch.Generator().manual_seed(5), compile=True)
+    assert fused.keys() == p.keys() and all(torch.allclose(fused[k], p[k]) for k in p if k != "order")
+    assert torch.equal(fused["box"], p["box"]) and torch.equal(fused["order"], p["order"])
+    for fn, args in ((G.params, p_args(24, 40, 36)), (G.apply_params, (images, p))):
+        explained = torch._dynamo.explain(functools.partial(fn, r=r))(*args)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), (fn, explained.break_reasons)
     ours = G.compiled(G.apply_params, r)(images, p)
     assert torch.allclose(ours, G.apply_params(images, p, r), atol=2e-5)
     pipeline = augment.pretrain_transform(name, 32)
     for i in range(24):
         ref, _ = replay(pipeline, images[i].float() / 255, p, i)
         assert torch.allclose(ours[i], ref, atol=1e-4), (i, (ours[i] - ref).abs().max())
+
+
+def p_args(n: int, height: int, width: int) -> tuple:
+    """What sample_params hands `params`: n views' uniforms and their images' sides."""
+    u = torch.rand(n, G.UNIFORMS, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return u, torch.full((n,), float(height), dtype=torch.float64), torch.full((n,), float(width), dtype=torch.float64)

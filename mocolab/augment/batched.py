@@ -33,15 +33,34 @@ USE_TORCH_WHERE = None  # None: torch.where on GPUs, subsets on the CPU (see `ap
 # ----------------------------------------------------------------------------
 
 
-def sample_crops(n: int, height, width, scale, ratio, generator=None, device="cpu", attempts: int = 10):
-    """Boxes (top, left, h, w), n x 4 long, drawn as torchvision's RandomResizedCrop.get_params.
+ATTEMPTS = 10  # RandomResizedCrop's tries of (area, log-ratio) before its centre-crop fallback
+# A view's uniforms, drawn in one call (one kernel on a GPU, where a call per choice made eleven): the crop's
+# tries (area, log-ratio, top, left) in the first 4 x ATTEMPTS columns, then one column per choice below.
+COLUMNS = {
+    "flip": 4 * ATTEMPTS,
+    "jitter": 4 * ATTEMPTS + 1,
+    "factors": slice(4 * ATTEMPTS + 2, 4 * ATTEMPTS + 6),  # brightness, contrast, saturation, hue
+    "order": slice(4 * ATTEMPTS + 6, 4 * ATTEMPTS + 10),  # sort keys: a uniformly random permutation
+    "gray": 4 * ATTEMPTS + 10,
+    "blur": 4 * ATTEMPTS + 11,
+    "sigma": 4 * ATTEMPTS + 12,
+}
+UNIFORMS = 4 * ATTEMPTS + 13
 
-    height, width: ints, or n-long tensors for images of different sizes. Ten
-    tries of (area, log-ratio); the first that fits wins; none: a centre crop
-    with the ratio clamped to the range.
-    """
-    H, W = _sizes(height, n, device), _sizes(width, n, device)
+
+def sample_crops(n: int, height, width, scale, ratio, generator=None, device="cpu", attempts: int = ATTEMPTS):
+    """Boxes (top, left, h, w), n x 4 long, drawn as torchvision's RandomResizedCrop.get_params (`crops`)."""
     u = torch.rand(n, attempts, 4, generator=generator, device=device, dtype=torch.float64)
+    return crops(u, _sizes(height, n, device), _sizes(width, n, device), scale, ratio)
+
+
+def crops(u: torch.Tensor, H: torch.Tensor, W: torch.Tensor, scale, ratio) -> torch.Tensor:
+    """Boxes (top, left, h, w), n x 4 long, of torchvision's RandomResizedCrop.get_params from uniforms u
+    (n x attempts x 4, float64) for images of H x W (n-long float64 tensors).
+
+    Each try draws an area and a log-ratio; the first that fits wins; none: a centre crop with the ratio
+    clamped to the range.
+    """
     area = H[:, None] * W[:, None] * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
     log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[..., 1]
     w = torch.round(torch.sqrt(area * torch.exp(log_r)))  # round half to even, as Python's round
@@ -71,34 +90,43 @@ def _sizes(v, n: int, device) -> torch.Tensor:
     return torch.full((n,), float(v), dtype=torch.float64, device=device)
 
 
-def sample_params(r: Recipe, n: int, height, width, generator=None, device="cpu") -> dict:
-    """Every random choice of n views: crops, flips, jitter (on, factors, order), gray, blur (on, sigma)."""
+def sample_params(r: Recipe, n: int, height, width, generator=None, device="cpu", compile: bool = False) -> dict:
+    """Every random choice of n views: crops, flips, jitter (on, factors, order), gray, blur (on, sigma).
+    One call draws the uniforms (`UNIFORMS` per view); `params` turns them into choices, compiled with compile."""
+    u = torch.rand(n, UNIFORMS, generator=generator, device=device, dtype=torch.float64)
+    H, W = _sizes(height, n, device), _sizes(width, n, device)
+    return compiled(params, r)(u, H, W) if compile else params(u, H, W, r)
 
-    def uniform(lo, hi, shape=(n,)):
-        return lo + (hi - lo) * torch.rand(shape, generator=generator, device=device)
 
-    def coin(p):
-        return torch.rand(n, generator=generator, device=device) < p
+def params(u: torch.Tensor, H: torch.Tensor, W: torch.Tensor, r: Recipe) -> dict:
+    """The choices of recipe r for views of H x W images, from their uniforms u (n x UNIFORMS, float64)."""
+
+    def uniform(lo, hi, column):
+        return (lo + (hi - lo) * u[:, column]).float()
+
+    def coin(name, p):
+        return u[:, COLUMNS[name]] < p
 
     b, c, s, h = r.jitter
+    factors = COLUMNS["factors"].start
     return {
-        "box": sample_crops(n, height, width, r.crop_scale, r.crop_ratio, generator, device),
-        "flip": coin(r.flip_p),
-        "jitter": coin(r.jitter_p),
+        "box": crops(u[:, : 4 * ATTEMPTS].unflatten(1, (ATTEMPTS, 4)), H, W, r.crop_scale, r.crop_ratio),
+        "flip": coin("flip", r.flip_p),
+        "jitter": coin("jitter", r.jitter_p),
         # ColorJitter's factor ranges: [max(0, 1 - x), 1 + x] for b, c, s and [-h, h] for hue.
         "factors": torch.stack(
             [
-                uniform(max(0, 1 - b), 1 + b),
-                uniform(max(0, 1 - c), 1 + c),
-                uniform(max(0, 1 - s), 1 + s),
-                uniform(-h, h),
+                uniform(max(0, 1 - b), 1 + b, factors),
+                uniform(max(0, 1 - c), 1 + c, factors + 1),
+                uniform(max(0, 1 - s), 1 + s, factors + 2),
+                uniform(-h, h, factors + 3),
             ],
             dim=1,
         ),
-        "order": torch.rand(n, 4, generator=generator, device=device).argsort(dim=1),  # a random permutation each
-        "gray": coin(r.gray_p),
-        "blur": coin(r.blur_p),
-        "sigma": uniform(*r.blur_sigma),
+        "order": u[:, COLUMNS["order"]].argsort(dim=1),  # a random permutation each
+        "gray": coin("gray", r.gray_p),
+        "blur": coin("blur", r.blur_p),
+        "sigma": uniform(*r.blur_sigma, COLUMNS["sigma"]),
     }
 
 
@@ -289,17 +317,19 @@ def apply_color(x: torch.Tensor, p: dict, r: Recipe) -> torch.Tensor:
 
 def augment(images: torch.Tensor, r: Recipe, generator=None, compile: bool = False) -> torch.Tensor:
     """One random view of every image (N x 3 x H x W, same size), on the images' device.
-    compile: apply the draws through `compiled(apply_params, r)`."""
-    p = sample_params(r, len(images), images.shape[-2], images.shape[-1], generator, images.device)
+    compile: the choices and the views through `compiled` (`params`, `apply_params`)."""
+    p = sample_params(r, len(images), images.shape[-2], images.shape[-1], generator, images.device, compile)
     return compiled(apply_params, r)(images, p) if compile else apply_params(images, p, r)
 
 
 @functools.cache
 def compiled(fn, r: Recipe, backend: str = "inductor"):
-    """fn(x, p) of recipe r (apply_params or finish_views) compiled as one graph of static shapes (torch.compile).
+    """fn(...) of recipe r (params, apply_params or finish_views) compiled as one graph of static shapes
+    (torch.compile).
 
-    Eager, a view batch is some 480 operations (every jitter op evaluated in each of the four slots, then selected),
-    each a kernel launch on a GPU. Compiled, the pointwise chains (jitter, grayscale, normalisation) fuse into a
-    few kernels; the draws (`sample_params`) stay eager, so the views are those of the same parameters (within
-    float rounding). The first call of each batch shape compiles (seconds to a minute)."""
+    Eager, a view batch is some 480 operations (every jitter op evaluated in each of the four slots, then selected)
+    and its choices some 80, each a kernel launch on a GPU. Compiled, the pointwise chains (jitter, grayscale,
+    normalisation; the choices' arithmetic) fuse into a few kernels. The uniforms are drawn eagerly, in one call,
+    so the choices and views are those of the same draws (within float rounding). The first call of each batch
+    shape compiles (seconds to a minute)."""
     return torch.compile(functools.partial(fn, r=r), dynamic=False, backend=backend)

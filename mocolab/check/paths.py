@@ -117,37 +117,42 @@ def device_views(device) -> str:
 
 
 def compiled_views(device) -> str:
-    """The augmentation compiled (compile=True on the device and jpeg paths) against eager on the same draws, and
-    the time of one step's two view batches (512 images, the CIFAR recipe) each way. On the CPU the eager backend
-    stands in for inductor (tests/test_batched_augment.py compiles it there)."""
+    """The augmentation compiled (compile=True on the device and jpeg paths: the choices and the views) against
+    eager from the same seeds, and the time of one step's two view batches (512 images, the CIFAR recipe) each
+    way, choices included. On the CPU the eager backend stands in for inductor (tests/test_batched_augment.py
+    compiles it there)."""
     from ..augment import batched, recipe
 
     r, n = recipe("cifar", 32), 512
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     images = images.to(device)
-    draws = [batched.sample_params(r, n, 32, 32, torch.Generator().manual_seed(s)) for s in (1, 2)]
-    draws = [{k: v.to(device) for k, v in p.items()} for p in draws]
     backend = "inductor" if torch.device(device).type == "cuda" else "eager"
-    fused = batched.compiled(batched.apply_params, r, backend)
+    fused_views = batched.compiled(batched.apply_params, r, backend)
+    fused_choices = batched.compiled(batched.params, r, backend)
 
-    def eager(x, p):
-        return batched.apply_params(x, p, r)
+    def views(seed: int, compiled: bool) -> torch.Tensor:
+        g = torch.Generator(device=device).manual_seed(seed)
+        u = torch.rand(n, batched.UNIFORMS, generator=g, device=device, dtype=torch.float64)
+        sides = torch.full((n,), 32.0, dtype=torch.float64, device=device)
+        if not compiled:
+            return batched.apply_params(images, batched.params(u, sides, sides, r), r)
+        return fused_views(images, fused_choices(u, sides, sides))
 
-    def two_views(fn) -> float:  # seconds for a step's two view batches, after a warm-up (the compile)
-        fn(images, draws[0])
+    def two_views(compiled: bool) -> float:  # seconds for a step's two view batches, after a warm-up (the compile)
+        views(0, compiled)
         _synchronize(device)
         tic = time.perf_counter()
-        for p in draws:
-            fn(images, p)
+        for seed in (1, 2):
+            views(seed, compiled)
         _synchronize(device)
         return time.perf_counter() - tic
 
-    diff = max((fused(images, p) - eager(images, p)).abs().max().item() for p in draws)
+    diff = max((views(s, True) - views(s, False)).abs().max().item() for s in (1, 2))
     assert diff <= 1e-3, f"compiled views differ from eager ones by {diff:.2e}"
-    t_eager, t_fused = two_views(eager), two_views(fused)
+    t_eager, t_fused = two_views(False), two_views(True)
     return (
-        f"{backend}: max difference {diff:.1e}; 2 x {n} views in {1e3 * t_eager:.1f} ms eager, "
-        f"{1e3 * t_fused:.1f} ms compiled"
+        f"{backend}: max difference {diff:.1e}; 2 x {n} views (choices included) in {1e3 * t_eager:.1f} ms "
+        f"eager, {1e3 * t_fused:.1f} ms compiled"
     )
 
 

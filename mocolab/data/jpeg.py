@@ -174,9 +174,10 @@ def image_sides(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]
 def views(images: list[torch.Tensor], r: Recipe, generator=None, sides=None, compile: bool = False) -> torch.Tensor:
     """One normalised view of each decoded image (N x 3 x size x size), with per-image random draws.
     sides: image_sides(images), when the caller made them already (one copy for the step's two views).
-    compile: flip, colour, blur and normalisation through `batched.compiled` (the crops are eager)."""
+    compile: the choices, and the flip, colour, blur and normalisation, through `batched.compiled` (the crops,
+    of images of different sizes, are eager)."""
     heights, widths = sides if sides is not None else image_sides(images)
-    p = batched.sample_params(r, len(images), heights, widths, generator, heights.device)
+    p = batched.sample_params(r, len(images), heights, widths, generator, heights.device, compile)
     finish = batched.compiled(batched.finish_views, r) if compile else functools.partial(batched.finish_views, r=r)
     return finish(resized_crop_list(images, p["box"], r.size), p)
 
