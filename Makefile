@@ -69,7 +69,7 @@ exercises: venv
 	$(PY) -m mocolab.ui.exercise_book notebooks/exercises/source.ipynb
 
 # The machine check (python -m mocolab.check): does this GPU machine run every mocolab path, and how fast?
-# Stages 1-4 in under 9 minutes on one H100/H200; the table is printed and written to runs/gpu_check/.
+# Stages 1-4 in about 9 minutes on one H100/H200; the table is printed and written to runs/gpu_check/.
 #   make gpu-check CHECK_ARGS="--data-root /path/to/cifar10"   offline: CIFAR-10 as an ImageFolder
 #   make gpu-check CHECK_ARGS=--cpu                              tiny stages 1-3 on the CPU (what CI runs)
 #   make gpu-check CHECK_ARGS="--full --symmetric"              also the 200-epoch demo
