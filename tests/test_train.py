@@ -250,7 +250,7 @@ def test_gpu_requests_without_a_gpu_fail_clearly():
 
 @pytest.mark.slow
 def test_the_cpu_recipe_learns_a_representation_above_the_random_network(cifar10_root, tmp_path):
-    """A short run of the cifar10_cpu recipe on real CIFAR-10 images (16,384 of them, one epoch, the
+    """A short run of the cifar10_cpu recipe on real CIFAR-10 images (16,384 of them, two epochs, the
     device path) learns its pretext task and a representation. The pretext task: once the queue holds real keys
     (K/B = 16 steps, the first two logged rows) the loss falls clearly and the instance accuracy rises. The
     representation: kNN top-1 (pooled backbone, 5,000-image bank, 2,000 test images) ends clearly above the
@@ -262,24 +262,26 @@ def test_the_cpu_recipe_learns_a_representation_above_the_random_network(cifar10
         data_root=str(cifar10_root),
         gpus=0,
         train_subset=16384,
-        epochs=1,
+        epochs=2,
         output_dir=str(tmp_path / "run"),
         online_probe=True,  # changes no MoCo weight (test_online_probe.py): the kNN figures below hold with it
     )
     run = pretrain(cfg, progress=False)
     knn = [r["knn_top1"] for r in run.history]
-    assert [r["epoch"] for r in run.history] == [0, 1]
-    # Measured on the 2-core CI machine: 27.8 before the first step, 32.0 after one epoch (33.5 after a second).
-    # A 3-point margin is three standard errors of an accuracy near 30% on 2,000 test images.
-    assert knn[1] > knn[0] + 3, f"kNN did not rise above the random network: {knn}"
-    # Measured there: the loss peaks at 7.42 (step 10) and is 6.30 at step 64; accuracy 1.6% -> 10.5%.
+    assert [r["epoch"] for r in run.history] == [0, 1, 2]
+    # Measured on the 2-core machine for seeds 0, 1, 2: 27.8 -> 33.2, 29.4 -> 33.55, 27.9 -> 33.3 (gains 4.2-5.4).
+    # A 3-point margin is three standard errors of an accuracy near 30% on 2,000 test images. After one epoch the
+    # gain was 2.2-4.7 over the same seeds and two streams of augmentation draws: too close to the margin.
+    assert knn[-1] > knn[0] + 3, f"kNN did not rise above the random network: {knn}"
+    # Measured there (seed 0, one epoch): the loss peaks at 7.42 (step 10) and is 6.30 at step 64; accuracy
+    # 1.6% -> 10.5%.
     loss, acc = [r["loss"] for r in run.steps], [r["acc"] for r in run.steps]
     peak = max(range(len(loss)), key=loss.__getitem__)
     assert peak <= 1, f"loss should peak early, as the random queue is replaced: {loss}"
     assert loss[-1] < loss[peak] - 0.4, f"loss did not fall clearly after its peak: {loss}"
     assert acc[-1] > 3 * acc[peak] and acc[-1] > 10 / (cfg.K + 1), f"instance accuracy did not rise: {acc}"
-    # The online probe's reading of the same features after its one epoch: measured there 30.3 (chance 10).
-    assert run.history[1]["probe_top1"] > 20, f"the online probe learnt nothing: {run.history[1]}"
+    # The online probe's reading of the same features after two epochs: measured there 26.2-28.1 (chance 10).
+    assert run.history[-1]["probe_top1"] > 20, f"the online probe learnt nothing: {run.history[-1]}"
 
 
 @pytest.fixture(scope="module")
