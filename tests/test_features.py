@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from mocolab import augment, make_config
+from mocolab import augment, build_encoder, make_config
 from mocolab.run.checkpoint import CheckpointError, atomic_save
 from mocolab.data import DatasetError, load_split, seeded_subset
 from mocolab import weights
@@ -81,6 +81,22 @@ def test_layer_features_of_resnet50_have_the_protocols_grids_and_dims():
     assert grids == {64: 12, 256: 6, 512: 4, 1024: 3, 2048: 2}
     corner = layer_pool(64, 112)(torch.ones(1, 1, 112, 112))[0, 0, 0, 0]
     assert corner.item() == pytest.approx(36 / 100)  # a 10 x 10 window, 4 rows and columns of it padding
+
+
+def test_the_head_read_with_other_layers_comes_from_the_same_backbone_pass():
+    """The kNN monitor with the online probe reads the head and avgpool of its test images: one backbone pass per
+    batch (two before), and the head's features the same as read alone (encoder(x) = head(backbone(x)))."""
+    encoder = build_encoder("resnet10_w16", cifar_stem=True, head="mlp", dim=16).eval()
+    images = torch.randn(12, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    loader = [(images[:8], torch.zeros(8)), (images[8:], torch.ones(4))]
+    passes = []
+    encoder.backbone.conv1.register_forward_hook(lambda *_: passes.append(1))
+    both, _ = extract_layers(encoder, loader, ("head", "avgpool"), progress=False)
+    assert len(passes) == len(loader)
+    alone, _ = extract_layers(encoder, loader, ("head",), progress=False)
+    assert torch.equal(both["head"], alone["head"]) and both.keys() == {"head", "avgpool"}
+    with_feat5, _ = extract_layers(encoder, loader, ("feat5", "head"), progress=False)  # avgpool not kept
+    assert with_feat5.keys() == {"feat5", "head"} and torch.equal(with_feat5["head"], alone["head"])
 
 
 def test_layer_pools_of_other_backbones_bring_each_stage_near_9216_dims():

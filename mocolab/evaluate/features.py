@@ -28,6 +28,8 @@ def extract_layers(
     for images, y in tqdm(loader, desc=f"features {','.join(layers)}", leave=False, disable=not progress):
         images = images.to(device, non_blocking=True)
         backbone_layers = [n for n in layers if n != "head"]
+        if "head" in layers and backbone_layers and "avgpool" not in backbone_layers:
+            backbone_layers.append("avgpool")  # the head's input, from the same pass over the backbone
         out = layer_features(encoder.backbone, images, backbone_layers) if backbone_layers else {}
         if "head" in layers:
             if encoder.head is None:
@@ -36,7 +38,8 @@ def extract_layers(
                     f"{name} has no projection head (a backbone-only checkpoint, such as a supervised, "
                     f"DINO or Barlow Twins ResNet): ask for 'avgpool' features instead of 'head'"
                 )
-            out["head"] = encoder(images)
+            # head(backbone(x)) is the encoder's forward: with other layers asked for, the backbone ran already
+            out["head"] = encoder.head(out["avgpool"]) if backbone_layers else encoder(images)
         for name in layers:
             # To the CPU for the cache; the kNN monitor keeps them on the GPU (no sync per batch).
             feats[name].append(out[name].float() if keep_on_device else out[name].float().cpu())
