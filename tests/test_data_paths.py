@@ -258,6 +258,42 @@ def test_compiled_encoders_keep_the_checkpoint_keys_of_the_plain_model(cifar10_r
     assert torch.equal(again.model.queue.keys, run.model.queue.keys.cpu())
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["device", "jpeg"])
+def test_the_compiled_augmentation_gives_each_path_its_eager_batches(path, tmp_path, monkeypatch):
+    """compile=True on a GPU's device and jpeg paths: each batch's choices and views through batched.compiled,
+    from the same seeded draws as the eager batches. Forced here on the CPU, with torch.compile's eager backend
+    (the traced graph; inductor's numerics are tests/test_batched_augment.py's)."""
+    compiled, asked = batched.compiled, []
+    monkeypatch.setattr(
+        batched, "compiled", lambda fn, r, backend="inductor": asked.append(fn) or compiled(fn, r, "eager")
+    )
+    root = write_image_folder(tmp_path / "data", per_class=8, size=40)
+    cfg = make_config(
+        "imagenet_mocov2",
+        dataset="imagefolder",
+        data_root=str(root),
+        gpus=0,
+        data_path=path,
+        image_size=32,
+        batch_size=8,
+        K=32,
+        workers=0,
+    )
+    eager = pretrain_batches(cfg, torch.device("cpu"))
+    fused = pretrain_batches(cfg, torch.device("cpu"))
+    assert not eager.compiled  # compile=False: eager everywhere
+    fused.compiled = True  # what compile=True sets on a GPU
+    pairs = list(zip(eager.epoch(0), fused.epoch(0)))
+    assert len(pairs) == 2
+    for ((a_q, a_k), a_y), ((b_q, b_k), b_y) in pairs:
+        assert torch.equal(a_y, b_y)
+        assert torch.allclose(a_q, b_q, atol=1e-4) and torch.allclose(a_k, b_k, atol=1e-4)
+        assert not torch.allclose(a_q, a_k, atol=1e-2)  # two different views of each image
+    views = batched.apply_params if path == "device" else batched.finish_views
+    assert set(asked) == {batched.params, views} and len(asked) == 2 * 2 * 2  # 2 batches x 2 views x 2 graphs
+
+
 def messy_folder(root):
     """40 good 32 px JPEGs in two classes, and in the train split a truncated JPEG, an empty .jpg and a text
     file named .png: the bad files a hand-gathered folder holds."""
