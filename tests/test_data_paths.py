@@ -211,20 +211,20 @@ def test_jpeg_views_copy_nothing_from_the_host_per_image_and_run_few_operations_
     assert count.from_host == 0
 
 
+def folder_cfg(root, **overrides):
+    """The ImageNet recipe shrunk for an image folder of 40 px images on the CPU: 32 px views, batch 8, K 32."""
+    values = dict(dataset="imagefolder", data_root=str(root), gpus=0, image_size=32, batch_size=8, K=32)
+    return make_config("imagenet_mocov2", **{**values, **overrides})
+
+
 @pytest.mark.slow
 def test_pretraining_from_an_image_folder_on_the_jpeg_path(tmp_path):
     root = write_image_folder(tmp_path / "data", per_class=16, size=40)
-    cfg = make_config(
-        "imagenet_mocov2",
-        dataset="imagefolder",
-        data_root=str(root),
-        gpus=0,
+    cfg = folder_cfg(
+        root,
         data_path="jpeg",
         arch="resnet18",
         head="linear",
-        image_size=32,
-        batch_size=8,
-        K=32,
         bn_splits=2,
         epochs=1,
         workers=1,
@@ -268,18 +268,7 @@ def test_the_compiled_augmentation_gives_each_path_its_eager_batches(path, tmp_p
     monkeypatch.setattr(
         batched, "compiled", lambda fn, r, backend="inductor": asked.append(fn) or compiled(fn, r, "eager")
     )
-    root = write_image_folder(tmp_path / "data", per_class=8, size=40)
-    cfg = make_config(
-        "imagenet_mocov2",
-        dataset="imagefolder",
-        data_root=str(root),
-        gpus=0,
-        data_path=path,
-        image_size=32,
-        batch_size=8,
-        K=32,
-        workers=0,
-    )
+    cfg = folder_cfg(write_image_folder(tmp_path / "data", per_class=8, size=40), data_path=path, workers=0)
     eager = pretrain_batches(cfg, torch.device("cpu"))
     fused = pretrain_batches(cfg, torch.device("cpu"))
     assert not eager.compiled  # compile=False: eager everywhere

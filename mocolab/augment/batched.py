@@ -277,11 +277,10 @@ def _channel_constant(values: tuple, device: torch.device, dtype: torch.dtype) -
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     """(x - mean) / std per channel, for N x 3 x H x W images."""
-    if torch.compiler.is_compiling():  # constants of the compiled graph: made once, when it is traced
-        mean, std = (torch.tensor(v, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) for v in (mean, std))
-        return (x - mean) / std
-    mean = _channel_constant(tuple(map(float, mean)), x.device, x.dtype)
-    return (x - mean) / _channel_constant(tuple(map(float, std)), x.device, x.dtype)
+    # Compiled, the constants are the graph's, made once when it is traced: no cache to consult (dynamo would skip it)
+    constant = _channel_constant.__wrapped__ if torch.compiler.is_compiling() else _channel_constant
+    mean = constant(tuple(map(float, mean)), x.device, x.dtype)
+    return (x - mean) / constant(tuple(map(float, std)), x.device, x.dtype)
 
 
 def finish_views(x: torch.Tensor, p: dict, r: Recipe, normalized: bool = True) -> torch.Tensor:
@@ -320,6 +319,13 @@ def augment(images: torch.Tensor, r: Recipe, generator=None, compile: bool = Fal
     compile: the choices and the views through `compiled` (`params`, `apply_params`)."""
     p = sample_params(r, len(images), images.shape[-2], images.shape[-1], generator, images.device, compile)
     return compiled(apply_params, r)(images, p) if compile else apply_params(images, p, r)
+
+
+def compiles(wanted: bool, device) -> bool:
+    """Whether a data path on `device` applies its augmentation `compiled` (compile=True): on a GPU only. The
+    fused form evaluates every op on every image, which is what a GPU wants (no sync, few launches) and what a
+    CPU does not (benchmarks/augment_time.py)."""
+    return wanted and torch.device(device).type == "cuda"
 
 
 @functools.cache

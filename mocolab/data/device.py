@@ -151,9 +151,7 @@ class DeviceBatches:
         self.images, self.labels, self.cfg = images, labels, cfg  # images: N x 3 x H x W uint8, on the device
         self.rank, self.world = rank, world
         self.recipe = recipe(cfg.augmentation, cfg.image_size)
-        # compiled on a GPU only: the fused form evaluates every op on every image, which is what a GPU wants
-        # (no sync, few launches) and what a CPU does not (benchmarks/augment_time.py)
-        self.compiled = cfg.compile and images.is_cuda
+        self.compiled = batched.compiles(cfg.compile, images.device)
 
     def __len__(self) -> int:
         return len(self.images)

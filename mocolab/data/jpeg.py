@@ -192,7 +192,7 @@ class JpegBatches:
         self.files, self.cfg, self.device = files, cfg, torch.device(device)
         self.rank, self.world = rank, world
         self.recipe = recipe(cfg.augmentation, cfg.image_size)
-        self.compiled = cfg.compile and self.device.type == "cuda"  # as DeviceBatches.compiled
+        self.compiled = batched.compiles(cfg.compile, self.device)
 
     def __len__(self):
         return len(self.files)
