@@ -109,6 +109,10 @@ class Config:
     # torch.compile both encoders (minutes of warm-up for ~10% per step) and, on a GPU's device and jpeg paths,
     # the augmentation of a view batch (its ~480 operations fused into 5-8 kernels; augment.batched.compiled)
     compile: bool = execution(False)
+    # device and jpeg paths: batches made this many steps ahead by a thread (on a GPU, on its own CUDA stream),
+    # so the next batch's decoding and augmentation overlap the step (data.prefetch); the same batches bit for
+    # bit. -1: 2 on a GPU, 0 on the CPU, where the thread would take the step's cores
+    prefetch: int = execution(-1)
 
     # --- kNN monitor (the demo's: k=200, T=0.1 on the head output) ----------
     knn_every: int = 1  # epochs between kNN passes; 0: never
@@ -346,6 +350,7 @@ def _check_values(cfg: Config) -> None:
         "online_probe=True is read on the kNN monitor's test images, but knn_every=0 turns the monitor off; "
         "set knn_every (e.g. 1), or online_probe=False",
     )
+    need(cfg.prefetch >= -1, f"prefetch must be -1 (auto), 0 (none) or a number of batches, got {cfg.prefetch}")
     check_processes(cfg.gpus, cfg.processes)
     check_world(cfg, cfg.world_size)
     need(

@@ -8,6 +8,7 @@ and what a run writes (`runlog`), resuming from a checkpoint exactly, and stoppi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import time
@@ -115,9 +116,10 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True, checked:
             else:
                 stream = batches.epoch(epoch)
             done_before, seconds_before = (position["step"], position["seconds"]) if position else (0, 0.0)
-            means = train_one_epoch(
-                trainer, stream, cfg, epoch, num_steps, run.steps, writer, progress, probe, position, pause
-            )
+            with contextlib.closing(stream):  # on a stop or a crash too: a thread making batches ahead ends here
+                means = train_one_epoch(
+                    trainer, stream, cfg, epoch, num_steps, run.steps, writer, progress, probe, position, pause
+                )
             position, train_s = None, pause.seconds()
             last_step = (epoch + 1) * num_steps
             row = {
@@ -269,9 +271,9 @@ def _continued(batches, epoch: int, start: int, rng: dict):
     """The batches of `epoch` from step `start` on, with torch's RNG where the saved run had it: set after the
     epoch's loader has started, since starting one draws a seed from torch's generator (as the uninterrupted
     run's loader did at the epoch's start, before the state was saved)."""
-    stream = iter(batches.epoch(epoch, start))
-    first = next(stream, None)
-    ckpt.set_rng_state(rng)
-    if first is not None:
-        yield first
-        yield from stream
+    with contextlib.closing(batches.epoch(epoch, start)) as stream:
+        first = next(stream, None)
+        ckpt.set_rng_state(rng)
+        if first is not None:
+            yield first
+            yield from stream

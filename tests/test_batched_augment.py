@@ -191,6 +191,9 @@ def test_a_view_batch_builds_no_tensor_from_host_data(name, monkeypatch):
     with Operations() as count:
         again = G.augment(images, r, torch.Generator().manual_seed(0))
     assert count.from_host == 0 and torch.equal(first, again)
+    # Nor does it read anything back: on the meta device any read of a tensor's values raises.
+    views = G.augment(torch.empty(8, 3, 40, 48, dtype=torch.uint8, device="meta"), r)
+    assert views.shape == (8, 3, 32, 32)
 
 
 @pytest.mark.slow

@@ -211,6 +211,19 @@ def test_jpeg_views_copy_nothing_from_the_host_per_image_and_run_few_operations_
     assert count.from_host == 0
 
 
+def test_jpeg_views_read_nothing_back_from_the_device(monkeypatch):
+    """On a GPU, reading a device tensor on the host (.tolist(), .item()) waits for every kernel queued before the
+    read, the previous training step's included. Here the views are made of images on the meta device, where any
+    such read raises: the crop boxes are drawn on the host, where the crops are cut. Before, they were drawn on
+    the device and read back (box.tolist()), once per view batch."""
+    monkeypatch.setattr(batched, "USE_TORCH_WHERE", True)  # as on a GPU
+    monkeypatch.setattr(jpeg_data, "BATCHED_WEIGHTS", True)
+    images = [torch.empty(3, 60 + 7 * i, 80 - 5 * i, dtype=torch.uint8, device="meta") for i in range(4)]
+    for name in ("aug_plus", "v1"):
+        views = jpeg_data.views(images, recipe(name, 32), torch.Generator().manual_seed(0))
+        assert views.shape == (4, 3, 32, 32) and views.device.type == "meta"
+
+
 def folder_cfg(root, **overrides):
     """The ImageNet recipe shrunk for an image folder of 40 px images on the CPU: 32 px views, batch 8, K 32."""
     values = dict(dataset="imagefolder", data_root=str(root), gpus=0, image_size=32, batch_size=8, K=32)
@@ -279,8 +292,10 @@ def test_the_compiled_augmentation_gives_each_path_its_eager_batches(path, tmp_p
         assert torch.equal(a_y, b_y)
         assert torch.allclose(a_q, b_q, atol=1e-4) and torch.allclose(a_k, b_k, atol=1e-4)
         assert not torch.allclose(a_q, a_k, atol=1e-2)  # two different views of each image
-    views = batched.apply_params if path == "device" else batched.finish_views
-    assert set(asked) == {batched.params, views} and len(asked) == 2 * 2 * 2  # 2 batches x 2 views x 2 graphs
+    if path == "device":
+        assert set(asked) == {batched.params, batched.apply_params} and len(asked) == 2 * 2 * 2  # batches x views x 2
+    else:  # the jpeg path's choices are made on the host (jpeg_data.views), eager
+        assert set(asked) == {batched.finish_views} and len(asked) == 2 * 2
 
 
 def messy_folder(root):
@@ -298,14 +313,15 @@ def messy_folder(root):
     return root, sorted(str(p) for p in bad)
 
 
-@pytest.mark.parametrize("path", ["cpu", "device", "jpeg"])
+@pytest.mark.parametrize("path", ["cpu", "device", "jpeg", "jpeg, made ahead"])
 def test_every_data_path_skips_and_reports_each_unreadable_file_once(path, tmp_path, monkeypatch):
     from mocolab.run import unreadable
 
     monkeypatch.setattr(unreadable, "_reported", set())
     monkeypatch.setattr(unreadable, "MAX_UNREADABLE", 0.1)  # 3 of 43 files
     root, bad = messy_folder(tmp_path / "data")
-    cfg = cfg_for(root, tmp_path, data_path=path, train_subset=0, batch_size=8, K=32)
+    path, _, ahead = path.partition(", ")  # made ahead: reported from the thread that makes the batches
+    cfg = cfg_for(root, tmp_path, data_path=path, train_subset=0, batch_size=8, K=32, prefetch=2 if ahead else 0)
     monkeypatch.setenv("MOCOLAB_CACHE", str(tmp_path / "cache"))
     with pytest.warns(UserWarning) as caught:
         batches = pretrain_batches(cfg, torch.device("cpu"))

@@ -47,6 +47,19 @@ def assert_same_run(a, b) -> None:
     assert rows(a / "steps.csv") == rows(b / "steps.csv")
 
 
+def crashing_in_step(n: int):
+    """A Trainer.step that raises KeyboardInterrupt in its n-th call: a crash inside an epoch."""
+    real, calls = mocolab.train.Trainer.step, []
+
+    def step(self, *args):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt("simulated crash")
+        return real(self, *args)
+
+    return step
+
+
 # Sends this process SIGTERM from inside the 6th training step, then runs the command line: a real signal,
 # delivered at a known step (tiny: 4 steps an epoch, so step 2 of epoch 2).
 SIGTERM_AT_STEP_6 = """
@@ -95,15 +108,7 @@ def test_sigterm_mid_epoch_saves_the_step_and_resume_equals_the_uninterrupted_ru
 def test_checkpoint_every_steps_lets_a_crash_inside_an_epoch_resume_exactly(cifar10_root, tmp_path, monkeypatch):
     """A crash (here an interrupt in step 7) loses only the steps since the last checkpoint_every_steps."""
     pretrain(tiny(cifar10_root, tmp_path / "a", epochs=2), progress=False)
-    real, calls = mocolab.train.Trainer.step, []
-
-    def crash_in_step_7(self, *args):
-        calls.append(1)
-        if len(calls) == 7:
-            raise KeyboardInterrupt("simulated crash")
-        return real(self, *args)
-
-    monkeypatch.setattr(mocolab.train.Trainer, "step", crash_in_step_7)
+    monkeypatch.setattr(mocolab.train.Trainer, "step", crashing_in_step(7))
     with pytest.raises(KeyboardInterrupt):
         pretrain(tiny(cifar10_root, tmp_path / "b", epochs=2, checkpoint_every_steps=3), progress=False)
     monkeypatch.undo()

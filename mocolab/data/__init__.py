@@ -13,7 +13,8 @@
 
 The two fast paths are modules named in FAST_PATHS and imported when a run takes
 one: a CPU run (and a reader following it) never loads the batched augmentation
-or the JPEG reader.
+or the JPEG reader. On a GPU a fast path's batches are made ahead by a thread
+while the step runs (prefetch.py, cfg.prefetch): the same batches.
 
 Every path takes the same seeded subset of images in the same epoch order;
 each draws its views from (seed, epoch, position), so a resumed run continues
@@ -42,6 +43,7 @@ from .datasets import (
     subset_indices,
 )
 from .loader import LoaderBatches, eval_loader, knn_datasets, pretrain_dataset
+from .prefetch import Prefetched
 
 if TYPE_CHECKING:  # annotations only: the config imports the dataset table (SPECS) from here
     from ..config import Config
@@ -111,8 +113,17 @@ def pretrain_batches(cfg: Config, device: torch.device, rank: int = 0, world: in
     """This process's pretraining batches on the path `resolve_path` picks."""
     path = resolve_path(cfg, device)
     if path in FAST_PATHS:
-        return fast_path(path).batches(cfg, device, rank, world)
+        batches = fast_path(path).batches(cfg, device, rank, world)
+        depth = prefetch_depth(cfg, device)
+        return Prefetched(batches, depth, device) if depth else batches
     return LoaderBatches(pretrain_dataset(cfg), cfg, device, rank, world)
+
+
+def prefetch_depth(cfg: Config, device: torch.device) -> int:
+    """How many batches a fast path makes ahead (cfg.prefetch, with -1 resolved for the device)."""
+    if cfg.prefetch >= 0:
+        return cfg.prefetch
+    return 2 if torch.device(device).type == "cuda" else 0
 
 
 def run_data(cfg: Config, device: torch.device, rank: int = 0, world: int = 1, monitor: bool = True):

@@ -143,43 +143,51 @@ BATCHED_WEIGHTS = None
 def resized_crop_list(images: list[torch.Tensor], box: torch.Tensor, size: int) -> torch.Tensor:
     """batched.resized_crops for images of different sizes: one pair of matrix products each.
 
-    The resize weights are read off `box` on its device (no copy from the host per image): in one batched call
-    over the longest crop side (a shorter crop's weights are zero past its own side), or crop by crop
-    (BATCHED_WEIGHTS). The one host sync of the batch is reading the boxes to cut the crops."""
+    `box` is on the host, where the crops are cut from it with no read back from the device. The resize weights
+    are computed on the images' device from one copy of it: in one batched call over the longest crop side (a
+    shorter crop's weights are zero past its own side), or crop by crop (BATCHED_WEIGHTS)."""
     top_left_h_w = box.tolist()
-    together = box.is_cuda if BATCHED_WEIGHTS is None else BATCHED_WEIGHTS
-    zero = torch.zeros(len(images) if together else 1, dtype=torch.long, device=box.device)
+    device = images[0].device
+    on_device = box.to(device, non_blocking=True)  # does not wait for the stream
+    together = device.type == "cuda" if BATCHED_WEIGHTS is None else BATCHED_WEIGHTS
+    zero = torch.zeros(len(images) if together else 1, dtype=torch.long, device=device)
     if together:
         longest_h, longest_w = max(b[2] for b in top_left_h_w), max(b[3] for b in top_left_h_w)
-        all_rows = batched.resize_weights(zero, box[:, 2], longest_h, size)  # N x size x longest_h
-        all_cols = batched.resize_weights(zero, box[:, 3], longest_w, size)  # N x size x longest_w
+        all_rows = batched.resize_weights(zero, on_device[:, 2], longest_h, size)  # N x size x longest_h
+        all_cols = batched.resize_weights(zero, on_device[:, 3], longest_w, size)  # N x size x longest_w
     views = []
     for i, (image, (top, left, h, w)) in enumerate(zip(images, top_left_h_w)):
         crop = image[:, top : top + h, left : left + w].float() / 255  # a view: only the crop is converted
         if together:
             rows, cols = all_rows[i, :, :h], all_cols[i, :, :w]
         else:
-            rows = batched.resize_weights(zero, box[i : i + 1, 2], h, size)[0]  # size x h
-            cols = batched.resize_weights(zero, box[i : i + 1, 3], w, size)[0]  # size x w
+            rows = batched.resize_weights(zero, on_device[i : i + 1, 2], h, size)[0]  # size x h
+            cols = batched.resize_weights(zero, on_device[i : i + 1, 3], w, size)[0]  # size x w
         views.append(rows @ crop @ cols.T)  # 3 x size x size
     return torch.stack(views)
 
 
 def image_sides(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(heights, widths) of a batch's images on their device: one copy from the host, for both views."""
-    sides = torch.tensor([im.shape[-2:] for im in images]).to(images[0].device)
+    """(heights, widths) of a batch's images, on the host: read off their shapes, for both views."""
+    sides = torch.tensor([im.shape[-2:] for im in images])
     return sides[:, 0], sides[:, 1]
 
 
 def views(images: list[torch.Tensor], r: Recipe, generator=None, sides=None, compile: bool = False) -> torch.Tensor:
     """One normalised view of each decoded image (N x 3 x size x size), with per-image random draws.
-    sides: image_sides(images), when the caller made them already (one copy for the step's two views).
-    compile: the choices, and the flip, colour, blur and normalisation, through `batched.compiled` (the crops,
-    of images of different sizes, are eager)."""
+
+    The choices are made on the host (`generator` a CPU one), from the images' shapes: the crops are cut with
+    their boxes known there, where reading boxes drawn on a GPU would wait for every kernel queued before the
+    read, the previous training step's included. The device gets the choices by copies that do not wait.
+    sides: image_sides(images), when the caller made them already (for the step's two views).
+    compile: the flip, colour, blur and normalisation through `batched.compiled` (the crops, of images of
+    different sizes, are eager)."""
     heights, widths = sides if sides is not None else image_sides(images)
-    p = batched.sample_params(r, len(images), heights, widths, generator, heights.device, compile)
+    p = batched.sample_params(r, len(images), heights, widths, generator)
+    crops = resized_crop_list(images, p["box"], r.size)
+    p = {name: value.to(crops.device, non_blocking=True) for name, value in p.items()}
     finish = batched.compiled(batched.finish_views, r) if compile else functools.partial(batched.finish_views, r=r)
-    return finish(resized_crop_list(images, p["box"], r.size), p)
+    return finish(crops, p)
 
 
 class JpegBatches:
@@ -198,29 +206,34 @@ class JpegBatches:
         return len(self.files)
 
     def epoch(self, epoch: int, start: int = 0):
+        for step, (buffer, offsets, labels, indices) in enumerate(self.files_of(epoch, start), start=start):
+            images = self.decoded(buffer, offsets, indices)
+            yield self.two_views(images, epoch, step), labels.to(self.device, non_blocking=True)
+
+    def files_of(self, epoch: int, start: int = 0) -> DataLoader:
+        """The loader of the epoch's files from step `start` on: (bytes, offsets, labels, indices) per batch, in
+        the reference's order."""
         cfg = self.cfg
-        sampler = epoch_indices(len(self.files), cfg, epoch, self.rank, self.world, start)  # the reference's order
-        loader = DataLoader(
+        return DataLoader(
             self.files,
             batch_size=cfg.batch_size // self.world,
-            sampler=sampler,
+            sampler=epoch_indices(len(self.files), cfg, epoch, self.rank, self.world, start),
             drop_last=True,
             num_workers=cfg.workers,
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
             **loader_processes(cfg.workers),
         )
-        for step, (buffer, offsets, labels, indices) in enumerate(loader, start=start):
-            # Paths are looked up only when a file fails to decode: no per-step work on the fast path.
-            images = decode(
-                split_buffer(buffer, offsets),
-                self.device,
-                lambda i, indices=indices: self.files.samples[int(indices[i])][0],
-            )
-            generator = seeding.generator(cfg.seed, "device views", epoch, step, self.rank, device=self.device)
-            sides = image_sides(images)
-            x_q, x_k = (views(images, self.recipe, generator, sides, self.compiled) for _ in range(2))
-            yield (x_q, x_k), labels.to(self.device)
+
+    def decoded(self, buffer: torch.Tensor, offsets: torch.Tensor, indices: torch.Tensor) -> list[torch.Tensor]:
+        """A batch's images decoded on the device. Paths are looked up only when a file fails to decode."""
+        return decode(split_buffer(buffer, offsets), self.device, lambda i: self.files.samples[int(indices[i])][0])
+
+    def two_views(self, images: list[torch.Tensor], epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_q, x_k) of step `step`: their choices drawn from (seed, epoch, step, rank), on the host (views)."""
+        generator = seeding.generator(self.cfg.seed, "device views", epoch, step, self.rank)
+        sides = image_sides(images)
+        return tuple(views(images, self.recipe, generator, sides, self.compiled) for _ in range(2))
 
 
 def batches(cfg: Config, device, rank: int = 0, world: int = 1) -> JpegBatches:
