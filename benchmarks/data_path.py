@@ -20,8 +20,10 @@ into its uint8 cache and moving it to the device (its own column, not in the epo
 jpeg: synthetic JPEGs of ImageNet size (500 x 375, smooth noise) in a temporary
 folder; aug+ at 224 px for ResNet-50: images/s of the data alone through
 torchvision's pipeline in workers and through the jpeg path (bytes from
-workers, decoding and augmentation on the device); with --train-epochs, the
-imagenet_mocov2 recipe trained on each path too (images/s of the last epoch).
+workers, decoding and augmentation on the device), made in line and made 2
+batches ahead by a thread (prefetch=2); with --train-epochs, the imagenet_mocov2
+recipe trained on each row too (images/s of the last epoch); and the jpeg path's
+stages timed one after another (files from the workers, decoding, the views).
 benchmarks/step_time.py measures the training step alone.
 """
 
@@ -156,20 +158,22 @@ def jpeg(args):
             bn_splits=8 if args.batch_size % 8 == 0 else 1,
             output_dir=str(Path(tmp) / "run"),
         )
-        paths = {
-            "reference (PIL + torchvision in workers)": "cpu",
-            f"jpeg path (bytes from workers, decode + augment on {device})": "jpeg",
+        rows = {
+            "reference (PIL + torchvision in workers)": dict(data_path="cpu"),
+            f"jpeg path (bytes from workers, decode + augment on {device}), in line": dict(
+                data_path="jpeg", prefetch=0
+            ),
+            "jpeg path, 2 batches made ahead in a thread (prefetch=2)": dict(data_path="jpeg", prefetch=2),
         }
         rates, trained = {}, {}
-        for name, path in paths.items():
-            rates[name] = data_rate(pretrain_batches(dataclasses.replace(cfg, data_path=path), device))
+        for name, extra in rows.items():
+            row_cfg = dataclasses.replace(cfg, **extra)
+            rates[name] = data_rate(pretrain_batches(row_cfg, device))
             print(f"{name}: {rates[name]:.0f} images/s (two views each, data alone)", flush=True)
-            if args.train_epochs:  # the whole step too: ResNet-50, bf16 on a GPU, one kNN-free run per path
+            if args.train_epochs:  # the whole step too: ResNet-50, bf16 on a GPU, one kNN-free run per row
+                out = str(Path(tmp) / f"run{len(trained)}")
                 run = pretrain(
-                    dataclasses.replace(
-                        cfg, data_path=path, epochs=args.train_epochs, knn_every=0, output_dir=str(Path(tmp) / path)
-                    ),
-                    progress=False,
+                    dataclasses.replace(row_cfg, epochs=args.train_epochs, knn_every=0, output_dir=out), progress=False
                 )
                 trained[name] = run.history[-1]["images_per_s"]
                 print(
@@ -177,9 +181,41 @@ def jpeg(args):
                     f"(epoch {args.train_epochs} of {args.images} images)",
                     flush=True,
                 )
-    ref, fast = rates.values()
+        stages = jpeg_stages(pretrain_batches(dataclasses.replace(cfg, data_path="jpeg", prefetch=0), device), device)
+        print(
+            f"jpeg path, its stages one after another, ms per batch of {args.batch_size}: "
+            + ", ".join(f"{stage} {ms:.1f}" for stage, ms in stages.items()),
+            flush=True,
+        )
+    ref, fast, ahead = rates.values()
     print(f"ratio jpeg path / reference: x{fast / ref:.2f} data alone", end="")
-    print(f", x{list(trained.values())[1] / list(trained.values())[0]:.2f} training" if trained else "")
+    if trained:
+        ref, fast, ahead = trained.values()
+        print(f", x{fast / ref:.2f} training in line, x{ahead / ref:.2f} made ahead", end="")
+    print()
+
+
+def jpeg_stages(batches, device, epoch: int = 0) -> dict[str, float]:
+    """Milliseconds per batch of each stage of the jpeg path, run one after another and each waited for (the
+    first batch, with the workers' start, left out): waiting for the files from the loader's workers, decoding,
+    the two views. Where the path's time goes, for a GPU profile's first question."""
+    wait = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    spent, batches_timed = dict(files=0.0, decode=0.0, views=0.0), 0
+    tic = time.perf_counter()
+    for step, (buffer, offsets, _, indices) in enumerate(batches.files_of(epoch)):
+        got = time.perf_counter()
+        images = batches.decoded(buffer, offsets, indices)
+        wait()
+        decoded = time.perf_counter()
+        batches.two_views(images, epoch, step)
+        wait()
+        if step > 0:
+            spent["files"] += got - tic
+            spent["decode"] += decoded - got
+            spent["views"] += time.perf_counter() - decoded
+            batches_timed += 1
+        tic = time.perf_counter()
+    return {stage: 1000 * seconds / max(batches_timed, 1) for stage, seconds in spent.items()}
 
 
 def main():
