@@ -121,6 +121,9 @@ class Config:
     knn_feature: Literal["head", "avgpool"] = "head"  # 128-d head output, or the backbone's global average pool
     knn_bank_size: int = 0  # seeded subset of the train split used as the bank; 0: all
     knn_test_size: int = 0  # seeded subset of the test split; 0: all
+    # read an epoch's kNN (and probe) in a thread while the next epoch trains, from a copy of its weights (the
+    # same readings; background_monitor.py). -1: on a GPU when the kNN sets are held there; 0: in line; 1: always
+    knn_background: int = execution(-1)
     # a linear head on the detached pooled features of each step's query view, trained on the labels beside
     # MoCo and read on the kNN test set (metrics.csv's probe_top1; mocolab.online_probe); changes no MoCo weight
     online_probe: bool = False
@@ -350,6 +353,7 @@ def _check_values(cfg: Config) -> None:
         "online_probe=True is read on the kNN monitor's test images, but knn_every=0 turns the monitor off; "
         "set knn_every (e.g. 1), or online_probe=False",
     )
+    need(cfg.knn_background in (-1, 0, 1), f"knn_background must be -1 (auto), 0 or 1, got {cfg.knn_background}")
     need(cfg.prefetch >= -1, f"prefetch must be -1 (auto), 0 (none) or a number of batches, got {cfg.prefetch}")
     check_processes(cfg.gpus, cfg.processes)
     check_world(cfg, cfg.world_size)

@@ -27,7 +27,8 @@ from .data import run_data
 from .run import checkpoint as ckpt
 from .run import job, preemption, unreadable
 from .run.device import resolve_precision
-from .runlog import Run, end_of_epoch, epoch_line, restore_outputs, start_outputs
+from .background_monitor import BackgroundMonitor
+from .runlog import Run, end_of_epoch, epoch_line, late_reading, restore_outputs, start_outputs
 from .online_probe import OnlineProbe
 from .train import Trainer, build_model, build_trainer, knn_monitor, monitor_readings, steps_per_epoch, train_one_epoch
 
@@ -98,6 +99,12 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True, checked:
         )
         if main and saved is not None:
             restore_outputs(run, saved, folder)
+            if monitor and position is None and _pending(run.history, start_epoch, cfg):  # see background_monitor
+                rng = ckpt.rng_state()  # a loader's start would draw from it: the run goes on as if never stopped
+                _read_in_line(run.history[-1], trainer, monitor, cfg, device, probe, progress)
+                ckpt.set_rng_state(rng)
+                late_reading(run, run.history[-1], writer, folder, "read on resuming, from the same weights")
+        beside = _background_monitor(cfg, monitor, device, trainer, probe)
         runlog.note_unreadable(folder)  # what the data set-up skipped (the device cache, the jpeg path's check)
         if monitor and start_epoch == 0 and position is None:  # the random network's kNN: every curve's baseline
             run.history.append(_random_network_row(trainer, monitor, cfg, device, writer, folder, progress))
@@ -109,7 +116,7 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True, checked:
             total=cfg.final_epoch,
             disable=not progress,
         ):
-            pause = Pause(run, trainer, folder, stop, num_steps, time.perf_counter())
+            pause = Pause(run, trainer, folder, stop, num_steps, time.perf_counter(), beside, writer)
             if position is not None:  # resumed inside this epoch: the rest of it, and the seconds spent before
                 stream = _continued(batches, epoch, position["step"], saved["rng"])
                 pause.started -= position["seconds"]
@@ -121,6 +128,7 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True, checked:
                     trainer, stream, cfg, epoch, num_steps, run.steps, writer, progress, probe, position, pause
                 )
             position, train_s = None, pause.seconds()
+            pause.settle()  # the last epoch's reading, if it was read in the background: into its row first
             last_step = (epoch + 1) * num_steps
             row = {
                 "epoch": epoch + 1,
@@ -132,10 +140,12 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True, checked:
                 "knn_s": None,
                 "images_per_s": round((num_steps - done_before) * cfg.batch_size / (train_s - seconds_before), 1),
             }
-            if monitor and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.final_epoch):
-                tic = time.perf_counter()
-                row.update(monitor_readings(trainer.model.query_encoder, monitor, cfg, device, probe, progress))
-                row["knn_s"] = round(time.perf_counter() - tic, 3)
+            if monitor and _due(epoch + 1, cfg):
+                # The last epoch's, or before a stop, is read in line: the run's last checkpoint holds every reading.
+                if beside is not None and epoch + 1 < cfg.final_epoch and not stop.requested():
+                    beside.start(trainer.model.query_encoder, probe, row)
+                else:
+                    _read_in_line(row, trainer, monitor, cfg, device, probe, progress)
             bad = ckpt.first_non_finite(trainer.model.state_dict())  # never saved over the last good checkpoint
             if bad is not None:
                 raise FloatingPointError(
@@ -150,6 +160,45 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True, checked:
         if writer is not None:
             writer.close()
     return run
+
+
+def _due(epoch: int, cfg: Config) -> bool:
+    """Whether the kNN monitor reads the end of `epoch` (1-based): every knn_every epochs, and the last."""
+    return epoch % cfg.knn_every == 0 or epoch == cfg.final_epoch
+
+
+def _read_in_line(row: dict, trainer: Trainer, monitor, cfg: Config, device, probe, progress: bool) -> None:
+    tic = time.perf_counter()
+    row.update(monitor_readings(trainer.model.query_encoder, monitor, cfg, device, probe, progress))
+    row["knn_s"] = round(time.perf_counter() - tic, 3)
+
+
+def _pending(history: list[dict], epoch: int, cfg: Config) -> bool:
+    """Whether the checkpoint of `epoch`'s end was written with that epoch's reading still in the background."""
+    last = history[-1] if history else None
+    return epoch > 0 and last is not None and last["epoch"] == epoch and last["knn_top1"] is None and _due(epoch, cfg)
+
+
+def _background_monitor(cfg: Config, monitor, device, trainer: Trainer, probe) -> BackgroundMonitor | None:
+    """The monitor in a thread (cfg.knn_background), or None: read in line. Only kNN sets held on the device
+    qualify: a loader's start draws from torch's generator, which a thread would do at a moment no resume can
+    repeat."""
+    wanted = cfg.knn_background == 1 or (cfg.knn_background == -1 and device.type == "cuda")
+    if not (monitor and wanted):
+        return None
+    if hasattr(monitor.bank, "dataset"):  # loaders (data.knn_sets): the images are resized for the monitor
+        if cfg.knn_background == 1:
+            warnings.warn(
+                "knn_background=1 reads the kNN monitor in the background only when its sets are held on the "
+                "device (data_path='device', images of image_size pixels); this run reads it in line",
+                stacklevel=3,
+            )
+        return None
+
+    def read(encoder, probe_copy) -> dict:
+        return monitor_readings(encoder, monitor, cfg, device, probe_copy, progress=False)
+
+    return BackgroundMonitor(read, device)
 
 
 def _random_network_row(trainer: Trainer, monitor, cfg: Config, device, writer, folder, progress: bool) -> dict:
@@ -231,6 +280,14 @@ class Pause:
     stop: preemption.StopSignals
     num_steps: int
     started: float  # when this sitting's epoch started (perf_counter): the position keeps the epoch's seconds
+    beside: BackgroundMonitor | None = None  # the kNN monitor in the background, whose reading a save waits for
+    writer: object = None
+
+    def settle(self) -> None:
+        """The reading in the background, if one is in flight: waited for, and written into its row and outputs."""
+        row = self.beside.finish() if self.beside is not None else None
+        if row is not None:
+            late_reading(self.run, row, self.writer, self.folder, "read beside the next epoch's steps")
 
     def __call__(self, epoch: int, done: int, totals: torch.Tensor, probe_totals: torch.Tensor | None) -> None:
         signal_name = self.stop.requested()
@@ -244,6 +301,7 @@ class Pause:
             "probe_totals": None if probe_totals is None else probe_totals.cpu(),
             "seconds": self.seconds(),
         }
+        self.settle()  # a checkpoint holds every reading of the epochs before it
         why = f"stopped by {signal_name}" if signal_name else f"checkpoint_every_steps={every}"
         runlog.save_position(self.run, epoch, position, self.trainer.optimizer, self.trainer.scaler, self.folder, why)
         dist_.barrier()

@@ -90,6 +90,20 @@ def end_of_epoch(run: Run, row: dict, optimizer, scaler, writer, folder: RunFold
     folder.log(epoch_line(row, cfg))
 
 
+def late_reading(run: Run, row: dict, writer, folder: RunFolder, how: str) -> None:
+    """An epoch's kNN (and probe) reading that arrived after its row was written (background_monitor): its
+    TensorBoard scalars, metrics.csv again, and a log line of its own saying `how` it was read."""
+    for key in ("knn_top1", "probe_top1"):
+        if row.get(key) is not None:
+            writer.add_scalar(f"epoch/{key}", row[key], row["epoch"])
+    writer.flush()
+    folder.write_csv(run.history, "metrics.csv")
+    probe = f"  probe {row['probe_top1']:.2f}%" if row.get("probe_top1") is not None else ""
+    folder.log(
+        f"epoch {row['epoch']}/{run.config.epochs}  kNN {row['knn_top1']:.2f}%{probe}  ({how}, {row['knn_s']:.1f} s)"
+    )
+
+
 def run_state(run: Run, epoch: int, optimizer, scaler, position: dict | None = None) -> dict:
     """What checkpoint_last.pt holds: everything a resume needs to continue exactly.
 
