@@ -157,9 +157,8 @@ def resized_crop_list(images: list[torch.Tensor], box: torch.Tensor, size: int) 
         all_cols = batched.resize_weights(zero, on_device[:, 3], longest_w, size)  # N x size x longest_w
     views = []
     for i, (image, (top, left, h, w)) in enumerate(zip(images, top_left_h_w)):
-        crop = (
-            image[:, top : top + h, left : left + w] / 255
-        )  # one op: uint8 / int divides in float32, as .float() / 255
+        # A view, of which only the crop is converted: uint8 / int divides in float32 (.float() / 255 in one op).
+        crop = image[:, top : top + h, left : left + w] / 255
         if together:
             rows, cols = all_rows[i, :, :h], all_cols[i, :, :w]
         else:
