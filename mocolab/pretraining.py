@@ -104,7 +104,7 @@ def train_worker(cfg: Config, progress: bool = True, echo: bool = True, checked:
                 _read_in_line(run.history[-1], trainer, monitor, cfg, device, probe, progress)
                 ckpt.set_rng_state(rng)
                 late_reading(run, run.history[-1], writer, folder, "read on resuming, from the same weights")
-        beside = _background_monitor(cfg, monitor, device, trainer, probe)
+        beside = _background_monitor(cfg, monitor, device)
         runlog.note_unreadable(folder)  # what the data set-up skipped (the device cache, the jpeg path's check)
         if monitor and start_epoch == 0 and position is None:  # the random network's kNN: every curve's baseline
             run.history.append(_random_network_row(trainer, monitor, cfg, device, writer, folder, progress))
@@ -179,7 +179,7 @@ def _pending(history: list[dict], epoch: int, cfg: Config) -> bool:
     return epoch > 0 and last is not None and last["epoch"] == epoch and last["knn_top1"] is None and _due(epoch, cfg)
 
 
-def _background_monitor(cfg: Config, monitor, device, trainer: Trainer, probe) -> BackgroundMonitor | None:
+def _background_monitor(cfg: Config, monitor, device) -> BackgroundMonitor | None:
     """The monitor in a thread (cfg.knn_background), or None: read in line. Only kNN sets held on the device
     qualify: a loader's start draws from torch's generator, which a thread would do at a moment no resume can
     repeat."""
@@ -281,7 +281,7 @@ class Pause:
     num_steps: int
     started: float  # when this sitting's epoch started (perf_counter): the position keeps the epoch's seconds
     beside: BackgroundMonitor | None = None  # the kNN monitor in the background, whose reading a save waits for
-    writer: object = None
+    writer: object = None  # rank 0's TensorBoard writer, for a reading that lands late
 
     def settle(self) -> None:
         """The reading in the background, if one is in flight: waited for, and written into its row and outputs."""
