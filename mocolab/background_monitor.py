@@ -8,7 +8,8 @@ The reading is the one made in line, bit for bit (the copy holds the same weight
 device draw nothing from torch's generator), and it fills its epoch's row when it arrives: at the next
 epoch's end, before any checkpoint written inside that epoch, and at the run's end. An epoch's checkpoint is
 written at once with the reading pending; a run resumed from it reads it then, from the same weights
-(`pretraining`).
+(`pretraining`). With compile=True the copy runs eager (a module's compiled forward is not copied), so its
+readings can differ from the compiled encoder's in float rounding.
 """
 
 from __future__ import annotations
