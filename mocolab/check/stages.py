@@ -226,6 +226,36 @@ class Speed:
         self.fast = run
         return _epoch_figures(run, "device path, " + ("bf16" if self.sizes.device == "cuda" else "fp32"))
 
+    def step_alone(self) -> str:
+        """cifar10_demo's training step on views already on the device (the data left out), as a run takes it:
+        its precision, fused SGD, split BN. The issue's "MoCo step" row; the fast path's epochs add the data."""
+        from .. import make_config
+        from ..run.device import resolve_precision
+        from ..train import build_trainer
+
+        s = self.sizes
+        cfg = make_config("cifar10_demo", gpus=1 if s.device == "cuda" else 0, **s.demo_overrides)
+        device = torch.device(s.device)
+        trainer = build_trainer(cfg, device, 1, 100)
+        g = torch.Generator(device=device).manual_seed(0)
+        x_q, x_k = torch.randn(2, cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device, generator=g)
+        warmup, steps = (10, 50) if s.device == "cuda" else (1, 3)
+        for step in range(warmup):
+            trainer.step(x_q, x_k, step)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        tic = time.perf_counter()
+        for step in range(warmup, warmup + steps):
+            trainer.step(x_q, x_k, step)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - tic) / steps
+        dtype = resolve_precision(cfg.precision, device)
+        return (
+            f"{1e3 * seconds:.1f} ms per step of {cfg.batch_size} ({cfg.batch_size / seconds:.0f} img/s), "
+            f"{'fp32' if dtype is None else str(dtype).removeprefix('torch.')}, eager"
+        )
+
     def reference_path(self) -> str:
         workers = self.sizes.demo_overrides.get("workers", max(1, len(os.sched_getaffinity(0)) - 1))
         run = self.demo(
@@ -313,6 +343,7 @@ class Speed:
     def checks(self) -> list[tuple[str, Callable]]:
         return [
             ("cifar10_demo: fast path", self.fast_path),
+            ("cifar10_demo: the step alone", self.step_alone),
             ("cifar10_demo: reference path", self.reference_path),
             *self.jpeg_rows(),
             ("VOC07-sized SVMs: batched solver vs LinearSVC", self.svm),
