@@ -43,7 +43,6 @@ from .datasets import (
     subset_indices,
 )
 from .loader import LoaderBatches, eval_loader, knn_datasets, pretrain_dataset
-from .prefetch import Prefetched
 
 if TYPE_CHECKING:  # annotations only: the config imports the dataset table (SPECS) from here
     from ..config import Config
@@ -115,7 +114,11 @@ def pretrain_batches(cfg: Config, device: torch.device, rank: int = 0, world: in
     if path in FAST_PATHS:
         batches = fast_path(path).batches(cfg, device, rank, world)
         depth = prefetch_depth(cfg, device)
-        return Prefetched(batches, depth, device) if depth else batches
+        if not depth:
+            return batches
+        from .prefetch import Prefetched  # with the fast paths: a CPU run never loads it
+
+        return Prefetched(batches, depth, device)
     return LoaderBatches(pretrain_dataset(cfg), cfg, device, rank, world)
 
 
