@@ -38,7 +38,8 @@ class BackgroundMonitor:
     def start(self, encoder: torch.nn.Module, probe, row: dict) -> None:
         """Read `encoder` and `probe` as they are now, in a thread; `row` (the epoch's, in the run's history)
         gets the readings at `finish`."""
-        self.finish()
+        if self.row is not None:  # its row would be filled without its outputs being written: finish() it first
+            raise RuntimeError(f"the reading of epoch {self.row.get('epoch')} is still in flight; finish() it first")
         encoder, probe = copy.deepcopy(encoder), copy.deepcopy(probe)  # the weights of this epoch's end
         ready = None
         if self.side is not None:  # the copies are made on the training stream: the thread's waits for them

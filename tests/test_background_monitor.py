@@ -90,6 +90,8 @@ def test_the_reading_is_of_the_weights_at_its_start():
     monitor.start(encoder, None, row)
     with torch.no_grad():
         encoder.weight.mul_(10)  # the next epoch's steps
+    with pytest.raises(RuntimeError, match="epoch 1 is still in flight"):
+        monitor.start(encoder, None, {"epoch": 2})  # one at a time: the first must be finished (and logged)
     assert monitor.finish() is row and row["knn_top1"] == 2.0 and row["knn_s"] >= 0
 
 
