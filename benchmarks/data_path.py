@@ -39,6 +39,7 @@ from PIL import Image
 
 from mocolab import make_config, pretrain
 from mocolab.data import pretrain_batches
+from mocolab.check.stages import jpeg_stages
 from mocolab.data.device import cached_split
 from mocolab.run.device import resolve_device
 
@@ -193,29 +194,6 @@ def jpeg(args):
         ref, fast, ahead = trained.values()
         print(f", x{fast / ref:.2f} training in line, x{ahead / ref:.2f} made ahead", end="")
     print()
-
-
-def jpeg_stages(batches, device, epoch: int = 0) -> dict[str, float]:
-    """Milliseconds per batch of each stage of the jpeg path, run one after another and each waited for (the
-    first batch, with the workers' start, left out): waiting for the files from the loader's workers, decoding,
-    the two views. Where the path's time goes, for a GPU profile's first question."""
-    wait = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    spent, batches_timed = dict(files=0.0, decode=0.0, views=0.0), 0
-    tic = time.perf_counter()
-    for step, (buffer, offsets, _, indices) in enumerate(batches.files_of(epoch)):
-        got = time.perf_counter()
-        images = batches.decoded(buffer, offsets, indices)
-        wait()
-        decoded = time.perf_counter()
-        batches.two_views(images, epoch, step)
-        wait()
-        if step > 0:
-            spent["files"] += got - tic
-            spent["decode"] += decoded - got
-            spent["views"] += time.perf_counter() - decoded
-            batches_timed += 1
-        tic = time.perf_counter()
-    return {stage: 1000 * seconds / max(batches_timed, 1) for stage, seconds in spent.items()}
 
 
 def main():

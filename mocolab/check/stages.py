@@ -15,6 +15,7 @@ of its 200-epoch schedule (asymmetric loss, one GPU), and 82.6 (asymmetric) /
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import traceback
@@ -276,13 +277,13 @@ class Speed:
         folder = self.work / "jpegs"
         rates = {}
 
-        def run(path: str, precision: str, epochs: int):
-            from .. import make_config, pretrain
+        def config(path: str, precision: str, epochs: int):
+            from .. import make_config
 
             if not folder.exists():
                 synthetic_jpegs(folder, self.sizes.jpeg_files, self.sizes.jpeg_size)
             workers = self.sizes.jpeg_overrides.get("workers", max(1, len(os.sched_getaffinity(0)) - 1))
-            cfg = make_config(
+            return make_config(
                 "imagenet_mocov2",
                 dataset="imagefolder",
                 data_root=str(folder),
@@ -295,12 +296,26 @@ class Speed:
                 output_dir=str(self.work / f"r50_{path}"),
                 **{**self.sizes.jpeg_overrides, "workers": workers},
             )
-            history = pretrain(cfg, progress=False).history
+
+        def run(path: str, precision: str, epochs: int):
+            from .. import pretrain
+
+            history = pretrain(config(path, precision, epochs), progress=False).history
             rates[path] = history[-1]["images_per_s"]  # the last epoch: past cuDNN's autotuning and warm-up
             return f"{rates[path]:.0f} img/s (last of {len(history)} epochs of {self.sizes.jpeg_files} images)"
 
         def jpeg():
-            return run("jpeg", "auto", self.sizes.jpeg_epochs) + ", decode and augmentation on the device"
+            from ..data import pretrain_batches
+
+            text = run("jpeg", "auto", self.sizes.jpeg_epochs) + ", decode and augmentation on the device"
+            device = torch.device(self.sizes.device)
+            in_line = pretrain_batches(dataclasses.replace(config("jpeg", "auto", 1), prefetch=0), device)
+            stages = jpeg_stages(in_line, device)  # the next question when the rate falls short of the step's
+            return (
+                text
+                + "; its stages one after another, ms per batch: "
+                + ", ".join(f"{stage} {ms:.1f}" for stage, ms in stages.items())
+            )
 
         def reference():
             text = run("cpu", "fp32", 1) + ", PIL in loader workers, fp32"
@@ -365,6 +380,29 @@ def _epoch_figures(run, how: str) -> str:
         f"first epoch {trained[0]['train_s']:.1f} s"
     )
     return text + (f", kNN pass {np.mean(knn):.1f} s" if knn else "")
+
+
+def jpeg_stages(batches, device, epoch: int = 0) -> dict[str, float]:
+    """Milliseconds per batch of each stage of the jpeg path (data.jpeg.JpegBatches), run one after another and
+    each waited for (the first batch, with the workers' start, left out): waiting for the files from the loader's
+    workers, decoding, the two views. Where the path's time goes: a GPU profile's first question."""
+    wait = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    spent, batches_timed = dict(files=0.0, decode=0.0, views=0.0), 0
+    tic = time.perf_counter()
+    for step, (buffer, offsets, _, indices) in enumerate(batches.files_of(epoch)):
+        got = time.perf_counter()
+        images = batches.decoded(buffer, offsets, indices)
+        wait()
+        decoded = time.perf_counter()
+        batches.two_views(images, epoch, step)
+        wait()
+        if step > 0:
+            spent["files"] += got - tic
+            spent["decode"] += decoded - got
+            spent["views"] += time.perf_counter() - decoded
+            batches_timed += 1
+        tic = time.perf_counter()
+    return {stage: 1000 * seconds / max(batches_timed, 1) for stage, seconds in spent.items()}
 
 
 def synthetic_jpegs(folder: Path, n: int, size: tuple[int, int]) -> None:
