@@ -29,11 +29,7 @@ from torch._inductor.utils import run_and_get_code
 
 from mocolab.augment import batched, recipe
 from mocolab.check.operations import Operations
-
-
-def synchronize(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from mocolab.run.device import synchronize
 
 
 def two_views_ms(fn, images, draws, device, repeats: int) -> float:

@@ -28,7 +28,7 @@ import torch
 
 import mocolab
 from mocolab.check.operations import Operations
-from mocolab.run.device import resolve_device, resolve_precision
+from mocolab.run.device import resolve_device, resolve_precision, synchronize
 from mocolab.train import build_optimizer
 
 WAYS = ("none", "encoders", "model", "graphs")
@@ -78,11 +78,6 @@ def timed_steps(cfg, device, dtype, way: str, warmup: int, steps: int, seed: int
         step()
     synchronize(device)
     return (time.perf_counter() - tic) / steps, first, operations
-
-
-def synchronize(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main():

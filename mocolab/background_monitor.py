@@ -14,13 +14,14 @@ readings can differ from the compiled encoder's in float rounding.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import threading
 import time
 from typing import Callable
 
 import torch
+
+from .run.device import side_stream, working_on
 
 
 class BackgroundMonitor:
@@ -29,10 +30,7 @@ class BackgroundMonitor:
     read(encoder, probe) -> readings: the monitor (train.monitor_readings with the run's sets and config)."""
 
     def __init__(self, read: Callable[..., dict], device):
-        self.read, self.device = read, torch.device(device)
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
-        self.side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self.read, self.side = read, side_stream(device)
         self.row: dict | None = None  # the epoch's row the reading in flight will fill
 
     def start(self, encoder: torch.nn.Module, probe, row: dict) -> None:
@@ -44,7 +42,7 @@ class BackgroundMonitor:
         ready = None
         if self.side is not None:  # the copies are made on the training stream: the thread's waits for them
             ready = torch.cuda.Event()
-            ready.record(torch.cuda.current_stream(self.device))
+            ready.record(torch.cuda.current_stream(self.side.device))
         self.row, self.copies, self.outcome = row, (encoder, probe), {}
         self.thread = threading.Thread(target=self._read, args=(ready,), name="mocolab kNN monitor", daemon=True)
         self.thread.start()
@@ -52,10 +50,8 @@ class BackgroundMonitor:
     def _read(self, ready) -> None:
         tic = time.perf_counter()
         try:
-            with contextlib.ExitStack() as on_gpu:
-                if self.side is not None:
-                    on_gpu.enter_context(torch.cuda.device(self.device))
-                    on_gpu.enter_context(torch.cuda.stream(self.side))
+            with working_on(self.side):
+                if ready is not None:
                     self.side.wait_event(ready)
                 self.outcome["readings"] = self.read(*self.copies)  # floats: read on the host, the stream done
             self.outcome["seconds"] = round(time.perf_counter() - tic, 3)

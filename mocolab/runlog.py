@@ -76,10 +76,7 @@ def start_outputs(
 def end_of_epoch(run: Run, row: dict, optimizer, scaler, writer, folder: RunFolder) -> None:
     """Log, checkpoint (atomically) and rewrite the CSVs: what a crash must not lose."""
     cfg, epoch = run.config, row["epoch"]
-    for key in ("loss", "acc", "pos_sim", "neg_sim", "knn_top1", "probe_top1", "images_per_s"):
-        if row.get(key) is not None:
-            writer.add_scalar(f"epoch/{key}", row[key], epoch)
-    writer.flush()
+    _scalars(writer, row, ("loss", "acc", "pos_sim", "neg_sim", "knn_top1", "probe_top1", "images_per_s"))
     state = run_state(run, epoch, optimizer, scaler)
     folder.save(state)
     if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
@@ -93,15 +90,23 @@ def end_of_epoch(run: Run, row: dict, optimizer, scaler, writer, folder: RunFold
 def late_reading(run: Run, row: dict, writer, folder: RunFolder, how: str) -> None:
     """An epoch's kNN (and probe) reading that arrived after its row was written (background_monitor): its
     TensorBoard scalars, metrics.csv again, and a log line of its own saying `how` it was read."""
-    for key in ("knn_top1", "probe_top1"):
+    _scalars(writer, row, ("knn_top1", "probe_top1"))
+    folder.write_csv(run.history, "metrics.csv")
+    folder.log(f"epoch {row['epoch']}/{run.config.epochs}{_readings(row)}  ({how}, {row['knn_s']:.1f} s)")
+
+
+def _scalars(writer, row: dict, keys: tuple[str, ...]) -> None:
+    """TensorBoard's epoch/<key> scalars of an epoch's row, those it holds."""
+    for key in keys:
         if row.get(key) is not None:
             writer.add_scalar(f"epoch/{key}", row[key], row["epoch"])
     writer.flush()
-    folder.write_csv(run.history, "metrics.csv")
-    probe = f"  probe {row['probe_top1']:.2f}%" if row.get("probe_top1") is not None else ""
-    folder.log(
-        f"epoch {row['epoch']}/{run.config.epochs}  kNN {row['knn_top1']:.2f}%{probe}  ({how}, {row['knn_s']:.1f} s)"
-    )
+
+
+def _readings(row: dict) -> str:
+    """The labelled readings of a log line: "  kNN 37.00%  probe 32.50%", those the row holds."""
+    text = f"  kNN {row['knn_top1']:.2f}%" if row["knn_top1"] is not None else ""
+    return text + (f"  probe {row['probe_top1']:.2f}%" if row.get("probe_top1") is not None else "")
 
 
 def run_state(run: Run, epoch: int, optimizer, scaler, position: dict | None = None) -> dict:
@@ -181,12 +186,9 @@ def epoch_line(row: dict, cfg: Config) -> str:
     """log.txt's line for an epoch; epoch 0 is the random network's kNN, before any step."""
     if row["epoch"] == 0:
         return f"epoch 0/{cfg.epochs}  kNN {row['knn_top1']:.2f}% (the random network, before any step)"
-    knn = f"  kNN {row['knn_top1']:.2f}%" if row["knn_top1"] is not None else ""
-    if row.get("probe_top1") is not None:
-        knn += f"  probe {row['probe_top1']:.2f}%"
     return (
         f"epoch {row['epoch']}/{cfg.epochs}  loss {row['loss']:.4f}  acc {100 * row['acc']:.1f}%  "
-        f"lr {row['lr']:.4g}{knn}  {row['train_s']:.1f} s ({row['images_per_s']:.0f} img/s)"
+        f"lr {row['lr']:.4g}{_readings(row)}  {row['train_s']:.1f} s ({row['images_per_s']:.0f} img/s)"
     )
 
 

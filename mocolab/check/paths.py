@@ -28,6 +28,7 @@ from PIL import Image
 
 from ..models import build_encoder
 from ..moco import MoCo
+from ..run.device import synchronize
 
 
 def _moco(seed: int = 0, dim: int = 16, K: int = 64, shuffle_bn: bool = False) -> MoCo:
@@ -140,11 +141,11 @@ def compiled_views(device) -> str:
 
     def two_views(compiled: bool) -> float:  # seconds for a step's two view batches, after a warm-up (the compile)
         views(0, compiled)
-        _synchronize(device)
+        synchronize(device)
         tic = time.perf_counter()
         for seed in (1, 2):
             views(seed, compiled)
-        _synchronize(device)
+        synchronize(device)
         return time.perf_counter() - tic
 
     diff = max((views(s, True) - views(s, False)).abs().max().item() for s in (1, 2))
@@ -154,11 +155,6 @@ def compiled_views(device) -> str:
         f"{backend}: max difference {diff:.1e}; 2 x {n} views (choices included) in {1e3 * t_eager:.1f} ms "
         f"eager, {1e3 * t_fused:.1f} ms compiled"
     )
-
-
-def _synchronize(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
 def batches_ahead(device) -> str:
@@ -179,7 +175,7 @@ def batches_ahead(device) -> str:
         tic, read = time.perf_counter(), []
         for (x_q, x_k), y in batches.epoch(0):
             read.append(torch.cat([x_q.flatten(1), x_k.flatten(1), y[:, None].float()], 1).sum(1))
-        _synchronize(device)
+        synchronize(device)
         return read, time.perf_counter() - tic
 
     epoch(in_line)  # warm-up: the per-channel constants reach the device

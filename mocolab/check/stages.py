@@ -28,6 +28,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from ..run.device import synchronize
 from . import paths
 
 DEMO_KNN_FIRST_EPOCHS = (36.0, 38.2, 38.7)  # the official demo after epochs 1, 2, 3 (asymmetric, one GPU)
@@ -243,13 +244,11 @@ class Speed:
         warmup, steps = (10, 50) if s.device == "cuda" else (1, 3)
         for step in range(warmup):
             trainer.step(x_q, x_k, step)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         tic = time.perf_counter()
         for step in range(warmup, warmup + steps):
             trainer.step(x_q, x_k, step)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         seconds = (time.perf_counter() - tic) / steps
         dtype = resolve_precision(cfg.precision, device)
         return (
@@ -340,12 +339,10 @@ class Speed:
         c = torch.stack([sample_costs(y[:, j], 0.1) for j in range(classes)], 1)
         device = self.sizes.device
         fit_svms(x[:64].to(device), y[:64].to(device), c[:64].to(device))  # warm-up: kernels, cuBLAS handles
-        if device == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         tic = time.perf_counter()
         fit_svms(x.to(device), y.to(device), c.to(device))
-        if device == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         ours = time.perf_counter() - tic
         tic = time.perf_counter()
         sklearn_svm_scores(x.numpy(), y[:, 0].numpy(), 0.1, x[:1].numpy())
@@ -386,16 +383,15 @@ def jpeg_stages(batches, device, epoch: int = 0) -> dict[str, float]:
     """Milliseconds per batch of each stage of the jpeg path (data.jpeg.JpegBatches), run one after another and
     each waited for (the first batch, with the workers' start, left out): waiting for the files from the loader's
     workers, decoding, the two views. Where the path's time goes: a GPU profile's first question."""
-    wait = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     spent, batches_timed = dict(files=0.0, decode=0.0, views=0.0), 0
     tic = time.perf_counter()
     for step, (buffer, offsets, _, indices) in enumerate(batches.files_of(epoch)):
         got = time.perf_counter()
         images = batches.decoded(buffer, offsets, indices)
-        wait()
+        synchronize(device)
         decoded = time.perf_counter()
         batches.two_views(images, epoch, step)
-        wait()
+        synchronize(device)
         if step > 0:
             spent["files"] += got - tic
             spent["decode"] += decoded - got

@@ -186,7 +186,8 @@ def views(images: list[torch.Tensor], r: Recipe, generator=None, sides=None, com
     heights, widths = sides if sides is not None else image_sides(images)
     p = batched.sample_params(r, len(images), heights, widths, generator)
     crops = resized_crop_list(images, p["box"], r.size)
-    p = {name: value.to(crops.device, non_blocking=True) for name, value in p.items()}
+    # The rest of the choices to the device (the box went with the crops: finish_views does not read it).
+    p = {name: value.to(crops.device, non_blocking=True) for name, value in p.items() if name != "box"}
     finish = batched.compiled(batched.finish_views, r) if compile else functools.partial(batched.finish_views, r=r)
     return finish(crops, p)
 

@@ -22,6 +22,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from ..run.device import side_stream, working_on
+
 _END = object()  # the thread's last item: the batches ran out
 
 
@@ -53,10 +55,7 @@ def made_ahead(make: Callable[[], Iterator], depth: int, device) -> Iterator:
     from torch's generator at the same point of the run as one started in line). An error in the thread is
     raised here, at the item it failed to make. Closing this generator (the epoch's end, a break, a stop
     signal, garbage collection) stops the thread and closes make()'s iterator there."""
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:  # "cuda": this thread's current device, not the new one's
-        device = torch.device("cuda", torch.cuda.current_device())
-    side = torch.cuda.Stream(device) if device.type == "cuda" else None
+    side = side_stream(device)
     waiting, stop = queue.Queue(maxsize=depth), threading.Event()
 
     def offer(item) -> bool:  # False once stopped: the consumer has gone
@@ -70,18 +69,14 @@ def made_ahead(make: Callable[[], Iterator], depth: int, device) -> Iterator:
 
     def produce():
         try:
-            with contextlib.ExitStack() as on_gpu:
-                if side is not None:  # a new thread's current CUDA device is device 0, whatever its process's
-                    on_gpu.enter_context(torch.cuda.device(device))
-                    on_gpu.enter_context(torch.cuda.stream(side))
-                with contextlib.closing(make()) as items:
-                    for item in items:
-                        ready = None
-                        if side is not None:
-                            ready = torch.cuda.Event()
-                            ready.record(side)
-                        if not offer((item, ready)):
-                            return
+            with working_on(side), contextlib.closing(make()) as items:
+                for item in items:
+                    ready = None
+                    if side is not None:
+                        ready = torch.cuda.Event()
+                        ready.record(side)
+                    if not offer((item, ready)):
+                        return
             offer((_END, None))
         except BaseException as error:  # noqa: BLE001 -- every error belongs to the consumer
             offer((_Failed(error), None))
@@ -96,7 +91,7 @@ def made_ahead(make: Callable[[], Iterator], depth: int, device) -> Iterator:
             if isinstance(item, _Failed):
                 raise item.error
             if ready is not None:
-                stream = torch.cuda.current_stream(device)
+                stream = torch.cuda.current_stream(side.device)
                 stream.wait_event(ready)
                 for tensor in _tensors(item):
                     tensor.record_stream(stream)

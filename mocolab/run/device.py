@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .. import distributed as dist_
@@ -33,3 +35,27 @@ def resolve_precision(precision: str, device: torch.device):
     if precision != "fp32" and device.type != "cuda":
         raise ConfigError(f"precision={precision!r} needs a GPU; use 'fp32' or 'auto' on the CPU")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def synchronize(device) -> None:
+    """Wait for the work queued on `device` (a GPU's kernels run after their launch returns): before a clock is
+    read. Nothing to wait for on the CPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def side_stream(device) -> torch.cuda.Stream | None:
+    """A CUDA stream of its own on `device`, for work a thread does beside the training stream; None off a GPU."""
+    device = torch.device(device)
+    return torch.cuda.Stream(device) if device.type == "cuda" else None
+
+
+@contextlib.contextmanager
+def working_on(stream: torch.cuda.Stream | None):
+    """Run the block (in a thread of its own) on `stream` and on its device: a new thread's current CUDA device is
+    device 0, whatever its process's. Nothing to set for None (the CPU)."""
+    if stream is None:
+        yield
+        return
+    with torch.cuda.device(stream.device), torch.cuda.stream(stream):
+        yield
