@@ -125,10 +125,10 @@ class MoCo(nn.Module):
         z, h = self.encoder_q(x_q, with_features=True)  # h: the pooled backbone features the head read
         q = F.normalize(z.to(self.queue.keys.dtype), dim=1)  # q: N x C, fp32 like the queue
         k = self.encode_keys(x_k)  # k: N x C
-        # A detached copy: enqueue() overwrites the queue before backward needs it. The logits stay fp32
+        # A copy: enqueue() overwrites the queue before backward needs it. The logits stay fp32
         # under autocast: a bf16 cosine is off by ~4e-3, i.e. ~0.04 in a logit at T = 0.1.
         with torch.autocast(q.device.type, enabled=False):
-            loss, logits = info_nce(q, k, self.queue.keys.clone().detach(), self.T)
+            loss, logits = info_nce(q, k, self.queue.snapshot(), self.T)
         return loss, logits, k, h.detach()
 
     def forward(self, x_q: torch.Tensor, x_k: torch.Tensor) -> MoCoOutput:

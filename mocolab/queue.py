@@ -11,6 +11,25 @@ import torch.nn.functional as F
 from torch import nn
 
 
+@torch.library.custom_op("mocolab::snapshot", mutates_args=())
+def snapshot(keys: torch.Tensor) -> torch.Tensor:
+    """A copy of `keys` that a compiler keeps as a copy (eager: `keys.clone()`).
+
+    The loss reads the queue, the enqueue then overwrites it, and the backward pass needs what the loss read. A
+    plain `clone()` says so in eager mode, but inductor (torch 2.14, the whole step compiled) saved the queue
+    buffer itself for the backward pass instead of the clone, so the backward read the queue after the enqueue:
+    gradients 30% off, the loss unchanged (the bug pytorch/pytorch#197039 fixes in the partitioner). An opaque
+    operator cannot be elided or recomputed, so its output is what the backward keeps
+    (tests/test_moco.py compares a step compiled by inductor with eager).
+    """
+    return keys.clone()
+
+
+@snapshot.register_fake
+def _(keys: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(keys)
+
+
 class KeyQueue(nn.Module):
     """K keys of `dim` dimensions, initialised as random unit vectors, with a write pointer.
 
@@ -41,6 +60,10 @@ class KeyQueue(nn.Module):
         self.ptr.copy_((self.ptr + B) % self.K)
         self.written_at.index_copy_(0, slots, self.enqueues.expand(B))
         self.enqueues += 1
+
+    def snapshot(self) -> torch.Tensor:
+        """The K keys as they are now (K x dim), a copy that a later enqueue leaves as it was."""
+        return snapshot(self.keys)
 
     @torch.no_grad()
     def age_stats(self) -> torch.Tensor:
