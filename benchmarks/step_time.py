@@ -17,67 +17,21 @@ the data pipeline.
                InfoNCE, enqueue; tests/test_moco.py checks it has no graph break)
     graphs     the same with mode="reduce-overhead": CUDA graphs replay the step's kernels without
                launching them one by one (GPU only)
-Each row gives the difference of its first step's loss from eager's (the same weights, images and queue;
-later steps drift apart as float rounding compounds through SGD).
+Each row gives the difference of its first step's loss and gradients from eager's (the same weights, images
+and queue; later steps drift apart as float rounding compounds through SGD): the loss alone missed a compiled
+step whose gradients were 30% off (KeyQueue.snapshot). The steps are those of a run (mocolab.check.step).
 """
 
 import argparse
-import time
+import dataclasses
 
 import torch
 
 import mocolab
-from mocolab.check.operations import Operations
-from mocolab.run.device import resolve_device, resolve_precision, synchronize
-from mocolab.train import build_optimizer
+from mocolab.check.step import gradient_difference, timed_step
+from mocolab.run.device import resolve_device, resolve_precision
 
-WAYS = ("none", "encoders", "model", "graphs")
-
-
-def prepared(model: mocolab.MoCo, way: str):
-    """The callable a step runs for `way` (the module compiled in place keeps its state_dict keys)."""
-    if way == "encoders":
-        model.query_encoder.compile()
-        model.key_encoder.compile()
-    elif way in ("model", "graphs"):
-        model.compile(mode="reduce-overhead" if way == "graphs" else None)
-    return model
-
-
-def timed_steps(cfg, device, dtype, way: str, warmup: int, steps: int, seed: int = 0):
-    torch.manual_seed(seed)
-    model = prepared(mocolab.build_model(cfg).to(device), way)
-    optimizer = build_optimizer(model, cfg)
-    g = torch.Generator(device=device).manual_seed(seed)
-    x_q = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device, generator=g)
-    x_k = torch.randn(x_q.shape, device=device, generator=g)
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-    losses = []
-
-    def step():
-        with autocast:
-            loss = model(x_q, x_k).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.detach())
-
-    for _ in range(warmup):
-        step()
-    operations = None
-    if way == "none":  # a step counted, eager only (a dispatch mode would change what compiled code runs)
-        with Operations() as ops:
-            step()
-        operations = ops.computing
-    else:
-        step()  # so that every way times the same steps
-    first = losses[0].float().item()  # from the same weights and queue for every way
-    synchronize(device)
-    tic = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronize(device)
-    return (time.perf_counter() - tic) / steps, first, operations
+WAYS = {"none": False, "encoders": True, "model": "model", "graphs": "graphs"}  # --compile: Config.compile
 
 
 def main():
@@ -105,13 +59,20 @@ def main():
         parser.error("--compile graphs (CUDA graphs) needs a GPU")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
     print(f"{args.preset} ({cfg.arch}, {cfg.image_size} px), batch {B}, {name}, {str(dtype or 'fp32')}")
-    eager_loss = None
+    eager = None
     for way in ways:
-        seconds, loss, operations = timed_steps(cfg, device, dtype, way, args.warmup, args.steps)
-        eager_loss = loss if way == "none" else eager_loss
-        diff = "" if eager_loss is None or way == "none" else f", first loss vs eager {abs(loss - eager_loss):.1e}"
-        ops = f", {operations} operations a step" if operations is not None else ""
-        print(f"  {way:9s} {seconds:.4f} s/step, {B / seconds:.1f} images/s{ops}{diff}")
+        timing = timed_step(dataclasses.replace(cfg, compile=WAYS[way]), device, args.warmup, args.steps)
+        eager = timing if way == "none" else eager
+        text = f"  {way:9s} {timing.seconds:.4f} s/step, {B / timing.seconds:.1f} images/s"
+        text += f", first step {timing.first_seconds:.1f} s"
+        if timing.operations is not None:
+            text += f", {timing.operations} operations a step"
+        if eager is not None and way != "none":
+            text += (
+                f"; first step vs eager: loss {abs(timing.loss - eager.loss):.1e}, "
+                f"gradients {gradient_difference(timing.grads, eager.grads):.1e} of their norm"
+            )
+        print(text)
 
 
 if __name__ == "__main__":

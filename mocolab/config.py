@@ -106,9 +106,12 @@ class Config:
     processes: int = 1  # with gpus=0: CPU processes (gloo), to try the distributed path on a laptop
     sync_bn: bool = False  # SyncBatchNorm over all GPUs instead of shuffle BN's per-GPU statistics (ablation)
     channels_last: bool = execution(False)  # NHWC memory layout: faster convolutions under bf16 on recent GPUs
-    # torch.compile both encoders (minutes of warm-up for ~10% per step) and, on a GPU's device and jpeg paths,
-    # the augmentation of a view batch (its ~480 operations fused into 5-8 kernels; augment.batched.compiled)
-    compile: bool = execution(False)
+    # torch.compile (minutes of warm-up) of: True, both encoders; "model", the whole MoCo forward as one graph
+    # (momentum update, shuffle BN, both encoders, InfoNCE, enqueue) and its backward; "graphs", that graph
+    # replayed as CUDA graphs (mode="reduce-overhead", GPU only), without launching its ~1,000 kernels one by one.
+    # "model" and "graphs" run in one process. Any of them also compiles the augmentation of a view batch on a
+    # GPU's device and jpeg paths (its ~480 operations fused into 5-8 kernels; augment.batched.compiled)
+    compile: bool | Literal["model", "graphs"] = execution(False)
     # device and jpeg paths: batches made this many steps ahead by a thread (on a GPU, on its own CUDA stream),
     # so the next batch's decoding and augmentation overlap the step (data.prefetch); the same batches bit for
     # bit. -1: 2 on a GPU, 0 on the CPU, where the thread would take the step's cores
@@ -365,7 +368,13 @@ def _check_values(cfg: Config) -> None:
 
 
 def check_world(cfg: Config, world: int) -> None:
-    """batch_size is the global batch and bn_splits the BN groups in it: both split over processes."""
+    """batch_size is the global batch and bn_splits the BN groups in it: both split over processes; the whole
+    step compiles in one process."""
+    if cfg.compile in ("model", "graphs") and world > 1:
+        raise ConfigError(
+            f"compile={cfg.compile!r} compiles the whole step, which in {world} processes holds their collectives "
+            f"(shuffle BN, the keys' all-gather) and DDP's; use compile=True (the encoders) or one process"
+        )
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size={cfg.batch_size} (the global batch) must be divisible by the {world} processes")
     if not cfg.sync_bn and cfg.bn_splits % world:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import distributed as dist_
-from .config import Config
+from .config import Config, need
 from .evaluate import extract_features, extract_layers, knn_accuracy
 from .models import build_encoder
 from .moco import MoCo
@@ -77,6 +77,21 @@ def build_optimizer(model: MoCo, cfg: Config) -> torch.optim.SGD:
     )
 
 
+def compile_model(model: MoCo, how: bool | str) -> None:
+    """torch.compile of a MoCo module in place, so that its state_dict keys (and checkpoints) stay those of the
+    plain model. how (Config.compile): False, nothing; True, both encoders; "model", the whole forward as one
+    graph (tests/test_moco.py: no graph break; its backward compiled with it); "graphs", that graph under CUDA
+    graphs (mode="reduce-overhead"): the step's kernels replayed, not launched one by one (Trainer.step marks
+    each step's start)."""
+    if how is True:
+        model.query_encoder.compile()
+        model.key_encoder.compile()
+    elif how in ("model", "graphs"):
+        model.compile(mode="reduce-overhead" if how == "graphs" else None)
+    elif how is not False:
+        raise ValueError(f"compile={how!r} is not one of False, True, 'model', 'graphs'")
+
+
 def lr_schedule(cfg: Config, steps_per_epoch: int) -> np.ndarray:
     """The per-step learning rates of a run (plot it before training): cosine to 0, docs/protocols.md."""
     return schedule_array(
@@ -105,6 +120,7 @@ class Trainer:
     lrs: np.ndarray  # the lr of every step of the run
     autocast_dtype: torch.dtype | None  # None: fp32
     channels_last: bool = False
+    graphs: bool = False  # the model runs as CUDA graphs (compile="graphs")
 
     def step(self, x_q: torch.Tensor, x_k: torch.Tensor, step: int):
         """One SGD step at the schedule's lr; returns the MoCoOutput (loss, acc, similarities)."""
@@ -114,6 +130,8 @@ class Trainer:
         x_q, x_k = x_q.contiguous(memory_format=layout), x_k.contiguous(memory_format=layout)
         device_type = x_q.device.type
         autocast = torch.autocast(device_type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
+        if self.graphs:  # a new step: the graphs may overwrite the last step's outputs, which nothing holds
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast:
             out = self.step_model(x_q, x_k)
         self.optimizer.zero_grad(set_to_none=True)
@@ -127,9 +145,12 @@ def build_trainer(cfg: Config, device: torch.device, world: int, num_steps: int)
     model = build_model(cfg, world).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if cfg.compile:  # in place, so state_dict keys (and checkpoints) stay those of the plain model
-        model.query_encoder.compile()
-        model.key_encoder.compile()
+    need(
+        cfg.compile != "graphs" or device.type == "cuda",
+        f"compile='graphs' replays the step as CUDA graphs, which need a GPU, and this run is on {device}: "
+        f"compile='model' compiles the same whole step without them",
+    )
+    compile_model(model, cfg.compile)
     autocast_dtype = resolve_precision(cfg.precision, device)
     return Trainer(
         model=model,
@@ -139,6 +160,7 @@ def build_trainer(cfg: Config, device: torch.device, world: int, num_steps: int)
         lrs=lr_schedule(cfg, num_steps),
         autocast_dtype=autocast_dtype,
         channels_last=cfg.channels_last,
+        graphs=cfg.compile == "graphs",
     )
 
 

@@ -38,6 +38,8 @@ def test_the_cpu_check_runs_every_stage_and_writes_its_report(cifar10_root, tmp_
     assert all(r["status"] in ("ok", "info") for r in rows), [r for r in rows if r["status"] not in ("ok", "info")]
     assert "the fast path is" in next(r["result"] for r in rows if r["check"] == "cifar10_demo: reference path")
     assert "ms per step of 64" in next(r["result"] for r in rows if r["check"] == "cifar10_demo: the step alone")
+    graphs = next(r for r in rows if r["check"] == "cifar10_demo: the step as CUDA graphs vs eager")
+    assert graphs["status"] == "info" and "need a GPU" in graphs["result"]
     markdown = (tmp_path / "report.md").read_text()
     assert markdown.count("\n| ") == len(rows) + 1 and "| 2 paths | kNN vs CPU | ok |" in markdown
 

@@ -321,11 +321,11 @@ def augment(images: torch.Tensor, r: Recipe, generator=None, compile: bool = Fal
     return compiled(apply_params, r)(images, p) if compile else apply_params(images, p, r)
 
 
-def compiles(wanted: bool, device) -> bool:
-    """Whether a data path on `device` applies its augmentation `compiled` (compile=True): on a GPU only. The
-    fused form evaluates every op on every image, which is what a GPU wants (no sync, few launches) and what a
-    CPU does not (benchmarks/augment_time.py)."""
-    return wanted and torch.device(device).type == "cuda"
+def compiles(wanted, device) -> bool:
+    """Whether a data path on `device` applies its augmentation `compiled` (any `compile` but False): on a GPU
+    only. The fused form evaluates every op on every image, which is what a GPU wants (no sync, few launches) and
+    what a CPU does not (benchmarks/augment_time.py)."""
+    return bool(wanted) and torch.device(device).type == "cuda"
 
 
 @functools.cache
