@@ -73,6 +73,7 @@ exercises: venv
 #   make gpu-check CHECK_ARGS="--data-root /path/to/cifar10"   offline: CIFAR-10 as an ImageFolder
 #   make gpu-check CHECK_ARGS=--cpu                              tiny stages 1-3 on the CPU (what CI runs)
 #   make gpu-check CHECK_ARGS="--full --symmetric"              also the 200-epoch demo
+#   make gpu-check CHECK_ARGS="--full --compile graphs"         the 200-epoch demo's step as CUDA graphs
 #   make gpu-check PY=python3                                    with an interpreter that has torch already
 CHECK_ARGS ?=
 gpu-check: $(if $(filter command line,$(origin PY)),,venv)

@@ -28,10 +28,9 @@ import dataclasses
 import torch
 
 import mocolab
+from mocolab.check.step import COMPILE_WAYS as WAYS
 from mocolab.check.step import gradient_difference, timed_step
 from mocolab.run.device import resolve_device, resolve_precision
-
-WAYS = {"none": False, "encoders": True, "model": "model", "graphs": "graphs"}  # --compile: Config.compile
 
 
 def main():

@@ -91,3 +91,16 @@ def test_under_cuda_graphs_each_step_is_marked_as_a_new_one(monkeypatch):
     graphs.step(x, x, 1)
     graphs.step(x, x, 2)
     assert marks == [0, 1]
+
+
+def test_a_graph_run_without_cuda_graphs_fails_the_checks_row():
+    """The gpu-check's CUDA graphs rows count the graphs inductor ran without them (here: on the CPU, where
+    mode="reduce-overhead" cannot capture), so that a row does not time "model" under the name "graphs"."""
+    from mocolab.check.stages import _graphs_used
+    from mocolab.check.step import cudagraph_skips
+
+    before = cudagraph_skips()
+    assert _graphs_used("12.0 ms", before) == "12.0 ms"
+    torch.compile(lambda x: (2 * x).sin(), mode="reduce-overhead")(torch.randn(4))
+    status, text = _graphs_used("12.0 ms", before)
+    assert status == "FAIL" and text.startswith("12.0 ms; inductor ran 1 graph(s) without CUDA graphs")

@@ -1,4 +1,5 @@
-"""python -m mocolab.check [--cpu] [--full [--symmetric]] [--data-root DIR] [--out DIR]: see mocolab.check."""
+"""python -m mocolab.check [--cpu] [--full [--symmetric] [--compile WAY]] [--data-root DIR] [--out DIR]: see
+mocolab.check."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 
 from ..ui import project
 from ..run.job import atomic_write_text
-from . import paths, stages
+from . import paths, stages, step
 
 
 def main(argv=None) -> int:
@@ -22,6 +23,13 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu", action="store_true", help="stages 1-3 at tiny sizes on the CPU (for CI)")
     parser.add_argument("--full", action="store_true", help="also the whole 200-epoch cifar10_demo (stage 5)")
     parser.add_argument("--symmetric", action="store_true", help="stage 5 with the demo's symmetric loss")
+    parser.add_argument(
+        "--compile",
+        choices=list(step.COMPILE_WAYS),
+        default="none",
+        help="stage 5 compiled: the encoders, the whole step (model) or the whole step as CUDA graphs (graphs); "
+        "stage 3's last rows say which is fastest",
+    )
     parser.add_argument(
         "--data-root",
         default="",
@@ -64,7 +72,8 @@ def check(args, sizes: stages.Sizes, dataset: str, data_root: str, out: Path, wo
     if not args.cpu:
         plan.append(("4 accuracy", stages.accuracy(speed), sizes.budgets["accuracy"]))
     if args.full and not args.cpu:
-        plan.append(("5 full run", stages.full_run(dataset, data_root, work, args.symmetric), float("inf")))
+        full = stages.full_run(dataset, data_root, work, args.symmetric, step.COMPILE_WAYS[args.compile])
+        plan.append(("5 full run", full, float("inf")))
 
     tic, rows = time.perf_counter(), []
     print(

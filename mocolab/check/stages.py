@@ -227,7 +227,9 @@ class Speed:
     def fast_path(self) -> str:
         run = self.demo("demo_fast", self.sizes.fast_epochs, data_path="device", precision="auto")
         self.fast = run
-        return _epoch_figures(run, "device path, " + ("bf16" if self.sizes.device == "cuda" else "fp32"))
+        knn = " / ".join(f"{r['knn_top1']:.1f}" for r in run.history if r["epoch"] > 0)  # stage 4's, kept here too
+        text = _epoch_figures(run, "device path, " + ("bf16" if self.sizes.device == "cuda" else "fp32"))
+        return f"{text}; kNN {knn}"
 
     def step_alone(self) -> str:
         """cifar10_demo's training step on views already on the device (the data left out), as a run takes it:
@@ -240,18 +242,34 @@ class Speed:
         step's gradients must be eager's but for rounding (a compiled step once read the queue after the enqueue)."""
         if self.sizes.device != "cuda":
             return "info", "CUDA graphs need a GPU (tests/test_moco.py compares the whole step compiled with eager)"
-        from .step import gradient_difference
+        from .step import cudagraph_skips, gradient_difference
 
+        skips = cudagraph_skips()
         graphs = self._timed_step("graphs")
         text = self._step_text(graphs, f"compile='graphs' (first step {graphs.first_seconds:.0f} s)")
-        if self.eager_step is None:
-            return text
-        diff = gradient_difference(graphs.grads, self.eager_step.grads)
-        assert diff < 0.05, f"the first step's gradients differ from eager's by {diff:.1%} of their norm"
-        return text + (
-            f"; {self.eager_step.seconds / graphs.seconds:.1f}x eager's step, its first gradients within "
-            f"{diff:.1e} of eager's"
-        )
+        if self.eager_step is not None:
+            diff = gradient_difference(graphs.grads, self.eager_step.grads)
+            assert diff < 0.05, f"the first step's gradients differ from eager's by {diff:.1%} of their norm"
+            text += (
+                f"; {self.eager_step.seconds / graphs.seconds:.1f}x eager's step, its first gradients within "
+                f"{diff:.1e} of eager's"
+            )
+        return _graphs_used(text, skips)
+
+    def fast_path_graphs(self) -> str | tuple[str, str]:
+        """The fast path's run again, its step as CUDA graphs (compile="graphs": also the augmentation compiled),
+        beside the batches made ahead and the kNN monitor in the background, as a 200-epoch run would take it."""
+        if self.sizes.device != "cuda":
+            return "info", "CUDA graphs need a GPU"
+        from .step import cudagraph_skips
+
+        skips = cudagraph_skips()
+        run = self.demo("demo_graphs", 2, data_path="device", precision="auto", compile="graphs")
+        knn = " / ".join(f"{r['knn_top1']:.1f}" for r in run.history if r["epoch"] > 0)
+        text = _epoch_figures(run, "device path, bf16, compile='graphs'") + f"; kNN after epochs 1-2: {knn}"
+        if self.fast is not None:
+            text += f"; {_train_seconds(self.fast) / _train_seconds(run):.1f}x the eager fast path per epoch"
+        return _graphs_used(text, skips)
 
     def _timed_step(self, compile):
         from .. import make_config
@@ -374,9 +392,19 @@ class Speed:
             ("cifar10_demo: reference path", self.reference_path),
             *self.jpeg_rows(),
             ("VOC07-sized SVMs: batched solver vs LinearSVC", self.svm),
-            # last: its compile takes a minute or two, and the stage's budget skips it on a slow machine
+            # last: each compiles for a minute or two, and the stage's budget skips them on a slow machine
             ("cifar10_demo: the step as CUDA graphs vs eager", self.step_graphs),
+            ("cifar10_demo: fast path as CUDA graphs", self.fast_path_graphs),
         ]
+
+
+def _graphs_used(text: str, skips: int) -> str | tuple[str, str]:
+    """A CUDA graphs row's result: FAIL when inductor ran a graph without them since it counted `skips`."""
+    from .step import cudagraph_skips
+
+    if skipped := cudagraph_skips() - skips:
+        return "FAIL", f"{text}; inductor ran {skipped} graph(s) without CUDA graphs (TORCH_LOGS=cudagraphs: why)"
+    return text
 
 
 def _train_seconds(run) -> float:
@@ -447,8 +475,11 @@ def accuracy(speed: Speed) -> list[tuple[str, Callable]]:
     return [("cifar10_demo, first epochs of 200, all 50,000 images", smoke)]
 
 
-def full_run(dataset: str, data_root: str, work: Path, symmetric: bool) -> list[tuple[str, Callable]]:
-    """The whole 200-epoch cifar10_demo, with its kNN monitor every epoch as the official demo's."""
+def full_run(
+    dataset: str, data_root: str, work: Path, symmetric: bool, compile: bool | str = False
+) -> list[tuple[str, Callable]]:
+    """The whole 200-epoch cifar10_demo, with its kNN monitor every epoch as the official demo's; compile: its
+    Config.compile."""
 
     def run():
         from .. import make_config, pretrain
@@ -460,13 +491,14 @@ def full_run(dataset: str, data_root: str, work: Path, symmetric: bool) -> list[
             data_root=data_root,
             symmetric=symmetric,
             gpus=1,
+            compile=compile,
             output_dir=str(work / "demo_200"),
         )
         history = pretrain(cfg, progress=False).history
         loss = "symmetric" if symmetric else "asymmetric"
         return (
             f"kNN top-1 {history[-1]['knn_top1']:.1f} after 200 epochs ({loss}; the official demo: "
-            f"{DEMO_KNN_200[loss]}), {(time.perf_counter() - tic) / 60:.1f} min"
+            f"{DEMO_KNN_200[loss]}), {(time.perf_counter() - tic) / 60:.1f} min, compile={compile!r}"
         )
 
     return [("cifar10_demo, 200 epochs", run)]

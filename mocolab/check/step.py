@@ -20,6 +20,9 @@ import torch
 from ..run.device import synchronize
 from .operations import Operations
 
+# The ways to run a step, as the benchmark's and the check's options name them: their Config.compile.
+COMPILE_WAYS = {"none": False, "encoders": True, "model": "model", "graphs": "graphs"}
+
 
 @dataclass
 class StepTiming:
@@ -69,3 +72,12 @@ def gradient_difference(grads: dict[str, torch.Tensor], reference: dict[str, tor
     diff = sum((grads[name] - g).pow(2).sum() for name, g in reference.items())
     norm = sum(g.pow(2).sum() for g in reference.values())
     return (diff / norm).sqrt().item()
+
+
+def cudagraph_skips() -> int:
+    """How many graphs inductor has run without CUDA graphs in this process, although compiled to use them (an
+    operation or input it cannot capture; `TORCH_LOGS=cudagraphs` prints why): compile="graphs" then runs as
+    "model" does."""
+    from torch._dynamo.utils import counters
+
+    return counters["inductor"]["cudagraph_skips"]
