@@ -9,7 +9,8 @@ device draw nothing from torch's generator), and it fills its epoch's row when i
 epoch's end, before any checkpoint written inside that epoch, and at the run's end. An epoch's checkpoint is
 written at once with the reading pending; a run resumed from it reads it then, from the same weights
 (`pretraining`). With compile=True the copy runs eager (a module's compiled forward is not copied), so its
-readings can differ from the compiled encoder's in float rounding.
+readings can differ from the compiled encoder's in float rounding; with compile="model" or "graphs" the query
+encoder is not compiled on its own, and the monitor reads it eager both ways.
 """
 
 from __future__ import annotations

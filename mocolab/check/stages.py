@@ -75,7 +75,8 @@ class Sizes:
             jpeg_epochs=4,
             svm_shape=(5011, 2048, 20),
             budgets={"environment": 20, "paths": 200, "speed": 320, "accuracy": 5},
-        )  # 545 s at most (paths: two inductor builds, the encoders' and the augmentation's)
+        )  # 545 s to start rows in (paths: two inductor builds, the encoders' and the augmentation's; speed: the
+        # CUDA graphs rows come last, each an inductor build of the whole step, and start only within the budget)
 
     @staticmethod
     def cpu() -> "Sizes":
