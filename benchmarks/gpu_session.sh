@@ -10,6 +10,10 @@ out=${OUT:-runs/gpu_session}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$py" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+if [ ! -f carry/cifar10-jpeg.npz ]; then
+    echo "carry/cifar10-jpeg.npz is missing: copy ../shared/data/cifar10-jpeg.npz into carry/ and carry it" >&2
+    exit 1
+fi
 "$py" benchmarks/cifar10_from_npz.py carry/cifar10-jpeg.npz /tmp/cifar10 || exit 1
 # shellcheck disable=SC2086  # CHECK_ARGS holds several arguments
 timeout "${CHECK_SECONDS:-520}" "$py" -m mocolab.check --data-root /tmp/cifar10 --out "$out/check" ${CHECK_ARGS:-}
