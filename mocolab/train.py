@@ -88,8 +88,6 @@ def compile_model(model: MoCo, how: bool | str) -> None:
         model.key_encoder.compile()
     elif how in ("model", "graphs"):
         model.compile(mode="reduce-overhead" if how == "graphs" else None)
-    elif how is not False:
-        raise ValueError(f"compile={how!r} is not one of False, True, 'model', 'graphs'")
 
 
 def lr_schedule(cfg: Config, steps_per_epoch: int) -> np.ndarray:

@@ -46,6 +46,14 @@ def tiny_checkpoint(cifar10_root, tmp_path_factory) -> Path:
     return out / "checkpoint_last.pt"
 
 
+def tiny(cifar10_root, tmp_path, **kw):
+    """The tiny preset (CIFAR-10 images at 16 px, ResNet-18, batch 16, K 64) on the CPU, in tmp_path/run."""
+    from mocolab import make_config
+
+    values = dict(dataset="imagefolder", gpus=0, data_root=str(cifar10_root), output_dir=str(tmp_path / "run"))
+    return make_config("tiny", **{**values, **kw})
+
+
 def write_image_folder(
     root: Path, classes=("cat", "dog"), per_class=4, size=32, splits=("train", "val"), seed=0
 ) -> Path:

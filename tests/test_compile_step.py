@@ -8,14 +8,10 @@ and backward graphs, the mutated buffers written back) is what a run depends on,
 import pytest
 import torch
 
+from conftest import tiny
 from mocolab import ConfigError, make_config, pretrain
 from mocolab.check.step import gradient_difference, timed_step
 from mocolab.train import Trainer, build_trainer
-
-
-def tiny(cifar10_root, tmp_path, **kw):
-    values = dict(dataset="imagefolder", gpus=0, data_root=str(cifar10_root), output_dir=str(tmp_path / "run"))
-    return make_config("tiny", **{**values, **kw})
 
 
 @pytest.fixture
@@ -97,10 +93,12 @@ def test_a_graph_run_without_cuda_graphs_fails_the_checks_row():
     """The gpu-check's CUDA graphs rows count the graphs inductor ran without them (here: on the CPU, where
     mode="reduce-overhead" cannot capture), so that a row does not time "model" under the name "graphs"."""
     from mocolab.check.stages import _graphs_used
-    from mocolab.check.step import cudagraph_skips
 
-    before = cudagraph_skips()
-    assert _graphs_used("12.0 ms", before) == "12.0 ms"
-    torch.compile(lambda x: (2 * x).sin(), mode="reduce-overhead")(torch.randn(4))
-    status, text = _graphs_used("12.0 ms", before)
+    assert _graphs_used(lambda: "12.0 ms") == "12.0 ms"
+
+    def measure() -> str:
+        torch.compile(lambda x: (2 * x).sin(), mode="reduce-overhead")(torch.randn(4))
+        return "12.0 ms"
+
+    status, text = _graphs_used(measure)
     assert status == "FAIL" and text.startswith("12.0 ms; inductor ran 1 graph(s) without CUDA graphs")

@@ -9,27 +9,13 @@ import pytest
 import torch
 
 import mocolab.pretraining
-from conftest import write_image_folder
+from conftest import tiny, write_image_folder
 from mocolab import ConfigError, Run, make_config, pretrain
 from mocolab.run.checkpoint import CheckpointError, atomic_save, load_checkpoint
 from mocolab.data import DatasetError, knn_sets
 from mocolab.run.device import resolve_device, resolve_precision
 from mocolab.pretraining import _restore
 from mocolab.train import build_trainer, knn_monitor
-
-
-def tiny(cifar10_root, tmp_path, **kw):
-    """The tiny preset (CIFAR-10 images at 16 px, ResNet-18, batch 16, K 64) on the CPU, in tmp_path/run."""
-    return make_config(
-        "tiny",
-        **{
-            "dataset": "imagefolder",
-            "gpus": 0,
-            "data_root": str(cifar10_root),
-            "output_dir": str(tmp_path / "run"),
-            **kw,
-        },
-    )
 
 
 @pytest.mark.slow

@@ -28,8 +28,9 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from ..run.device import resolve_precision, synchronize
+from ..run.device import synchronize
 from . import paths
+from .step import cudagraph_skips
 
 DEMO_KNN_FIRST_EPOCHS = (36.0, 38.2, 38.7)  # the official demo after epochs 1, 2, 3 (asymmetric, one GPU)
 DEMO_KNN_200 = {"asymmetric": 82.6, "symmetric": 85.3}
@@ -228,9 +229,8 @@ class Speed:
     def fast_path(self) -> str:
         run = self.demo("demo_fast", self.sizes.fast_epochs, data_path="device", precision="auto")
         self.fast = run
-        knn = " / ".join(f"{r['knn_top1']:.1f}" for r in run.history if r["epoch"] > 0)  # stage 4's, kept here too
         text = _epoch_figures(run, "device path, " + ("bf16" if self.sizes.device == "cuda" else "fp32"))
-        return f"{text}; kNN {knn}"
+        return f"{text}; kNN {_knn_text(run)}"  # stage 4's, kept here too: a check cut short still has them
 
     def step_alone(self) -> str:
         """cifar10_demo's training step on views already on the device (the data left out), as a run takes it:
@@ -241,36 +241,42 @@ class Speed:
     def step_graphs(self) -> str | tuple[str, str]:
         """The same step compiled whole and replayed as CUDA graphs (compile="graphs"), beside eager: its first
         step's gradients must be eager's but for rounding (a compiled step once read the queue after the enqueue)."""
-        if self.sizes.device != "cuda":
-            return "info", "CUDA graphs need a GPU (tests/test_moco.py compares the whole step compiled with eager)"
-        from .step import cudagraph_skips, gradient_difference
 
-        skips = cudagraph_skips()
-        graphs = self._timed_step("graphs")
-        text = self._step_text(graphs, f"compile='graphs' (first step {graphs.first_seconds:.0f} s)")
-        if self.eager_step is not None:
+        def measure() -> str:
+            from .step import gradient_difference
+
+            graphs = self._timed_step("graphs")
+            text = self._step_text(graphs, f"compile='graphs' (first step {graphs.first_seconds:.0f} s)")
+            if self.eager_step is None:
+                return text
             diff = gradient_difference(graphs.grads, self.eager_step.grads)
             assert diff < 0.05, f"the first step's gradients differ from eager's by {diff:.1%} of their norm"
-            text += (
+            return text + (
                 f"; {self.eager_step.seconds / graphs.seconds:.1f}x eager's step, its first gradients within "
                 f"{diff:.1e} of eager's"
             )
-        return _graphs_used(text, skips)
+
+        return self._as_graphs(measure)
 
     def fast_path_graphs(self) -> str | tuple[str, str]:
         """The fast path's run again, its step as CUDA graphs (compile="graphs": also the augmentation compiled),
         beside the batches made ahead and the kNN monitor in the background, as a 200-epoch run would take it."""
-        if self.sizes.device != "cuda":
-            return "info", "CUDA graphs need a GPU"
-        from .step import cudagraph_skips
 
-        skips = cudagraph_skips()
-        run = self.demo("demo_graphs", 2, data_path="device", precision="auto", compile="graphs")
-        knn = " / ".join(f"{r['knn_top1']:.1f}" for r in run.history if r["epoch"] > 0)
-        text = _epoch_figures(run, "device path, bf16, compile='graphs'") + f"; kNN after epochs 1-2: {knn}"
-        if self.fast is not None:
-            text += f"; {_train_seconds(self.fast) / _train_seconds(run):.1f}x the eager fast path per epoch"
-        return _graphs_used(text, skips)
+        def measure() -> str:
+            run = self.demo("demo_graphs", 2, data_path="device", precision="auto", compile="graphs")
+            text = _epoch_figures(run, "device path, bf16, compile='graphs'") + f"; kNN {_knn_text(run)}"
+            if self.fast is not None:
+                text += f"; {_train_seconds(self.fast) / _train_seconds(run):.1f}x the eager fast path per epoch"
+            return text
+
+        return self._as_graphs(measure)
+
+    def _as_graphs(self, measure: Callable[[], str]) -> str | tuple[str, str]:
+        """A CUDA graphs row: info without a GPU; FAIL when inductor ran a graph of `measure` without them (it
+        would time compile="model" under the name "graphs")."""
+        if self.sizes.device != "cuda":
+            return "info", "CUDA graphs need a GPU (tests/test_moco.py compares the whole step compiled with eager)"
+        return _graphs_used(measure)
 
     def _timed_step(self, compile):
         from .. import make_config
@@ -282,12 +288,10 @@ class Speed:
         return timed_step(cfg, torch.device(s.device), warmup, steps)
 
     def _step_text(self, timing, how: str) -> str:
-        s = self.sizes
-        batch = s.demo_overrides.get("batch_size", 512)
-        dtype = resolve_precision("auto", torch.device(s.device))
+        batch = self.sizes.demo_overrides.get("batch_size", 512)
         return (
             f"{1e3 * timing.seconds:.1f} ms per step of {batch} ({batch / timing.seconds:.0f} img/s), "
-            f"{'fp32' if dtype is None else str(dtype).removeprefix('torch.')}, {how}"
+            f"{timing.precision}, {how}"
         )
 
     def reference_path(self) -> str:
@@ -399,13 +403,22 @@ class Speed:
         ]
 
 
-def _graphs_used(text: str, skips: int) -> str | tuple[str, str]:
-    """A CUDA graphs row's result: FAIL when inductor ran a graph without them since it counted `skips`."""
-    from .step import cudagraph_skips
-
+def _graphs_used(measure: Callable[[], str]) -> str | tuple[str, str]:
+    """measure()'s result, or FAIL with it when inductor ran a graph of it without CUDA graphs."""
+    skips = cudagraph_skips()
+    text = measure()
     if skipped := cudagraph_skips() - skips:
         return "FAIL", f"{text}; inductor ran {skipped} graph(s) without CUDA graphs (TORCH_LOGS=cudagraphs: why)"
     return text
+
+
+def _knn_text(run) -> str:
+    """The kNN top-1 readings after each epoch of a run: "35.0 / 35.6 / 37.2"."""
+    return " / ".join(f"{v:.1f}" for v in _knn_readings(run))
+
+
+def _knn_readings(run) -> list[float]:
+    return [r["knn_top1"] for r in run.history if r["epoch"] > 0]
 
 
 def _train_seconds(run) -> float:
@@ -468,10 +481,9 @@ def accuracy(speed: Speed) -> list[tuple[str, Callable]]:
     def smoke():
         if speed.fast is None:
             return "FAIL", "the fast cifar10_demo run of stage 3 did not finish"
-        knn = [r["knn_top1"] for r in speed.fast.history if r["epoch"] > 0]
-        ours = " / ".join(f"{v:.1f}" for v in knn)
-        ref = " / ".join(f"{v:.1f}" for v in DEMO_KNN_FIRST_EPOCHS[: len(knn)])
-        return f"kNN top-1 after epochs 1-{len(knn)}: {ours} (the official demo: {ref})"
+        epochs = len(_knn_readings(speed.fast))
+        ref = " / ".join(f"{v:.1f}" for v in DEMO_KNN_FIRST_EPOCHS[:epochs])
+        return f"kNN top-1 after epochs 1-{epochs}: {_knn_text(speed.fast)} (the official demo: {ref})"
 
     return [("cifar10_demo, first epochs of 200, all 50,000 images", smoke)]
 

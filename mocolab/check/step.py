@@ -31,6 +31,7 @@ class StepTiming:
     loss: float  # of the first step
     grads: dict[str, torch.Tensor]  # the first step's gradients of the query encoder, on the CPU, in fp32
     operations: int | None  # of one step, counted eagerly (None when compiled: a dispatch mode would change it)
+    precision: str  # what the step computed in: "fp32", "bfloat16", "float16"
 
 
 def timed_step(cfg, device: torch.device, warmup: int, steps: int) -> StepTiming:
@@ -61,7 +62,10 @@ def timed_step(cfg, device: torch.device, warmup: int, steps: int) -> StepTiming
     for step in range(warmup + 1, warmup + 1 + steps):
         trainer.step(x_q, x_k, step)
     synchronize(device)
-    return StepTiming((time.perf_counter() - tic) / steps, first_seconds, loss, grads, operations)
+    seconds = (time.perf_counter() - tic) / steps
+    dtype = trainer.autocast_dtype
+    precision = "fp32" if dtype is None else str(dtype).removeprefix("torch.")
+    return StepTiming(seconds, first_seconds, loss, grads, operations, precision)
 
 
 def gradient_difference(grads: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> float:
