@@ -110,7 +110,10 @@ def batch_shuffle(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if not is_distributed():
         perm = torch.randperm(x.shape[0], device=x.device)
-        return x[perm], torch.argsort(perm)
+        unshuffle = torch.argsort(perm)
+        # Row i gets x[perm[i]], written as a scatter of x's rows to unshuffle (perm's inverse): inductor in
+        # torch 2.11 (the GPU machines' image) cannot compile x[perm] read straight from randperm.
+        return torch.empty_like(x).index_copy_(0, unshuffle, x), unshuffle
     x_all = all_gather_cat(x)  # x_all: (W*B) x ...
     perm = torch.randperm(x_all.shape[0], device=x.device)
     dist.broadcast(perm, src=0)  # every rank uses rank 0's permutation

@@ -7,6 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._inductor.decomposition import select_decomp_table
+from torch.fx.experimental.proxy_tensor import make_fx
 
 from mocolab import MoCo, build_encoder, info_nce
 from mocolab.check.step import gradient_difference
@@ -90,6 +92,24 @@ def test_shuffle_is_a_permutation_and_unshuffle_inverts_it():
     assert not torch.equal(shuffled, x)
     assert sorted(shuffled[:, 0].tolist()) == x[:, 0].tolist()
     assert torch.equal(batch_unshuffle(shuffled, unshuffle), x)
+
+
+def test_shuffle_draws_randperm_and_inductor_sees_no_rows_read_straight_off_it():
+    """The shuffle is randperm's permutation (x[torch.randperm(N)] from the same draws), written so that inductor
+    in torch 2.11, the GPU machines' image, compiles it: its joint-graph pattern for index(x, randperm(N))
+    raised "Not all inputs to pattern found" and compile="model" failed (torch 2.14 has a pattern of its own for
+    it). x.index_select(0, perm) fails too: inductor decomposes it into the same index. The graph is traced with
+    inductor's decompositions, as its pattern matcher sees it."""
+    x = torch.randn(16, 3, 4, 4)
+    torch.manual_seed(0)
+    shuffled, unshuffle = batch_shuffle(x)
+    torch.manual_seed(0)
+    perm = torch.randperm(16)
+    assert torch.equal(shuffled, x[perm]) and torch.equal(unshuffle, torch.argsort(perm))
+    graph = make_fx(batch_shuffle, decomposition_table=select_decomp_table())(x).graph
+    for node in graph.find_nodes(op="call_function", target=torch.ops.aten.index.Tensor):
+        indices = node.args[1]
+        assert all(getattr(i, "target", None) is not torch.ops.aten.randperm.default for i in indices), node
 
 
 def test_momentum_update_matches_formula_and_key_encoder_gets_no_gradient():
