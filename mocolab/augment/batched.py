@@ -66,7 +66,10 @@ def crops(u: torch.Tensor, H: torch.Tensor, W: torch.Tensor, scale, ratio) -> to
     w = torch.round(torch.sqrt(area * torch.exp(log_r)))  # round half to even, as Python's round
     h = torch.round(torch.sqrt(area / torch.exp(log_r)))
     fits = (w > 0) & (h > 0) & (w <= W[:, None]) & (h <= H[:, None])
-    first = fits.double().argmax(dim=1)  # the first attempt that fits (0 when none does)
+    # The first attempt that fits (the last when none does: the fallback replaces it). The least fitting index, not
+    # argmax's first maximum of fits: inductor in torch 2.11 (the GPU machines' image) returned 0 for [F, T, T...].
+    attempts = torch.arange(u.shape[1], device=u.device)
+    first = torch.where(fits, attempts, u.shape[1] - 1).amin(dim=1)
     pick = lambda t: t.gather(1, first[:, None])[:, 0]  # noqa: E731
     w, h = pick(w), pick(h)
     top = torch.floor(pick(u[..., 2]) * (H - h + 1))
