@@ -14,7 +14,7 @@ DEMO_OUT ?= runs/demo
 # More notebook parameters, e.g. DEMO_PARAMS="-p epochs 20"; the notebook's defaults are the short demo.
 DEMO_PARAMS ?=
 
-.PHONY: venv demo test test-fast lint format exercises gpu-check wheel clean
+.PHONY: venv demo test test-fast test-compat lint format exercises gpu-check wheel clean
 
 # Quiet pip, but every step says what it does and how long it took on a 2-core machine.
 $(VENV)/.installed: pyproject.toml Makefile
@@ -52,6 +52,21 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
+# The compiled paths under another torch, on the CPU: by default the GPU machines' image (torch 2.11.0, torchvision
+# 0.26.0), whose inductor differs from 2.14's (it could not compile the shuffle's x[randperm(N)], and its argmax
+# picked the wrong crop attempt). Run it before a GPU lease, so the lease is not spent finding that; a second venv,
+# about 3 GB and 1-2 minutes from a local cache, then about 4 minutes of tests and the CPU check on 2 cores.
+#   make test-compat CHECK_ARGS="--data-root /path/to/cifar10"     offline: CIFAR-10 as an ImageFolder
+COMPAT_PINS ?= torch==2.11.0 torchvision==0.26.0
+COMPAT_VENV ?= .venv-compat
+COMPAT_TESTS := tests/test_moco.py tests/test_compile_step.py tests/test_batched_augment.py
+test-compat:
+	@test -x $(COMPAT_VENV)/bin/python || $(PYTHON) -m venv $(COMPAT_VENV)
+	@echo "installing $(COMPAT_PINS) and mocolab into $(COMPAT_VENV) ..."
+	@$(COMPAT_VENV)/bin/python -m pip install --quiet $(COMPAT_PINS) -e '.[dev]'
+	$(COMPAT_VENV)/bin/python -m pytest $(XDIST) $(PYTEST_ARGS) $(COMPAT_TESTS)
+	$(COMPAT_VENV)/bin/python -m mocolab.check --cpu --out runs/compat_check $(CHECK_ARGS)
+
 # ruff check (pyflakes and pycodestyle at 120 columns) and ruff format --check, configured in pyproject.toml;
 # CI fails on either. `make format` rewrites the files as the check wants them.
 LINTED := mocolab tests benchmarks
@@ -86,4 +101,4 @@ wheel: venv
 	@ls dist/mocolab-*.whl
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(COMPAT_VENV) *.egg-info .pytest_cache

@@ -3,6 +3,7 @@
 # row by row under $OUT so that a run cut short keeps what it measured. Before the call, here:
 #   mkdir -p carry && cp ../shared/data/cifar10-jpeg.npz carry/        (carry/ is git-ignored)
 # then run `bash benchmarks/gpu_session.sh` on the device with carry=["carry"] and a timeout of about 560 s.
+# The device's torch is 2.11, not the project's pin: `make test-compat` here first runs the compiled paths under it.
 # CHECK_SECONDS bounds the check; CHECK_ARGS adds to it (e.g. "--full --compile graphs" on a longer lease).
 set -u
 py=${PY:-python3}  # the device's python3 holds torch
