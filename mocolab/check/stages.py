@@ -30,7 +30,7 @@ import torch
 
 from ..run.device import synchronize
 from . import paths
-from .step import cudagraph_skips
+from .step import cudagraph_skips, gradient_difference, timed_step
 
 DEMO_KNN_FIRST_EPOCHS = (36.0, 38.2, 38.7)  # the official demo after epochs 1, 2, 3 (asymmetric, one GPU)
 DEMO_KNN_200 = {"asymmetric": 82.6, "symmetric": 85.3}
@@ -243,8 +243,6 @@ class Speed:
         step's gradients must be eager's but for rounding (a compiled step once read the queue after the enqueue)."""
 
         def measure() -> str:
-            from .step import gradient_difference
-
             graphs = self._timed_step("graphs")
             text = self._step_text(graphs, f"compile='graphs' (first step {graphs.first_seconds:.0f} s)")
             if self.eager_step is None:
@@ -280,7 +278,6 @@ class Speed:
 
     def _timed_step(self, compile):
         from .. import make_config
-        from .step import timed_step
 
         s = self.sizes
         cfg = make_config("cifar10_demo", gpus=1 if s.device == "cuda" else 0, compile=compile, **s.demo_overrides)
@@ -288,7 +285,7 @@ class Speed:
         return timed_step(cfg, torch.device(s.device), warmup, steps)
 
     def _step_text(self, timing, how: str) -> str:
-        batch = self.sizes.demo_overrides.get("batch_size", 512)
+        batch = timing.batch_size
         return (
             f"{1e3 * timing.seconds:.1f} ms per step of {batch} ({batch / timing.seconds:.0f} img/s), "
             f"{timing.precision}, {how}"

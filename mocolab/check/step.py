@@ -26,6 +26,7 @@ COMPILE_WAYS = {"none": False, "encoders": True, "model": "model", "graphs": "gr
 
 @dataclass
 class StepTiming:
+    batch_size: int  # images per step (the config's global batch)
     seconds: float  # per step, after the warm-up
     first_seconds: float  # the first step, which compiles (and autotunes)
     loss: float  # of the first step
@@ -65,7 +66,7 @@ def timed_step(cfg, device: torch.device, warmup: int, steps: int) -> StepTiming
     seconds = (time.perf_counter() - tic) / steps
     dtype = trainer.autocast_dtype
     precision = "fp32" if dtype is None else str(dtype).removeprefix("torch.")
-    return StepTiming(seconds, first_seconds, loss, grads, operations, precision)
+    return StepTiming(cfg.batch_size, seconds, first_seconds, loss, grads, operations, precision)
 
 
 def gradient_difference(grads: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> float:
